@@ -1,0 +1,43 @@
+# forgehub — the two commands: `make run` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint typecheck pytest services bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install forgehub with everything to run and test
+
+run: install  ## start the platform on 127.0.0.1:8000 with embedded defaults and demo modules
+	$(BIN)/forgehub serve --host $(HOST) --port $(PORT)
+
+services:  ## install the real servers the tests need (PostgreSQL, ...)
+	scripts/install-services.sh
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: install services lint typecheck pytest  ## install, start services, lint, type-check, run every test
+
+bench: install  ## run the benchmarks (prints tables)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""forgehub: publish, try, train and run machine-learning modules."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

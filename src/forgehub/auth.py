@@ -1,0 +1,152 @@
+"""Users, API tokens and who may see what.
+
+A token is ``fh_`` followed by 32 random bytes (URL-safe base64). Only its SHA-256 is stored, so a
+leaked database leaks no usable token; the clear value is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from forgehub.db.models import Role, Token, User, utcnow
+
+TOKEN_PREFIX = "fh_"
+NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a user, and the token they used."""
+
+    user_id: str
+    name: str
+    role: Role
+    token_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.admin
+
+
+class AuthError(Exception):
+    """Authentication failed; the message is safe to show."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token_value() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def validate_user_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ValueError(
+            "user names are 2-64 characters: lower-case letters, digits, '_', '.', '-', "
+            "starting with a letter"
+        )
+    return name
+
+
+def create_user(session: Session, name: str, role: Role = Role.user) -> User:
+    validate_user_name(name)
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise ValueError(f"a user named {name!r} already exists")
+    user = User(name=name, role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def create_token(session: Session, user: User, name: str, ttl: timedelta) -> tuple[Token, str]:
+    """Create a token; returns the record and the clear value (shown once, never stored)."""
+    value = new_token_value()
+    token = Token(
+        user_id=user.id,
+        name=name,
+        digest=hash_token(value),
+        prefix=value[: len(TOKEN_PREFIX) + 4],
+        expires_at=utcnow() + ttl,
+    )
+    session.add(token)
+    session.flush()
+    return token, value
+
+
+def authenticate(session: Session, value: str) -> Principal:
+    token = session.scalar(select(Token).where(Token.digest == hash_token(value)))
+    if token is None:
+        raise AuthError("unknown token")
+    now = utcnow()
+    if token.revoked_at is not None:
+        raise AuthError("this token was revoked")
+    if token.expires_at <= now:
+        raise AuthError("this token has expired; create a new one with `forgehub token create`")
+    # Record use at most once a minute to keep reads cheap.
+    if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
+        token.last_used_at = now
+    user = token.user
+    return Principal(user_id=user.id, name=user.name, role=user.role, token_id=token.id)
+
+
+def visible(
+    stmt: Select[Any], model: Any, principal: Principal, owner_col: str = "owner_id"
+) -> Select[Any]:
+    """Restrict a query to the rows ``principal`` may see (admins see everything)."""
+    if principal.is_admin:
+        return stmt
+    return stmt.where(getattr(model, owner_col) == principal.user_id)
+
+
+def can_see(record: Any, principal: Principal, owner_col: str = "owner_id") -> bool:
+    return principal.is_admin or getattr(record, owner_col) == principal.user_id
+
+
+def write_secret_file(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` with mode 0600 from the start (never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def bootstrap_admin(session: Session, token_file: Path, ttl: timedelta) -> bool:
+    """Make sure a local admin exists and ``token_file`` holds a valid token for it.
+
+    Creates the admin on an empty store. On later starts, a missing, revoked or expired token
+    file is replaced. Returns True when a new token file was written.
+    """
+    admin = session.scalar(select(User).where(User.role == Role.admin).order_by(User.created_at))
+    if admin is None:
+        if session.scalar(select(func.count()).select_from(User)):
+            return False  # users exist but no admin: an operator's choice, leave it
+        admin = create_user(session, "admin", Role.admin)
+    if token_file.exists():
+        try:
+            principal = authenticate(session, token_file.read_text().strip())
+            if principal.is_admin:
+                return False
+        except AuthError:
+            pass
+    _, value = create_token(session, admin, "local admin (token file)", ttl)
+    write_secret_file(token_file, value)
+    return True
+
+
+def as_utc(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

@@ -1,0 +1,3 @@
+from forgehub.cli.main import main
+
+main()

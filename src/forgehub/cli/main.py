@@ -1,0 +1,242 @@
+"""``forgehub``: the command line. Each group lives in its own module."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgehub import __version__
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="forgehub: publish, try, train and run machine-learning modules.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the metadata store.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage users (admins).", no_args_is_help=True)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+out = Console(soft_wrap=True)
+
+ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")
+DataDirOpt = typer.Option(None, "--data-dir", help="Data directory (FORGEHUB_DATA_DIR).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"forgehub {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """forgehub: publish, try, train and run machine-learning modules."""
+
+
+def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address [default: 127.0.0.1]."),
+    port: int = typer.Option(None, help="Port [default: 8000]."),
+    data_dir: Path = DataDirOpt,
+    config: Path = ConfigOpt,
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Switch authentication off (loopback addresses only)."
+    ),
+    log_level: str = typer.Option(None, help="debug, info, warning or error."),
+) -> None:
+    """Start the platform server (API, dashboard, model APIs)."""
+    import uvicorn
+
+    from forgehub.server import create_app
+    from forgehub.server.accesslog import setup
+
+    settings = settings_or_exit(
+        config,
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        auth=False if no_auth else None,
+        log_level=log_level,
+    )
+    try:
+        settings.check_listen()
+    except ConfigError as exc:
+        fail(str(exc))
+    setup(settings.log_level)
+    app_ = create_app(settings)
+    if settings.host not in LOOPBACK_HOSTS:
+        out.print(
+            f"[yellow]warning:[/yellow] listening on {settings.host}, reachable from the network"
+        )
+    if settings.local_admin:
+        out.print(f"admin token file: {settings.admin_token_file}")
+    out.print(f"forgehub on {settings.server_url}  (dashboard: {settings.server_url}/)")
+    uvicorn.run(
+        app_,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+@config_app.command("show")
+def config_show(
+    config: Path = ConfigOpt,
+    data_dir: Path = DataDirOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Print the effective configuration, with secrets masked."""
+    data = settings_or_exit(config, data_dir=data_dir).masked()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table("key", "value", "environment variable")
+    for k, v in data.items():
+        table.add_row(k, str(v), f"FORGEHUB_{k.upper()}")
+    out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    config: Path = ConfigOpt,
+    data_dir: Path = DataDirOpt,
+    revision: str = typer.Option("head", help="Target revision."),
+) -> None:
+    """Apply the metadata store migrations (also done automatically at start-up)."""
+    from forgehub.db.engine import current_revision, upgrade
+
+    settings = settings_or_exit(config, data_dir=data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        upgrade(settings.db_url, revision)
+    except Exception as exc:  # noqa: BLE001 - shown to the user, not a traceback
+        fail(f"migration failed: {exc}")
+    out.print(f"store at revision {current_revision(settings.db_url)}")
+
+
+@db_app.command("current")
+def db_current(config: Path = ConfigOpt, data_dir: Path = DataDirOpt) -> None:
+    """Print the store's migration revision and the newest one."""
+    from forgehub.db.engine import current_revision, head_revision
+
+    settings = settings_or_exit(config, data_dir=data_dir)
+    out.print(f"current: {current_revision(settings.db_url)}  head: {head_revision()}")
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    dt = datetime.fromisoformat(value)
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+@user_app.command("create")
+def user_create(
+    name: str,
+    admin: bool = typer.Option(False, "--admin", help="Make an admin."),
+    token: bool = typer.Option(True, help="Also create a first API token."),
+    server: str = ServerOpt,
+    api_token: str = TokenOpt,
+) -> None:
+    """Create a user (and print their first token, once)."""
+    c = Client(server, api_token)
+    u = c.post("/api/v1/users", json={"name": name, "role": "admin" if admin else "user"})
+    out.print(f"created {u['role']} {u['name']} ({u['id']})")
+    if token:
+        t = c.post("/api/v1/tokens", json={"name": "first token", "user": name})
+        out.print(f"token (shown once): {t['token']}")
+
+
+@user_app.command("ls")
+def user_ls(
+    server: str = ServerOpt,
+    api_token: str = TokenOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List users."""
+    users = Client(server, api_token).get("/api/v1/users")
+    if as_json:
+        out.print_json(json.dumps(users))
+        return
+    table = Table("name", "role", "id", "created")
+    for u in users:
+        table.add_row(u["name"], u["role"], u["id"], _when(u["created_at"]))
+    out.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    name: str = typer.Argument(..., help="What the token is for."),
+    days: int = typer.Option(None, "--days", help="Lifetime in days."),
+    user: str = typer.Option(None, "--user", help="Admins: for this user."),
+    server: str = ServerOpt,
+    api_token: str = TokenOpt,
+) -> None:
+    """Create an API token. It is printed once and cannot be shown again."""
+    t = Client(server, api_token).post(
+        "/api/v1/tokens", json={"name": name, "expires_in_days": days, "user": user}
+    )
+    out.print(f"token {t['id']} for {t['user']}, expires {_when(t['expires_at'])}")
+    out.print(t["token"], highlight=False)
+
+
+@token_app.command("ls")
+def token_ls(
+    all_: bool = typer.Option(False, "--all", help="Admins: every user's tokens."),
+    server: str = ServerOpt,
+    api_token: str = TokenOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List your tokens (never their values)."""
+    tokens = Client(server, api_token).get("/api/v1/tokens", params={"all": all_})
+    if as_json:
+        out.print_json(json.dumps(tokens))
+        return
+    table = Table("id", "name", "user", "prefix", "expires", "last used", "revoked")
+    for t in tokens:
+        table.add_row(
+            t["id"],
+            t["name"],
+            t["user"],
+            t["prefix"] + "…",
+            _when(t["expires_at"]),
+            _when(t["last_used_at"]),
+            _when(t["revoked_at"]),
+        )
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, server: str = ServerOpt, api_token: str = TokenOpt) -> None:
+    """Revoke a token by id."""
+    t = Client(server, api_token).delete(f"/api/v1/tokens/{token_id}")
+    out.print(f"revoked {t['id']} ({t['name']})")
+
+
+def main() -> None:
+    app()

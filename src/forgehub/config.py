@@ -1,0 +1,173 @@
+"""Configuration: defaults → TOML config file → ``FORGEHUB_*`` environment → command-line flags.
+
+Every setting is declared once, in :class:`Settings`; its field description is the help text
+used by ``forgehub config show`` and the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+ENV_PREFIX = "FORGEHUB_"
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "forgehub"
+
+
+def default_config_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "forgehub" / "config.toml"
+
+
+class Settings(BaseModel):
+    """The effective configuration of one forgehub process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for the SQLite database, local storage, caches, logs and the "
+        "admin token file.",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the metadata store; empty means SQLite in the data "
+        "directory. PostgreSQL: postgresql+psycopg://user:pass@host/db.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the server binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the server listens on.")
+    auth: bool = Field(
+        default=True,
+        description="Require API tokens. Switching it off is allowed on loopback addresses only.",
+    )
+    local_admin: bool = Field(
+        default=True,
+        description="On first start with an empty store, create an admin and write its token "
+        "to <data_dir>/admin.token (mode 0600).",
+    )
+    token_ttl_days: int = Field(
+        default=90, ge=1, le=3650, description="Default lifetime of new API tokens, in days."
+    )
+    max_upload_mb: int = Field(
+        default=100, ge=1, description="Largest accepted upload (model API predict/train), MB."
+    )
+    log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    modules: list[str] = Field(
+        default_factory=list,
+        description="Extra modules to load (entry-point names or package.module[:attr] paths); "
+        "every installed module is loaded anyway.",
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.lower()
+        if v not in {"debug", "info", "warning", "error", "critical"}:
+            raise ValueError("must be one of debug, info, warning, error, critical")
+        return v
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'forgehub.db'}"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    @property
+    def server_url(self) -> str:
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def check_listen(self) -> None:
+        """Refuse unsafe combinations before a server binds."""
+        if not self.auth and self.host not in LOOPBACK_HOSTS:
+            raise ConfigError(
+                f"refusing to listen on {self.host} with authentication switched off; "
+                "use --host 127.0.0.1 or turn auth back on"
+            )
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data, with secrets and URL passwords masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = mask_url(value.get_secret_value()) if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["database_url"] = out["database_url"] or mask_url(self.db_url)
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (``postgresql://u:***@h/db``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _env_values(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            raw = environ[key]
+            if field.annotation == list[str]:
+                out[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            else:
+                out[name] = raw
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings, in order: defaults, file, environment, overrides."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["FORGEHUB_CONFIG"]) if env.get("FORGEHUB_CONFIG") else None)
+    explicit = path is not None
+    path = path or default_config_file()
+    if path.exists():
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist")
+    values.update(_env_values(env))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

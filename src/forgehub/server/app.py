@@ -1,0 +1,95 @@
+"""The platform app factory. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import select
+
+from forgehub import __version__
+from forgehub.auth import Principal, bootstrap_admin
+from forgehub.config import Settings
+from forgehub.db import Database, upgrade
+from forgehub.db.models import Role, User
+from forgehub.server import errors
+from forgehub.server.accesslog import AccessLog
+from forgehub.server.routers import tokens, users
+
+log = logging.getLogger("forgehub.server")
+
+
+def init_store(settings: Settings) -> Database:
+    """Create the data directory, migrate the store and make sure a local admin exists."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    if settings.local_admin:
+        with db.session() as s:
+            if bootstrap_admin(
+                s, settings.admin_token_file, timedelta(days=max(settings.token_ttl_days, 365))
+            ):
+                log.info("admin token written to %s (mode 0600)", settings.admin_token_file)
+    return db
+
+
+def local_admin(db: Database) -> Principal | None:
+    """The principal every request acts as when authentication is switched off."""
+    with db.session() as s:
+        admin = s.scalar(select(User).where(User.role == Role.admin).order_by(User.created_at))
+        if admin is None:
+            return None
+        return Principal(user_id=admin.id, name=admin.name, role=admin.role)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        app.state.db = init_store(settings)
+        if not settings.auth:
+            app.state.local_principal = local_admin(app.state.db)
+        for hook in app.state.startup_hooks:
+            await hook(app)
+        log.info(
+            "forgehub %s ready in %.0f ms (store: %s)",
+            __version__,
+            (time.perf_counter() - started) * 1000,
+            app.state.db.dialect,
+        )
+        try:
+            yield
+        finally:
+            for hook in reversed(app.state.shutdown_hooks):
+                await hook(app)
+            app.state.db.dispose()
+
+    app = FastAPI(
+        title="forgehub",
+        version=__version__,
+        description="Publish, try, train and run machine-learning modules.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.local_principal = None
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    errors.install(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(users.router)
+    api.include_router(tokens.router)
+    app.include_router(api)
+    app.add_middleware(AccessLog)
+    return app

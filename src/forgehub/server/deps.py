@@ -1,0 +1,76 @@
+"""Request dependencies: the database session and the calling principal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from forgehub.auth import AuthError, Principal, authenticate
+from forgehub.db import Database
+from forgehub.db.models import Role
+
+LOCAL = Principal(user_id="", name="local", role=Role.admin)
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with get_db(request).session() as s:
+        yield s
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def principal_from_request(request: Request) -> Principal | None:
+    """The caller, or None when no (valid) credentials were sent. Raises on a bad token."""
+    if not request.app.state.settings.auth:
+        return request.app.state.local_principal or LOCAL
+    value = bearer(request) or request.cookies.get("forgehub_session")
+    if value is None:
+        return None
+    with get_db(request).session() as s:
+        try:
+            return authenticate(s, value)
+        except AuthError as exc:
+            raise HTTPException(401, f"invalid token: {exc}", headers=CHALLENGE) from exc
+
+
+def current_principal(request: Request) -> Principal:
+    principal = principal_from_request(request)
+    if principal is None:
+        raise HTTPException(
+            401,
+            "authentication required: send 'Authorization: Bearer <token>' "
+            "(create one with `forgehub token create`)",
+            headers=CHALLENGE,
+        )
+    request.state.principal = principal
+    return principal
+
+
+def optional_principal(request: Request) -> Principal | None:
+    return principal_from_request(request)
+
+
+def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    if not principal.is_admin:
+        raise HTTPException(403, "this action needs the admin role")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_principal)]
+AdminUser = Annotated[Principal, Depends(admin_principal)]
+DbSession = Annotated[Session, Depends(get_session)]

@@ -1,0 +1,56 @@
+"""/api/v1/users: who is here (admins manage users)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from forgehub.auth import create_user
+from forgehub.db.models import Role, User
+from forgehub.server.deps import AdminUser, CurrentUser, DbSession
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+
+
+class UserCreate(BaseModel):
+    name: str = Field(
+        min_length=2,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_.-]+$",
+        description="Login name: lower-case letters, digits, '_', '.', '-'.",
+    )
+    role: Role = Role.user
+
+
+@router.get("/me", response_model=UserOut)
+def me(principal: CurrentUser, session: DbSession) -> User:
+    user = session.get(User, principal.user_id)
+    if user is None:
+        raise HTTPException(404, "authentication is off; there is no user record")
+    return user
+
+
+@router.get("", response_model=list[UserOut])
+def list_users(principal: CurrentUser, session: DbSession) -> list[User]:
+    stmt = select(User).order_by(User.created_at)
+    if not principal.is_admin:
+        stmt = stmt.where(User.id == principal.user_id)
+    return list(session.scalars(stmt))
+
+
+@router.post("", response_model=UserOut, status_code=201)
+def add_user(body: UserCreate, _: AdminUser, session: DbSession) -> User:
+    try:
+        return create_user(session, body.name, body.role)
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from exc

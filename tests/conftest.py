@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from forgehub.config import Settings
+from forgehub.server import create_app
+from tests.services import Postgres
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres()
+    pg.start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store on each back end."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    pg: Postgres = request.getfixturevalue("postgres")
+    return pg.create_database(f"t{next(_db_counter)}")
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        c.headers["Authorization"] = "Bearer " + settings.admin_token_file.read_text().strip()
+        yield c
+
+
+def make_user(client: TestClient, name: str) -> dict[str, str]:
+    """Create a user through the API; returns headers that authenticate as them."""
+    r = client.post("/api/v1/users", json={"name": name})
+    assert r.status_code == 201, r.text
+    r = client.post("/api/v1/tokens", json={"name": "t", "user": name})
+    assert r.status_code == 201, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
