@@ -12,6 +12,7 @@ from rich.table import Table
 
 from forgehub import __version__
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.module import app as module_app
 from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
+app.add_typer(module_app, name="module")
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")

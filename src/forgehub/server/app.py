@@ -16,6 +16,7 @@ from forgehub.auth import Principal, bootstrap_admin
 from forgehub.config import Settings
 from forgehub.db import Database, upgrade
 from forgehub.db.models import Role, User
+from forgehub.modelapi.limits import UploadLimit
 from forgehub.server import errors
 from forgehub.server.accesslog import AccessLog
 from forgehub.server.routers import tokens, users
@@ -87,9 +88,35 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    _mount_model_api(app, settings)
+
     api = APIRouter(prefix="/api/v1")
     api.include_router(users.router)
     api.include_router(tokens.router)
     app.include_router(api)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_mb * 1024 * 1024)
     app.add_middleware(AccessLog)
     return app
+
+
+def _mount_model_api(app: FastAPI, settings: Settings) -> None:
+    """Every installed module, behind authentication, at /api/v1/model-api/v2/..."""
+    from forgehub.modelapi import ModelAPI
+    from forgehub.module import load_all
+    from forgehub.server.deps import current_principal
+
+    modules = load_all(settings.modules)
+    model_api = ModelAPI(
+        modules, lambda: app.state.db, settings.data_dir / "modelapi", current_principal
+    )
+    model_api.add_routes(app, prefix="/api/v1/model-api")
+    app.state.model_api = model_api
+
+    async def start(app: FastAPI) -> None:
+        await model_api.start()
+
+    async def stop(app: FastAPI) -> None:
+        await model_api.stop()
+
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)

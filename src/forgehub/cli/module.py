@@ -1,0 +1,312 @@
+"""``forgehub module``: list, serve, and run modules without HTTP."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from forgehub.cli.client import fail
+from forgehub.config import LOOPBACK_HOSTS
+
+app = typer.Typer(help="List, serve and run modules (native and DEEPaaS).", no_args_is_help=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _load(name: str) -> Any:
+    from forgehub.module import ModuleNotFound, load
+
+    try:
+        return load(name)
+    except ModuleNotFound as exc:
+        fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a broken module is reported, not a traceback
+        fail(f"cannot load module {name!r}: {type(exc).__name__}: {exc}")
+
+
+@app.command("ls")
+def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List installed modules (entry points forgehub.modules and deepaas.v2.model)."""
+    from forgehub.module import discover
+
+    refs = sorted(discover().values(), key=lambda r: r.name)
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "target": r.target,
+                        "kind": "deepaas" if r.group.startswith("deepaas") else "native",
+                    }
+                    for r in refs
+                ]
+            )
+        )
+        return
+    table = Table("name", "kind", "target")
+    for r in refs:
+        table.add_row(r.name, "deepaas" if r.group.startswith("deepaas") else "native", r.target)
+    out.print(table)
+
+
+@app.command("show")
+def show(name: str = typer.Argument(..., help="Module name or package.module[:attr].")) -> None:
+    """Show a module's metadata and argument schemas (JSON Schema)."""
+    out.print_json(json.dumps(_load(name).describe()))
+
+
+@app.command("serve")
+def serve(
+    name: list[str] = typer.Argument(
+        None,
+        help="Module names or package.module[:attr] paths; none serves every installed module.",
+    ),
+    host: str = typer.Option("127.0.0.1", help="Bind address."),
+    port: int = typer.Option(5000, help="Port."),
+    workers: int = typer.Option(
+        0, help="Run predictions in N processes (warm() once in each); 0 runs them in threads."
+    ),
+    base_path: str = typer.Option("", help="Serve under this path prefix (behind a proxy)."),
+    max_upload: int = typer.Option(100, "--max-upload", help="Largest request body, in MB."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Where trainings are kept [default: forgehub data dir]."
+    ),
+    allow_public: bool = typer.Option(
+        False,
+        "--allow-public",
+        help="Allow a non-loopback --host (the model API has no authentication, like deepaas-run).",
+    ),
+    log_level: str = typer.Option("info", help="debug, info, warning, error."),
+) -> None:
+    """Serve modules through the DEEPaaS v2 model API (the `deepaas-run` equivalent)."""
+    import uvicorn
+
+    from forgehub.config import load_settings
+    from forgehub.modelapi import create_model_app
+    from forgehub.module import load_all
+    from forgehub.server.accesslog import setup
+
+    if host not in LOOPBACK_HOSTS and not allow_public:
+        fail(
+            f"refusing to listen on {host}: the model API has no authentication; "
+            "pass --allow-public if that is what you want"
+        )
+    if workers < 0:
+        fail("--workers must be 0 or more")
+    modules = [_load(n) for n in name] if name else load_all()
+    if not modules:
+        fail("no modules installed; name one (package.module[:attr])")
+    settings = load_settings(overrides={"data_dir": data_dir})
+    setup(log_level)
+    app_ = create_model_app(
+        modules,
+        settings.db_url,
+        settings.data_dir / "modelapi",
+        workers=workers,
+        base_path=base_path,
+        max_upload_mb=max_upload,
+    )
+    prefix = "/" + base_path.strip("/") if base_path.strip("/") else ""
+    out.print(
+        f"serving {', '.join(m.name for m in modules)} on http://{host}:{port}{prefix}/  "
+        f"(docs: {prefix}/docs)"
+    )
+    uvicorn.run(
+        app_,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+
+
+def _parse_pairs(pairs: list[str], what: str) -> list[tuple[str, str]]:
+    parsed = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"{what} expects NAME=VALUE, got {pair!r}")
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def _extra_pairs(extra: list[str]) -> list[tuple[str, str]]:
+    """``--top-k 3`` / ``--top_k=3`` style options left over by click."""
+    pairs = []
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--"):
+            fail(f"unexpected argument {tok!r}; use --NAME VALUE or --arg NAME=VALUE")
+        key, sep, value = tok[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(extra):
+                fail(f"option --{key} needs a value")
+            value = extra[i + 1]
+            i += 1
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def _gather(
+    module: Any, specs: list[Any], args: list[str], files: list[str], extra: list[str]
+) -> Any:
+    from forgehub.module.args import ArgErrors, collect
+    from forgehub.module.contract import UploadedFile
+
+    names = {s.name for s in specs}
+    values: dict[str, list[Any]] = {}
+    for key, value in _parse_pairs(args, "--arg") + _extra_pairs(extra):
+        key = key if key in names else key.replace("-", "_")
+        if key not in names:
+            fail(
+                f"module {module.name!r} has no argument {key!r} "
+                f"(arguments: {', '.join(sorted(names)) or 'none'})"
+            )
+        values.setdefault(key, []).append(value)
+    for key, value in _parse_pairs(files, "--file"):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            fail(f"--file {key}: {path} is not a file")
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        values.setdefault(key, []).append(UploadedFile(key, str(path.resolve()), ctype, path.name))
+    data = collect(specs, lambda n: values.get(n, []), {})
+    return data, ArgErrors
+
+
+@app.command("predict", context_settings=EXTRA)
+def predict(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Module name or package.module[:attr]."),
+    arg: list[str] = typer.Option([], "--arg", "-a", help="NAME=VALUE (repeat for lists)."),
+    file: list[str] = typer.Option([], "--file", "-f", help="FIELD=PATH to upload."),
+    output: Path = typer.Option(None, "-o", "--output", help="Write the result here."),
+) -> None:
+    """Predict without a server: calls warm(), then predict. Extra --NAME VALUE options work
+    too (e.g. --top-k 3)."""
+    from forgehub.module import ModuleError
+
+    module = _load(name)
+    data, arg_errors = _gather(module, module.predict_specs, arg, file, list(ctx.args))
+    try:
+        validated = module.validate_predict(data)
+    except arg_errors as exc:
+        fail(
+            "invalid arguments:\n"
+            + "\n".join(f"  {k}: {' '.join(v)}" for k, v in exc.errors.items())
+        )
+    module.warm()
+    try:
+        result = module.predict(validated).materialize()
+    except ModuleError as exc:
+        fail(f"the model failed: {exc}")
+    if result.kind == "json":
+        text = json.dumps(result.body, indent=2)
+        if output:
+            output.write_text(text + "\n")
+            err.print(f"wrote {output}")
+        else:
+            print(text)
+        return
+    if output is None and sys.stdout.isatty():
+        fail(f"the result is {result.media_type}; write it with -o FILE")
+    if result.kind == "file":
+        if output:
+            shutil.copyfile(result.body, output)
+        else:
+            with open(result.body, "rb") as fh:
+                shutil.copyfileobj(fh, sys.stdout.buffer)
+        if result.delete:
+            Path(result.body).unlink(missing_ok=True)
+    elif output:
+        output.write_bytes(result.body)
+    else:
+        sys.stdout.buffer.write(result.body)
+    if output:
+        err.print(f"wrote {output} ({result.media_type})")
+
+
+@app.command("train", context_settings=EXTRA)
+def train(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Module name or package.module[:attr]."),
+    arg: list[str] = typer.Option([], "--arg", "-a", help="NAME=VALUE (repeat for lists)."),
+    file: list[str] = typer.Option([], "--file", "-f", help="FIELD=PATH to upload."),
+    input_: list[str] = typer.Option(
+        [], "--input", "-i", help="NAME=PATH input given to the training (ctx.inputs)."
+    ),
+    output: Path = typer.Option(
+        Path("train-output"),
+        "-o",
+        "--output",
+        help="Directory for the training's outputs (weights).",
+    ),
+) -> None:
+    """Train without a server, showing progress and metrics. Ctrl-C cancels cleanly."""
+    from forgehub.module.contract import Cancelled, TrainContext
+
+    module = _load(name)
+    if not module.trainable:
+        fail(f"module {module.name!r} cannot be trained")
+    data, arg_errors = _gather(module, module.train_specs, arg, file, list(ctx.args))
+    try:
+        validated = module.validate_train(data)
+    except arg_errors as exc:
+        fail(
+            "invalid arguments:\n"
+            + "\n".join(f"  {k}: {' '.join(v)}" for k, v in exc.errors.items())
+        )
+    inputs = {k: Path(v).expanduser().resolve() for k, v in _parse_pairs(input_, "--input")}
+    for k, p in inputs.items():
+        if not p.exists():
+            fail(f"--input {k}: {p} does not exist")
+    output.mkdir(parents=True, exist_ok=True)
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    metrics: dict[str, float] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[m]}"),
+        console=err,
+    ) as progress:
+        task = progress.add_task(f"training {module.name}", total=1.0, m="")
+
+        def on_metric(n: str, v: float, step: int | None) -> None:
+            metrics[n] = v
+            progress.update(task, m="  ".join(f"{k}={val:.4g}" for k, val in metrics.items()))
+
+        tctx = TrainContext(
+            inputs=inputs,
+            output_dir=output,
+            _metric=on_metric,
+            _progress=lambda f, m: progress.update(task, completed=f),
+            _cancelled=cancel.is_set,
+        )
+        try:
+            result = module.train(validated, tctx)
+        except Cancelled:
+            fail("training cancelled", 130)
+        except Exception as exc:  # noqa: BLE001 - module errors are shown, not a traceback
+            fail(f"training failed: {type(exc).__name__}: {exc}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    out.print_json(json.dumps({"result": result, "output_dir": str(output)}))

@@ -1,0 +1,1 @@
+"""Demo modules shipped with forgehub."""

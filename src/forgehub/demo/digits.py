@@ -1,0 +1,221 @@
+"""``digits``: a small neural network that reads 8×8 handwritten digits.
+
+Trainable (scikit-learn's MLP, one metric point per epoch), pre-trained (``digits-weights.npz``
+ships with forgehub and was produced by this module's own ``train``; rebuild it with
+``python -m forgehub.demo.digits``), and ready for inference: upload a PNG/JPEG or send 64 pixel
+values, get the top-k labels with probabilities as JSON or an annotated PNG.
+
+Weights are stored as plain arrays, and inference is a numpy forward pass, so they do not depend
+on the scikit-learn version.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+
+from forgehub.module import Blob, File, Module, TrainContext
+
+WEIGHTS = Path(__file__).with_name("digits-weights.npz")
+
+
+class DigitsPredictArgs(BaseModel):
+    image: File | None = Field(default=None, description="A PNG or JPEG image of one digit.")
+    pixels: list[float] | None = Field(
+        default=None,
+        min_length=64,
+        max_length=64,
+        description="Instead of an image: 64 grey levels (0 = background, 16 = ink), row by row.",
+        examples=[[0.0] * 64],
+    )
+    top_k: int = Field(default=3, ge=1, le=10, description="How many labels to return.")
+    accept: Literal["application/json", "image/png"] = Field(
+        default="application/json", description="JSON labels, or the image annotated as PNG."
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> DigitsPredictArgs:
+        if (self.image is None) == (self.pixels is None):
+            raise ValueError("give exactly one of 'image' or 'pixels'")
+        return self
+
+
+class DigitsTrainArgs(BaseModel):
+    epochs: int = Field(default=30, ge=1, le=500, description="Passes over the training data.")
+    hidden_size: int = Field(default=64, ge=4, le=1024, description="Neurons in the hidden layer.")
+    learning_rate: float = Field(default=0.01, gt=0, le=1, description="Initial learning rate.")
+    seed: int = Field(default=0, ge=0, description="Random seed (same seed, same weights).")
+    epoch_delay: float = Field(
+        default=0.0, ge=0, le=10, description="Seconds to pause after each epoch (for demos)."
+    )
+
+
+def load_dataset(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The bundled scikit-learn digits, or an ``.npz`` with arrays ``X`` (n×64) and ``y``."""
+    if path is not None:
+        with np.load(path) as data:
+            return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"])
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.data.astype(np.float64), d.target
+
+
+def image_to_pixels(raw: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(raw)).convert("L")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError("'image' is not a PNG or JPEG image") from exc
+    arr = np.asarray(img.resize((8, 8), Image.Resampling.LANCZOS), dtype=np.float64)
+    if arr.mean() > 127:  # dark ink on light paper → light ink on dark, like the dataset
+        arr = 255.0 - arr
+    return (arr / 255.0 * 16.0).reshape(64)
+
+
+def pixels_to_png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    arr = (np.clip(pixels.reshape(8, 8), 0, 16) / 16.0 * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(arr, "L").save(out, "PNG")
+    return out.getvalue()
+
+
+class DigitsModule(Module):
+    name = "digits"
+    metadata = {
+        "title": "Handwritten digits",
+        "summary": "Reads an 8×8 handwritten digit and returns the most likely labels.",
+        "description": "A small multi-layer perceptron trained on scikit-learn's bundled digits "
+        "dataset (1,797 images). Upload a PNG/JPEG or send 64 pixel values.",
+        "version": "1.0.0",
+        "license": "Apache-2.0",
+        "authors": ["forgehub"],
+        "tags": ["digits", "classification", "image", "demo"],
+        "tasks": ["Computer Vision", "Classification"],
+        "categories": ["AI4 trainable", "AI4 inference", "AI4 pre trained"],
+        "libraries": ["scikit-learn"],
+        "data-type": ["Image"],
+    }
+    PredictArgs = DigitsPredictArgs
+    TrainArgs = DigitsTrainArgs
+
+    def __init__(self, weights: Path | None = None) -> None:
+        self.weights_path = weights or WEIGHTS
+        self.layers: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def warm(self) -> None:
+        if self.layers:
+            return
+        with np.load(self.weights_path) as w:
+            n = int(w["n_layers"])
+            self.layers = [(w[f"W{i}"], w[f"b{i}"]) for i in range(n)]
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        self.warm()
+        h = x / 16.0
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        h = h - h.max(axis=-1, keepdims=True)
+        e = np.exp(h)
+        return np.asarray(e / e.sum(axis=-1, keepdims=True))
+
+    def predict(self, args: DigitsPredictArgs) -> Any:
+        if args.image is not None:
+            x = image_to_pixels(Path(args.image.filename).read_bytes())
+        else:
+            x = np.asarray(args.pixels, dtype=np.float64)
+        p = self.probabilities(x[None, :])[0]
+        order = np.argsort(p)[::-1][: args.top_k]
+        labels = [{"label": int(i), "probability": round(float(p[i]), 6)} for i in order]
+        if args.accept == "image/png":
+            return Blob(self.annotate(x, labels[0]), "image/png")
+        return {"labels": labels}
+
+    @staticmethod
+    def annotate(x: np.ndarray, best: dict[str, Any]) -> bytes:
+        from PIL import Image, ImageDraw
+
+        arr = (np.clip(x.reshape(8, 8), 0, 16) / 16.0 * 255).astype(np.uint8)
+        img = Image.fromarray(arr, "L").resize((128, 128), Image.Resampling.NEAREST).convert("RGB")
+        canvas = Image.new("RGB", (128, 152), "white")
+        canvas.paste(img, (0, 0))
+        ImageDraw.Draw(canvas).text(
+            (4, 132), f"{best['label']}  ({best['probability']:.0%})", fill="black"
+        )
+        out = io.BytesIO()
+        canvas.save(out, "PNG")
+        return out.getvalue()
+
+    def train(self, args: DigitsTrainArgs, ctx: TrainContext) -> dict[str, Any]:
+        import time
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.model_selection import train_test_split
+        from sklearn.neural_network import MLPClassifier
+
+        X, y = load_dataset(ctx.inputs.get("dataset"))
+        X_train, X_val, y_train, y_val = train_test_split(
+            X / 16.0, y, test_size=0.2, random_state=args.seed, stratify=y
+        )
+        clf = MLPClassifier(
+            hidden_layer_sizes=(args.hidden_size,),
+            learning_rate_init=args.learning_rate,
+            random_state=args.seed,
+        )
+        classes = np.arange(10)
+        acc = 0.0
+        for epoch in range(1, args.epochs + 1):
+            ctx.check_cancelled()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.partial_fit(X_train, y_train, classes=classes)
+            acc = float(clf.score(X_val, y_val))
+            ctx.log_metric("loss", float(clf.loss_), epoch)
+            ctx.log_metric("val_accuracy", acc, epoch)
+            ctx.progress(epoch / args.epochs, f"epoch {epoch}/{args.epochs}")
+            print(
+                f"epoch {epoch}/{args.epochs} loss={clf.loss_:.4f} val_accuracy={acc:.4f}",
+                flush=True,
+            )
+            if args.epoch_delay:
+                time.sleep(args.epoch_delay)
+        out = ctx.output_dir / "digits-weights.npz"
+        arrays: dict[str, Any] = {"n_layers": np.asarray(len(clf.coefs_))}
+        for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True)):
+            arrays[f"W{i}"] = w
+            arrays[f"b{i}"] = b
+        np.savez(out, **arrays)
+        return {"val_accuracy": acc, "epochs": args.epochs, "weights": str(out)}
+
+
+def _build_default_weights() -> None:
+    """Rebuild the shipped weights with this module's own training."""
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp())
+    ctx = TrainContext(
+        inputs={},
+        output_dir=tmp,
+        _metric=lambda n, v, s: None,
+        _progress=lambda f, m: None,
+        _cancelled=lambda: False,
+    )
+    result = DigitsModule().train(DigitsTrainArgs(epochs=60), ctx)
+    shutil.copy(tmp / "digits-weights.npz", WEIGHTS)
+    shutil.rmtree(tmp)
+    print(f"wrote {WEIGHTS} (val_accuracy={result['val_accuracy']:.3f})")
+
+
+if __name__ == "__main__":
+    _build_default_weights()

@@ -1,0 +1,563 @@
+"""The model API: DEEPaaS v2 routes and JSON shapes, served by FastAPI.
+
+``GET /v2/``, ``GET /v2/models/``, ``GET /v2/models/{name}/``, ``POST /v2/models/{name}/predict/``,
+``POST|GET /v2/models/{name}/train/`` and ``GET|DELETE /v2/models/{name}/train/{id}``; OpenAPI 3
+at ``/openapi.json``; interactive docs at ``/docs`` and ``/api``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+
+from forgehub import __version__
+from forgehub.auth import Principal
+from forgehub.db import Database
+from forgehub.db.models import Training, TrainingState
+from forgehub.modelapi.limits import UploadLimit
+from forgehub.modelapi.runner import ProcessRunner, ThreadRunner
+from forgehub.modelapi.trainings import TrainingManager
+from forgehub.module.args import ArgErrors, ArgSpec, collect
+from forgehub.module.contract import UploadedFile
+from forgehub.module.loaded import LoadedModule, ModuleError, Output, jsonable
+from forgehub.server import errors
+
+log = logging.getLogger("forgehub.modelapi")
+DEEPAAS_STATUS = {
+    TrainingState.queued: "running",
+    TrainingState.running: "running",
+    TrainingState.succeeded: "done",
+    TrainingState.failed: "error",
+    TrainingState.cancelled: "cancelled",
+}
+PrincipalGetter = Callable[[Request], Principal]
+
+
+def _form_parameters(specs: list[ArgSpec]) -> dict[str, Any]:
+    """OpenAPI for a predict/train route: query/header parameters plus a multipart body."""
+    params = []
+    body_props: dict[str, Any] = {}
+    for s in specs:
+        if s.is_file or s.items == "file":
+            body_props[s.name] = s.json_schema()
+            continue
+        params.append(
+            {
+                "name": s.name,
+                "in": "header" if s.location == "headers" else "query",
+                "required": s.required and s.location != "headers",
+                "schema": s.json_schema(),
+                "description": s.description,
+                **({"explode": True, "style": "form"} if s.type == "array" else {}),
+            }
+        )
+    extra: dict[str, Any] = {"parameters": params}
+    if body_props:
+        extra["requestBody"] = {
+            "required": any(s.required for s in specs if s.is_file),
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": body_props,
+                        "required": [
+                            s.name for s in specs if (s.is_file or s.items == "file") and s.required
+                        ],
+                    }
+                }
+            },
+        }
+    return extra
+
+
+class ModelAPI:
+    """Routes and state of one model API (one app may serve many modules)."""
+
+    def __init__(
+        self,
+        modules: list[LoadedModule],
+        db_getter: Callable[[], Database],
+        work_dir: Path,
+        principal: PrincipalGetter,
+        workers: int = 0,
+    ) -> None:
+        self.modules = {m.name: m for m in modules}
+        self.db_getter = db_getter
+        self.work_dir = work_dir
+        self.principal = principal
+        self.runner: ThreadRunner | ProcessRunner = (
+            ProcessRunner(self.modules, workers) if workers > 0 else ThreadRunner(self.modules)
+        )
+        self.trainings: TrainingManager | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        started = time.perf_counter()
+        await self.runner.start()
+        self.trainings = TrainingManager(self.db_getter(), self.modules, self.work_dir)
+        lost = self.trainings.recover()
+        if lost:
+            log.warning("%d training(s) were running when the server stopped; marked failed", lost)
+        log.info(
+            "model API ready in %.0f ms: %s",
+            (time.perf_counter() - started) * 1000,
+            ", ".join(self.modules) or "no modules",
+        )
+
+    async def stop(self) -> None:
+        if self.trainings is not None:
+            await anyio.to_thread.run_sync(self.trainings.shutdown)
+        await self.runner.stop()
+
+    # -- helpers ------------------------------------------------------------------------
+    def module(self, name: str) -> LoadedModule:
+        m = self.modules.get(name)
+        if m is None:
+            from fastapi import HTTPException
+
+            raise HTTPException(404, f"no model named {name!r}; GET /v2/models/ lists them")
+        return m
+
+    @staticmethod
+    def _meta(m: LoadedModule, href: str) -> dict[str, Any]:
+        return {
+            "id": m.name,
+            "name": m.name,
+            "links": [{"rel": "self", "href": href}],
+            **m.metadata(),
+        }
+
+    async def _gather(self, request: Request, specs: list[ArgSpec], tmpdir: Path) -> dict[str, Any]:
+        """Arguments from the query string, form or multipart body (files to temp files)."""
+        query = request.query_params
+        ctype = request.headers.get("content-type", "")
+        form = None
+        body_json: dict[str, Any] = {}
+        if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+            form = await request.form(max_files=64, max_fields=1000)
+        elif ctype.startswith("application/json"):
+            raw = await request.body()
+            if raw:
+                import json
+
+                try:
+                    decoded = json.loads(raw)
+                except ValueError as exc:
+                    raise ArgErrors({"body": [f"invalid JSON: {exc}"]}) from None
+                if not isinstance(decoded, dict):
+                    raise ArgErrors({"body": ["expected a JSON object of arguments"]})
+                body_json = decoded
+        try:
+            files: dict[str, list[UploadedFile]] = {}
+            if form is not None:
+                for key, value in form.multi_items():
+                    if isinstance(value, UploadFile):
+                        files.setdefault(key, []).append(
+                            await anyio.to_thread.run_sync(self._save, key, value, tmpdir)
+                        )
+
+            def getlist(name: str) -> list[Any]:
+                if name in files:
+                    return list(files[name])
+                if form is not None:
+                    vals = [v for v in form.getlist(name) if not isinstance(v, UploadFile)]
+                    if vals:
+                        return vals
+                if name in body_json:
+                    v = body_json[name]
+                    return v if isinstance(v, list) else [v]
+                return query.getlist(name)
+
+            data = collect(specs, getlist, request.headers)
+            for spec in specs:
+                if spec.is_file and isinstance(data.get(spec.name), str):
+                    raise ArgErrors({spec.name: ["expected a file upload (multipart/form-data)"]})
+            return data
+        finally:
+            if form is not None:
+                await form.close()
+
+    @staticmethod
+    def _save(field: str, upload: UploadFile, tmpdir: Path) -> UploadedFile:
+        fd, path = tempfile.mkstemp(dir=tmpdir, prefix="upload-")
+        with open(fd, "wb") as out:
+            upload.file.seek(0)
+            shutil.copyfileobj(upload.file, out, 1 << 20)
+        return UploadedFile(field, path, upload.content_type, upload.filename)
+
+    @staticmethod
+    def _respond(out: Output, cleanup: Callable[[], None]) -> Response:
+        task = BackgroundTask(cleanup)
+        if out.kind == "json":
+            return JSONResponse(out.body, background=task)
+        if out.kind == "bytes":
+            return Response(out.body, media_type=out.media_type, background=task)
+        if out.kind == "file":
+            path = Path(out.body)
+
+            def cleanup_file() -> None:
+                cleanup()
+                if out.delete:
+                    path.unlink(missing_ok=True)
+
+            headers = {}
+            if out.filename:
+                headers["Content-Disposition"] = f'attachment; filename="{out.filename}"'
+            from forgehub.module.loaded import iter_file
+
+            return StreamingResponse(
+                iter_file(path),
+                media_type=out.media_type,
+                headers=headers,
+                background=BackgroundTask(cleanup_file),
+            )
+        return StreamingResponse(out.body, media_type=out.media_type, background=task)
+
+    @staticmethod
+    def _arg_problem(exc: ArgErrors) -> JSONResponse:
+        return errors.problem(422, f"invalid arguments: {exc}", errors=exc.errors)
+
+    # -- routes -------------------------------------------------------------------------
+    async def predict(self, request: Request, name: str) -> Response:
+        self.principal(request)
+        m = self.module(name)
+        tmpdir = Path(tempfile.mkdtemp(prefix="forgehub-predict-"))
+
+        def cleanup() -> None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+        try:
+            try:
+                data = await self._gather(request, m.predict_specs, tmpdir)
+                args = m.validate_predict(data)
+            except ArgErrors as exc:
+                cleanup()
+                return self._arg_problem(exc)
+            try:
+                out = await self.runner.predict(name, args)
+            except ModuleError as exc:
+                cleanup()
+                return errors.problem(exc.status, f"the model failed: {exc}")
+        except BaseException:
+            cleanup()
+            raise
+        return self._respond(out, cleanup)
+
+    def _training_out(self, t: Training) -> dict[str, Any]:
+        ret: dict[str, Any] = {
+            "uuid": t.id,
+            "date": t.created_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "args": t.args,
+            "status": DEEPAAS_STATUS[t.state],
+            "state": t.state.value,
+            "module": t.module,
+        }
+        if t.error:
+            ret["message"] = t.error
+        result = dict(t.result or {})
+        if t.state == TrainingState.succeeded and t.finished_at is not None:
+            result["finish_date"] = t.finished_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+            start = t.started_at or t.created_at
+            result["duration"] = str(t.finished_at - start)
+        ret["result"] = result
+        return ret
+
+    def _owned(self, request: Request, name: str, tid: str) -> Training:
+        from fastapi import HTTPException
+
+        principal = self.principal(request)
+        self.module(name)
+        assert self.trainings is not None
+        t = self.trainings.get(tid)
+        if (
+            t is None
+            or t.module != name
+            or not (principal.is_admin or t.owner_id == principal.user_id)
+        ):
+            raise HTTPException(404, f"no training {tid!r} of model {name!r}")
+        return t
+
+    async def train_start(self, request: Request, name: str) -> Response:
+        principal = self.principal(request)
+        m = self.module(name)
+        if not m.trainable:
+            return errors.problem(405, f"model {name!r} cannot be trained")
+        upload_dir = self.work_dir / "uploads"
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix="train-", dir=upload_dir))
+        try:
+            data = await self._gather(request, m.train_specs, tmpdir)
+            args = m.validate_train(data)
+        except ArgErrors as exc:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            return self._arg_problem(exc)
+        except BaseException:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise
+        assert self.trainings is not None
+        trainings = self.trainings
+        stored = jsonable(args if isinstance(args, dict) else args.model_dump())
+        t = await anyio.to_thread.run_sync(
+            lambda: trainings.start(m, args, stored, principal.user_id, tmpdir)
+        )
+        return JSONResponse(self._training_out(t))
+
+    async def train_list(self, request: Request, name: str) -> Response:
+        principal = self.principal(request)
+        self.module(name)
+        assert self.trainings is not None
+        owner = None if principal.is_admin else principal.user_id
+        rows = await anyio.to_thread.run_sync(self.trainings.list, name, owner)
+        return JSONResponse([self._training_out(t) for t in rows])
+
+    async def train_get(self, request: Request, name: str, uuid: str) -> Response:
+        t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
+        return JSONResponse(self._training_out(t))
+
+    async def train_cancel(self, request: Request, name: str, uuid: str) -> Response:
+        t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
+        assert self.trainings is not None
+        if not t.state.finished:
+            await anyio.to_thread.run_sync(self.trainings.cancel, t.id)
+            t = self.trainings.get(t.id) or t
+        return JSONResponse(self._training_out(t))
+
+    # -- wiring -------------------------------------------------------------------------
+    def add_routes(self, app: FastAPI, prefix: str = "") -> None:
+        def bind(
+            fn: Callable[..., Awaitable[Response]], **fixed: Any
+        ) -> Callable[..., Awaitable[Response]]:
+            async def endpoint(request: Request) -> Response:
+                return await fn(request, **fixed, **request.path_params)
+
+            return endpoint
+
+        async def versions(request: Request) -> dict[str, Any]:
+            return {
+                "versions": [
+                    {
+                        "version": "stable",
+                        "id": "v2",
+                        "links": [
+                            {
+                                "rel": "self",
+                                "type": "application/json",
+                                "href": f"{request.scope.get('root_path', '')}{prefix}/v2/",
+                            }
+                        ],
+                    }
+                ]
+            }
+
+        async def v2(request: Request) -> dict[str, Any]:
+            return {
+                "version": "stable",
+                "id": "v2",
+                "links": [
+                    {
+                        "rel": "self",
+                        "type": "application/json",
+                        "href": f"{request.scope.get('root_path', '')}{prefix}/v2/",
+                    }
+                ],
+            }
+
+        async def models(request: Request) -> dict[str, Any]:
+            base = request.url.path
+            return {"models": [self._meta(m, f"{base}{m.name}") for m in self.modules.values()]}
+
+        app.add_api_route(
+            f"{prefix}/",
+            versions,
+            methods=["GET"],
+            tags=["versions"],
+            summary="API versions",
+            include_in_schema=bool(prefix) or True,
+        )
+        app.add_api_route(
+            f"{prefix}/v2/",
+            v2,
+            methods=["GET"],
+            tags=["versions"],
+            summary="V2 API version information",
+        )
+        app.add_api_route(
+            f"{prefix}/v2/models/",
+            models,
+            methods=["GET"],
+            tags=["models"],
+            summary="Loaded models and their metadata",
+        )
+        for m in self.modules.values():
+            base = f"{prefix}/v2/models/{m.name}"
+
+            def meta_route(m: LoadedModule) -> Callable[[Request], dict[str, Any]]:
+                def meta(request: Request) -> dict[str, Any]:
+                    return self._meta(m, request.url.path.rstrip("/"))
+
+                return meta
+
+            app.add_api_route(
+                f"{base}/",
+                meta_route(m),
+                methods=["GET"],
+                tags=["models"],
+                summary=f"Metadata of {m.name}",
+                name=f"{m.name}:meta",
+            )
+            extra = _form_parameters(m.predict_specs)
+            accept = m.accept_spec
+            responses: dict[int | str, Any] = {
+                "422": {"description": "Invalid arguments, one message per field"}
+            }
+            if accept and accept.enum:
+                responses[200] = {
+                    "description": "Prediction",
+                    "content": {str(c): {} for c in accept.enum if c != "*/*"},
+                }
+            app.add_api_route(
+                f"{base}/predict/",
+                bind(self.predict, name=m.name),
+                methods=["POST"],
+                tags=["models"],
+                name=f"{m.name}:predict",
+                summary=f"Predict with {m.name}",
+                openapi_extra=extra,
+                responses=responses,
+            )
+            if m.trainable:
+                app.add_api_route(
+                    f"{base}/train/",
+                    bind(self.train_start, name=m.name),
+                    methods=["POST"],
+                    tags=["models"],
+                    name=f"{m.name}:train",
+                    summary=f"Start a training of {m.name}",
+                    openapi_extra=_form_parameters(m.train_specs),
+                )
+                app.add_api_route(
+                    f"{base}/train/",
+                    bind(self.train_list, name=m.name),
+                    methods=["GET"],
+                    tags=["models"],
+                    name=f"{m.name}:trainings",
+                    summary="Trainings (running and finished)",
+                )
+                app.add_api_route(
+                    f"{base}/train/{{uuid}}",
+                    bind(self.train_get, name=m.name),
+                    methods=["GET"],
+                    tags=["models"],
+                    name=f"{m.name}:training",
+                    summary="Status of a training",
+                )
+                app.add_api_route(
+                    f"{base}/train/{{uuid}}",
+                    bind(self.train_cancel, name=m.name),
+                    methods=["DELETE"],
+                    tags=["models"],
+                    name=f"{m.name}:cancel",
+                    summary="Cancel a training",
+                )
+
+
+def create_model_app(
+    modules: list[LoadedModule],
+    db_url: str,
+    work_dir: Path,
+    *,
+    workers: int = 0,
+    base_path: str = "",
+    max_upload_mb: int = 100,
+    owner: Principal | None = None,
+) -> FastAPI:
+    """A standalone model API (``forgehub module serve``), DEEPaaS-style: no authentication."""
+    from forgehub.db import upgrade
+
+    state: dict[str, Any] = {}
+    base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
+
+    def principal(request: Request) -> Principal:
+        p: Principal = state["owner"]
+        return p
+
+    api = ModelAPI(modules, lambda: state["db"], work_dir, principal, workers)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(upgrade, db_url)
+        state["db"] = Database(db_url)
+        state["owner"] = owner or await anyio.to_thread.run_sync(_local_owner, state["db"])
+        await api.start()
+        log.info("forgehub model API started in %.0f ms", (time.perf_counter() - started) * 1000)
+        try:
+            yield
+        finally:
+            await api.stop()
+            state["db"].dispose()
+
+    app = FastAPI(
+        title="forgehub model API",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        description="DEEPaaS v2 compatible model API served by forgehub.",
+    )
+    errors.install(app)
+    api.add_routes(app)
+
+    @app.get("/api", include_in_schema=False)
+    def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=app.title)
+
+    app.state.model_api = api
+    app.add_middleware(UploadLimit, max_bytes=max_upload_mb * 1024 * 1024)
+    if base_path:
+        return _mount(app, base_path)
+    return app
+
+
+def _mount(inner: FastAPI, base_path: str) -> FastAPI:
+    """Serve ``inner`` under ``base_path`` (for a proxy that does not strip the prefix)."""
+    outer = FastAPI(
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lambda app: inner.router.lifespan_context(inner),  # type: ignore[arg-type]
+    )
+    outer.mount(base_path, inner)
+    outer.state.model_api = inner.state.model_api
+    return outer
+
+
+def _local_owner(db: Database) -> Principal:
+    """Standalone module servers own their trainings as a local user."""
+    from sqlalchemy import select
+
+    from forgehub.auth import create_user
+    from forgehub.db.models import Role, User
+
+    with db.session() as s:
+        user = s.scalar(select(User).where(User.name == "local"))
+        if user is None:
+            user = s.scalar(select(User).where(User.role == Role.admin))
+        if user is None:
+            user = create_user(s, "local", Role.admin)
+        return Principal(user_id=user.id, name=user.name, role=user.role)

@@ -1,0 +1,281 @@
+"""DEEPaaS v2 modules, served unmodified.
+
+A DEEPaaS model is a Python module of functions, a class (instantiated here) or an instance, with
+``get_metadata``, ``warm``, ``predict(**kwargs)``, ``train(**kwargs)``, ``get_predict_args`` and
+``get_train_args`` (webargs/marshmallow field dicts), and optionally a response ``schema``.
+Arguments are validated by marshmallow itself, exactly as DEEPaaS does, so module code sees the
+same values; uploads arrive as DEEPaaS's own ``UploadedFile`` when ``deepaas`` is importable.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+from pathlib import Path
+from typing import Any
+
+from forgehub.module.args import ArgErrors, ArgSpec
+from forgehub.module.contract import TrainContext
+from forgehub.module.loaded import JSON_TYPES, LoadedModule, ModuleError, Output, jsonable
+
+try:  # DEEPaaS's own class, so isinstance checks in module code pass
+    from deepaas.model.v2.wrapper import ReturnedFile as _ReturnedFile
+    from deepaas.model.v2.wrapper import UploadedFile as DeepaasUploadedFile
+except Exception:  # noqa: BLE001 - deepaas missing or broken: use a look-alike
+    import collections
+
+    DeepaasUploadedFile = collections.namedtuple(  # type: ignore[no-redef,name-match]
+        "UploadedFile", ("name", "filename", "content_type", "original_filename")
+    )
+    _ReturnedFile = None
+
+
+def _missing(value: Any) -> bool:
+    import marshmallow
+
+    return value is marshmallow.missing
+
+
+def _field_type(field: Any) -> tuple[str, str | None]:
+    from marshmallow import fields as f
+
+    meta = getattr(field, "metadata", {}) or {}
+    if meta.get("type") == "file" or getattr(field, "type", None) == "file":
+        return "file", None
+    if isinstance(field, f.List):
+        inner = getattr(field, "inner", None) or getattr(field, "container", None)
+        item, _ = _field_type(inner) if inner is not None else ("string", None)
+        return "array", item
+    if isinstance(field, f.Bool | f.Boolean):
+        return "boolean", None
+    if isinstance(field, f.Int | f.Integer):
+        return "integer", None
+    if isinstance(field, f.Float | f.Number | f.Decimal):
+        return "number", None
+    if isinstance(field, f.Dict | f.Nested | f.Mapping):
+        return "object", None
+    if isinstance(field, f.DateTime):
+        return "string", "date-time"
+    if isinstance(field, f.Date):
+        return "string", "date"
+    return "string", None
+
+
+def spec_from_field(name: str, field: Any) -> ArgSpec:
+    from marshmallow import validate as v
+
+    typ, items = _field_type(field)
+    meta = dict(getattr(field, "metadata", {}) or {})
+    enum = meta.get("enum")
+    minimum = maximum = min_len = max_len = None
+    validators = getattr(field, "validators", []) or []
+    inner = getattr(field, "inner", None)
+    if inner is not None:
+        validators = [*validators, *(getattr(inner, "validators", []) or [])]
+    for val in validators:
+        if isinstance(val, v.OneOf):
+            enum = list(val.choices)
+        elif isinstance(val, v.Range):
+            minimum, maximum = val.min, val.max
+        elif isinstance(val, v.Length):
+            min_len, max_len = val.min, val.max
+            if val.equal is not None:
+                min_len = max_len = val.equal
+    default = (
+        field.load_default
+        if hasattr(type(field), "load_default") or "load_default" in vars(field)
+        else getattr(field, "missing", None)
+    )
+    has_default = default is not None and not _missing(default) and not callable(default)
+    location = (
+        meta.get("location")
+        or getattr(field, "location", None)
+        or ("form" if typ == "file" else "query")
+    )
+    if location in ("querystring", "json"):
+        location = "query"
+    if name == "accept":
+        location = "headers"
+    description = meta.get("description") or meta.get("descripton") or ""
+    return ArgSpec(
+        name=name,
+        type=typ,
+        required=bool(field.required),
+        default=jsonable(default) if has_default else None,
+        has_default=has_default,
+        description=str(description),
+        enum=[jsonable(e) for e in enum] if enum is not None else None,
+        minimum=minimum,
+        maximum=maximum,
+        min_length=min_len,
+        max_length=max_len,
+        items=items,
+        format=_field_type(field)[1] if typ == "string" else None,
+        location=location,
+    )
+
+
+class DeepaasModule(LoadedModule):
+    kind = "deepaas"
+
+    def __init__(self, obj: Any, target: str, name: str) -> None:
+        if inspect.isclass(obj):
+            obj = obj()
+        self.obj = obj
+        self.target = target
+        self.name = name
+        self._predict_fields = self._fields("get_predict_args")
+        accept = self._predict_fields.get("accept")
+        if accept is not None:
+            # As DEEPaaS does: "*/*" is always acceptable, and the first choice is the default.
+            choices = list(getattr(accept.validate, "choices", []) or [])
+            if choices:
+                from marshmallow import validate as v
+
+                if "*/*" not in choices:
+                    choices.append("*/*")
+                accept.validators = [v.OneOf(choices)]
+                accept.validate = accept.validators[0]
+                accept.load_default = choices[0]
+        self._train_fields = self._fields("get_train_args")
+        self._predict_specs = [spec_from_field(n, f) for n, f in self._predict_fields.items()]
+        self._train_specs = [spec_from_field(n, f) for n, f in self._train_fields.items()]
+        self._schema = self._response_schema()
+
+    def _fields(self, getter: str) -> dict[str, Any]:
+        fn = getattr(self.obj, getter, None)
+        if fn is None:
+            return {}
+        try:
+            fields = fn() or {}
+        except NotImplementedError:
+            return {}
+        return copy.deepcopy(dict(fields))
+
+    def _response_schema(self) -> Any:
+        import marshmallow
+
+        schema = getattr(self.obj, "schema", None)
+        if isinstance(schema, dict):
+            return marshmallow.Schema.from_dict(schema, name="ModelPredictionResponse")
+        if inspect.isclass(schema) and issubclass(schema, marshmallow.Schema):
+            return schema
+        return None
+
+    def metadata(self) -> dict[str, Any]:
+        try:
+            meta = dict(self.obj.get_metadata())
+        except (NotImplementedError, AttributeError):
+            meta = {
+                "id": "0",
+                "name": self.name,
+                "description": f"Could not load description from underlying model "
+                f"(loaded '{self.name}')",
+            }
+        out: dict[str, Any] = jsonable(meta)
+        return out
+
+    @property
+    def predict_specs(self) -> list[ArgSpec]:
+        return self._predict_specs
+
+    @property
+    def train_specs(self) -> list[ArgSpec]:
+        return self._train_specs
+
+    @property
+    def trainable(self) -> bool:
+        return callable(getattr(self.obj, "train", None))
+
+    def warm(self) -> None:
+        fn = getattr(self.obj, "warm", None)
+        if fn is None:
+            return
+        try:
+            fn()
+        except NotImplementedError:
+            pass
+
+    def _load(self, fields: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        import marshmallow
+
+        schema_cls = marshmallow.Schema.from_dict(copy.deepcopy(fields))
+        try:
+            loaded: dict[str, Any] = schema_cls(unknown=marshmallow.EXCLUDE).load(data)
+            return loaded
+        except marshmallow.ValidationError as exc:
+            messages = exc.messages if isinstance(exc.messages, dict) else {"args": exc.messages}
+            raise ArgErrors(
+                {
+                    str(k): [str(m) for m in (v if isinstance(v, list) else [v])]
+                    for k, v in messages.items()
+                }
+            ) from None
+
+    def validate_predict(self, data: dict[str, Any]) -> Any:
+        return self._load(self._predict_fields, self._to_deepaas_files(data))
+
+    def validate_train(self, data: dict[str, Any]) -> Any:
+        return self._load(self._train_fields, self._to_deepaas_files(data))
+
+    @staticmethod
+    def _to_deepaas_files(data: dict[str, Any]) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if hasattr(v, "original_filename") and not isinstance(v, DeepaasUploadedFile):
+                return DeepaasUploadedFile(
+                    name=v.name,
+                    filename=v.filename,
+                    content_type=v.content_type,
+                    original_filename=v.original_filename,
+                )
+            return v
+
+        return {
+            k: [conv(i) for i in v] if isinstance(v, list) else conv(v) for k, v in data.items()
+        }
+
+    def predict(self, args: Any) -> Output:
+        import marshmallow
+
+        try:
+            ret = self.obj.predict(**args)
+        except Exception as exc:
+            status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
+            code = (
+                status
+                if isinstance(status, int) and 400 <= status < 600
+                else (400 if isinstance(exc, ValueError | TypeError | KeyError) else 500)
+            )
+            raise ModuleError(f"{type(exc).__name__}: {exc}", code) from exc
+        accept = args.get("accept", "application/json")
+        if accept not in JSON_TYPES:
+            if isinstance(ret, io.IOBase):
+                path = Path(ret.name)  # type: ignore[attr-defined]
+                ret.close()
+                return Output("file", path, accept)
+            if _ReturnedFile is not None and isinstance(ret, _ReturnedFile):
+                return Output("file", Path(ret.filename), accept)
+            if isinstance(ret, str):
+                ret = ret.encode()
+            return Output("bytes", bytes(ret), accept)
+        if self._schema is not None:
+            try:
+                self._schema().load(ret)
+            except marshmallow.ValidationError as exc:
+                raise ModuleError(
+                    f"the module's response does not match its schema: {exc.messages}", 500
+                ) from exc
+            return Output("json", jsonable(ret))
+        return Output("json", {"status": "OK", "predictions": jsonable(ret)})
+
+    def train(self, args: Any, ctx: TrainContext) -> Any:
+        return jsonable(self.obj.train(**args))
+
+    def response_schema(self) -> dict[str, Any] | None:
+        if self._schema is None:
+            return None
+        specs = [spec_from_field(n, f) for n, f in self._schema().fields.items()]
+        from forgehub.module.args import object_schema
+
+        return object_schema(specs)
