@@ -43,6 +43,17 @@ DEEPAAS_STATUS = {
     TrainingState.failed: "error",
     TrainingState.cancelled: "cancelled",
 }
+UUID_PARAM = {
+    "parameters": [
+        {
+            "name": "uuid",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "Training id",
+        }
+    ]
+}
 PrincipalGetter = Callable[[Request], Principal]
 
 
@@ -463,6 +474,7 @@ class ModelAPI:
                     tags=["models"],
                     name=f"{m.name}:training",
                     summary="Status of a training",
+                    openapi_extra=UUID_PARAM,
                 )
                 app.add_api_route(
                     f"{base}/train/{{uuid}}",
@@ -471,6 +483,7 @@ class ModelAPI:
                     tags=["models"],
                     name=f"{m.name}:cancel",
                     summary="Cancel a training",
+                    openapi_extra=UUID_PARAM,
                 )
 
 

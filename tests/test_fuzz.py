@@ -1,0 +1,63 @@
+"""Schema fuzzing (schemathesis) of the demo modules' model API: no input gives a 5xx."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.services import free_port, stop_pid, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.timeout(400)
+def test_no_server_errors_on_demo_modules(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            str(BIN / "forgehub"),
+            "module",
+            "serve",
+            "digits",
+            "deepaas.model.v2.test:TestModel",
+            "tests.modules.deepaas_style",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_port(port, 60, proc)
+        result = subprocess.run(
+            [
+                str(BIN / "schemathesis"),
+                "run",
+                f"http://127.0.0.1:{port}/openapi.json",
+                "--checks",
+                "not_a_server_error",
+                "--max-examples",
+                "10",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--seed",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=360,
+            env={**env, "NO_COLOR": "1"},
+        )
+    finally:
+        stop_pid(proc.pid)
+        log.close()
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout
