@@ -131,7 +131,7 @@ def test_deepaas_demo_model(tmp_path: Path) -> None:
 
 
 def _predict_dirs() -> set[str]:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("forgehub-predict-")}
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("forgehub-upload-")}
 
 
 def test_uploaded_temp_files_are_removed(tmp_path: Path) -> None:

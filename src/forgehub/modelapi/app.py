@@ -8,6 +8,7 @@ at ``/openapi.json``; interactive docs at ``/docs`` and ``/api``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -94,6 +95,56 @@ def _form_parameters(specs: list[ArgSpec]) -> dict[str, Any]:
     return extra
 
 
+class PendingUpload:
+    """A multipart file not yet written to disk."""
+
+    __slots__ = ("field", "upload")
+
+    def __init__(self, field: str, upload: UploadFile) -> None:
+        self.field = field
+        self.upload = upload
+
+
+class Uploads:
+    """Uploaded files of one request, written to ``directory``; removed by :meth:`cleanup`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths: list[str] = []
+        self.form: Any = None
+
+    def materialize(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Write pending uploads to files (blocking: call it from a worker thread)."""
+
+        def conv(v: Any) -> Any:
+            return self.save(v.field, v.upload) if isinstance(v, PendingUpload) else v
+
+        return {
+            k: [conv(i) for i in v] if isinstance(v, list) else conv(v) for k, v in data.items()
+        }
+
+    def save(self, field: str, upload: UploadFile) -> UploadedFile:
+        fd, path = tempfile.mkstemp(dir=self.directory, prefix="forgehub-upload-")
+        self.paths.append(path)
+        with open(fd, "wb") as out:
+            upload.file.seek(0)
+            shutil.copyfileobj(upload.file, out, 1 << 20)
+        return UploadedFile(field, path, upload.content_type, upload.filename)
+
+    def cleanup(self) -> None:
+        if self.form is not None:
+            for _, value in self.form.multi_items():
+                if isinstance(value, UploadFile):
+                    value.file.close()
+            self.form = None
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths.clear()
+
+
 class ModelAPI:
     """Routes and state of one model API (one app may serve many modules)."""
 
@@ -151,14 +202,21 @@ class ModelAPI:
             **m.metadata(),
         }
 
-    async def _gather(self, request: Request, specs: list[ArgSpec], tmpdir: Path) -> dict[str, Any]:
-        """Arguments from the query string, form or multipart body (files to temp files)."""
+    async def _gather(
+        self, request: Request, specs: list[ArgSpec], uploads: Uploads
+    ) -> dict[str, Any]:
+        """Arguments from the query string, form, multipart or JSON body.
+
+        Uploads stay pending (see :class:`Uploads`) until :meth:`Uploads.materialize` writes them
+        to files, in a worker thread; the form is closed by :meth:`Uploads.cleanup`.
+        """
         query = request.query_params
         ctype = request.headers.get("content-type", "")
         form = None
         body_json: dict[str, Any] = {}
         if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             form = await request.form(max_files=64, max_fields=1000)
+            uploads.form = form
         elif ctype.startswith("application/json"):
             raw = await request.body()
             if raw:
@@ -171,43 +229,24 @@ class ModelAPI:
                 if not isinstance(decoded, dict):
                     raise ArgErrors({"body": ["expected a JSON object of arguments"]})
                 body_json = decoded
-        try:
-            files: dict[str, list[UploadedFile]] = {}
+
+        def getlist(name: str) -> list[Any]:
             if form is not None:
-                for key, value in form.multi_items():
-                    if isinstance(value, UploadFile):
-                        files.setdefault(key, []).append(
-                            await anyio.to_thread.run_sync(self._save, key, value, tmpdir)
-                        )
+                vals = form.getlist(name)
+                if vals:
+                    return [
+                        PendingUpload(name, v) if isinstance(v, UploadFile) else v for v in vals
+                    ]
+            if name in body_json:
+                v = body_json[name]
+                return v if isinstance(v, list) else [v]
+            return query.getlist(name)
 
-            def getlist(name: str) -> list[Any]:
-                if name in files:
-                    return list(files[name])
-                if form is not None:
-                    vals = [v for v in form.getlist(name) if not isinstance(v, UploadFile)]
-                    if vals:
-                        return vals
-                if name in body_json:
-                    v = body_json[name]
-                    return v if isinstance(v, list) else [v]
-                return query.getlist(name)
-
-            data = collect(specs, getlist, request.headers)
-            for spec in specs:
-                if spec.is_file and isinstance(data.get(spec.name), str):
-                    raise ArgErrors({spec.name: ["expected a file upload (multipart/form-data)"]})
-            return data
-        finally:
-            if form is not None:
-                await form.close()
-
-    @staticmethod
-    def _save(field: str, upload: UploadFile, tmpdir: Path) -> UploadedFile:
-        fd, path = tempfile.mkstemp(dir=tmpdir, prefix="upload-")
-        with open(fd, "wb") as out:
-            upload.file.seek(0)
-            shutil.copyfileobj(upload.file, out, 1 << 20)
-        return UploadedFile(field, path, upload.content_type, upload.filename)
+        data = collect(specs, getlist, request.headers)
+        for spec in specs:
+            if spec.is_file and isinstance(data.get(spec.name), str):
+                raise ArgErrors({spec.name: ["expected a file upload (multipart/form-data)"]})
+        return data
 
     @staticmethod
     def _respond(out: Output, cleanup: Callable[[], None]) -> Response:
@@ -245,27 +284,22 @@ class ModelAPI:
     async def predict(self, request: Request, name: str) -> Response:
         self.principal(request)
         m = self.module(name)
-        tmpdir = Path(tempfile.mkdtemp(prefix="forgehub-predict-"))
-
-        def cleanup() -> None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-
+        uploads = Uploads(Path(tempfile.gettempdir()))
         try:
             try:
-                data = await self._gather(request, m.predict_specs, tmpdir)
-                args = m.validate_predict(data)
+                data = await self._gather(request, m.predict_specs, uploads)
+                # validation and prediction run together, off the event loop
+                out = await self.runner.predict(name, data, uploads)
             except ArgErrors as exc:
-                cleanup()
+                uploads.cleanup()
                 return self._arg_problem(exc)
-            try:
-                out = await self.runner.predict(name, args)
             except ModuleError as exc:
-                cleanup()
+                uploads.cleanup()
                 return errors.problem(exc.status, f"the model failed: {exc}")
         except BaseException:
-            cleanup()
+            uploads.cleanup()
             raise
-        return self._respond(out, cleanup)
+        return self._respond(out, uploads.cleanup)
 
     def _training_out(self, t: Training) -> dict[str, Any]:
         ret: dict[str, Any] = {
@@ -310,7 +344,11 @@ class ModelAPI:
         upload_dir.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix="train-", dir=upload_dir))
         try:
-            data = await self._gather(request, m.train_specs, tmpdir)
+            train_uploads = Uploads(tmpdir)
+            data = await self._gather(request, m.train_specs, train_uploads)
+            data = await anyio.to_thread.run_sync(train_uploads.materialize, data)
+            train_uploads.paths.clear()  # kept for the training; removed with tmpdir
+            train_uploads.cleanup()
             args = m.validate_train(data)
         except ArgErrors as exc:
             shutil.rmtree(tmpdir, ignore_errors=True)

@@ -31,8 +31,14 @@ class ThreadRunner:
         for m in self.modules.values():
             await anyio.to_thread.run_sync(m.warm)
 
-    async def predict(self, name: str, args: Any) -> Output:
-        return await anyio.to_thread.run_sync(self.modules[name].predict, args)
+    async def predict(self, name: str, data: dict[str, Any], uploads: Any) -> Output:
+        """Write uploads, validate and predict: all in one worker-thread hop."""
+        module = self.modules[name]
+
+        def call() -> Output:
+            return _validate_predict(module, uploads.materialize(data))
+
+        return await anyio.to_thread.run_sync(call)
 
     async def stop(self) -> None:
         return None
@@ -48,8 +54,12 @@ def _init_worker(targets: dict[str, str]) -> None:
     log.info("worker %d warmed %s", os.getpid(), ", ".join(targets))
 
 
-def _worker_predict(name: str, args: Any) -> Output:
-    return _WORKER_MODULES[name].predict(args).materialize()
+def _validate_predict(module: LoadedModule, data: dict[str, Any]) -> Output:
+    return module.predict(module.validate_predict(data))
+
+
+def _worker_predict(name: str, data: dict[str, Any]) -> Output:
+    return _validate_predict(_WORKER_MODULES[name], data).materialize()
 
 
 def _worker_pid() -> int:
@@ -81,10 +91,11 @@ class ProcessRunner:
             ", ".join(map(str, sorted(set(pids)))),
         )
 
-    async def predict(self, name: str, args: Any) -> Output:
+    async def predict(self, name: str, data: dict[str, Any], uploads: Any) -> Output:
         assert self.pool is not None
+        data = await anyio.to_thread.run_sync(uploads.materialize, data)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, _worker_predict, name, args)
+        return await loop.run_in_executor(self.pool, _worker_predict, name, data)
 
     async def stop(self) -> None:
         if self.pool is not None:

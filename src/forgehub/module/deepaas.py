@@ -142,6 +142,11 @@ class DeepaasModule(LoadedModule):
         self._predict_specs = [spec_from_field(n, f) for n, f in self._predict_fields.items()]
         self._train_specs = [spec_from_field(n, f) for n, f in self._train_fields.items()]
         self._schema = self._response_schema()
+        self._schema_instance = self._schema() if self._schema is not None else None
+        self._loaders = {
+            "predict": self._loader(self._predict_fields),
+            "train": self._loader(self._train_fields),
+        }
 
     def _fields(self, getter: str) -> dict[str, Any]:
         fn = getattr(self.obj, getter, None)
@@ -197,12 +202,18 @@ class DeepaasModule(LoadedModule):
         except NotImplementedError:
             pass
 
-    def _load(self, fields: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _loader(fields: dict[str, Any]) -> Any:
+        """One marshmallow schema per argument set, built once (loading does not mutate it)."""
         import marshmallow
 
-        schema_cls = marshmallow.Schema.from_dict(copy.deepcopy(fields))
+        return marshmallow.Schema.from_dict(copy.deepcopy(fields))(unknown=marshmallow.EXCLUDE)
+
+    def _load(self, which: str, data: dict[str, Any]) -> dict[str, Any]:
+        import marshmallow
+
         try:
-            loaded: dict[str, Any] = schema_cls(unknown=marshmallow.EXCLUDE).load(data)
+            loaded: dict[str, Any] = self._loaders[which].load(data)
             return loaded
         except marshmallow.ValidationError as exc:
             messages = exc.messages if isinstance(exc.messages, dict) else {"args": exc.messages}
@@ -214,10 +225,10 @@ class DeepaasModule(LoadedModule):
             ) from None
 
     def validate_predict(self, data: dict[str, Any]) -> Any:
-        return self._load(self._predict_fields, self._to_deepaas_files(data))
+        return self._load("predict", self._to_deepaas_files(data))
 
     def validate_train(self, data: dict[str, Any]) -> Any:
-        return self._load(self._train_fields, self._to_deepaas_files(data))
+        return self._load("train", self._to_deepaas_files(data))
 
     @staticmethod
     def _to_deepaas_files(data: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +272,7 @@ class DeepaasModule(LoadedModule):
             return Output("bytes", bytes(ret), accept)
         if self._schema is not None:
             try:
-                self._schema().load(ret)
+                self._schema_instance.load(ret)
             except marshmallow.ValidationError as exc:
                 raise ModuleError(
                     f"the module's response does not match its schema: {exc.messages}", 500
