@@ -270,7 +270,7 @@ class DeepaasModule(LoadedModule):
             if isinstance(ret, str):
                 ret = ret.encode()
             return Output("bytes", bytes(ret), accept)
-        if self._schema is not None:
+        if self._schema_instance is not None:
             try:
                 self._schema_instance.load(ret)
             except marshmallow.ValidationError as exc:
