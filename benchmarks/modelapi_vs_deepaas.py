@@ -151,6 +151,18 @@ def main() -> None:
             "--log-level",
             "warning",
         ],
+        "forgehub-w2": lambda p: [
+            str(BIN / "forgehub"),
+            "module",
+            "serve",
+            "deepaas.model.v2.test:TestModel",
+            "--port",
+            str(p),
+            "--log-level",
+            "warning",
+            "--workers",
+            "2",
+        ],
         "asgi-hello": lambda p: [
             str(BIN / "uvicorn"),
             "hello_app:app",
@@ -197,16 +209,20 @@ def main() -> None:
                 rps, p50, p99, errs = results[(name, route, c)]
                 label = "(hello)" if name == "asgi-hello" else route
                 print(f"{label:<18}{c:>6}  {name:<11}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{errs:>8}")
-            d, f = results[("deepaas", route, c)], results[("forgehub", route, c)]
-            print(
-                f"{'':<18}{'':>6}  {'ratio f/d':<11}{f[0] / d[0]:>8.1f}x{f[1] / d[1]:>8.2f}x"
-                f"{f[2] / d[2]:>8.2f}x"
-            )
-    d, f = results[("deepaas", "POST predict", 10)], results[("forgehub", "POST predict", 10)]
-    print(
-        f"\ntarget at 10 connections: predict req/s >= 5x DEEPaaS -> {f[0] / d[0]:.1f}x; "
-        f"p99 <= 1/5 of DEEPaaS -> {f[2] / d[2]:.2f}x"
-    )
+            d = results[("deepaas", route, c)]
+            for fname, tag in (("forgehub", "f/d"), ("forgehub-w2", "f-w2/d")):
+                f = results[(fname, route, c)]
+                print(
+                    f"{'':<18}{'':>6}  {'ratio ' + tag:<11}{f[0] / d[0]:>8.1f}x"
+                    f"{f[1] / d[1]:>8.2f}x{f[2] / d[2]:>8.2f}x"
+                )
+    d = results[("deepaas", "POST predict", 10)]
+    for fname in ("forgehub", "forgehub-w2"):
+        f = results[(fname, "POST predict", 10)]
+        print(
+            f"\ntarget at 10 connections ({fname}): predict req/s >= 5x DEEPaaS -> "
+            f"{f[0] / d[0]:.1f}x; p99 <= 1/5 of DEEPaaS -> {f[2] / d[2]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from sklearn.datasets import load_digits
 
@@ -219,17 +218,3 @@ def test_trainings_survive_a_restart_and_lost_ones_fail(tmp_path: Path) -> None:
         assert listed[t["uuid"]]["status"] == "done"
         assert listed[lost.id]["status"] == "error"
         assert "server stopped" in listed[lost.id]["message"]
-
-
-@pytest.mark.timeout(120)
-def test_workers_run_predictions_in_warmed_processes(tmp_path: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    with model_client(tmp_path, "tests.modules.native_probe:Probe", workers=2) as c:
-        url = "/v2/models/probe/predict/"
-        with ThreadPoolExecutor(8) as pool:
-            bodies = list(pool.map(lambda _: c.post(url, params={"work_ms": 30}).json(), range(24)))
-    pids = {b["predictions"]["pid"] for b in bodies}
-    assert os.getpid() not in pids
-    assert len(pids) == 2
-    assert {b["predictions"]["warm_calls"] for b in bodies} == {1}

@@ -77,7 +77,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(5000, help="Port."),
     workers: int = typer.Option(
-        0, help="Run predictions in N processes (warm() once in each); 0 runs them in threads."
+        1,
+        help="Server processes sharing the port; each loads the modules and calls warm() "
+        "once. Predictions never run on the event loop.",
     ),
     base_path: str = typer.Option("", help="Serve under this path prefix (behind a proxy)."),
     max_upload: int = typer.Option(100, "--max-upload", help="Largest request body, in MB."),
@@ -104,28 +106,15 @@ def serve(
             f"refusing to listen on {host}: the model API has no authentication; "
             "pass --allow-public if that is what you want"
         )
-    if workers < 0:
-        fail("--workers must be 0 or more")
+    if workers < 1:
+        fail("--workers must be 1 or more")
     modules = [_load(n) for n in name] if name else load_all()
     if not modules:
         fail("no modules installed; name one (package.module[:attr])")
     settings = load_settings(overrides={"data_dir": data_dir})
     setup(log_level)
-    app_ = create_model_app(
-        modules,
-        settings.db_url,
-        settings.data_dir / "modelapi",
-        workers=workers,
-        base_path=base_path,
-        max_upload_mb=max_upload,
-    )
-    prefix = "/" + base_path.strip("/") if base_path.strip("/") else ""
-    out.print(
-        f"serving {', '.join(m.name for m in modules)} on http://{host}:{port}{prefix}/  "
-        f"(docs: {prefix}/docs)"
-    )
-    uvicorn.run(
-        app_,
+    work_dir = settings.data_dir / "modelapi"
+    common = dict(
         host=host,
         port=port,
         log_level=log_level,
@@ -133,6 +122,34 @@ def serve(
         timeout_graceful_shutdown=10,
         server_header=False,
     )
+    prefix = "/" + base_path.strip("/") if base_path.strip("/") else ""
+    out.print(
+        f"serving {', '.join(m.name for m in modules)} on http://{host}:{port}{prefix}/  "
+        f"(docs: {prefix}/docs)"
+    )
+    if workers <= 1:
+        app_ = create_model_app(
+            modules, settings.db_url, work_dir, base_path=base_path, max_upload_mb=max_upload
+        )
+        uvicorn.run(app_, **common)  # type: ignore[arg-type]
+        return
+    # N processes on one socket: migrate and recover once here, then let each process load
+    # the modules and warm them once.
+    import os
+
+    from forgehub.db import Database, upgrade
+    from forgehub.modelapi.factory import ENV, spec_to_env
+    from forgehub.modelapi.trainings import TrainingManager
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    db = Database(settings.db_url)
+    TrainingManager(db, {m.name: m for m in modules}, work_dir).recover()
+    db.dispose()
+    os.environ[ENV] = spec_to_env(
+        [(m.name, m.target) for m in modules], settings.db_url, work_dir, base_path, max_upload
+    )
+    uvicorn.run("forgehub.modelapi.factory:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
 
 
 def _parse_pairs(pairs: list[str], what: str) -> list[tuple[str, str]]:

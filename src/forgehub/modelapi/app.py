@@ -29,7 +29,7 @@ from forgehub.auth import Principal
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState
 from forgehub.modelapi.limits import UploadLimit
-from forgehub.modelapi.runner import ProcessRunner, ThreadRunner
+from forgehub.modelapi.runner import ThreadRunner
 from forgehub.modelapi.trainings import TrainingManager
 from forgehub.module.args import ArgErrors, ArgSpec, collect
 from forgehub.module.contract import UploadedFile
@@ -154,15 +154,14 @@ class ModelAPI:
         db_getter: Callable[[], Database],
         work_dir: Path,
         principal: PrincipalGetter,
-        workers: int = 0,
+        recover: bool = True,
     ) -> None:
         self.modules = {m.name: m for m in modules}
         self.db_getter = db_getter
         self.work_dir = work_dir
         self.principal = principal
-        self.runner: ThreadRunner | ProcessRunner = (
-            ProcessRunner(self.modules, workers) if workers > 0 else ThreadRunner(self.modules)
-        )
+        self.runner = ThreadRunner(self.modules)
+        self.recover = recover
         self.trainings: TrainingManager | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -170,7 +169,7 @@ class ModelAPI:
         started = time.perf_counter()
         await self.runner.start()
         self.trainings = TrainingManager(self.db_getter(), self.modules, self.work_dir)
-        lost = self.trainings.recover()
+        lost = self.trainings.recover() if self.recover else 0
         if lost:
             log.warning("%d training(s) were running when the server stopped; marked failed", lost)
         log.info(
@@ -530,7 +529,7 @@ def create_model_app(
     db_url: str,
     work_dir: Path,
     *,
-    workers: int = 0,
+    recover: bool = True,
     base_path: str = "",
     max_upload_mb: int = 100,
     owner: Principal | None = None,
@@ -545,7 +544,7 @@ def create_model_app(
         p: Principal = state["owner"]
         return p
 
-    api = ModelAPI(modules, lambda: state["db"], work_dir, principal, workers)
+    api = ModelAPI(modules, lambda: state["db"], work_dir, principal, recover=recover)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

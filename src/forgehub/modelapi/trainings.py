@@ -138,6 +138,10 @@ class TrainingManager:
         last_flush = 0.0
         while True:
             try:
+                if not conn.poll(0.5):
+                    if not run.cancel_requested and self._cancel_requested(tid):
+                        threading.Thread(target=self.cancel, args=(tid,), daemon=True).start()
+                    continue
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
@@ -180,6 +184,12 @@ class TrainingManager:
         if run.cleanup is not None:
             shutil.rmtree(run.cleanup, ignore_errors=True)
 
+    def _cancel_requested(self, tid: str) -> bool:
+        """A cancel asked through another server process (``--workers N``)."""
+        with self.db.session() as s:
+            flag = s.scalar(select(Training.cancel_requested_at).where(Training.id == tid))
+            return flag is not None
+
     def _update(self, tid: str, result: dict[str, Any]) -> None:
         with self.db.session() as s:
             t = s.get(Training, tid)
@@ -204,9 +214,13 @@ class TrainingManager:
                 t.result = result
 
     def cancel(self, tid: str) -> None:
+        """Cancel a training and wait until its final state is stored."""
         with self.lock:
             run = self.runs.get(tid)
         if run is None:
+            self._cancel_elsewhere(tid)
+            return
+        if run.cancel_requested:
             return
         run.cancel_requested = True
         run.cancel.set()
@@ -223,6 +237,21 @@ class TrainingManager:
                 if tid not in self.runs:
                     return
             time.sleep(0.02)
+
+    def _cancel_elsewhere(self, tid: str) -> None:
+        """The training runs in another server process: flag it and wait for that process."""
+        with self.db.session() as s:
+            t = s.get(Training, tid)
+            if t is None or t.state.finished:
+                return
+            t.cancel_requested_at = utcnow()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with self.db.session() as s:
+                t = s.get(Training, tid)
+                if t is None or t.state.finished:
+                    return
+            time.sleep(0.1)
 
     def shutdown(self) -> None:
         with self.lock:

@@ -1,0 +1,70 @@
+"""`forgehub module serve --workers N`: N warmed processes on one port, one set of trainings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.services import free_port, stop_pid, wait_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.timeout(180)
+def test_workers_processes_warm_once_and_share_trainings(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            str(BIN / "forgehub"),
+            "module",
+            "serve",
+            "tests.modules.native_probe:Probe",
+            "digits",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/v2/models"
+    try:
+        wait_port(port, 60, proc)
+        time.sleep(1.0)  # both processes up
+        with httpx.Client(timeout=30) as c, ThreadPoolExecutor(16) as pool:
+
+            def call(_: int) -> dict:
+                # fresh connections spread over both processes
+                r = httpx.post(f"{base}/probe/predict/", params={"work_ms": 20})
+                return r.json()["predictions"]  # type: ignore[no-any-return]
+
+            bodies = list(pool.map(call, range(64)))
+            pids = {b["pid"] for b in bodies}
+            assert len(pids) == 2, pids
+            assert {b["warm_calls"] for b in bodies} == {1}
+
+            # trainings started in one process are seen and cancelled from any process
+            t = c.post(f"{base}/digits/train/", params={"epochs": 500, "epoch_delay": 0.05}).json()
+            assert t["status"] == "running"
+            for _ in range(6):
+                with httpx.Client(timeout=30) as fresh:
+                    assert fresh.get(f"{base}/digits/train/{t['uuid']}").status_code == 200
+            with httpx.Client(timeout=30) as fresh:
+                r = fresh.delete(f"{base}/digits/train/{t['uuid']}")
+            assert r.status_code == 200
+            assert r.json()["status"] == "cancelled", r.json()
+    finally:
+        stop_pid(proc.pid)
+        log.close()
