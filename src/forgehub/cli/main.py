@@ -94,7 +94,10 @@ def serve(
         )
     if settings.local_admin:
         out.print(f"admin token file: {settings.admin_token_file}")
-    out.print(f"forgehub on {settings.server_url}  (dashboard: {settings.server_url}/)")
+    out.print(
+        f"forgehub on {settings.server_url}  (API docs: {settings.server_url}/api/v1/docs, "
+        f"model API: {settings.server_url}/api/v1/model-api/v2/models/)"
+    )
     uvicorn.run(
         app_,
         host=settings.host,

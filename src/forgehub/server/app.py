@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from forgehub import __version__
@@ -83,6 +84,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
     errors.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        # The dashboard lands here (issue #7); until then, the interactive API docs.
+        return RedirectResponse("/api/v1/docs")
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
