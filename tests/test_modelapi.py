@@ -218,3 +218,18 @@ def test_trainings_survive_a_restart_and_lost_ones_fail(tmp_path: Path) -> None:
         assert listed[t["uuid"]]["status"] == "done"
         assert listed[lost.id]["status"] == "error"
         assert "server stopped" in listed[lost.id]["message"]
+
+
+def test_trainings_queue_beyond_the_limit(tmp_path: Path) -> None:
+    url = "/v2/models/deepaas_style/train/"
+    with model_client(tmp_path, STYLE, max_trainings=1) as c:
+        first = c.post(url, params={"seconds": 1.5}).json()
+        second = c.post(url, params={"seconds": 0}).json()
+        third = c.post(url, params={"seconds": 0}).json()
+        assert first["state"] == "running"
+        assert second["state"] == third["state"] == "queued"
+        r = c.delete(f"{url}{second['uuid']}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        assert wait_state(c, f"{url}{third['uuid']}", {"succeeded"})["status"] == "done"
+        assert c.get(f"{url}{first['uuid']}").json()["state"] == "succeeded"
+        assert c.get(f"{url}{second['uuid']}").json()["state"] == "cancelled"

@@ -64,6 +64,12 @@ class Settings(BaseModel):
     max_upload_mb: int = Field(
         default=100, ge=1, description="Largest accepted upload (model API predict/train), MB."
     )
+    max_trainings: int = Field(
+        default=2,
+        ge=1,
+        le=256,
+        description="Model API trainings running at once per server process; more queue.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     modules: list[str] = Field(
         default_factory=list,

@@ -83,6 +83,9 @@ def serve(
     ),
     base_path: str = typer.Option("", help="Serve under this path prefix (behind a proxy)."),
     max_upload: int = typer.Option(100, "--max-upload", help="Largest request body, in MB."),
+    max_trainings: int = typer.Option(
+        2, "--max-trainings", min=1, help="Trainings running at once per process; more queue."
+    ),
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Where trainings are kept [default: forgehub data dir]."
     ),
@@ -127,10 +130,13 @@ def serve(
         f"serving {', '.join(m.name for m in modules)} on http://{host}:{port}{prefix}/  "
         f"(docs: {prefix}/docs)"
     )
+    options: dict[str, Any] = {
+        "base_path": base_path,
+        "max_upload_mb": max_upload,
+        "max_trainings": max_trainings,
+    }
     if workers <= 1:
-        app_ = create_model_app(
-            modules, settings.db_url, work_dir, base_path=base_path, max_upload_mb=max_upload
-        )
+        app_ = create_model_app(modules, settings.db_url, work_dir, **options)
         uvicorn.run(app_, **common)  # type: ignore[arg-type]
         return
     # N processes on one socket: migrate and recover once here, then let each process load
@@ -147,7 +153,7 @@ def serve(
     TrainingManager(db, {m.name: m for m in modules}, work_dir).recover()
     db.dispose()
     os.environ[ENV] = spec_to_env(
-        [(m.name, m.target) for m in modules], settings.db_url, work_dir, base_path, max_upload
+        [(m.name, m.target) for m in modules], settings.db_url, work_dir, **options
     )
     uvicorn.run("forgehub.modelapi.factory:app_from_env", factory=True, workers=workers, **common)  # type: ignore[arg-type]
 

@@ -155,6 +155,7 @@ class ModelAPI:
         work_dir: Path,
         principal: PrincipalGetter,
         recover: bool = True,
+        max_trainings: int = 2,
     ) -> None:
         self.modules = {m.name: m for m in modules}
         self.db_getter = db_getter
@@ -162,13 +163,16 @@ class ModelAPI:
         self.principal = principal
         self.runner = ThreadRunner(self.modules)
         self.recover = recover
+        self.max_trainings = max_trainings
         self.trainings: TrainingManager | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         started = time.perf_counter()
         await self.runner.start()
-        self.trainings = TrainingManager(self.db_getter(), self.modules, self.work_dir)
+        self.trainings = TrainingManager(
+            self.db_getter(), self.modules, self.work_dir, self.max_trainings
+        )
         lost = self.trainings.recover() if self.recover else 0
         if lost:
             log.warning("%d training(s) were running when the server stopped; marked failed", lost)
@@ -532,6 +536,7 @@ def create_model_app(
     recover: bool = True,
     base_path: str = "",
     max_upload_mb: int = 100,
+    max_trainings: int = 2,
     owner: Principal | None = None,
 ) -> FastAPI:
     """A standalone model API (``forgehub module serve``), DEEPaaS-style: no authentication."""
@@ -544,7 +549,14 @@ def create_model_app(
         p: Principal = state["owner"]
         return p
 
-    api = ModelAPI(modules, lambda: state["db"], work_dir, principal, recover=recover)
+    api = ModelAPI(
+        modules,
+        lambda: state["db"],
+        work_dir,
+        principal,
+        recover=recover,
+        max_trainings=max_trainings,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -17,17 +17,10 @@ from fastapi import FastAPI
 ENV = "FORGEHUB_MODELAPI_SPEC"
 
 
-def spec_to_env(
-    targets: list[tuple[str, str]], db_url: str, work_dir: Path, base_path: str, max_upload_mb: int
-) -> str:
+def spec_to_env(targets: list[tuple[str, str]], db_url: str, work_dir: Path, **options: Any) -> str:
+    """``options`` are keyword arguments of :func:`create_model_app`."""
     return json.dumps(
-        {
-            "targets": targets,
-            "db_url": db_url,
-            "work_dir": str(work_dir),
-            "base_path": base_path,
-            "max_upload_mb": max_upload_mb,
-        }
+        {"targets": targets, "db_url": db_url, "work_dir": str(work_dir), "options": options}
     )
 
 
@@ -38,10 +31,5 @@ def app_from_env() -> FastAPI:
     spec: dict[str, Any] = json.loads(os.environ[ENV])
     modules = [wrap(import_target(target), target, name) for name, target in spec["targets"]]
     return create_model_app(
-        modules,
-        spec["db_url"],
-        Path(spec["work_dir"]),
-        recover=False,
-        base_path=spec["base_path"],
-        max_upload_mb=spec["max_upload_mb"],
+        modules, spec["db_url"], Path(spec["work_dir"]), recover=False, **spec["options"]
     )

@@ -63,13 +63,26 @@ class _Run:
         self.cancel_requested = False
 
 
+class _Pending:
+    def __init__(self, module: LoadedModule, args: Any, upload_dir: Path | None) -> None:
+        self.module = module
+        self.args = args
+        self.upload_dir = upload_dir
+
+
 class TrainingManager:
-    def __init__(self, db: Database, modules: dict[str, LoadedModule], work_dir: Path) -> None:
+    """Runs at most ``max_running`` trainings at once per server process; the rest queue."""
+
+    def __init__(
+        self, db: Database, modules: dict[str, LoadedModule], work_dir: Path, max_running: int = 2
+    ) -> None:
         self.db = db
         self.modules = modules
         self.work_dir = work_dir
+        self.max_running = max_running
         self.runs: dict[str, _Run] = {}
-        self.lock = threading.Lock()
+        self.queue: dict[str, _Pending] = {}  # insertion order = FIFO
+        self.lock = threading.RLock()
 
     def recover(self) -> int:
         """Mark trainings that a dead server left unfinished as failed; returns how many."""
@@ -94,42 +107,77 @@ class TrainingManager:
         owner_id: str,
         upload_dir: Path | None,
     ) -> Training:
+        """Store a new training; it starts now if a slot is free, else it waits its turn."""
         with self.db.session() as s:
             training = Training(
                 owner_id=owner_id,
                 module=module.name,
                 args=stored_args,
-                state=TrainingState.running,
-                started_at=utcnow(),
+                state=TrainingState.queued,
                 result={"metrics": {}, "progress": 0.0},
             )
             s.add(training)
-        output_dir = self.work_dir / training.id / "output"
+        with self.lock:
+            self.queue[training.id] = _Pending(module, args, upload_dir)
+        self._dispatch()
+        return self.get(training.id) or training
+
+    def _dispatch(self) -> None:
+        while True:
+            with self.lock:
+                if len(self.runs) >= self.max_running or not self.queue:
+                    return
+                tid = next(iter(self.queue))
+                pending = self.queue.pop(tid)
+                # reserve the slot before the (slow) process start
+                self.runs[tid] = _Run(None, None, pending.upload_dir)
+            try:
+                self._launch(tid, pending)
+            except Exception as exc:  # noqa: BLE001 - reported on the training itself
+                log.exception("cannot start training %s", tid)
+                with self.lock:
+                    self.runs.pop(tid, None)
+                self._finish(tid, TrainingState.failed, error=f"cannot start: {exc}")
+
+    def _launch(self, tid: str, pending: _Pending) -> None:
+        with self.db.session() as s:
+            res = s.execute(
+                update(Training)
+                .where(Training.id == tid, Training.state == TrainingState.queued)
+                .values(state=TrainingState.running, started_at=utcnow())
+            )
+            claimed = int(getattr(res, "rowcount", 0) or 0) == 1
+        if not claimed:  # cancelled through another server process while it waited
+            with self.lock:
+                self.runs.pop(tid, None)
+            if pending.upload_dir is not None:
+                shutil.rmtree(pending.upload_dir, ignore_errors=True)
+            return
+        output_dir = self.work_dir / tid / "output"
         output_dir.mkdir(parents=True, exist_ok=True)
         parent, child = _ctx.Pipe(duplex=False)
         cancel = _ctx.Event()
         proc = _ctx.Process(
             target=_child,
-            name=f"forgehub-train-{training.id}",
+            name=f"forgehub-train-{tid}",
             daemon=True,
-            args=(module.target, module.name, args, str(output_dir), child, cancel),
+            args=(
+                pending.module.target,
+                pending.module.name,
+                pending.args,
+                str(output_dir),
+                child,
+                cancel,
+            ),
         )
-        try:
-            proc.start()
-        except Exception as exc:
-            self._finish(training.id, TrainingState.failed, error=f"cannot start: {exc}")
-            raise
+        proc.start()
         child.close()
-        run = _Run(proc, cancel, upload_dir)
+        run = _Run(proc, cancel, pending.upload_dir)
         with self.lock:
-            self.runs[training.id] = run
+            self.runs[tid] = run
         threading.Thread(
-            target=self._watch,
-            args=(training.id, run, parent),
-            daemon=True,
-            name=f"watch-{training.id}",
+            target=self._watch, args=(tid, run, parent), daemon=True, name=f"watch-{tid}"
         ).start()
-        return training
 
     def _watch(self, tid: str, run: _Run, conn: Connection) -> None:
         metrics: dict[str, list[list[Any]]] = {}
@@ -183,6 +231,7 @@ class TrainingManager:
             self.runs.pop(tid, None)
         if run.cleanup is not None:
             shutil.rmtree(run.cleanup, ignore_errors=True)
+        self._dispatch()
 
     def _cancel_requested(self, tid: str) -> bool:
         """A cancel asked through another server process (``--workers N``)."""
@@ -216,11 +265,22 @@ class TrainingManager:
     def cancel(self, tid: str) -> None:
         """Cancel a training and wait until its final state is stored."""
         with self.lock:
+            pending = self.queue.pop(tid, None)
             run = self.runs.get(tid)
+        if pending is not None:
+            self._finish(tid, TrainingState.cancelled, error="cancelled before it started")
+            if pending.upload_dir is not None:
+                shutil.rmtree(pending.upload_dir, ignore_errors=True)
+            return
         if run is None:
             self._cancel_elsewhere(tid)
             return
-        if run.cancel_requested:
+        deadline = time.monotonic() + 30
+        while run.proc is None and time.monotonic() < deadline:  # still being launched
+            time.sleep(0.02)
+            with self.lock:
+                run = self.runs.get(tid, run)
+        if run.cancel_requested or run.proc is None:
             return
         run.cancel_requested = True
         run.cancel.set()
@@ -245,6 +305,11 @@ class TrainingManager:
             if t is None or t.state.finished:
                 return
             t.cancel_requested_at = utcnow()
+            if t.state == TrainingState.queued:  # not started anywhere yet: cancel it here
+                t.state = TrainingState.cancelled
+                t.finished_at = utcnow()
+                t.error = "cancelled before it started"
+                return
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with self.db.session() as s:
@@ -255,11 +320,17 @@ class TrainingManager:
 
     def shutdown(self) -> None:
         with self.lock:
+            queued = list(self.queue)
+            self.queue.clear()
             ids = list(self.runs)
+        for tid in queued:
+            self._finish(
+                tid, TrainingState.failed, error="the server shut down before this training started"
+            )
         for tid in ids:
             with self.lock:
                 run = self.runs.get(tid)
-            if run is not None:
+            if run is not None and run.proc is not None:
                 run.proc.terminate()
         for tid in ids:
             with self.db.session() as s:

@@ -113,7 +113,11 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
 
     modules = load_all(settings.modules)
     model_api = ModelAPI(
-        modules, lambda: app.state.db, settings.data_dir / "modelapi", current_principal
+        modules,
+        lambda: app.state.db,
+        settings.data_dir / "modelapi",
+        current_principal,
+        max_trainings=settings.max_trainings,
     )
     model_api.add_routes(app, prefix="/api/v1/model-api")
     app.state.model_api = model_api
