@@ -51,8 +51,16 @@ def test_workers_processes_warm_once_and_share_trainings(tmp_path: Path) -> None
                 return r.json()["predictions"]  # type: ignore[no-any-return]
 
             bodies = list(pool.map(call, range(64)))
-            pids = {b["pid"] for b in bodies}
-            assert len(pids) == 2, pids
+            # each of the two processes warmed the module exactly once ...
+            warm_lines = [
+                line
+                for line in (tmp_path / "server.log").read_text().splitlines()
+                if line.startswith("probe warmed in pid ")
+            ]
+            warmed = {int(line.rsplit(" ", 1)[1]) for line in warm_lines}
+            assert len(warm_lines) == len(warmed) == 2, warm_lines
+            # ... and predictions ran in those processes, never warming again
+            assert {b["pid"] for b in bodies} <= warmed
             assert {b["warm_calls"] for b in bodies} == {1}
 
             # trainings started in one process are seen and cancelled from any process

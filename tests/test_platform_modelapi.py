@@ -30,3 +30,11 @@ def test_trainings_are_private(client: TestClient) -> None:
     done = wait_state(client, f"{BASE}/train/{tid}", {"succeeded"})
     assert done["result"]["output"]["epochs"] == 1
     assert [t["uuid"] for t in client.get(f"{BASE}/train/", headers=alice).json()] == [tid]
+
+
+def test_predictions_count_as_use_in_the_catalogue(client: TestClient) -> None:
+    before = client.get("/api/v1/catalog/modules/digits").json()["use_count"]
+    for _ in range(3):
+        assert client.post(f"{BASE}/predict/", json={"pixels": [0] * 64}).status_code == 200
+    client.app.state.model_api.flush_usage()  # type: ignore[attr-defined]
+    assert client.get("/api/v1/catalog/modules/digits").json()["use_count"] == before + 3

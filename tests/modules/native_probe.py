@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from pydantic import BaseModel, Field
@@ -24,6 +25,7 @@ class Probe(Module):
 
     def warm(self) -> None:
         self.warm_calls += 1
+        print(f"probe warmed in pid {os.getpid()}", file=sys.stderr, flush=True)
 
     def predict(self, args: Args) -> dict[str, int]:
         end = time.perf_counter() + args.work_ms / 1000

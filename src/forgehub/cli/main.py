@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgehub import __version__
+from forgehub.cli.catalog import app as catalog_app
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
 from forgehub.cli.module import app as module_app
 from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
@@ -29,6 +30,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(module_app, name="module")
+app.add_typer(catalog_app, name="catalog")
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")

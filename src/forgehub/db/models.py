@@ -7,7 +7,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, Enum, ForeignKey, Index, String, Text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Dialect,
+    Enum,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -106,3 +116,61 @@ class Training(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CatalogModule(Base):
+    """A marketplace entry. ``meta`` is the AI4OS v2 metadata document."""
+
+    __tablename__ = "catalog_modules"
+    __table_args__ = (Index("ix_catalog_modules_live", "deprecated", "updated_at", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    owner_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None, index=True
+    )
+    title: Mapped[str] = mapped_column(String(200))
+    summary: Mapped[str] = mapped_column(String(400))
+    description: Mapped[str] = mapped_column(Text, default="")
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    source: Mapped[str] = mapped_column(String(16), default="added")  # installed | added
+    deprecated: Mapped[bool] = mapped_column(default=False)
+    deprecation_note: Mapped[str | None] = mapped_column(Text, default=None)
+    use_count: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    versions: Mapped[list[CatalogVersion]] = relationship(
+        back_populates="module", cascade="all, delete-orphan", order_by="CatalogVersion.created_at"
+    )
+
+
+class CatalogVersion(Base):
+    __tablename__ = "catalog_versions"
+    __table_args__ = (UniqueConstraint("module_id", "version"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    module_id: Mapped[str] = mapped_column(ForeignKey("catalog_modules.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(500), default="")
+    changelog: Mapped[str] = mapped_column(Text, default="")
+    predict_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    train_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    weights_digest: Mapped[str | None] = mapped_column(String(80), default=None)
+    deprecated: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    module: Mapped[CatalogModule] = relationship(back_populates="versions")
+
+
+class CatalogFacet(Base):
+    """One facet value of a module (category, task, library, data_type, tag), for counting."""
+
+    __tablename__ = "catalog_facets"
+    __table_args__ = (Index("ix_catalog_facets_facet_value", "facet", "value", "module_id"),)
+
+    module_id: Mapped[str] = mapped_column(
+        ForeignKey("catalog_modules.id", ondelete="CASCADE"), primary_key=True
+    )
+    facet: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128), primary_key=True)

@@ -100,7 +100,7 @@ class DigitsModule(Module):
         "tags": ["digits", "classification", "image", "demo"],
         "tasks": ["Computer Vision", "Classification"],
         "categories": ["AI4 trainable", "AI4 inference", "AI4 pre trained"],
-        "libraries": ["scikit-learn"],
+        "libraries": ["Scikit-learn"],
         "data-type": ["Image"],
     }
     PredictArgs = DigitsPredictArgs

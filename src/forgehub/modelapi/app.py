@@ -7,6 +7,7 @@ at ``/openapi.json``; interactive docs at ``/docs`` and ``/api``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -44,6 +45,7 @@ DEEPAAS_STATUS = {
     TrainingState.failed: "error",
     TrainingState.cancelled: "cancelled",
 }
+USAGE_FLUSH_S = 5.0
 UUID_PARAM = {
     "parameters": [
         {
@@ -164,6 +166,8 @@ class ModelAPI:
         self.runner = ThreadRunner(self.modules)
         self.recover = recover
         self.max_trainings = max_trainings
+        self.usage: dict[str, int] = {}
+        self._flusher: asyncio.Task[None] | None = None
         self.trainings: TrainingManager | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -176,13 +180,35 @@ class ModelAPI:
         lost = self.trainings.recover() if self.recover else 0
         if lost:
             log.warning("%d training(s) were running when the server stopped; marked failed", lost)
+        self._flusher = asyncio.create_task(self._flush_usage_forever())
         log.info(
             "model API ready in %.0f ms: %s",
             (time.perf_counter() - started) * 1000,
             ", ".join(self.modules) or "no modules",
         )
 
+    async def _flush_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_S)
+            await anyio.to_thread.run_sync(self.flush_usage)
+
+    def flush_usage(self) -> None:
+        """Add predictions and trainings counted since the last flush to the catalogue."""
+        counts, self.usage = self.usage, {}
+        if not counts:
+            return
+        from forgehub.catalog.service import record_use
+
+        try:
+            with self.db_getter().session() as s:
+                record_use(s, counts)
+        except Exception:  # noqa: BLE001 - usage counts are best effort
+            log.exception("cannot record module usage")
+
     async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await anyio.to_thread.run_sync(self.flush_usage)
         if self.trainings is not None:
             await anyio.to_thread.run_sync(self.trainings.shutdown)
         await self.runner.stop()
@@ -293,6 +319,7 @@ class ModelAPI:
                 data = await self._gather(request, m.predict_specs, uploads)
                 # validation and prediction run together, off the event loop
                 out = await self.runner.predict(name, data, uploads)
+                self.usage[name] = self.usage.get(name, 0) + 1
             except ArgErrors as exc:
                 uploads.cleanup()
                 return self._arg_problem(exc)
@@ -361,6 +388,7 @@ class ModelAPI:
             raise
         assert self.trainings is not None
         trainings = self.trainings
+        self.usage[name] = self.usage.get(name, 0) + 1
         stored = jsonable(args if isinstance(args, dict) else args.model_dump())
         t = await anyio.to_thread.run_sync(
             lambda: trainings.start(m, args, stored, principal.user_id, tmpdir)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
@@ -20,7 +21,7 @@ from forgehub.db.models import Role, User
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.server import errors
 from forgehub.server.accesslog import AccessLog
-from forgehub.server.routers import tokens, users
+from forgehub.server.routers import catalog, tokens, users
 
 log = logging.getLogger("forgehub.server")
 
@@ -30,6 +31,9 @@ def init_store(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.db_url)
     db = Database(settings.db_url)
+    if db.dialect == "sqlite":  # keep the query planner's statistics fresh
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("PRAGMA optimize=0x10002")
     if settings.local_admin:
         with db.session() as s:
             if bootstrap_admin(
@@ -99,6 +103,8 @@ def create_app(settings: Settings) -> FastAPI:
     api = APIRouter(prefix="/api/v1")
     api.include_router(users.router)
     api.include_router(tokens.router)
+    api.include_router(catalog.router)
+    catalog.install_handlers(app)
     app.include_router(api)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_mb * 1024 * 1024)
     app.add_middleware(AccessLog)
@@ -124,6 +130,14 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
 
     async def start(app: FastAPI) -> None:
         await model_api.start()
+        from forgehub.catalog.installed import register_installed
+
+        def register() -> int:
+            with app.state.db.session() as s:
+                return register_installed(s, modules)
+
+        n = await anyio.to_thread.run_sync(register)
+        log.info("catalogue: %d installed module(s) registered", n)
 
     async def stop(app: FastAPI) -> None:
         await model_api.stop()

@@ -1,0 +1,1 @@
+"""The marketplace catalogue: AI4OS v2 metadata, versions, search with facets."""

@@ -1,0 +1,216 @@
+"""``forgehub catalog``: search, show, add, publish, deprecate and export marketplace entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+
+app = typer.Typer(help="Browse and publish the module marketplace.", no_args_is_help=True)
+out = Console(soft_wrap=True)
+JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+
+
+@app.command("search")
+def search(
+    query: str = typer.Argument("", help="Words to look for (title, summary, description, tags)."),
+    category: list[str] = typer.Option(
+        [], "--category", "-c", help="trainable, inference, pre-trained or tools."
+    ),
+    task: list[str] = typer.Option([], "--task"),
+    library: list[str] = typer.Option([], "--library"),
+    data_type: list[str] = typer.Option([], "--data-type"),
+    tag: list[str] = typer.Option([], "--tag", "-t"),
+    sort: str = typer.Option("relevance", help="relevance, name, updated or use."),
+    page: int = typer.Option(1, min=1),
+    per_page: int = typer.Option(20, min=1, max=100),
+    deprecated: bool = typer.Option(False, "--deprecated", help="Include deprecated modules."),
+    as_json: bool = JsonOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Search the marketplace; shows matching modules and facet counts."""
+    params: dict[str, Any] = {
+        "q": query,
+        "category": category,
+        "task": task,
+        "library": library,
+        "data_type": data_type,
+        "tag": tag,
+        "sort": sort,
+        "page": page,
+        "per_page": per_page,
+        "include_deprecated": deprecated,
+    }
+    res = Client(server, token).get("/api/v1/catalog/modules", params=params)
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    table = Table(
+        "name",
+        "title",
+        "categories",
+        "tags",
+        "uses",
+        title=f"{res['total']} module(s), page {res['page']}",
+    )
+    for m in res["items"]:
+        table.add_row(
+            m["name"] + (" (deprecated)" if m["deprecated"] else ""),
+            m["title"],
+            ", ".join(m["categories"]),
+            ", ".join(m["tags"][:5]),
+            str(m["use_count"]),
+        )
+    out.print(table)
+    for facet, counts in res["facets"].items():
+        if counts:
+            shown = "  ".join(f"{k} ({v})" for k, v in list(counts.items())[:8])
+            out.print(f"[bold]{facet}[/bold]: {shown}", highlight=False)
+
+
+@app.command("show")
+def show(
+    name: str, as_json: bool = JsonOpt, server: str = ServerOpt, token: str = TokenOpt
+) -> None:
+    """Show one module: metadata, versions, resources and links."""
+    m = Client(server, token).get(f"/api/v1/catalog/modules/{name}")
+    if as_json:
+        out.print_json(json.dumps(m))
+        return
+    out.print(
+        f"[bold]{m['title']}[/bold] ({m['name']})"
+        + ("  [red]deprecated[/red]" if m["deprecated"] else "")
+    )
+    out.print(m["summary"], highlight=False)
+    out.print(
+        f"categories: {', '.join(m['categories']) or '-'}   owner: {m['owner'] or '-'}"
+        f"   uses: {m['use_count']}"
+    )
+    for key, value in (m["metadata"].get("links") or {}).items():
+        out.print(f"  {key}: {value}", highlight=False)
+    table = Table("version", "pre-trained", "weights", "created", "changelog")
+    for v in m["versions"]:
+        table.add_row(
+            v["version"] + (" (deprecated)" if v["deprecated"] else ""),
+            "yes" if v["pre_trained"] else "no",
+            (v["weights_digest"] or "-")[:19],
+            v["created_at"][:10],
+            (v["changelog"] or "")[:60],
+        )
+    out.print(table)
+
+
+def _read_metadata(path: Path) -> dict[str, Any]:
+    from forgehub.catalog.metadata import MetadataError, load_file
+
+    if path.is_dir():
+        for name in ("ai4-metadata.yml", "ai4-metadata.yaml", "metadata.json"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            fail(f"{path} has no ai4-metadata.yml or metadata.json")
+    try:
+        return load_file(path)
+    except MetadataError as exc:
+        fail(str(exc))
+
+
+@app.command("add")
+def add(
+    path: Path = typer.Argument(
+        ...,
+        help="A module's source folder, or its ai4-metadata.yml / "
+        "metadata.json (v1 is converted to v2).",
+    ),
+    name: str = typer.Option(None, "--name", help="Module name [default: folder name or title]."),
+    version: str = typer.Option(None, "--version", help="Also record this version."),
+    changelog: str = typer.Option("", "--changelog"),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Add (or update) a module from its metadata."""
+    if not path.exists():
+        fail(f"{path} does not exist")
+    doc = _read_metadata(path)
+    if name is None:
+        folder = path if path.is_dir() else path.resolve().parent
+        name = folder.name or str(doc.get("title", "module")).lower().replace(" ", "-")
+    body: dict[str, Any] = {"metadata": doc}
+    if version:
+        body["version"] = {
+            "version": version,
+            "changelog": changelog,
+            "source": str(path.resolve()),
+        }
+    m = Client(server, token).request("PUT", f"/api/v1/catalog/modules/{name}", json=body)
+    out.print(f"{m['name']}: {m['title']} ({', '.join(m['categories']) or 'no category'})")
+
+
+@app.command("publish")
+def publish(
+    name: str,
+    version: str = typer.Option(..., "--version", help="The new version."),
+    changelog: str = typer.Option("", "--changelog"),
+    source: str = typer.Option("", "--source", help="Where this version's code comes from."),
+    weights: str = typer.Option(
+        None, "--weights", help="sha256:… digest of the weights artifact (makes it pre-trained)."
+    ),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Publish a new version of a module you own."""
+    v = Client(server, token).post(
+        f"/api/v1/catalog/modules/{name}/versions",
+        json={
+            "version": version,
+            "changelog": changelog,
+            "source": source,
+            "weights_digest": weights,
+        },
+    )
+    out.print(f"{name} {v['version']} published" + (" (pre-trained)" if v["pre_trained"] else ""))
+
+
+@app.command("deprecate")
+def deprecate(
+    name: str,
+    version: str = typer.Option(None, "--version", help="Only this version."),
+    note: str = typer.Option("", "--note", help="Why, and what to use instead."),
+    undo: bool = typer.Option(False, "--undo", help="Remove the deprecation."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Deprecate a module you own, or one of its versions."""
+    Client(server, token).post(
+        f"/api/v1/catalog/modules/{name}/deprecate",
+        json={"version": version, "note": note, "undo": undo},
+    )
+    what = f"{name} {version}" if version else name
+    out.print(f"{what} {'no longer ' if undo else ''}deprecated")
+
+
+@app.command("export")
+def export(
+    name: str,
+    output: Path = typer.Option(None, "-o", "--output"),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Export a module's metadata as ai4-metadata.yml (v2)."""
+    c = Client(server, token)
+    r = c.http.get(f"/api/v1/catalog/modules/{name}/ai4-metadata.yml")
+    if r.status_code != 200:
+        c.request("GET", f"/api/v1/catalog/modules/{name}")  # prints the error
+    if output:
+        output.write_text(r.text)
+        out.print(f"wrote {output}")
+    else:
+        print(r.text, end="")

@@ -1,0 +1,263 @@
+"""The marketplace: search, facets, metadata v1/v2, ownership; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from forgehub.catalog.metadata import from_v1, validate
+from forgehub.config import Settings
+from forgehub.server import create_app
+from tests.conftest import _db_counter, make_user
+
+CAT = "/api/v1/catalog/modules"
+V1 = {
+    "title": "Image classification (TF)",
+    "summary": "Classify images with a pre-trained network",
+    "description": ["Reads an image and returns labels.", "Retrain it on your own data."],
+    "keywords": [
+        "tensorflow",
+        "docker",
+        "api-v2",
+        "trainable",
+        "inference",
+        "pre-trained",
+        "image classification",
+    ],
+    "license": "Apache 2.0",
+    "date_creation": "2019-01-01",
+    "sources": {
+        "code": "https://github.com/example/image-classification-tf",
+        "docker_registry_repo": "example/image-classification-tf",
+        "pre_trained_weights": "https://example.org/weights.tar.gz",
+    },
+    "dataset_url": "https://example.org/imagenet",
+}
+
+
+def meta(
+    title: str,
+    summary: str,
+    categories: list[str],
+    tags: list[str],
+    libraries: list[str] | None = None,
+) -> dict:
+    return {
+        "metadata_version": "2.0.0",
+        "title": title,
+        "summary": summary,
+        "description": f"# {title}\n\n{summary}",
+        "tags": tags,
+        "tasks": ["Classification"],
+        "categories": categories,
+        "libraries": libraries or ["PyTorch"],
+        "data-type": ["Image"],
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cat_client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    url = None
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").create_database(f"cat{next(_db_counter)}")
+    settings = Settings(data_dir=tmp_path / "data", database_url=url)
+    with TestClient(create_app(settings)) as c:
+        c.headers["Authorization"] = "Bearer " + settings.admin_token_file.read_text().strip()
+        yield c
+
+
+def test_search_finds_digits_and_counts_facets(cat_client: TestClient) -> None:
+    c = cat_client
+    for name, m in (
+        ("cats", meta("Cat detector", "Finds cats in photos", ["AI4 inference"], ["cats"])),
+        (
+            "dogs",
+            meta(
+                "Dog breeds",
+                "Names the breed of a dog",
+                ["AI4 inference", "AI4 trainable"],
+                ["dogs"],
+            ),
+        ),
+        (
+            "numbers",
+            meta(
+                "Number reader",
+                "Reads handwritten digits from forms",
+                ["AI4 trainable"],
+                ["ocr", "forms"],
+                ["TensorFlow"],
+            ),
+        ),
+    ):
+        r = c.put(f"{CAT}/{name}", json={"metadata": m})
+        assert r.status_code == 200, r.text
+    r = c.get(CAT, params={"q": "digit"}, headers={"Authorization": ""})  # public read
+    assert r.status_code == 200
+    body = r.json()
+    names = [m["name"] for m in body["items"]]
+    assert names[0] == "digits"  # title/tags match ranks above a description-only match
+    assert set(names) == {"digits", "numbers"}
+    assert body["total"] == 2
+    assert body["facets"]["category"] == {"trainable": 2, "inference": 1, "pre-trained": 1}
+    # facets over everything, then filtered
+    everything = c.get(CAT).json()
+    assert everything["total"] == 4
+    assert everything["facets"]["category"]["inference"] == 3
+    assert everything["facets"]["library"] == {"PyTorch": 2, "Scikit-learn": 1, "TensorFlow": 1}
+    trainable = c.get(CAT, params={"category": "trainable", "sort": "name"}).json()
+    assert [m["name"] for m in trainable["items"]] == ["digits", "dogs", "numbers"]
+    page2 = c.get(CAT, params={"sort": "name", "per_page": 3, "page": 2}).json()
+    assert [m["name"] for m in page2["items"]] == ["numbers"]
+    assert c.get(CAT, params={"sort": "nope"}).status_code == 422
+
+
+def test_module_page_has_versions_schemas_and_readme(cat_client: TestClient) -> None:
+    m = cat_client.get(f"{CAT}/digits").json()
+    assert "pre-trained" in m["categories"] and m["readme"]
+    v = m["versions"][0]
+    assert v["pre_trained"] and v["weights_digest"].startswith("sha256:")
+    assert v["predict_schema"]["properties"]["top_k"]["maximum"] == 10
+    assert v["train_schema"]["properties"]["epochs"]["minimum"] == 1
+    assert cat_client.get(f"{CAT}/nope").status_code == 404
+
+
+def test_v1_metadata_imports_as_v2(cat_client: TestClient, tmp_path: Path) -> None:
+    converted = validate(from_v1(V1))
+    assert converted.categories == ["AI4 trainable", "AI4 inference", "AI4 pre trained"]
+    assert converted.libraries == ["TensorFlow"]
+    assert converted.links.source_code == V1["sources"]["code"]
+    assert converted.links.weights == V1["sources"]["pre_trained_weights"]
+    assert "Retrain it" in converted.description
+    assert converted.tags == ["image classification"]
+    # through the API (auto-detected) and back out as ai4-metadata.yml
+    r = cat_client.put(f"{CAT}/imgclass", json={"metadata": V1})
+    assert r.status_code == 200, r.text
+    assert r.json()["categories"] == ["trainable", "inference", "pre-trained"]
+    yml = cat_client.get(f"{CAT}/imgclass/ai4-metadata.yml").text
+    assert "metadata_version: 2.0.0" in yml and "AI4 pre trained" in yml
+
+
+def test_invalid_metadata_names_every_bad_field(cat_client: TestClient) -> None:
+    bad = {
+        "metadata_version": "2.0.0",
+        "title": "",
+        "categories": ["AI4 everything"],
+        "tags": "not-a-list",
+        "resources": {"inference": {"cpu": -1}},
+        "colour": "red",
+    }
+    r = cat_client.put(f"{CAT}/broken", json={"metadata": bad})
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"
+    paths = {e["path"] for e in r.json()["errors"]}
+    assert {
+        "title",
+        "summary",
+        "categories.0",
+        "tags",
+        "resources.inference.cpu",
+        "colour",
+    } <= paths
+    assert cat_client.get(f"{CAT}/broken").status_code == 404  # nothing half-saved
+
+
+def test_only_the_owner_can_change_an_entry(cat_client: TestClient) -> None:
+    alice = make_user(cat_client, "alice")
+    bob = make_user(cat_client, "bob")
+    m = meta("Alice's model", "Something of alice", ["AI4 inference"], ["alice"])
+    assert cat_client.put(f"{CAT}/alices", json={"metadata": m}, headers=alice).status_code == 200
+    m2 = {**m, "title": "Stolen"}
+    r = cat_client.put(f"{CAT}/alices", json={"metadata": m2}, headers=bob)
+    assert r.status_code == 403
+    r = cat_client.post(f"{CAT}/alices/versions", json={"version": "2"}, headers=bob)
+    assert r.status_code == 403
+    r = cat_client.post(f"{CAT}/alices/deprecate", json={}, headers=bob)
+    assert r.status_code == 403
+    assert (
+        cat_client.put(
+            f"{CAT}/alices", json={"metadata": m2}, headers={"Authorization": ""}
+        ).status_code
+        == 401
+    )
+    # the owner can; the admin can too
+    r = cat_client.post(
+        f"{CAT}/alices/versions",
+        json={"version": "1.1", "weights_digest": "sha256:" + "a" * 64},
+        headers=alice,
+    )
+    assert r.status_code == 201 and r.json()["pre_trained"]
+    assert "pre-trained" in cat_client.get(f"{CAT}/alices").json()["categories"]
+    r = cat_client.post(f"{CAT}/alices/deprecate", json={"note": "use v2"}, headers=alice)
+    assert r.status_code == 200 and r.json()["deprecated"]
+    assert "alices" not in [x["name"] for x in cat_client.get(CAT).json()["items"]]
+    assert (
+        cat_client.get(CAT, params={"include_deprecated": True, "q": "alice"}).json()["total"] == 1
+    )
+    assert cat_client.get(f"{CAT}/alices").json()["title"] == "Alice's model"
+
+
+def test_cli_add_search_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI against a live server."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.services import free_port, wait_port
+
+    port = free_port()
+    env = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forgehub.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, 60, proc)
+        monkeypatch.setenv("FORGEHUB_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("FORGEHUB_URL", f"http://127.0.0.1:{port}")
+        from forgehub.cli.main import app
+
+        folder = tmp_path / "image-classification"
+        folder.mkdir()
+        (folder / "metadata.json").write_text(json.dumps(V1))
+        runner = CliRunner()
+        r = runner.invoke(app, ["catalog", "add", str(folder), "--version", "1.0"])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(app, ["catalog", "search", "image", "--json"])
+        assert r.exit_code == 0, r.output
+        found = [m["name"] for m in json.loads(r.stdout)["items"]]
+        assert found[0] == "image-classification"  # title match first; digits has tag "image"
+        r = runner.invoke(app, ["catalog", "search", "--category", "pre-trained"])
+        assert r.exit_code == 0 and "digits" in r.stdout and "category" in r.stdout
+        r = runner.invoke(app, ["catalog", "show", "image-classification"])
+        assert r.exit_code == 0 and "1.0" in r.stdout
+        r = runner.invoke(
+            app,
+            [
+                "catalog",
+                "publish",
+                "image-classification",
+                "--version",
+                "1.1",
+                "--weights",
+                "sha256:" + "b" * 64,
+            ],
+        )
+        assert r.exit_code == 0 and "pre-trained" in r.stdout
+        r = runner.invoke(app, ["catalog", "deprecate", "image-classification", "--note", "old"])
+        assert r.exit_code == 0
+        bad = tmp_path / "bad.yml"
+        bad.write_text("metadata_version: 2.0.0\ntitle: x\n")
+        r = runner.invoke(app, ["catalog", "add", str(bad), "--name", "bad"])
+        assert r.exit_code == 1 and "summary" in r.output and "Traceback" not in r.output
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
