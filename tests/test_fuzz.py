@@ -60,5 +60,5 @@ def test_no_server_errors_on_demo_modules(tmp_path: Path) -> None:
         stop_pid(proc.pid)
         log.close()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    summary = result.stdout[result.stdout.find("SUMMARY"):]
+    summary = result.stdout[result.stdout.find("SUMMARY") :]
     assert "passed" in summary and "failed" not in summary and "Server error" not in summary

@@ -278,17 +278,16 @@ class ModelAPI:
         return data
 
     @staticmethod
-    def _respond(out: Output, cleanup: Callable[[], None]) -> Response:
-        task = BackgroundTask(cleanup)
+    def _respond(out: Output) -> Response:
+        """The response for a prediction (uploads were already removed by the runner)."""
         if out.kind == "json":
-            return JSONResponse(out.body, background=task)
+            return JSONResponse(out.body)
         if out.kind == "bytes":
-            return Response(out.body, media_type=out.media_type, background=task)
+            return Response(out.body, media_type=out.media_type)
         if out.kind == "file":
             path = Path(out.body)
 
             def cleanup_file() -> None:
-                cleanup()
                 if out.delete:
                     path.unlink(missing_ok=True)
 
@@ -303,7 +302,7 @@ class ModelAPI:
                 headers=headers,
                 background=BackgroundTask(cleanup_file),
             )
-        return StreamingResponse(out.body, media_type=out.media_type, background=task)
+        return StreamingResponse(out.body, media_type=out.media_type)
 
     @staticmethod
     def _arg_problem(exc: ArgErrors) -> JSONResponse:
@@ -329,7 +328,7 @@ class ModelAPI:
         except BaseException:
             uploads.cleanup()
             raise
-        return self._respond(out, uploads.cleanup)
+        return self._respond(out)
 
     def _training_out(self, t: Training) -> dict[str, Any]:
         ret: dict[str, Any] = {

@@ -28,7 +28,10 @@ class ThreadRunner:
         module = self.modules[name]
 
         def call() -> Output:
-            return module.predict(module.validate_predict(uploads.materialize(data)))
+            try:
+                return module.predict(module.validate_predict(uploads.materialize(data)))
+            finally:
+                uploads.cleanup()  # the module is done with them
 
         return await anyio.to_thread.run_sync(call)
 
