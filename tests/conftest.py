@@ -52,3 +52,37 @@ def make_user(client: TestClient, name: str) -> dict[str, str]:
     r = client.post("/api/v1/tokens", json={"name": "t", "user": name})
     assert r.status_code == 201, r.text
     return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+@pytest.fixture(scope="session")
+def ceph_s3() -> Iterator[str]:
+    from tests.services import CephRGW
+
+    rgw = CephRGW()
+    try:
+        yield rgw.start()
+    finally:
+        rgw.stop()
+
+
+@pytest.fixture(scope="session")
+def webdav_url() -> Iterator[str]:
+    from tests.services import WsgiDAV
+
+    dav = WsgiDAV()
+    try:
+        yield dav.start()
+    finally:
+        dav.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from tests.services import ForgehubServer
+
+    srv = ForgehubServer(tmp_path_factory.mktemp("live") / "data")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()

@@ -115,3 +115,217 @@ class Postgres:
         if hasattr(self, "pid"):
             stop_pid(self.pid)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+S3_ACCESS = "forgehubtest"
+S3_SECRET = "forgehub-test-secret-key-0123456789"
+
+
+class CephRGW:
+    """A one-host Ceph cluster (1 monitor, 1 memstore OSD) with radosgw: a real S3 server that
+    checks request signatures. Data lives in RAM."""
+
+    def __init__(self) -> None:
+        for tool in ("ceph-mon", "ceph-osd", "radosgw", "monmaptool", "radosgw-admin"):
+            if shutil.which(tool) is None:
+                missing("Ceph RGW (apt radosgw ceph-mon ceph-osd)")
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-ceph-"))
+        self.port = free_port()
+        self.mon_port = free_port()
+        self.pids: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _conf(self, fsid: str) -> Path:
+        d = self.dir
+        conf = d / "ceph.conf"
+        conf.write_text(f"""[global]
+fsid = {fsid}
+mon host = v2:127.0.0.1:{self.mon_port}
+public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+ms bind msgr1 = false
+auth cluster required = none
+auth service required = none
+auth client required = none
+ms mon client mode = crc
+ms client mode = crc
+osd pool default size = 1
+osd pool default min size = 1
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+osd crush chooseleaf type = 0
+osd pool default pg num = 8
+osd pool default pgp num = 8
+run dir = {d}/run
+admin socket = {d}/run/$name.asok
+log file = {d}/log/$name.log
+[mon.a]
+mon data = {d}/mon-a
+[osd.0]
+osd data = {d}/osd-0
+osd objectstore = memstore
+memstore device bytes = 3221225472
+[client.rgw.a]
+rgw frontends = beast endpoint=127.0.0.1:{self.port}
+""")
+        return conf
+
+    def _bg(self, args: list[str], log: str) -> None:
+        out = open(self.dir / "log" / log, "wb")  # noqa: SIM115
+        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        self.pids.append(p.pid)
+
+    def start(self) -> str:
+        import uuid
+
+        for sub in ("mon-a", "osd-0", "run", "log"):
+            (self.dir / sub).mkdir()
+        fsid = str(uuid.uuid4())
+        c = ["-c", str(self._conf(fsid))]
+        run = lambda *a: subprocess.run(list(a), check=True, capture_output=True)  # noqa: E731
+        run(
+            "monmaptool",
+            "--create",
+            "--fsid",
+            fsid,
+            "--addv",
+            "a",
+            f"[v2:127.0.0.1:{self.mon_port}]",
+            str(self.dir / "monmap"),
+        )
+        run("ceph-mon", "--mkfs", "-i", "a", "--monmap", str(self.dir / "monmap"), *c)
+        self._bg(["ceph-mon", "-i", "a", *c, "-f"], "mon.out")
+        run("ceph", *c, "osd", "create")
+        run("ceph-osd", "-i", "0", "--mkfs", *c)
+        run(
+            "ceph",
+            *c,
+            "osd",
+            "crush",
+            "add",
+            "osd.0",
+            "1.0",
+            f"host={socket.gethostname()}",
+            "root=default",
+        )
+        self._bg(["ceph-osd", "-i", "0", *c, "-f"], "osd.out")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            r = subprocess.run(["ceph", *c, "osd", "stat"], capture_output=True, text=True)
+            if "1 up" in r.stdout:
+                break
+            time.sleep(0.3)
+        self._bg(["radosgw", *c, "-n", "client.rgw.a", "-f"], "rgw.out")
+        wait_port(self.port, 90)
+        run(
+            "radosgw-admin",
+            *c,
+            "-n",
+            "client.rgw.a",
+            "user",
+            "create",
+            "--uid=forgehub",
+            "--display-name=forgehub",
+            f"--access-key={S3_ACCESS}",
+            f"--secret-key={S3_SECRET}",
+        )
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+WEBDAV_USER = "alice"
+WEBDAV_PASSWORD = "webdav-secret"
+
+
+class WsgiDAV:
+    """A real WebDAV server (wsgidav + cheroot) with basic auth, on a folder."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.exe = Path(sys.executable).parent / "wsgidav"
+        if not self.exe.exists():
+            missing("wsgidav (pip install wsgidav cheroot)")
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-dav-"))
+        (self.dir / "root").mkdir()
+        self.port = free_port()
+
+    def start(self) -> str:
+        cfg = self.dir / "wsgidav.yaml"
+        cfg.write_text(f"""host: 127.0.0.1
+port: {self.port}
+server: cheroot
+provider_mapping:
+  "/dav": "{self.dir / "root"}"
+http_authenticator:
+  domain_controller: null
+  accept_basic: true
+  accept_digest: false
+  default_to_digest: false
+simple_dc:
+  user_mapping:
+    "*":
+      "{WEBDAV_USER}":
+        password: "{WEBDAV_PASSWORD}"
+verbose: 1
+logging:
+  enable_loggers: []
+""")
+        log = open(self.dir / "log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(self.exe), "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_port(self.port, 30, self.proc)
+        return f"http://127.0.0.1:{self.port}/dav"
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            stop_pid(self.proc.pid)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ForgehubServer:
+    """`forgehub serve` in a subprocess, on a free port, with its own data directory."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = env
+
+    def start(self) -> str:
+        import sys
+
+        env = {**os.environ, "FORGEHUB_DATA_DIR": str(self.data_dir), **self.env}
+        env.pop("FORGEHUB_CONFIG", None)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "forgehub.cli", "serve", "--port", str(self.port)],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, 60, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.url
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            stop_pid(self.proc.pid)
+            self.log.close()

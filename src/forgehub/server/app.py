@@ -21,7 +21,8 @@ from forgehub.db.models import Role, User
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.server import errors
 from forgehub.server.accesslog import AccessLog
-from forgehub.server.routers import catalog, tokens, users
+from forgehub.server.routers import blobs, catalog, tokens, users
+from forgehub.storage.blobstore import BlobStore
 
 log = logging.getLogger("forgehub.server")
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         app.state.db = init_store(settings)
+        app.state.blobs = BlobStore(settings.data_dir / "blobstore")
         if not settings.auth:
             app.state.local_principal = local_admin(app.state.db)
         for hook in app.state.startup_hooks:
@@ -104,9 +106,14 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(users.router)
     api.include_router(tokens.router)
     api.include_router(catalog.router)
+    api.include_router(blobs.router)
     catalog.install_handlers(app)
     app.include_router(api)
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_mb * 1024 * 1024)
+    app.add_middleware(
+        UploadLimit,
+        max_bytes=settings.max_upload_mb * 1024 * 1024,
+        exempt=("/api/v1/blobs", "/api/v1/artifacts"),
+    )
     app.add_middleware(AccessLog)
     return app
 

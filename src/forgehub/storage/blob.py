@@ -1,0 +1,183 @@
+"""``blob``: forgehub's own blob server (``/api/v1/blobs/`` of a forgehub platform).
+
+It holds content-addressed objects only: keys are ``blobs/sha256/<2 hex>/<64 hex>``. Uploads
+are chunked and resumable (a broken upload continues from the last byte the server has), and
+the server verifies the digest before the blob becomes visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import httpx
+from pydantic import Field, SecretStr
+
+from forgehub.storage.base import (
+    CHUNK,
+    AccessDenied,
+    AdapterConfig,
+    IntegrityError,
+    InvalidKey,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageAdapter,
+    Unavailable,
+)
+from forgehub.storage.blobstore import blob_key, key_digest
+
+API = "/api/v1/blobs"
+PART = 16 * CHUNK  # bytes per PATCH request
+
+
+class BlobConfig(AdapterConfig):
+    url: str = Field(description="forgehub server URL, e.g. http://127.0.0.1:8000")
+    token: SecretStr = Field(description="API token.")
+    timeout_s: float = Field(default=120.0, gt=0)
+    retries: int = Field(default=3, ge=0, le=20, description="Resume attempts per upload.")
+
+
+class BlobStorage(StorageAdapter):
+    kind = "blob"
+    Config = BlobConfig
+    config: BlobConfig
+
+    def __init__(self, config: BlobConfig) -> None:
+        super().__init__(config)
+        self.http = httpx.Client(
+            base_url=config.url.rstrip("/"),
+            headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},
+            timeout=config.timeout_s,
+        )
+
+    def _call(self, method: str, path: str, **kw: object) -> httpx.Response:
+        try:
+            r = self.http.request(method, API + path, **kw)  # type: ignore[arg-type]
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach the blob server {self.config.url}: {exc}") from exc
+        if r.status_code == 401:
+            raise AccessDenied("the blob server refused the token")
+        if r.status_code >= 500:
+            raise Unavailable(f"blob server error {r.status_code} on {method} {path}")
+        return r
+
+    def _put(self, key: str, chunks: Iterable[bytes], size: int | None) -> None:
+        digest = key_digest(key)
+        if self._stat(key) is not None:
+            return  # stored once per digest
+        r = self._call("POST", "/uploads")
+        r.raise_for_status()
+        upload = r.json()["upload_id"]
+        h = hashlib.sha256()
+        offset = 0
+        buf = bytearray()
+
+        def send(data: bytes) -> None:
+            nonlocal offset
+            attempts = 0
+            while True:
+                try:
+                    r = self._call(
+                        "PATCH",
+                        f"/uploads/{upload}",
+                        content=data,
+                        headers={"Upload-Offset": str(offset)},
+                    )
+                except Unavailable:
+                    attempts += 1
+                    if attempts > self.config.retries:
+                        raise
+                    # resume: ask the server how far it got
+                    head = self._call("HEAD", f"/uploads/{upload}")
+                    got = int(head.headers.get("upload-offset", offset))
+                    data = data[got - offset :]
+                    offset = got
+                    continue
+                if r.status_code >= 400:
+                    raise IntegrityError(f"blob upload refused: {r.status_code} {r.text[:200]}")
+                offset = int(r.headers["upload-offset"])
+                return
+
+        try:
+            for block in chunks:
+                h.update(block)
+                buf += block
+                if len(buf) >= PART:
+                    send(bytes(buf))
+                    buf.clear()
+            if buf:
+                send(bytes(buf))
+            actual = f"sha256:{h.hexdigest()}"
+            if actual != digest:
+                raise IntegrityError(f"content has digest {actual}, not {digest}")
+            r = self._call("PUT", f"/uploads/{upload}", params={"digest": digest})
+            if r.status_code >= 400:
+                raise IntegrityError(f"blob commit refused: {r.status_code} {r.text[:200]}")
+        except BaseException:
+            try:
+                self._call("DELETE", f"/uploads/{upload}")
+            except Unavailable:
+                pass
+            raise
+
+    def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
+        digest = key_digest(key)
+        headers = {}
+        if start is not None or end is not None:
+            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
+        req = self.http.build_request("GET", f"{API}/{digest}", headers=headers)
+        try:
+            r = self.http.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach the blob server: {exc}") from exc
+        if r.status_code >= 400:
+            r.close()
+            if r.status_code == 404:
+                raise ObjectNotFound(f"no blob {digest}")
+            if r.status_code == 401:
+                raise AccessDenied("the blob server refused the token")
+            raise Unavailable(f"blob server error {r.status_code}")
+
+        def gen() -> Iterator[bytes]:
+            try:
+                yield from r.iter_bytes(CHUNK)
+            except httpx.HTTPError as exc:
+                raise Unavailable(f"download of {digest} broke off: {exc}") from exc
+            finally:
+                r.close()
+
+        return gen()
+
+    def _stat(self, key: str) -> ObjectInfo | None:
+        digest = key_digest(key)
+        r = self._call("HEAD", f"/{digest}")
+        if r.status_code == 404:
+            return None
+        if r.status_code >= 400:
+            raise Unavailable(f"blob server error {r.status_code}")
+        return ObjectInfo(key, int(r.headers.get("content-length", 0)))
+
+    def _delete(self, key: str) -> None:
+        self._call("DELETE", f"/{key_digest(key)}")
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        if (
+            prefix
+            and not "blobs/sha256/".startswith(prefix)
+            and not prefix.startswith("blobs/sha256/")
+        ):
+            return
+        r = self._call("GET", "", params={"limit": 10_000})
+        r.raise_for_status()
+        for item in r.json():
+            key = blob_key(item["digest"])
+            if key.startswith(prefix):
+                yield ObjectInfo(key, int(item["size"]))
+
+    def test(self) -> None:
+        r = self._call("GET", "", params={"limit": 1})
+        if r.status_code >= 400:
+            raise Unavailable(f"blob server answered {r.status_code}")
+
+
+__all__ = ["BlobStorage", "BlobConfig", "InvalidKey"]
