@@ -64,6 +64,9 @@ class Settings(BaseModel):
     max_upload_mb: int = Field(
         default=100, ge=1, description="Largest accepted upload (model API predict/train), MB."
     )
+    max_artifact_mb: int = Field(
+        default=100_000, ge=1, description="Largest artifact accepted through the API, MB."
+    )
     max_blob_mb: int = Field(
         default=100_000, ge=1, description="Largest blob the blob server accepts, MB."
     )

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgehub import __version__
+from forgehub.cli.artifacts import artifact_app, storage_app
 from forgehub.cli.catalog import app as catalog_app
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
 from forgehub.cli.module import app as module_app
@@ -31,6 +32,8 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 app.add_typer(module_app, name="module")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(storage_app, name="storage")
+app.add_typer(artifact_app, name="artifact")
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")
@@ -153,6 +156,37 @@ def db_current(config: Path = ConfigOpt, data_dir: Path = DataDirOpt) -> None:
 
     settings = settings_or_exit(config, data_dir=data_dir)
     out.print(f"current: {current_revision(settings.db_url)}  head: {head_revision()}")
+
+
+secrets_app = typer.Typer(help="Manage the key that encrypts stored secrets.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(config: Path = ConfigOpt, data_dir: Path = DataDirOpt) -> None:
+    """Put a new encryption key first and re-encrypt every stored secret with it."""
+    from sqlalchemy import select
+
+    from forgehub.db import Database, upgrade
+    from forgehub.db.models import StorageConnection
+    from forgehub.secrets import SecretBox, SecretsError, rotate_key_file
+
+    settings = settings_or_exit(config, data_dir=data_dir)
+    upgrade(settings.db_url)
+    try:
+        rotate_key_file(settings.data_dir)
+        box = SecretBox.for_data_dir(settings.data_dir)
+        db = Database(settings.db_url)
+        n = 0
+        with db.session() as s:
+            for conn in s.scalars(select(StorageConnection)):
+                if conn.secrets:
+                    conn.secrets = box.rotate(conn.secrets)
+                    n += 1
+        db.dispose()
+    except SecretsError as exc:
+        fail(str(exc))
+    out.print(f"new key in use; {n} connection secret(s) re-encrypted. Restart the server.")
 
 
 def _when(value: str | None) -> str:

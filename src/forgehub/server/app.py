@@ -19,9 +19,10 @@ from forgehub.config import Settings
 from forgehub.db import Database, upgrade
 from forgehub.db.models import Role, User
 from forgehub.modelapi.limits import UploadLimit
+from forgehub.secrets import SecretBox
 from forgehub.server import errors
 from forgehub.server.accesslog import AccessLog
-from forgehub.server.routers import blobs, catalog, tokens, users
+from forgehub.server.routers import artifacts, blobs, catalog, storage, tokens, users
 from forgehub.storage.blobstore import BlobStore
 
 log = logging.getLogger("forgehub.server")
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         started = time.perf_counter()
         app.state.db = init_store(settings)
         app.state.blobs = BlobStore(settings.data_dir / "blobstore")
+        app.state.secrets = SecretBox.for_data_dir(settings.data_dir)
         if not settings.auth:
             app.state.local_principal = local_admin(app.state.db)
         for hook in app.state.startup_hooks:
@@ -107,6 +109,8 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(tokens.router)
     api.include_router(catalog.router)
     api.include_router(blobs.router)
+    api.include_router(storage.router)
+    api.include_router(artifacts.router)
     catalog.install_handlers(app)
     app.include_router(api)
     app.add_middleware(

@@ -1,0 +1,361 @@
+"""``forgehub storage`` and ``forgehub artifact``: bring your own storage, move artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+
+storage_app = typer.Typer(
+    help="Storage connections: bring your own S3, WebDAV, disk.", no_args_is_help=True
+)
+artifact_app = typer.Typer(
+    help="Artifacts: content-addressed files and folders.", no_args_is_help=True
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+CHUNK = 1 << 20
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+# -- storage --------------------------------------------------------------------------------
+def _parse_settings(pairs: list[str]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            config[key] = json.loads(value)
+        except ValueError:
+            config[key] = value
+    return config
+
+
+@storage_app.command("add")
+def storage_add(
+    name: str = typer.Argument(..., help="A name for the connection."),
+    kind: str = typer.Argument(..., help="local, s3, webdav or blob."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-s",
+        help="KEY=VALUE setting (repeat), e.g. bucket=data endpoint_url=https://s3.example.org",
+    ),
+    secret: list[str] = typer.Option(
+        [],
+        "--secret",
+        help="KEY=ENVVAR: read a secret from an "
+        "environment variable (keeps it out of shell history).",
+    ),
+    no_test: bool = typer.Option(False, "--no-test", help="Save without testing it first."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Add a storage connection; it is tested before it is saved."""
+    config = _parse_settings(set_)
+    for pair in secret:
+        key, _, var = pair.partition("=")
+        if var not in os.environ:
+            fail(f"--secret {key}: environment variable {var!r} is not set")
+        config[key] = os.environ[var]
+    c = Client(server, token)
+    conn = c.post(
+        "/api/v1/storage/connections",
+        json={"name": name, "kind": kind, "config": config, "test": not no_test},
+    )
+    out.print(
+        f"added {conn['kind']} connection {conn['name']}"
+        + ("" if no_test else " (tested: reachable, credentials accepted)")
+    )
+
+
+@storage_app.command("test")
+def storage_test(name: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Test a saved connection."""
+    r = Client(server, token).post(f"/api/v1/storage/connections/{name}/test")
+    if not r["ok"]:
+        fail(f"{name}: {r['detail']}")
+    out.print(f"{name}: {r['detail']}")
+
+
+@storage_app.command("ls")
+def storage_ls(as_json: bool = JsonOpt, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """List your connections (secrets are never shown)."""
+    rows = Client(server, token).get("/api/v1/storage/connections")
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("name", "kind", "settings", "default")
+    for r in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in r["config"].items() if v not in ("", None))
+        table.add_row(r["name"], r["kind"], settings, "yes" if r["default"] else "")
+    out.print(table)
+
+
+@storage_app.command("rm")
+def storage_rm(name: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Remove a connection (its content stays where it is)."""
+    Client(server, token).delete(f"/api/v1/storage/connections/{name}")
+    out.print(f"removed {name}")
+
+
+# -- artifacts ------------------------------------------------------------------------------
+def _file_chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            progress.update(task, advance=len(block))
+            yield block
+
+
+def _tar_chunks(root: Path, progress: Progress, task: Any) -> Iterator[bytes]:
+    """A tar stream of ``root`` built on the fly (no temporary archive)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            full = Path(dirpath) / fname
+            if full.is_symlink() or not full.is_file():
+                continue
+            info = tarfile.TarInfo(full.relative_to(root).as_posix())
+            st = full.stat()
+            info.size, info.mode, info.mtime = st.st_size, st.st_mode & 0o755, int(st.st_mtime)
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            yield from _file_chunks(full, progress, task)
+            if info.size % 512:
+                yield b"\0" * (512 - info.size % 512)
+    yield b"\0" * 1024
+
+
+def _tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@artifact_app.command("push")
+def push(
+    path: Path = typer.Argument(..., help="A file or a folder."),
+    to: str = typer.Option(None, "--to", help="Connection name [default: your default]."),
+    name: str = typer.Option(None, "--name", help="NAME or NAME:TAG for it."),
+    as_json: bool = JsonOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Push a file or folder as an artifact (nothing is re-sent that the store has)."""
+    if not path.exists():
+        fail(f"{path} does not exist")
+    c = Client(server, token)
+    params: dict[str, Any] = {"filename": path.name}
+    if to:
+        params["connection"] = to
+    if name:
+        n, _, t = name.partition(":")
+        params["name"], params["tag"] = n, t or "latest"
+    total = _tree_size(path) if path.is_dir() else path.stat().st_size
+    with _progress() as progress:
+        task = progress.add_task(f"push {path.name}", total=total)
+        body = (
+            _tar_chunks(path, progress, task)
+            if path.is_dir()
+            else _file_chunks(path, progress, task)
+        )
+        headers = {
+            "Content-Type": "application/x-tar" if path.is_dir() else "application/octet-stream"
+        }
+        art = c.request(
+            "POST", "/api/v1/artifacts", params=params, content=body, headers=headers, timeout=None
+        )
+    if as_json:
+        out.print_json(json.dumps(art))
+        return
+    out.print(
+        f"{art['digest']}  {art['kind']}  {_size(art['size'])}  "
+        f"(uploaded to storage: {_size(art['uploaded'])})"
+        + (f"  tags: {', '.join(art['tags'])}" if art["tags"] else "")
+    )
+
+
+@artifact_app.command("pull")
+def pull(
+    ref: str = typer.Argument(..., help="sha256:<digest>, NAME or NAME:TAG."),
+    output: Path = typer.Option(None, "-o", "--output", help="Where to write it."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Download an artifact; files are verified against their digest."""
+    c = Client(server, token)
+    art = c.get(f"/api/v1/artifacts/{ref}")
+    dest = output or Path(art["filename"] or art["digest"].replace(":", "-"))
+    if dest.exists() and (art["kind"] == "dir" or dest.is_dir()):
+        fail(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".pull-")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as fh, _progress() as progress:
+            task = progress.add_task(f"pull {ref}", total=art["size"])
+            with c.http.stream("GET", f"/api/v1/artifacts/{ref}/content", timeout=None) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    fail(f"{r.status_code}: {r.json().get('detail', r.text)}")
+                for block in r.iter_bytes(CHUNK):
+                    fh.write(block)
+                    h.update(block)
+                    progress.update(task, advance=len(block))
+        if art["kind"] == "file":
+            actual = f"sha256:{h.hexdigest()}"
+            if actual != art["digest"]:
+                fail(f"corrupted download: expected {art['digest']}, got {actual}")
+            os.replace(tmp, dest)
+        else:
+            _extract_verified(Path(tmp), dest, {f["path"]: f["digest"] for f in art["files"]})
+    except httpx.HTTPError as exc:
+        fail(f"download broke off: {exc}")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    out.print(f"{art['digest']} -> {dest}")
+
+
+def _extract_verified(archive: Path, dest: Path, expected: dict[str, str]) -> None:
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".pull-tree-"))
+    try:
+        with tarfile.open(archive) as tf:
+            tf.extractall(staging, filter="data")
+        for rel, digest in expected.items():
+            h = hashlib.sha256()
+            with open(staging / rel, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    h.update(block)
+            if f"sha256:{h.hexdigest()}" != digest:
+                fail(f"corrupted download: {rel} does not match {digest}")
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@artifact_app.command("ls")
+def ls(
+    name: str = typer.Option(None, "--name", help="Only artifacts tagged with this name."),
+    as_json: bool = JsonOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """List your artifacts."""
+    rows = Client(server, token).get("/api/v1/artifacts", params={"name": name} if name else {})
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("digest", "kind", "size", "name", "tags", "locations", "created")
+    for a in rows:
+        table.add_row(
+            a["digest"][:19] + "…",
+            a["kind"],
+            _size(a["size"]),
+            a["filename"],
+            ", ".join(a["tags"]),
+            ", ".join(x["connection"] for x in a["locations"]),
+            a["created_at"][:16],
+        )
+    out.print(table)
+
+
+@artifact_app.command("show")
+def show(ref: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Show an artifact: digest, size, locations, tags, and files of a folder."""
+    out.print_json(json.dumps(Client(server, token).get(f"/api/v1/artifacts/{ref}")))
+
+
+@artifact_app.command("cp")
+def cp(
+    ref: str,
+    to: str = typer.Argument(..., help="Target connection."),
+    move: bool = typer.Option(False, "--move", help="Forget the other locations."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Copy (or move) an artifact to another storage connection."""
+    r = Client(server, token).post(f"/api/v1/artifacts/{ref}/copy", json={"to": to, "move": move})
+    out.print(
+        f"{r['digest']} now at {', '.join(x['connection'] for x in r['locations'])} "
+        f"({r['blobs_copied']} object(s) copied)"
+    )
+
+
+@artifact_app.command("tag")
+def tag(
+    ref: str,
+    name_tag: str = typer.Argument(..., help="NAME[:TAG]"),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Give an artifact a name and tag."""
+    n, _, t = name_tag.partition(":")
+    Client(server, token).post(
+        f"/api/v1/artifacts/{ref}/tags", json={"name": n, "tag": t or "latest"}
+    )
+    out.print(f"{ref} tagged {n}:{t or 'latest'}")
+
+
+@artifact_app.command("rm")
+def rm(ref: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Delete an artifact record (run gc to free its content)."""
+    Client(server, token).delete(f"/api/v1/artifacts/{ref}")
+    out.print(f"removed {ref}")
+
+
+@artifact_app.command("gc")
+def gc(
+    connection: str = typer.Option("default", "--connection", "-c"),
+    delete: bool = typer.Option(False, "--delete", help="Really delete (default: dry run)."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Find (and with --delete, remove) content no artifact references. Dry run by default."""
+    r = Client(server, token).post(
+        "/api/v1/artifacts/gc", json={"connection": connection, "dry_run": not delete}
+    )
+    for key in r["unreferenced"]:
+        out.print(key, highlight=False)
+    verb = "would free" if r["dry_run"] else "freed"
+    out.print(
+        f"{len(r['unreferenced'])} unreferenced object(s); {verb} {_size(r['bytes'])}"
+        + ("  (dry run: add --delete)" if r["dry_run"] else "")
+    )

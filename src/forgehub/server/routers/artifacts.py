@@ -1,0 +1,425 @@
+"""/api/v1/artifacts: push, pull, list, tag, copy, delete and garbage-collect artifacts.
+
+Uploads stream into a temporary file (never into memory) with a size limit, then go to the chosen
+storage connection, once per digest. Downloads stream from the storage, verified against the
+digest; a directory downloads as a tar stream built on the fly.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from forgehub.artifacts import connections as conns
+from forgehub.artifacts.content import (
+    describe_manifest,
+    parse_manifest,
+    push_path,
+    referenced_blobs,
+    verified_stream,
+)
+from forgehub.auth import Principal
+from forgehub.db.models import Artifact, ArtifactLocation, ArtifactTag, StorageConnection, User
+from forgehub.server.deps import CurrentUser, DbSession
+from forgehub.server.routers.blobs import _sync_iter
+from forgehub.storage import StorageError
+from forgehub.storage.blobstore import DIGEST_RE, blob_key
+
+router = APIRouter(prefix="/artifacts", tags=["artifacts"])
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TAR = "application/x-tar"
+
+
+class TagIn(BaseModel):
+    name: str = Field(pattern=TAG_RE.pattern)
+    tag: str = Field(default="latest", pattern=TAG_RE.pattern, max_length=64)
+
+
+class CopyIn(BaseModel):
+    to: str = Field(description="Target connection name.")
+    move: bool = Field(default=False, description="Remove it from its other locations.")
+
+
+class GcIn(BaseModel):
+    connection: str
+    dry_run: bool = True
+
+
+def _box(request: Request) -> Any:
+    return request.app.state.secrets
+
+
+def _conn(
+    session: Session, principal: Principal, name: str | None, request: Request
+) -> StorageConnection:
+    try:
+        if name:
+            return conns.find(session, principal, name)
+        return conns.ensure_default(
+            session, _box(request), principal.user_id, request.app.state.settings.data_dir
+        )
+    except conns.ConnectionError_ as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+
+
+def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
+    """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``."""
+    if DIGEST_RE.match(ref):
+        stmt = select(Artifact).where(Artifact.digest == ref)
+        if not principal.is_admin:
+            stmt = stmt.where(Artifact.owner_id == principal.user_id)
+        art = session.scalars(stmt.order_by(Artifact.created_at)).first()
+    else:
+        owner_id = principal.user_id
+        rest = ref
+        if "/" in ref:
+            owner_name, rest = ref.split("/", 1)
+            owner = session.scalar(select(User).where(User.name == owner_name))
+            if owner is None or not (principal.is_admin or owner.id == principal.user_id):
+                raise HTTPException(404, f"no artifact {ref!r} of yours")
+            owner_id = owner.id
+        name, _, tag = rest.partition(":")
+        row = session.get(ArtifactTag, (owner_id, name, tag or "latest"))
+        art = session.get(Artifact, row.artifact_id) if row else None
+    if art is None:
+        raise HTTPException(404, f"no artifact {ref!r} of yours")
+    return art
+
+
+def _out(session: Session, art: Artifact) -> dict[str, Any]:
+    locs = session.execute(
+        select(StorageConnection.name, StorageConnection.kind)
+        .join(ArtifactLocation, ArtifactLocation.connection_id == StorageConnection.id)
+        .where(ArtifactLocation.artifact_id == art.id)
+    ).all()
+    tags = session.scalars(select(ArtifactTag).where(ArtifactTag.artifact_id == art.id)).all()
+    return {
+        "id": art.id,
+        "digest": art.digest,
+        "kind": art.kind,
+        "size": art.size,
+        "media_type": art.media_type,
+        "filename": art.filename,
+        "producer_job_id": art.producer_job_id,
+        "created_at": art.created_at.isoformat(),
+        "locations": [{"connection": n, "kind": k} for n, k in locs],
+        "tags": [f"{t.name}:{t.tag}" for t in tags],
+    }
+
+
+def _adapter_with(session: Session, art: Artifact, request: Request) -> Any:
+    for loc in session.scalars(
+        select(ArtifactLocation).where(ArtifactLocation.artifact_id == art.id)
+    ):
+        conn = session.get(StorageConnection, loc.connection_id)
+        if conn is not None:
+            return conns.adapter_for(conn, _box(request))
+    raise HTTPException(409, f"artifact {art.digest} has no location left")
+
+
+def record(
+    session: Session,
+    owner_id: str,
+    conn: StorageConnection,
+    digest: str,
+    kind: str,
+    size: int,
+    filename: str,
+    media_type: str,
+    tag: TagIn | None = None,
+    producer_job_id: str | None = None,
+) -> Artifact:
+    art = session.scalar(
+        select(Artifact).where(Artifact.owner_id == owner_id, Artifact.digest == digest)
+    )
+    if art is None:
+        art = Artifact(
+            owner_id=owner_id,
+            digest=digest,
+            kind=kind,
+            size=size,
+            media_type=media_type,
+            filename=filename,
+            producer_job_id=producer_job_id,
+        )
+        session.add(art)
+        session.flush()
+    if session.get(ArtifactLocation, (art.id, conn.id)) is None:
+        session.add(ArtifactLocation(artifact_id=art.id, connection_id=conn.id))
+    if tag is not None:
+        from forgehub.db.models import utcnow
+
+        row = session.get(ArtifactTag, (owner_id, tag.name, tag.tag))
+        if row is None:
+            session.add(
+                ArtifactTag(owner_id=owner_id, name=tag.name, tag=tag.tag, artifact_id=art.id)
+            )
+        else:
+            row.artifact_id, row.updated_at = art.id, utcnow()
+    session.flush()
+    return art
+
+
+@router.post("", status_code=201, summary="Push an artifact (a file, or a directory as tar)")
+async def push(
+    request: Request,
+    principal: CurrentUser,
+    session: DbSession,
+    filename: str = Query("", max_length=255),
+    name: str | None = Query(None, pattern=TAG_RE.pattern),
+    tag: str = Query("latest", pattern=TAG_RE.pattern, max_length=64),
+    connection: str | None = Query(None, description="Connection name [default: default]"),
+) -> dict[str, Any]:
+    conn = _conn(session, principal, connection, request)
+    adapter = conns.adapter_for(conn, _box(request))
+    limit = int(request.app.state.settings.max_artifact_mb) * 1024 * 1024
+    is_tar = request.headers.get("content-type", "").startswith(TAR)
+    tmp = Path(tempfile.mkdtemp(prefix="forgehub-push-", dir=request.app.state.settings.data_dir))
+
+    def receive_and_store() -> tuple[Any, str]:
+        body = tmp / "body"
+        total = 0
+        with open(body, "wb") as out:
+            for chunk in _sync_iter(request):
+                total += len(chunk)
+                if total > limit:
+                    raise HTTPException(
+                        413,
+                        f"artifact larger than the limit of "
+                        f"{limit // (1024 * 1024)} MB (max_artifact_mb)",
+                    )
+                out.write(chunk)
+        if total == 0 and not is_tar:
+            raise HTTPException(422, "the request body is empty")
+        source = body
+        if is_tar:
+            source = tmp / "tree"
+            source.mkdir()
+            try:
+                with tarfile.open(body, mode="r:*") as tf:
+                    tf.extractall(source, filter="data")  # refuses unsafe paths and links
+            except (tarfile.TarError, OSError) as exc:
+                raise HTTPException(422, f"not a valid tar archive: {exc}") from exc
+            body.unlink()
+        return push_path(adapter, source), ("" if is_tar else filename)
+
+    try:
+        result, fname = await anyio.to_thread.run_sync(receive_and_store)
+    except StorageError as exc:
+        raise HTTPException(502, f"storage {conn.name!r} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    media = (
+        "application/vnd.forgehub.manifest.v1+json"
+        if result.kind == "dir"
+        else (request.headers.get("x-media-type") or "application/octet-stream")
+    )
+    art = record(
+        session,
+        principal.user_id,
+        conn,
+        result.digest,
+        result.kind,
+        result.size,
+        fname,
+        media,
+        TagIn(name=name, tag=tag) if name else None,
+    )
+    return {**_out(session, art), "uploaded": result.uploaded}
+
+
+@router.get("", summary="Your artifacts")
+def list_artifacts(
+    principal: CurrentUser,
+    session: DbSession,
+    name: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> list[dict[str, Any]]:
+    stmt = select(Artifact)
+    if not principal.is_admin:
+        stmt = stmt.where(Artifact.owner_id == principal.user_id)
+    if name:
+        stmt = stmt.join(ArtifactTag, ArtifactTag.artifact_id == Artifact.id).where(
+            ArtifactTag.name == name
+        )
+    rows = (
+        session.scalars(stmt.order_by(Artifact.created_at.desc()).limit(limit).offset(offset))
+        .unique()
+        .all()
+    )
+    return [_out(session, a) for a in rows]
+
+
+@router.get("/{ref:path}/content", summary="Download (a directory comes as a tar stream)")
+def content(
+    ref: str, principal: CurrentUser, session: DbSession, request: Request
+) -> StreamingResponse:
+    art = resolve(session, principal, ref)
+    adapter = _adapter_with(session, art, request)
+    headers = {"X-Forgehub-Digest": art.digest, "X-Forgehub-Kind": art.kind}
+    if art.kind == "file":
+        if art.filename:
+            headers["Content-Disposition"] = f'attachment; filename="{art.filename}"'
+        headers["Content-Length"] = str(art.size)
+        return StreamingResponse(
+            verified_stream(adapter, art.digest), media_type=art.media_type, headers=headers
+        )
+    return StreamingResponse(_tar_stream(adapter, art.digest), media_type=TAR, headers=headers)
+
+
+def _tar_stream(adapter: Any, digest: str) -> Iterator[bytes]:
+    entries = parse_manifest(b"".join(verified_stream(adapter, digest)))
+    for e in entries:
+        info = tarfile.TarInfo(e.path)
+        info.size, info.mode = e.size, e.mode
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        yield from verified_stream(adapter, e.digest)
+        if e.size % 512:
+            yield b"\0" * (512 - e.size % 512)
+    yield b"\0" * 1024
+
+
+@router.get("/{ref:path}", summary="One artifact: digest, size, locations, tags, files")
+def show(ref: str, principal: CurrentUser, session: DbSession, request: Request) -> dict[str, Any]:
+    art = resolve(session, principal, ref)
+    out = _out(session, art)
+    if art.kind == "dir":
+        try:
+            out["files"] = describe_manifest(_adapter_with(session, art, request), art.digest)
+        except StorageError as exc:
+            out["files_error"] = str(exc)
+    return out
+
+
+@router.post("/{ref:path}/tags", summary="Tag an artifact (name:tag)")
+def add_tag(ref: str, body: TagIn, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
+    art = resolve(session, principal, ref)
+    if art.owner_id != principal.user_id:
+        raise HTTPException(403, "only the owner can tag this artifact")
+    loc = session.scalars(
+        select(ArtifactLocation).where(ArtifactLocation.artifact_id == art.id)
+    ).first()
+    conn = session.get(StorageConnection, loc.connection_id) if loc else None
+    if conn is None:
+        raise HTTPException(409, "artifact has no location")
+    record(
+        session,
+        art.owner_id,
+        conn,
+        art.digest,
+        art.kind,
+        art.size,
+        art.filename,
+        art.media_type,
+        body,
+    )
+    return _out(session, art)
+
+
+@router.post("/{ref:path}/copy", summary="Copy or move an artifact to another connection")
+async def copy(
+    ref: str, body: CopyIn, principal: CurrentUser, session: DbSession, request: Request
+) -> dict[str, Any]:
+    art = resolve(session, principal, ref)
+    target_conn = _conn(session, principal, body.to, request)
+    source = _adapter_with(session, art, request)
+    target = conns.adapter_for(target_conn, _box(request))
+
+    def transfer() -> int:
+        moved = 0
+        for key in sorted(referenced_blobs(source, art.digest, art.kind)):
+            digest = "sha256:" + key.rsplit("/", 1)[1]
+            have = target.stat(key)
+            if have is not None:
+                continue
+            target.put(key, verified_stream(source, digest))
+            moved += 1
+        return moved
+
+    try:
+        copied = await anyio.to_thread.run_sync(transfer)
+    except StorageError as exc:
+        raise HTTPException(502, f"copy failed: {exc}") from exc
+    if session.get(ArtifactLocation, (art.id, target_conn.id)) is None:
+        session.add(ArtifactLocation(artifact_id=art.id, connection_id=target_conn.id))
+    if body.move:
+        for loc in session.scalars(
+            select(ArtifactLocation).where(
+                ArtifactLocation.artifact_id == art.id,
+                ArtifactLocation.connection_id != target_conn.id,
+            )
+        ):
+            session.delete(loc)
+    session.flush()
+    return {**_out(session, art), "blobs_copied": copied}
+
+
+@router.delete(
+    "/{ref:path}", status_code=204, summary="Delete an artifact record (gc frees its content)"
+)
+def delete_artifact(ref: str, principal: CurrentUser, session: DbSession) -> Response:
+    art = resolve(session, principal, ref)
+    if not (principal.is_admin or art.owner_id == principal.user_id):
+        raise HTTPException(404, f"no artifact {ref!r} of yours")
+    session.delete(art)
+    return Response(status_code=204)
+
+
+@router.post("/gc", summary="Garbage-collect unreferenced content of a connection")
+async def gc(
+    body: GcIn, principal: CurrentUser, session: DbSession, request: Request
+) -> dict[str, Any]:
+    conn = _conn(session, principal, body.connection, request)
+    adapter = conns.adapter_for(conn, _box(request))
+    # Every artifact stored at this connection, whoever owns it, keeps its blobs alive.
+    arts = session.scalars(
+        select(Artifact)
+        .join(ArtifactLocation, ArtifactLocation.artifact_id == Artifact.id)
+        .where(ArtifactLocation.connection_id == conn.id)
+    ).all()
+    if conn.is_default and conn.kind == "local":
+        # the default store is shared by every user's default connection
+        shared = session.scalars(
+            select(StorageConnection.id).where(
+                StorageConnection.is_default.is_(True), StorageConnection.kind == "local"
+            )
+        ).all()
+        arts = session.scalars(
+            select(Artifact)
+            .join(ArtifactLocation, ArtifactLocation.artifact_id == Artifact.id)
+            .where(ArtifactLocation.connection_id.in_(shared))
+        ).all()
+    wanted = [(a.digest, a.kind) for a in arts]
+
+    def sweep() -> tuple[list[str], int]:
+        keep: set[str] = set()
+        for digest, kind in wanted:
+            try:
+                keep |= referenced_blobs(adapter, digest, kind)
+            except StorageError:
+                keep.add(blob_key(digest))
+        garbage = [o for o in adapter.list("blobs/") if o.key not in keep]
+        freed = sum(o.size for o in garbage)
+        if not body.dry_run:
+            for o in garbage:
+                adapter.delete(o.key)
+        return [o.key for o in garbage], freed
+
+    try:
+        keys, freed = await anyio.to_thread.run_sync(sweep)
+    except StorageError as exc:
+        raise HTTPException(502, f"gc failed: {exc}") from exc
+    return {"connection": conn.name, "dry_run": body.dry_run, "unreferenced": keys, "bytes": freed}

@@ -1,0 +1,129 @@
+"""/api/v1/storage/connections: bring your own storage. Secrets go in, never come out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from forgehub.artifacts import connections as conns
+from forgehub.db.models import StorageConnection
+from forgehub.secrets import SecretBox
+from forgehub.server.deps import CurrentUser, DbSession
+from forgehub.storage import StorageError, kinds
+
+router = APIRouter(prefix="/storage", tags=["storage"])
+
+
+class ConnectionIn(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    kind: str = Field(description="local, s3, webdav or blob (or a plugin's kind)")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="The kind's settings, secrets included."
+    )
+    test: bool = Field(default=True, description="Test the connection before saving it.")
+
+
+def box(request: Request) -> SecretBox:
+    b: SecretBox = request.app.state.secrets
+    return b
+
+
+def _error(exc: conns.ConnectionError_) -> HTTPException:
+    return HTTPException(exc.status, str(exc))
+
+
+@router.get("/kinds", summary="Storage kinds and their configuration schemas")
+def list_kinds(principal: CurrentUser) -> list[dict[str, Any]]:
+    from forgehub.storage import adapter_class
+
+    out = []
+    for kind in sorted(kinds()):
+        try:
+            cls = adapter_class(kind)
+        except StorageError:
+            continue
+        out.append({"kind": kind, "config_schema": cls.Config.model_json_schema()})
+    return out
+
+
+@router.get("/connections", summary="Your storage connections")
+def list_connections(
+    principal: CurrentUser, session: DbSession, request: Request
+) -> list[dict[str, Any]]:
+    if principal.user_id:
+        conns.ensure_default(
+            session, box(request), principal.user_id, request.app.state.settings.data_dir
+        )
+    rows = session.scalars(
+        select(StorageConnection)
+        .where(StorageConnection.owner_id == principal.user_id)
+        .order_by(StorageConnection.name)
+    )
+    return [conns.out(c) for c in rows]
+
+
+@router.post("/connections", status_code=201, summary="Add a connection (tested first)")
+async def add_connection(
+    body: ConnectionIn, principal: CurrentUser, session: DbSession, request: Request
+) -> dict[str, Any]:
+    sealed_box = box(request)
+
+    def create() -> StorageConnection:
+        return conns.create(
+            session,
+            sealed_box,
+            principal.user_id,
+            body.name,
+            body.kind,
+            body.config,
+            test=body.test,
+        )
+
+    try:
+        conn = await anyio.to_thread.run_sync(create)
+    except conns.ConnectionError_ as exc:
+        if exc.errors:
+            from forgehub.server.errors import problem
+
+            return problem(exc.status, str(exc), errors=exc.errors)  # type: ignore[return-value]
+        raise _error(exc) from exc
+    return conns.out(conn)
+
+
+@router.get("/connections/{name}", summary="One connection (secrets masked)")
+def get_connection(name: str, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
+    try:
+        return conns.out(conns.find(session, principal, name))
+    except conns.ConnectionError_ as exc:
+        raise _error(exc) from exc
+
+
+@router.post("/connections/{name}/test", summary="Test a saved connection")
+async def test_connection(
+    name: str, principal: CurrentUser, session: DbSession, request: Request
+) -> dict[str, Any]:
+    try:
+        conn = conns.find(session, principal, name)
+        adapter = conns.adapter_for(conn, box(request))
+        await anyio.to_thread.run_sync(adapter.test)
+    except conns.ConnectionError_ as exc:
+        raise _error(exc) from exc
+    except StorageError as exc:
+        return {"name": name, "ok": False, "detail": str(exc)}
+    return {"name": name, "ok": True, "detail": "reachable, credentials accepted"}
+
+
+@router.delete("/connections/{name}", status_code=204, summary="Remove a connection")
+def delete_connection(name: str, principal: CurrentUser, session: DbSession) -> Response:
+    try:
+        conn = conns.find(session, principal, name)
+    except conns.ConnectionError_ as exc:
+        raise _error(exc) from exc
+    if conn.is_default:
+        raise HTTPException(409, "the default connection cannot be removed")
+    session.delete(conn)
+    return Response(status_code=204)
