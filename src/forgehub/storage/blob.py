@@ -27,7 +27,7 @@ from forgehub.storage.base import (
 from forgehub.storage.blobstore import blob_key, key_digest
 
 API = "/api/v1/blobs"
-PART = 16 * CHUNK  # bytes per PATCH request
+PART = 8 * CHUNK  # bytes per PATCH request
 
 
 class BlobConfig(AdapterConfig):
@@ -70,9 +70,10 @@ class BlobStorage(StorageAdapter):
         upload = r.json()["upload_id"]
         h = hashlib.sha256()
         offset = 0
-        buf = bytearray()
+        pending: list[bytes] = []  # the caller's chunks, sent as they are (no big copies)
+        pending_size = 0
 
-        def send(data: bytes) -> None:
+        def send(parts: list[bytes], length: int) -> None:
             nonlocal offset
             attempts = 0
             while True:
@@ -80,18 +81,18 @@ class BlobStorage(StorageAdapter):
                     r = self._call(
                         "PATCH",
                         f"/uploads/{upload}",
-                        content=data,
-                        headers={"Upload-Offset": str(offset)},
+                        content=iter(parts),
+                        headers={"Upload-Offset": str(offset), "Content-Length": str(length)},
                     )
                 except Unavailable:
                     attempts += 1
                     if attempts > self.config.retries:
                         raise
-                    # resume: ask the server how far it got
+                    # resume: ask the server how far it got, send only the rest
                     head = self._call("HEAD", f"/uploads/{upload}")
                     got = int(head.headers.get("upload-offset", offset))
-                    data = data[got - offset :]
-                    offset = got
+                    rest = b"".join(parts)[got - offset :]
+                    parts, length, offset = [rest], len(rest), got
                     continue
                 if r.status_code >= 400:
                     raise IntegrityError(f"blob upload refused: {r.status_code} {r.text[:200]}")
@@ -101,12 +102,13 @@ class BlobStorage(StorageAdapter):
         try:
             for block in chunks:
                 h.update(block)
-                buf += block
-                if len(buf) >= PART:
-                    send(bytes(buf))
-                    buf.clear()
-            if buf:
-                send(bytes(buf))
+                pending.append(block)
+                pending_size += len(block)
+                if pending_size >= PART:
+                    send(pending, pending_size)
+                    pending, pending_size = [], 0
+            if pending:
+                send(pending, pending_size)
             actual = f"sha256:{h.hexdigest()}"
             if actual != digest:
                 raise IntegrityError(f"content has digest {actual}, not {digest}")
