@@ -19,10 +19,17 @@ from forgehub.storage.local import LocalConfig, LocalStorage
 class CountingStorage(LocalStorage):
     """A real local store that records every download in a file (visible across processes)."""
 
-    def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
+    def _record(self, key: str) -> None:
         with open(self.root / "downloads.log", "a") as fh:
             fh.write(key + "\n")
+
+    def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
+        self._record(key)
         return super()._open(key, start, end)
+
+    def local_path(self, key: str) -> Path | None:
+        self._record(key)
+        return super().local_path(key)
 
 
 def put(store: LocalStorage, data: bytes) -> str:
