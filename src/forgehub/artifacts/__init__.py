@@ -1,0 +1,1 @@
+"""Artifacts: content addressing, connections, the local cache."""

@@ -1,0 +1,111 @@
+"""A content-addressed local cache, shared by every job on a machine.
+
+Files live at ``<root>/blobs/sha256/<2 hex>/<64 hex>``. A download is verified against its digest
+before it is renamed into place, so the cache never serves a corrupt or partial file. A per-digest
+file lock makes concurrent processes download a blob once; the others wait and reuse it. The cache
+is capped: least recently used files are evicted (use is recorded in the file's mtime).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from forgehub.artifacts.content import fetch_file, hash_file
+from forgehub.storage.base import IntegrityError, StorageAdapter
+from forgehub.storage.blobstore import blob_key, check_digest
+
+
+class ContentCache:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        (root / "locks").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / blob_key(digest)
+
+    @contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        fd = os.open(self.root / "locks" / f"{name}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def get(self, digest: str) -> Path | None:
+        """The cached file, or None; a hit counts as a use."""
+        path = self.path(check_digest(digest))
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return path
+
+    def fetch(self, adapter: StorageAdapter, digest: str) -> Path:
+        """The file for ``digest``, downloading (once, verified) if it is not cached."""
+        hit = self.get(digest)
+        if hit is not None:
+            return hit
+        with self._lock(digest.split(":", 1)[1]):
+            hit = self.get(digest)  # another process may have fetched it meanwhile
+            if hit is not None:
+                return hit
+            path = self.path(digest)
+            fetch_file(adapter, digest, path)  # verified, atomic
+        self.evict(keep=path)
+        return path
+
+    def add_file(self, source: Path) -> str:
+        """Put a local file into the cache (e.g. an output about to be uploaded)."""
+        digest, _ = hash_file(source)
+        with self._lock(digest.split(":", 1)[1]):
+            target = self.path(digest)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".add-{os.getpid()}-{target.name}")
+                with open(source, "rb") as src, open(tmp, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+                if hash_file(tmp)[0] != digest:
+                    tmp.unlink(missing_ok=True)
+                    raise IntegrityError(f"{source} changed while it was being cached")
+                os.replace(tmp, target)
+        self.evict(keep=self.path(digest))
+        return digest
+
+    def usage(self) -> int:
+        return sum(p.stat().st_size for p in (self.root / "blobs").rglob("*") if p.is_file())
+
+    def evict(self, keep: Path | None = None) -> list[str]:
+        """Remove least recently used files until the cache fits its cap."""
+        with self._lock("evict"):
+            files = []
+            for p in (self.root / "blobs").rglob("*"):
+                if p.is_file() and not p.name.startswith("."):
+                    st = p.stat()
+                    files.append((st.st_mtime, st.st_size, p))
+            total = sum(size for _, size, _ in files)
+            removed = []
+            for _, size, p in sorted(files, key=lambda f: f[0]):
+                if total <= self.max_bytes:
+                    break
+                if keep is not None and p == keep:
+                    continue
+                with self._lock(p.name):
+                    p.unlink(missing_ok=True)
+                total -= size
+                removed.append(f"sha256:{p.name}")
+            return removed
+
+
+def touch_later(path: Path, seconds: float) -> None:
+    """Test helper: mark a cached file as used ``seconds`` from now."""
+    t = time.time() + seconds
+    os.utime(path, (t, t))

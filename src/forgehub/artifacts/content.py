@@ -1,0 +1,255 @@
+"""Content addressing: digests, directory manifests, and moving content in and out of a store.
+
+Every store lays content out the same way: the bytes with digest ``sha256:<hex>`` live at
+``blobs/sha256/<hex[:2]>/<hex>``. A directory is a *manifest* blob (canonical JSON listing each
+file's path, digest, size and mode) plus one blob per distinct file content. Uploads skip what the
+store already holds; downloads are verified against their digest before they become visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgehub.storage.base import CHUNK, IntegrityError, InvalidKey, StorageAdapter
+from forgehub.storage.blobstore import blob_key
+
+MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
+Progress = Callable[[int], None]
+
+
+def _noop(n: int) -> None:
+    return None
+
+
+def hash_file(path: Path, progress: Progress = _noop) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            h.update(block)
+            size += len(block)
+            progress(len(block))
+    return f"sha256:{h.hexdigest()}", size
+
+
+def hash_bytes(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    digest: str
+    size: int
+    mode: int
+
+
+def _safe_rel(path: str) -> str:
+    parts = path.split("/")
+    if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path:
+        raise InvalidKey(f"manifest path {path!r} is not a safe relative path")
+    return path
+
+
+def build_manifest(root: Path, progress: Progress = _noop) -> tuple[bytes, list[ManifestEntry]]:
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            if full.is_symlink() or not full.is_file():
+                continue
+            digest, size = hash_file(full, progress)
+            rel = full.relative_to(root).as_posix()
+            entries.append(ManifestEntry(rel, digest, size,
+                                         stat.S_IMODE(full.stat().st_mode) & 0o755))
+    doc = {"forgehub.manifest": 1, "files": [e.__dict__ for e in entries]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), entries
+
+
+def parse_manifest(data: bytes) -> list[ManifestEntry]:
+    try:
+        doc = json.loads(data)
+        files = doc["files"]
+        if doc.get("forgehub.manifest") != 1:
+            raise ValueError("not a forgehub manifest")
+        return [ManifestEntry(_safe_rel(f["path"]), f["digest"], int(f["size"]),
+                              int(f["mode"]) & 0o755) for f in files]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"invalid manifest: {exc}") from exc
+
+
+@dataclass
+class PushResult:
+    digest: str
+    kind: str  # file | dir
+    size: int  # logical size (a directory: the sum of its files)
+    uploaded: int  # bytes actually sent (0 when the store had everything)
+
+
+def _upload_blob(adapter: StorageAdapter, digest: str, size: int, source: Path | bytes,
+                 progress: Progress) -> int:
+    key = blob_key(digest)
+    existing = adapter.stat(key)
+    if existing is not None and existing.size == size:
+        progress(size)
+        return 0  # stored once: the store already holds these bytes
+    if isinstance(source, bytes):
+        adapter.put(key, source)
+    else:
+        def chunks() -> Iterator[bytes]:
+            with open(source, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    progress(len(block))
+                    yield block
+
+        if progress is _noop:
+            adapter.put_file(key, source)  # each back end's fastest path from disk
+        else:
+            adapter.put(key, chunks(), size)
+    return size
+
+
+def push_path(adapter: StorageAdapter, path: Path, progress: Progress = _noop) -> PushResult:
+    """Store a file or directory; returns its digest and how many bytes were uploaded."""
+    if path.is_dir():
+        manifest, entries = build_manifest(path)
+        uploaded = 0
+        seen: set[str] = set()
+        for e in entries:
+            if e.digest in seen:
+                progress(e.size)
+                continue
+            seen.add(e.digest)
+            uploaded += _upload_blob(adapter, e.digest, e.size, path / e.path, progress)
+        digest = hash_bytes(manifest)
+        uploaded += _upload_blob(adapter, digest, len(manifest), manifest, _noop)
+        return PushResult(digest, "dir", sum(e.size for e in entries), uploaded)
+    digest, size = hash_file(path)
+    return PushResult(digest, "file", size, _upload_blob(adapter, digest, size, path, progress))
+
+
+class _BackgroundHash:
+    """SHA-256 computed in a helper thread (hashlib releases the GIL), overlapping with I/O."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._h = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: flat memory
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (block := self._q.get()) is not None:
+            self._h.update(block)
+
+    def update(self, block: bytes) -> None:
+        self._q.put(block)
+
+    def hexdigest(self) -> str:
+        self._q.put(None)
+        self._t.join()
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+
+
+def verified_stream(adapter: StorageAdapter, digest: str, progress: Progress = _noop
+                    ) -> Iterator[bytes]:
+    """The blob's bytes; raises IntegrityError at the end if they do not match the digest."""
+    h = _BackgroundHash()
+    try:
+        for block in adapter.open(blob_key(digest)):
+            h.update(block)
+            progress(len(block))
+            yield block
+    finally:
+        h.close()
+    actual = f"sha256:{h.hexdigest()}"
+    if actual != digest:
+        raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
+
+
+def fetch_file(adapter: StorageAdapter, digest: str, dest: Path, mode: int | None = None,
+               progress: Progress = _noop) -> None:
+    """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    local = getattr(adapter, "local_path", None)
+    source = local(blob_key(digest)) if local is not None else None
+    if source is not None:  # same machine: verify the stored file, then copy in the kernel
+        actual, size = hash_file(source)
+        if actual != digest:
+            raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".fetch-")
+        os.close(fd)
+        try:
+            import shutil
+
+            shutil.copyfile(source, tmp)
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        progress(size)
+        return
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".fetch-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for block in verified_stream(adapter, digest, progress):
+                out.write(block)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pull_to(adapter: StorageAdapter, digest: str, kind: str, dest: Path,
+            progress: Progress = _noop) -> None:
+    """Materialise an artifact at ``dest`` (a file, or a directory for a manifest)."""
+    if kind != "dir":
+        fetch_file(adapter, digest, dest, progress=progress)
+        return
+    manifest = b"".join(verified_stream(adapter, digest))
+    entries = parse_manifest(manifest)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None,
+                                    prefix=".pull-"))
+    try:
+        for e in entries:
+            fetch_file(adapter, e.digest, staging / e.path, e.mode | 0o600, progress)
+        if dest.exists():
+            raise FileExistsError(f"{dest} already exists")
+        os.replace(staging, dest)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def referenced_blobs(adapter: StorageAdapter, digest: str, kind: str) -> set[str]:
+    """Every blob key an artifact needs (its manifest and files, for a directory)."""
+    keys = {blob_key(digest)}
+    if kind == "dir":
+        for e in parse_manifest(b"".join(verified_stream(adapter, digest))):
+            keys.add(blob_key(e.digest))
+    return keys
+
+
+def describe_manifest(adapter: StorageAdapter, digest: str) -> list[dict[str, Any]]:
+    return [e.__dict__ for e in parse_manifest(b"".join(verified_stream(adapter, digest)))]
