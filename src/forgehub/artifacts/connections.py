@@ -20,8 +20,9 @@ MASK = "***"
 
 
 class ConnectionError_(Exception):
-    def __init__(self, message: str, status: int = 400,
-                 errors: list[dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, message: str, status: int = 400, errors: list[dict[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.errors = errors or []
@@ -37,25 +38,40 @@ def validate_config(kind: str, config: dict[str, Any]) -> Any:
     try:
         return cls.Config.model_validate(config)
     except ValidationError as exc:
-        errors = [{"path": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]}
-                  for e in exc.errors()]
+        errors = [
+            {"path": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]} for e in exc.errors()
+        ]
         raise ConnectionError_(
             "invalid configuration: " + "; ".join(f"{e['path']}: {e['reason']}" for e in errors),
-            422, errors) from None
+            422,
+            errors,
+        ) from None
 
 
 def adapter_for(conn: StorageConnection, box: SecretBox) -> StorageAdapter:
     return make(conn.kind, {**conn.config, **box.open(conn.secrets)})
 
 
-def create(session: Session, box: SecretBox, owner_id: str, name: str, kind: str,
-           config: dict[str, Any], *, test: bool = True, default: bool = False
-           ) -> StorageConnection:
+def create(
+    session: Session,
+    box: SecretBox,
+    owner_id: str,
+    name: str,
+    kind: str,
+    config: dict[str, Any],
+    *,
+    test: bool = True,
+    default: bool = False,
+) -> StorageConnection:
     if not NAME_RE.match(name):
-        raise ConnectionError_("connection names are 1-64 lower-case letters, digits, '_', '.', "
-                               "'-'", 422)
-    if session.scalar(select(StorageConnection).where(StorageConnection.owner_id == owner_id,
-                                                      StorageConnection.name == name)):
+        raise ConnectionError_(
+            "connection names are 1-64 lower-case letters, digits, '_', '.', '-'", 422
+        )
+    if session.scalar(
+        select(StorageConnection).where(
+            StorageConnection.owner_id == owner_id, StorageConnection.name == name
+        )
+    ):
         raise ConnectionError_(f"you already have a connection named {name!r}", 409)
     try:
         cfg = validate_config(kind, config)
@@ -70,36 +86,59 @@ def create(session: Session, box: SecretBox, owner_id: str, name: str, kind: str
     dumped = cfg.model_dump(mode="json")
     plain = {k: v for k, v in dumped.items() if k not in secrets}
     sealed = {k: getattr(cfg, k).get_secret_value() for k in secrets}
-    conn = StorageConnection(owner_id=owner_id, name=name, kind=kind, config=plain,
-                             secrets=box.seal(sealed) if any(sealed.values()) else None,
-                             is_default=default)
+    conn = StorageConnection(
+        owner_id=owner_id,
+        name=name,
+        kind=kind,
+        config=plain,
+        secrets=box.seal(sealed) if any(sealed.values()) else None,
+        is_default=default,
+    )
     session.add(conn)
     session.flush()
     return conn
 
 
-def ensure_default(session: Session, box: SecretBox, owner_id: str, data_dir: Path
-                   ) -> StorageConnection:
+def ensure_default(
+    session: Session, box: SecretBox, owner_id: str, data_dir: Path
+) -> StorageConnection:
     """Every user has a default connection: the platform's own content-addressed store."""
-    conn = session.scalar(select(StorageConnection).where(
-        StorageConnection.owner_id == owner_id, StorageConnection.is_default.is_(True)))
+    conn = session.scalar(
+        select(StorageConnection).where(
+            StorageConnection.owner_id == owner_id, StorageConnection.is_default.is_(True)
+        )
+    )
     if conn is not None:
         return conn
-    existing = session.scalar(select(StorageConnection).where(
-        StorageConnection.owner_id == owner_id, StorageConnection.name == "default"))
+    existing = session.scalar(
+        select(StorageConnection).where(
+            StorageConnection.owner_id == owner_id, StorageConnection.name == "default"
+        )
+    )
     if existing is not None:
         existing.is_default = True
         return existing
-    return create(session, box, owner_id, "default", "local",
-                  {"path": str(data_dir / "objects")}, test=False, default=True)
+    return create(
+        session,
+        box,
+        owner_id,
+        "default",
+        "local",
+        {"path": str(data_dir / "objects")},
+        test=False,
+        default=True,
+    )
 
 
 def find(session: Session, principal: Principal, name_or_id: str) -> StorageConnection:
     conn = session.get(StorageConnection, name_or_id)
     if conn is None or not (principal.is_admin or conn.owner_id == principal.user_id):
-        conn = session.scalar(select(StorageConnection).where(
-            StorageConnection.owner_id == principal.user_id,
-            StorageConnection.name == name_or_id))
+        conn = session.scalar(
+            select(StorageConnection).where(
+                StorageConnection.owner_id == principal.user_id,
+                StorageConnection.name == name_or_id,
+            )
+        )
     if conn is None:
         raise ConnectionError_(f"no storage connection {name_or_id!r} of yours", 404)
     return conn
@@ -110,5 +149,11 @@ def out(conn: StorageConnection) -> dict[str, Any]:
     config = dict(conn.config)
     for k in secrets:
         config[k] = MASK if conn.secrets else ""
-    return {"id": conn.id, "name": conn.name, "kind": conn.kind, "config": config,
-            "default": conn.is_default, "created_at": conn.created_at.isoformat()}
+    return {
+        "id": conn.id,
+        "name": conn.name,
+        "kind": conn.kind,
+        "config": config,
+        "default": conn.is_default,
+        "created_at": conn.created_at.isoformat(),
+    }

@@ -69,8 +69,9 @@ def build_manifest(root: Path, progress: Progress = _noop) -> tuple[bytes, list[
                 continue
             digest, size = hash_file(full, progress)
             rel = full.relative_to(root).as_posix()
-            entries.append(ManifestEntry(rel, digest, size,
-                                         stat.S_IMODE(full.stat().st_mode) & 0o755))
+            entries.append(
+                ManifestEntry(rel, digest, size, stat.S_IMODE(full.stat().st_mode) & 0o755)
+            )
     doc = {"forgehub.manifest": 1, "files": [e.__dict__ for e in entries]}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), entries
 
@@ -81,8 +82,10 @@ def parse_manifest(data: bytes) -> list[ManifestEntry]:
         files = doc["files"]
         if doc.get("forgehub.manifest") != 1:
             raise ValueError("not a forgehub manifest")
-        return [ManifestEntry(_safe_rel(f["path"]), f["digest"], int(f["size"]),
-                              int(f["mode"]) & 0o755) for f in files]
+        return [
+            ManifestEntry(_safe_rel(f["path"]), f["digest"], int(f["size"]), int(f["mode"]) & 0o755)
+            for f in files
+        ]
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"invalid manifest: {exc}") from exc
 
@@ -95,8 +98,9 @@ class PushResult:
     uploaded: int  # bytes actually sent (0 when the store had everything)
 
 
-def _upload_blob(adapter: StorageAdapter, digest: str, size: int, source: Path | bytes,
-                 progress: Progress) -> int:
+def _upload_blob(
+    adapter: StorageAdapter, digest: str, size: int, source: Path | bytes, progress: Progress
+) -> int:
     key = blob_key(digest)
     existing = adapter.stat(key)
     if existing is not None and existing.size == size:
@@ -105,6 +109,7 @@ def _upload_blob(adapter: StorageAdapter, digest: str, size: int, source: Path |
     if isinstance(source, bytes):
         adapter.put(key, source)
     else:
+
         def chunks() -> Iterator[bytes]:
             with open(source, "rb") as fh:
                 while block := fh.read(CHUNK):
@@ -166,8 +171,9 @@ class _BackgroundHash:
             self._q.put(None)
 
 
-def verified_stream(adapter: StorageAdapter, digest: str, progress: Progress = _noop
-                    ) -> Iterator[bytes]:
+def verified_stream(
+    adapter: StorageAdapter, digest: str, progress: Progress = _noop
+) -> Iterator[bytes]:
     """The blob's bytes; raises IntegrityError at the end if they do not match the digest."""
     h = _BackgroundHash()
     try:
@@ -182,8 +188,13 @@ def verified_stream(adapter: StorageAdapter, digest: str, progress: Progress = _
         raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
 
 
-def fetch_file(adapter: StorageAdapter, digest: str, dest: Path, mode: int | None = None,
-               progress: Progress = _noop) -> None:
+def fetch_file(
+    adapter: StorageAdapter,
+    digest: str,
+    dest: Path,
+    mode: int | None = None,
+    progress: Progress = _noop,
+) -> None:
     """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     local = getattr(adapter, "local_path", None)
@@ -219,16 +230,18 @@ def fetch_file(adapter: StorageAdapter, digest: str, dest: Path, mode: int | Non
         raise
 
 
-def pull_to(adapter: StorageAdapter, digest: str, kind: str, dest: Path,
-            progress: Progress = _noop) -> None:
+def pull_to(
+    adapter: StorageAdapter, digest: str, kind: str, dest: Path, progress: Progress = _noop
+) -> None:
     """Materialise an artifact at ``dest`` (a file, or a directory for a manifest)."""
     if kind != "dir":
         fetch_file(adapter, digest, dest, progress=progress)
         return
     manifest = b"".join(verified_stream(adapter, digest))
     entries = parse_manifest(manifest)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None,
-                                    prefix=".pull-"))
+    staging = Path(
+        tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None, prefix=".pull-")
+    )
     try:
         for e in entries:
             fetch_file(adapter, e.digest, staging / e.path, e.mode | 0o600, progress)
