@@ -63,7 +63,10 @@ def child(op: str, kind: str, config: str, path: str, digest: str) -> None:
 
 
 def run(args: list[str]) -> tuple[dict[str, object], float, float]:
-    """Run a child; returns its JSON, wall seconds and peak RSS in MB."""
+    """Run a child; returns its JSON, wall seconds and peak RSS in MB.
+
+    Dirty pages are flushed first, so no operation pays for the previous one's writes."""
+    os.sync()
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

@@ -199,16 +199,20 @@ def fetch_file(
     dest.parent.mkdir(parents=True, exist_ok=True)
     local = getattr(adapter, "local_path", None)
     source = local(blob_key(digest)) if local is not None else None
-    if source is not None:  # same machine: verify the stored file, then copy in the kernel
-        actual, size = hash_file(source)
-        if actual != digest:
-            raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
+    if source is not None:  # same machine: copy in the kernel while a thread verifies
+        from concurrent.futures import ThreadPoolExecutor
+
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".fetch-")
         os.close(fd)
         try:
             import shutil
 
-            shutil.copyfile(source, tmp)
+            with ThreadPoolExecutor(1) as pool:
+                hashed = pool.submit(hash_file, source)
+                shutil.copyfile(source, tmp)
+                actual, size = hashed.result()
+            if actual != digest:
+                raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
             if mode is not None:
                 os.chmod(tmp, mode)
             os.replace(tmp, dest)
