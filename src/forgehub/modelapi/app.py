@@ -517,41 +517,51 @@ class ModelAPI:
                 openapi_extra=extra,
                 responses=responses,
             )
-            if m.trainable:
+            if not m.trainable:
+                continue
+            train_routes: list[tuple[str, str, Any, str, str, dict[str, Any] | None]] = [
+                (
+                    "/train/",
+                    "POST",
+                    self.train_start,
+                    "train",
+                    f"Start a training of {m.name}",
+                    _form_parameters(m.train_specs),
+                ),
+                (
+                    "/train/",
+                    "GET",
+                    self.train_list,
+                    "trainings",
+                    "Trainings (running and finished)",
+                    None,
+                ),
+                (
+                    "/train/{uuid}",
+                    "GET",
+                    self.train_get,
+                    "training",
+                    "Status of a training",
+                    UUID_PARAM,
+                ),
+                (
+                    "/train/{uuid}",
+                    "DELETE",
+                    self.train_cancel,
+                    "cancel",
+                    "Cancel a training",
+                    UUID_PARAM,
+                ),
+            ]
+            for path, method, handler, route_name, summary, openapi in train_routes:
                 app.add_api_route(
-                    f"{base}/train/",
-                    bind(self.train_start, name=m.name),
-                    methods=["POST"],
+                    f"{base}{path}",
+                    bind(handler, name=m.name),
+                    methods=[method],
                     tags=["models"],
-                    name=f"{m.name}:train",
-                    summary=f"Start a training of {m.name}",
-                    openapi_extra=_form_parameters(m.train_specs),
-                )
-                app.add_api_route(
-                    f"{base}/train/",
-                    bind(self.train_list, name=m.name),
-                    methods=["GET"],
-                    tags=["models"],
-                    name=f"{m.name}:trainings",
-                    summary="Trainings (running and finished)",
-                )
-                app.add_api_route(
-                    f"{base}/train/{{uuid}}",
-                    bind(self.train_get, name=m.name),
-                    methods=["GET"],
-                    tags=["models"],
-                    name=f"{m.name}:training",
-                    summary="Status of a training",
-                    openapi_extra=UUID_PARAM,
-                )
-                app.add_api_route(
-                    f"{base}/train/{{uuid}}",
-                    bind(self.train_cancel, name=m.name),
-                    methods=["DELETE"],
-                    tags=["models"],
-                    name=f"{m.name}:cancel",
-                    summary="Cancel a training",
-                    openapi_extra=UUID_PARAM,
+                    name=f"{m.name}:{route_name}",
+                    summary=summary,
+                    openapi_extra=openapi,
                 )
 
 

@@ -80,6 +80,13 @@ def _sync_iter(request: Request) -> Iterator[bytes]:
         yield chunk
 
 
+def _digest(digest: str) -> str:
+    try:
+        return check_digest(digest)
+    except InvalidKey as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
 def _errors(exc: Exception) -> HTTPException:
     if isinstance(exc, InvalidKey):
         return HTTPException(422, str(exc))
@@ -188,10 +195,7 @@ def list_blobs(
 def head_blob(
     digest: str, principal: CurrentUser, session: DbSession, request: Request
 ) -> Response:
-    try:
-        check_digest(digest)
-    except InvalidKey as exc:
-        raise _errors(exc) from exc
+    _digest(digest)
     blobs = store(request)
     if not blobs.exists(digest) or not _owned(session, digest, principal):
         return Response(status_code=404)
@@ -202,10 +206,7 @@ def head_blob(
 def get_blob(
     digest: str, principal: CurrentUser, session: DbSession, request: Request
 ) -> FileResponse:
-    try:
-        check_digest(digest)
-    except InvalidKey as exc:
-        raise _errors(exc) from exc
+    _digest(digest)
     blobs = store(request)
     if not blobs.exists(digest) or not _owned(session, digest, principal):
         raise HTTPException(404, f"no blob {digest} of yours")
@@ -220,10 +221,7 @@ def get_blob(
 def delete_blob(
     digest: str, principal: CurrentUser, session: DbSession, request: Request
 ) -> Response:
-    try:
-        check_digest(digest)
-    except InvalidKey as exc:
-        raise _errors(exc) from exc
+    _digest(digest)
     session.execute(
         delete(BlobOwner).where(BlobOwner.digest == digest, BlobOwner.user_id == principal.user_id)
     )
