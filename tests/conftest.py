@@ -55,14 +55,20 @@ def make_user(client: TestClient, name: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def ceph_s3() -> Iterator[str]:
+def ceph() -> Iterator[object]:
     from tests.services import CephRGW
 
     rgw = CephRGW()
+    rgw.url = rgw.start()  # type: ignore[attr-defined]
     try:
-        yield rgw.start()
+        yield rgw
     finally:
         rgw.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_s3(ceph: object) -> str:
+    return ceph.url  # type: ignore[attr-defined, no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -216,8 +216,8 @@ rgw frontends = beast endpoint=127.0.0.1:{self.port}
             if "1 up" in r.stdout:
                 break
             time.sleep(0.3)
-        self._bg(["radosgw", *c, "-n", "client.rgw.a", "-f"], "rgw.out")
-        wait_port(self.port, 90)
+        self.rgw_args = ["radosgw", *c, "-n", "client.rgw.a", "-f"]
+        self.start_gateway()
         run(
             "radosgw-admin",
             *c,
@@ -231,6 +231,12 @@ rgw frontends = beast endpoint=127.0.0.1:{self.port}
             f"--secret-key={S3_SECRET}",
         )
         return f"http://127.0.0.1:{self.port}"
+
+    def start_gateway(self) -> None:
+        """(Re)start radosgw alone; the monitor and the OSD keep the data."""
+        self._bg(self.rgw_args, "rgw.out")
+        self.gateway = self.procs[-1]
+        wait_port(self.port, 90)
 
     def stop(self) -> None:
         for p in reversed(self.procs):

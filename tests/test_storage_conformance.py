@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,85 @@ def test_blob_server_verifies_digest(live_server: Any) -> None:
     with pytest.raises(StorageError):
         blob.put(digest_key(b"other content"), data)
     assert blob.stat(digest_key(b"other content")) is None
+
+
+def _interrupted_put(
+    adapter: StorageAdapter, key: str, payload: bytes, stop: Any, at: int
+) -> BaseException | None:
+    """Upload ``payload`` and call ``stop()`` once ``at`` bytes have gone out."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(payload), 1 << 20):
+            if i == at:
+                stop()
+            yield payload[i : i + (1 << 20)]
+
+    def run() -> None:
+        try:
+            adapter.put(key, chunks(), len(payload))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(180)
+    assert not t.is_alive(), "the upload hung after the server went away"
+    return errors[0] if errors else None
+
+
+def test_webdav_server_stopped_mid_upload_then_retry(tmp_path: Path) -> None:
+    from tests.services import WsgiDAV
+
+    dav = WsgiDAV()
+    url = dav.start()
+    payload = os.urandom(24 * 1024 * 1024)
+    cfg = {
+        "url": f"{url}/fault",
+        "username": WEBDAV_USER,
+        "password": WEBDAV_PASSWORD,
+        "timeout_s": 10,
+    }
+    try:
+        err = _interrupted_put(
+            make("webdav", cfg), "data/big.bin", payload, lambda: dav.proc.kill(), 8 << 20
+        )
+        assert isinstance(err, StorageError), err
+        dav.proc.wait()
+        dav.proc = __import__("subprocess").Popen(  # same folder, same port
+            [str(dav.exe), "--config", str(dav.dir / "wsgidav.yaml")],
+            stdout=open(dav.dir / "log2", "wb"),
+            stderr=-2,
+        )  # noqa: SIM115
+        from tests.services import wait_port
+
+        wait_port(dav.port, 30, dav.proc)
+        again = make("webdav", cfg)
+        assert again.stat("data/big.bin") is None  # nothing partial is visible
+        assert [o.key for o in again.list("")] == []
+        again.put("data/big.bin", payload)
+        assert (
+            hashlib.sha256(again.get_bytes("data/big.bin")).digest()
+            == hashlib.sha256(payload).digest()
+        )
+    finally:
+        dav.stop()
+
+
+def test_s3_gateway_stopped_mid_upload_then_retry(ceph: Any) -> None:
+    payload = os.urandom(40 * 1024 * 1024)
+    cfg = s3_config(ceph.url, max_attempts=1)
+    err = _interrupted_put(
+        make("s3", cfg), "big/object.bin", payload, lambda: ceph.gateway.kill(), 20 << 20
+    )
+    assert isinstance(err, StorageError), err
+    ceph.gateway.wait()
+    ceph.start_gateway()
+    time.sleep(1.0)
+    again = make("s3", cfg)
+    assert again.stat("big/object.bin") is None  # the aborted multipart upload left nothing
+    again.put("big/object.bin", payload)
+    info = again.stat("big/object.bin")
+    assert info is not None and info.size == len(payload)
