@@ -87,3 +87,15 @@ def test_restart_keeps_admin_token(settings: Settings) -> None:
         assert settings.admin_token_file.read_text() == first
         r = c.get("/api/v1/users/me", headers={"Authorization": f"Bearer {first.strip()}"})
         assert r.status_code == 200
+
+
+def test_first_requests_at_once_share_one_default_connection(client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    carol = make_user(client, "carol")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda _: client.get("/api/v1/storage/connections", headers=carol), range(8))
+        )
+    assert [r.status_code for r in results] == [200] * 8, [r.text for r in results]
+    assert {tuple(c["name"] for c in r.json()) for r in results} == {("default",)}

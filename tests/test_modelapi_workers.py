@@ -63,7 +63,7 @@ def test_workers_processes_warm_once_and_share_trainings(tmp_path: Path) -> None
                 time.sleep(0.2)
             lines = warm_lines()
             warmed = {int(line.rsplit(" ", 1)[1]) for line in lines}
-            assert len(lines) == len(warmed) == 2, lines
+            assert len(lines) == len(warmed) == 2, (tmp_path / "server.log").read_text()[-3000:]
             # ... and predictions ran in those processes, never warming again
             assert {b["pid"] for b in bodies} <= warmed
             assert {b["warm_calls"] for b in bodies} == {1}

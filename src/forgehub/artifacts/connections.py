@@ -118,16 +118,31 @@ def ensure_default(
     if existing is not None:
         existing.is_default = True
         return existing
-    return create(
-        session,
-        box,
-        owner_id,
-        "default",
-        "local",
-        {"path": str(data_dir / "objects")},
-        test=False,
-        default=True,
-    )
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return create(
+            session,
+            box,
+            owner_id,
+            "default",
+            "local",
+            {"path": str(data_dir / "objects")},
+            test=False,
+            default=True,
+        )
+    except (IntegrityError, ConnectionError_):
+        # Two first requests at once: the other one created it. Nothing else has been written
+        # in this session yet (this runs first), so rolling back loses nothing.
+        session.rollback()
+        conn = session.scalar(
+            select(StorageConnection).where(
+                StorageConnection.owner_id == owner_id, StorageConnection.name == "default"
+            )
+        )
+        if conn is None:
+            raise
+        return conn
 
 
 def find(session: Session, principal: Principal, name_or_id: str) -> StorageConnection:

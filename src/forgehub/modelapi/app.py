@@ -647,16 +647,26 @@ def _mount(inner: FastAPI, base_path: str) -> FastAPI:
 
 
 def _local_owner(db: Database) -> Principal:
-    """Standalone module servers own their trainings as a local user."""
+    """Standalone module servers own their trainings as a local user.
+
+    Several server processes (``--workers``) may start at once on an empty store: whichever
+    creates the user first wins, the others read it back.
+    """
     from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
 
     from forgehub.auth import create_user
     from forgehub.db.models import Role, User
 
-    with db.session() as s:
-        user = s.scalar(select(User).where(User.name == "local"))
-        if user is None:
-            user = s.scalar(select(User).where(User.role == Role.admin))
-        if user is None:
-            user = create_user(s, "local", Role.admin)
-        return Principal(user_id=user.id, name=user.name, role=user.role)
+    for _ in range(3):
+        try:
+            with db.session() as s:
+                user = s.scalar(select(User).where(User.name == "local"))
+                if user is None:
+                    user = s.scalar(select(User).where(User.role == Role.admin))
+                if user is None:
+                    user = create_user(s, "local", Role.admin)
+                return Principal(user_id=user.id, name=user.name, role=user.role)
+        except (IntegrityError, ValueError):
+            continue  # created by another process meanwhile: read it
+    raise RuntimeError("cannot create or find the local user of the model API")
