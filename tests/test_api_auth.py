@@ -99,3 +99,9 @@ def test_first_requests_at_once_share_one_default_connection(client: TestClient)
         )
     assert [r.status_code for r in results] == [200] * 8, [r.text for r in results]
     assert {tuple(c["name"] for c in r.json()) for r in results} == {("default",)}
+
+
+def test_api_docs_work_offline(client: TestClient) -> None:
+    html = client.get("/api/v1/docs").text
+    assert "/static/swagger/swagger-ui-bundle.js" in html and "cdn.jsdelivr" not in html
+    assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200

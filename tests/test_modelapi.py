@@ -30,6 +30,7 @@ def test_routes_and_shapes(tmp_path: Path) -> None:
         assert spec["openapi"].startswith("3.")
         assert f"{DIGITS}/predict/" in spec["paths"]
         assert c.get("/docs").status_code == 200 and c.get("/api").status_code == 200
+        assert "cdn.jsdelivr" not in c.get("/docs").text  # works offline
 
 
 def test_digits_predict_image_pixels_and_png(tmp_path: Path) -> None:
@@ -160,6 +161,9 @@ def test_base_path(tmp_path: Path) -> None:
         assert c.get("/proxy/api/v2/models/").status_code == 200
         assert "/v2/models/digits/predict/" in c.get("/proxy/api/openapi.json").json()["paths"]
         assert c.get("/v2/models/").status_code == 404
+        docs = c.get("/proxy/api/docs").text
+        assert "/proxy/api/static/swagger/swagger-ui-bundle.js" in docs
+        assert c.get("/proxy/api/static/swagger/swagger-ui-bundle.js").status_code == 200
 
 
 def test_training_lifecycle_and_predictions_during_training(tmp_path: Path) -> None:

@@ -20,8 +20,7 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
@@ -35,7 +34,7 @@ from forgehub.modelapi.trainings import TrainingManager
 from forgehub.module.args import ArgErrors, ArgSpec, collect
 from forgehub.module.contract import UploadedFile
 from forgehub.module.loaded import LoadedModule, ModuleError, Output, jsonable
-from forgehub.server import errors
+from forgehub.server import docs, errors
 
 log = logging.getLogger("forgehub.modelapi")
 DEEPAAS_STATUS = {
@@ -614,18 +613,14 @@ def create_model_app(
         title="forgehub model API",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
         description="DEEPaaS v2 compatible model API served by forgehub.",
     )
     errors.install(app)
     api.add_routes(app)
 
-    @app.get("/api", include_in_schema=False)
-    def swagger(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=app.title)
-
+    docs.install(app, "/openapi.json", "/docs", "/api")
     app.state.model_api = api
     app.add_middleware(UploadLimit, max_bytes=max_upload_mb * 1024 * 1024)
     if base_path:

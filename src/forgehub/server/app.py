@@ -20,7 +20,7 @@ from forgehub.db import Database, upgrade
 from forgehub.db.models import Role, User
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.secrets import SecretBox
-from forgehub.server import errors
+from forgehub.server import docs, errors
 from forgehub.server.accesslog import AccessLog
 from forgehub.server.routers import artifacts, blobs, catalog, storage, tokens, users
 from forgehub.storage.blobstore import BlobStore
@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Publish, try, train and run machine-learning modules.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.startup_hooks = []
     app.state.shutdown_hooks = []
     errors.install(app)
+    docs.install(app, "/api/v1/openapi.json", "/api/v1/docs")
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
