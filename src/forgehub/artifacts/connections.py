@@ -10,7 +10,7 @@ from pydantic import SecretStr, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from forgehub.auth import Principal
+from forgehub.auth import Principal, can_see
 from forgehub.db.models import StorageConnection
 from forgehub.secrets import SecretBox
 from forgehub.storage import StorageAdapter, StorageError, adapter_class, make
@@ -147,7 +147,7 @@ def ensure_default(
 
 def find(session: Session, principal: Principal, name_or_id: str) -> StorageConnection:
     conn = session.get(StorageConnection, name_or_id)
-    if conn is None or not (principal.is_admin or conn.owner_id == principal.user_id):
+    if conn is None or not can_see(conn, principal):
         conn = session.scalar(
             select(StorageConnection).where(
                 StorageConnection.owner_id == principal.user_id,

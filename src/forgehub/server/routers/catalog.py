@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from forgehub.auth import Principal
+from forgehub.auth import Principal, can_see
 from forgehub.catalog import service
 from forgehub.catalog.metadata import (
     MetadataError,
@@ -94,7 +94,7 @@ def _meta_or_422(doc: dict[str, Any]) -> ModuleMetadata:
 
 def _writable(session: Session, name: str, principal: Principal) -> CatalogModule:
     m = service.get_module(session, name)
-    if not (principal.is_admin or m.owner_id == principal.user_id):
+    if not can_see(m, principal):
         raise HTTPException(403, f"only the owner of {name!r} or an admin can change it")
     return m
 
@@ -169,7 +169,7 @@ def publish(
 ) -> dict[str, Any]:
     meta = _meta_or_422(body.metadata)
     existing = session.query(CatalogModule).filter_by(name=name).one_or_none()
-    if existing is not None and not (principal.is_admin or existing.owner_id == principal.user_id):
+    if existing is not None and not can_see(existing, principal):
         raise HTTPException(
             403, f"{name!r} belongs to someone else; only its owner or an admin can change it"
         )
