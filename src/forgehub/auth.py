@@ -7,7 +7,6 @@ leaked database leaks no usable token; the clear value is shown once, when it is
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -116,13 +115,10 @@ def can_see(record: Any, principal: Principal, owner_col: str = "owner_id") -> b
 
 def write_secret_file(path: Path, content: str) -> None:
     """Write ``content`` to ``path`` with mode 0600 from the start (never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(content + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    from forgehub.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(content + "\n")
 
 
 def bootstrap_admin(session: Session, token_file: Path, ttl: timedelta) -> bool:

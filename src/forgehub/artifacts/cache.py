@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import os
-import time
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from forgehub.artifacts.content import fetch_file, hash_file
+from forgehub.fsutil import atomic_path
 from forgehub.storage.base import IntegrityError, StorageAdapter
 from forgehub.storage.blobstore import blob_key, check_digest
 
@@ -68,15 +69,10 @@ class ContentCache:
         with self._lock(digest.split(":", 1)[1]):
             target = self.path(digest)
             if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".add-{os.getpid()}-{target.name}")
-                with open(source, "rb") as src, open(tmp, "wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
-                if hash_file(tmp)[0] != digest:
-                    tmp.unlink(missing_ok=True)
-                    raise IntegrityError(f"{source} changed while it was being cached")
-                os.replace(tmp, target)
+                with atomic_path(target, ".add-", mode=0o644) as tmp:
+                    shutil.copyfile(source, tmp)
+                    if hash_file(tmp)[0] != digest:
+                        raise IntegrityError(f"{source} changed while it was being cached")
         self.evict(keep=self.path(digest))
         return digest
 
@@ -103,9 +99,3 @@ class ContentCache:
                 total -= size
                 removed.append(f"sha256:{p.name}")
             return removed
-
-
-def touch_later(path: Path, seconds: float) -> None:
-    """Test helper: mark a cached file as used ``seconds`` from now."""
-    t = time.time() + seconds
-    os.utime(path, (t, t))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from forgehub.fsutil import atomic_path
 from forgehub.storage.base import CHUNK, IntegrityError, InvalidKey, StorageAdapter
 from forgehub.storage.blobstore import blob_key
 
@@ -196,42 +198,24 @@ def fetch_file(
     progress: Progress = _noop,
 ) -> None:
     """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     local = getattr(adapter, "local_path", None)
     source = local(blob_key(digest)) if local is not None else None
-    if source is not None:  # same machine: copy in the kernel while a thread verifies
+    with atomic_path(dest, ".fetch-", mode) as tmp:
+        if source is None:
+            with open(tmp, "wb") as out:
+                for block in verified_stream(adapter, digest, progress):
+                    out.write(block)
+            return
+        # same machine: copy in the kernel while a thread verifies the source
         from concurrent.futures import ThreadPoolExecutor
 
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".fetch-")
-        os.close(fd)
-        try:
-            import shutil
-
-            with ThreadPoolExecutor(1) as pool:
-                hashed = pool.submit(hash_file, source)
-                shutil.copyfile(source, tmp)
-                actual, size = hashed.result()
-            if actual != digest:
-                raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
-            if mode is not None:
-                os.chmod(tmp, mode)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        progress(size)
-        return
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".fetch-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for block in verified_stream(adapter, digest, progress):
-                out.write(block)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with ThreadPoolExecutor(1) as pool:
+            hashed = pool.submit(hash_file, source)
+            shutil.copyfile(source, tmp)
+            actual, size = hashed.result()
+        if actual != digest:
+            raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
+    progress(size)
 
 
 def pull_to(

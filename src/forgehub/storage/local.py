@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pydantic import Field
 
+from forgehub.fsutil import atomic_path
 from forgehub.storage.base import (
     CHUNK,
     AdapterConfig,
@@ -37,35 +37,19 @@ class LocalStorage(StorageAdapter):
         return self.root / key
 
     def _put(self, key: str, chunks: Iterable[bytes], size: int | None) -> None:
-        target = self._path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-        except OSError as exc:
-            raise Unavailable(f"cannot write under {self.root}: {exc.strerror}") from exc
-        try:
-            with os.fdopen(fd, "wb") as out:
+            with atomic_path(self._path(key), ".upload-") as tmp, open(tmp, "wb") as out:
                 for block in chunks:
                     out.write(block)
-            os.replace(tmp, target)  # atomic: readers never see a partial object
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except OSError as exc:
+            raise Unavailable(f"cannot write under {self.root}: {exc.strerror}") from exc
 
     def put_file(self, key: str, path: Path) -> None:
         """Copy in the kernel (copy_file_range/sendfile), then rename into place."""
         from forgehub.storage.base import check_key
 
-        target = self._path(check_key(key))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-        os.close(fd)
-        try:
+        with atomic_path(self._path(check_key(key)), ".upload-") as tmp:
             shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def local_path(self, key: str) -> Path | None:
         """The file holding ``key`` (for zero-copy reads), or None."""
