@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -154,9 +154,6 @@ class StorageAdapter(abc.ABC):
     def test(self) -> None:
         """Check that the store is reachable and the credentials work (raises StorageError)."""
         next(iter(self.list("")), None)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind}
 
 
 def iter_stream(stream: IO[bytes], chunk: int = CHUNK) -> Iterator[bytes]:

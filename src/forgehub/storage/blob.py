@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 import httpx
 from pydantic import Field, SecretStr
 
+from forgehub.storage._http import range_header, stream_get
 from forgehub.storage.base import (
     CHUNK,
     AccessDenied,
@@ -124,31 +125,17 @@ class BlobStorage(StorageAdapter):
 
     def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
         digest = key_digest(key)
-        headers = {}
-        if start is not None or end is not None:
-            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
-        req = self.http.build_request("GET", f"{API}/{digest}", headers=headers)
-        try:
-            r = self.http.send(req, stream=True)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach the blob server: {exc}") from exc
-        if r.status_code >= 400:
-            r.close()
+
+        def check(r: httpx.Response) -> None:
             if r.status_code == 404:
                 raise ObjectNotFound(f"no blob {digest}")
             if r.status_code == 401:
                 raise AccessDenied("the blob server refused the token")
             raise Unavailable(f"blob server error {r.status_code}")
 
-        def gen() -> Iterator[bytes]:
-            try:
-                yield from r.iter_bytes(CHUNK)
-            except httpx.HTTPError as exc:
-                raise Unavailable(f"download of {digest} broke off: {exc}") from exc
-            finally:
-                r.close()
-
-        return gen()
+        return stream_get(
+            self.http, f"{API}/{digest}", range_header(start, end), digest, "the blob server", check
+        )
 
     def _stat(self, key: str) -> ObjectInfo | None:
         digest = key_digest(key)

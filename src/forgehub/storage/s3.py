@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 
+from forgehub.storage._http import range_header
 from forgehub.storage.base import (
     CHUNK,
     AccessDenied,
@@ -176,8 +177,7 @@ class S3Storage(StorageAdapter):
 
     def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
         kwargs: dict[str, Any] = {"Bucket": self.config.bucket, "Key": self._key(key)}
-        if start is not None or end is not None:
-            kwargs["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
+        kwargs.update(range_header(start, end))
         try:
             body = self.client.get_object(**kwargs)["Body"]
         except Exception as exc:  # noqa: BLE001

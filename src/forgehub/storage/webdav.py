@@ -15,8 +15,8 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 from pydantic import Field, SecretStr
 
+from forgehub.storage._http import range_header, stream_get
 from forgehub.storage.base import (
-    CHUNK,
     AccessDenied,
     AdapterConfig,
     ObjectInfo,
@@ -142,27 +142,14 @@ class WebDAVStorage(StorageAdapter):
             raise
 
     def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
-        headers = {}
-        if start is not None or end is not None:
-            headers["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
-        req = self.http.build_request("GET", self._url(key), headers=headers)
-        try:
-            r = self.http.send(req, stream=True)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach the WebDAV server: {exc}") from exc
-        if r.status_code >= 400:
-            r.close()
-            self._check(r, key)
-
-        def gen() -> Iterator[bytes]:
-            try:
-                yield from r.iter_bytes(CHUNK)
-            except httpx.HTTPError as exc:
-                raise Unavailable(f"download of {key!r} broke off: {exc}") from exc
-            finally:
-                r.close()
-
-        return gen()
+        return stream_get(
+            self.http,
+            self._url(key),
+            range_header(start, end),
+            repr(key),
+            "the WebDAV server",
+            lambda r: self._check(r, key),
+        )
 
     def _propfind(self, key: str, depth: str) -> list[tuple[str, int | None, bool]]:
         r = self._request("PROPFIND", key, headers={"Depth": depth}, content=PROPFIND_BODY)
