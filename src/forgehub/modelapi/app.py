@@ -25,7 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from forgehub import __version__
-from forgehub.auth import Principal
+from forgehub.auth import Principal, can_see
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState
 from forgehub.modelapi.limits import UploadLimit
@@ -355,11 +355,7 @@ class ModelAPI:
         self.module(name)
         assert self.trainings is not None
         t = self.trainings.get(tid)
-        if (
-            t is None
-            or t.module != name
-            or not (principal.is_admin or t.owner_id == principal.user_id)
-        ):
+        if t is None or t.module != name or not can_see(t, principal):
             raise HTTPException(404, f"no training {tid!r} of model {name!r}")
         return t
 
@@ -423,35 +419,16 @@ class ModelAPI:
 
             return endpoint
 
-        async def versions(request: Request) -> dict[str, Any]:
-            return {
-                "versions": [
-                    {
-                        "version": "stable",
-                        "id": "v2",
-                        "links": [
-                            {
-                                "rel": "self",
-                                "type": "application/json",
-                                "href": f"{request.scope.get('root_path', '')}{prefix}/v2/",
-                            }
-                        ],
-                    }
-                ]
-            }
-
         async def v2(request: Request) -> dict[str, Any]:
+            href = f"{request.scope.get('root_path', '')}{prefix}/v2/"
             return {
                 "version": "stable",
                 "id": "v2",
-                "links": [
-                    {
-                        "rel": "self",
-                        "type": "application/json",
-                        "href": f"{request.scope.get('root_path', '')}{prefix}/v2/",
-                    }
-                ],
+                "links": [{"rel": "self", "type": "application/json", "href": href}],
             }
+
+        async def versions(request: Request) -> dict[str, Any]:
+            return {"versions": [await v2(request)]}
 
         async def models(request: Request) -> dict[str, Any]:
             base = request.url.path
@@ -463,7 +440,6 @@ class ModelAPI:
             methods=["GET"],
             tags=["versions"],
             summary="API versions",
-            include_in_schema=bool(prefix) or True,
         )
         app.add_api_route(
             f"{prefix}/v2/",

@@ -30,10 +30,10 @@ from forgehub.artifacts.content import (
     referenced_blobs,
     verified_stream,
 )
-from forgehub.auth import Principal
+from forgehub.auth import Principal, can_see, visible
 from forgehub.db.models import Artifact, ArtifactLocation, ArtifactTag, StorageConnection, User
 from forgehub.server.deps import CurrentUser, DbSession
-from forgehub.server.routers.blobs import _sync_iter
+from forgehub.server.streaming import body_chunks
 from forgehub.storage import StorageError
 from forgehub.storage.blobstore import DIGEST_RE, blob_key
 
@@ -77,9 +77,7 @@ def _conn(
 def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
     """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``."""
     if DIGEST_RE.match(ref):
-        stmt = select(Artifact).where(Artifact.digest == ref)
-        if not principal.is_admin:
-            stmt = stmt.where(Artifact.owner_id == principal.user_id)
+        stmt = visible(select(Artifact).where(Artifact.digest == ref), Artifact, principal)
         art = session.scalars(stmt.order_by(Artifact.created_at)).first()
     else:
         owner_id = principal.user_id
@@ -87,7 +85,7 @@ def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
         if "/" in ref:
             owner_name, rest = ref.split("/", 1)
             owner = session.scalar(select(User).where(User.name == owner_name))
-            if owner is None or not (principal.is_admin or owner.id == principal.user_id):
+            if owner is None or not can_see(owner, principal, "id"):
                 raise HTTPException(404, f"no artifact {ref!r} of yours")
             owner_id = owner.id
         name, _, tag = rest.partition(":")
@@ -98,25 +96,39 @@ def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
     return art
 
 
+def _outs(session: Session, arts: list[Artifact]) -> list[dict[str, Any]]:
+    """Artifacts as API objects; locations and tags of all of them in two queries."""
+    ids = [a.id for a in arts]
+    locs: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
+    tags: dict[str, list[str]] = {i: [] for i in ids}
+    if ids:
+        for aid, name, kind in session.execute(
+            select(ArtifactLocation.artifact_id, StorageConnection.name, StorageConnection.kind)
+            .join(StorageConnection, ArtifactLocation.connection_id == StorageConnection.id)
+            .where(ArtifactLocation.artifact_id.in_(ids))
+        ):
+            locs[aid].append({"connection": name, "kind": kind})
+        for t in session.scalars(select(ArtifactTag).where(ArtifactTag.artifact_id.in_(ids))):
+            tags[t.artifact_id].append(f"{t.name}:{t.tag}")
+    return [
+        {
+            "id": art.id,
+            "digest": art.digest,
+            "kind": art.kind,
+            "size": art.size,
+            "media_type": art.media_type,
+            "filename": art.filename,
+            "producer_job_id": art.producer_job_id,
+            "created_at": art.created_at.isoformat(),
+            "locations": locs[art.id],
+            "tags": tags[art.id],
+        }
+        for art in arts
+    ]
+
+
 def _out(session: Session, art: Artifact) -> dict[str, Any]:
-    locs = session.execute(
-        select(StorageConnection.name, StorageConnection.kind)
-        .join(ArtifactLocation, ArtifactLocation.connection_id == StorageConnection.id)
-        .where(ArtifactLocation.artifact_id == art.id)
-    ).all()
-    tags = session.scalars(select(ArtifactTag).where(ArtifactTag.artifact_id == art.id)).all()
-    return {
-        "id": art.id,
-        "digest": art.digest,
-        "kind": art.kind,
-        "size": art.size,
-        "media_type": art.media_type,
-        "filename": art.filename,
-        "producer_job_id": art.producer_job_id,
-        "created_at": art.created_at.isoformat(),
-        "locations": [{"connection": n, "kind": k} for n, k in locs],
-        "tags": [f"{t.name}:{t.tag}" for t in tags],
-    }
+    return _outs(session, [art])[0]
 
 
 def _adapter_with(session: Session, art: Artifact, request: Request) -> Any:
@@ -192,7 +204,7 @@ async def push(
         body = tmp / "body"
         total = 0
         with open(body, "wb") as out:
-            for chunk in _sync_iter(request):
+            for chunk in body_chunks(request):
                 total += len(chunk)
                 if total > limit:
                     raise HTTPException(
@@ -248,9 +260,7 @@ def list_artifacts(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0),
 ) -> list[dict[str, Any]]:
-    stmt = select(Artifact)
-    if not principal.is_admin:
-        stmt = stmt.where(Artifact.owner_id == principal.user_id)
+    stmt = visible(select(Artifact), Artifact, principal)
     if name:
         stmt = stmt.join(ArtifactTag, ArtifactTag.artifact_id == Artifact.id).where(
             ArtifactTag.name == name
@@ -260,7 +270,7 @@ def list_artifacts(
         .unique()
         .all()
     )
-    return [_out(session, a) for a in rows]
+    return _outs(session, list(rows))
 
 
 @router.get("/{ref:path}/content", summary="Download (a directory comes as a tar stream)")
@@ -372,7 +382,7 @@ async def copy(
 )
 def delete_artifact(ref: str, principal: CurrentUser, session: DbSession) -> Response:
     art = resolve(session, principal, ref)
-    if not (principal.is_admin or art.owner_id == principal.user_id):
+    if not can_see(art, principal):
         raise HTTPException(404, f"no artifact {ref!r} of yours")
     session.delete(art)
     return Response(status_code=204)

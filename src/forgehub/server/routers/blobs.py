@@ -8,7 +8,6 @@ ranges. A user may read the blobs they uploaded (admins every blob).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio.from_thread
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from forgehub.auth import Principal
 from forgehub.db.models import BlobOwner
 from forgehub.server.deps import CurrentUser, DbSession
+from forgehub.server.streaming import body_chunks
 from forgehub.storage.base import IntegrityError, InvalidKey, ObjectNotFound
 from forgehub.storage.blobstore import BlobStore, check_digest
 
@@ -58,26 +58,6 @@ def _own(session: Any, digest: str, size: int, principal: Principal) -> None:
             session.flush()
         except DbIntegrityError:  # a concurrent upload of the same blob by the same user
             session.rollback()
-
-
-async def _body(request: Request) -> AsyncIterator[bytes]:
-    async for chunk in request.stream():
-        if chunk:
-            yield chunk
-
-
-def _sync_iter(request: Request) -> Iterator[bytes]:
-    """Pull request chunks from a worker thread (disk writes stay off the event loop)."""
-    agen = _body(request).__aiter__()
-
-    async def next_chunk() -> bytes | None:
-        try:
-            return await agen.__anext__()
-        except StopAsyncIteration:
-            return None
-
-    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
-        yield chunk
 
 
 def _digest(digest: str) -> str:
@@ -121,7 +101,7 @@ async def append(upload_id: str, principal: CurrentUser, request: Request) -> Re
     blobs, limit = store(request), _limit(request)
     try:
         new = await anyio.to_thread.run_sync(
-            lambda: blobs.append(upload_id, offset, _sync_iter(request), limit)
+            lambda: blobs.append(upload_id, offset, body_chunks(request), limit)
         )
     except (InvalidKey, ObjectNotFound, IntegrityError) as exc:
         raise _errors(exc) from exc
@@ -167,7 +147,7 @@ async def put_blob(
             upload_id = blobs.start_upload()
             try:
                 await anyio.to_thread.run_sync(
-                    lambda: blobs.append(upload_id, 0, _sync_iter(request), limit)
+                    lambda: blobs.append(upload_id, 0, body_chunks(request), limit)
                 )
                 size = await anyio.to_thread.run_sync(blobs.commit, upload_id, digest)
             finally:
