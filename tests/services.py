@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -335,3 +337,33 @@ class ForgehubServer:
         if hasattr(self, "proc"):
             stop_pid(self.proc.pid)
             self.log.close()
+
+
+@contextlib.contextmanager
+def module_server(data_dir: Path, *args: str) -> Iterator[int]:
+    """`forgehub module serve ARGS` in a subprocess on a free port (log: data_dir/server.log);
+    yields the port once it listens, stops the server by PID afterwards."""
+    import sys
+
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "FORGEHUB_DATA_DIR": str(data_dir), "PYTHONPATH": str(root)}
+    with open(data_dir / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "forgehub"),
+                "module",
+                "serve",
+                *args,
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_port(port, 60, proc)
+            yield port
+        finally:
+            stop_pid(proc.pid)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from forgehub.artifacts.cache import ContentCache, touch_later
+from forgehub.artifacts.cache import ContentCache
 from forgehub.storage import IntegrityError
 from forgehub.storage.blobstore import blob_key
 from forgehub.storage.local import LocalConfig, LocalStorage
@@ -30,6 +31,12 @@ class CountingStorage(LocalStorage):
     def local_path(self, key: str) -> Path | None:
         self._record(key)
         return super().local_path(key)
+
+
+def touch_later(path: Path, seconds: float) -> None:
+    """Mark a cached file as used ``seconds`` from now (use is recorded in the mtime)."""
+    t = time.time() + seconds
+    os.utime(path, (t, t))
 
 
 def put(store: LocalStorage, data: bytes) -> str:

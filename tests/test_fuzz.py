@@ -9,34 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import free_port, stop_pid, wait_port
+from tests.services import module_server
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
 @pytest.mark.timeout(400)
 def test_no_server_errors_on_demo_modules(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            str(BIN / "forgehub"),
-            "module",
-            "serve",
-            "digits",
-            "deepaas.model.v2.test:TestModel",
-            "tests.modules.deepaas_style",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_port(port, 60, proc)
+    with module_server(
+        tmp_path, "digits", "deepaas.model.v2.test:TestModel", "tests.modules.deepaas_style"
+    ) as port:
         result = subprocess.run(
             [
                 str(BIN / "schemathesis"),
@@ -54,11 +36,8 @@ def test_no_server_errors_on_demo_modules(tmp_path: Path) -> None:
             capture_output=True,
             text=True,
             timeout=360,
-            env={**env, "NO_COLOR": "1"},
+            env={**os.environ, "NO_COLOR": "1"},
         )
-    finally:
-        stop_pid(proc.pid)
-        log.close()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     summary = result.stdout[result.stdout.find("SUMMARY") :]
     assert "passed" in summary and "failed" not in summary and "Server error" not in summary

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.services import free_port, stop_pid, wait_port
+from tests.services import module_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -20,28 +18,10 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.timeout(180)
 def test_workers_processes_warm_once_and_share_trainings(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            str(BIN / "forgehub"),
-            "module",
-            "serve",
-            "tests.modules.native_probe:Probe",
-            "digits",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}/v2/models"
-    try:
-        wait_port(port, 60, proc)
+    with module_server(
+        tmp_path, "tests.modules.native_probe:Probe", "digits", "--workers", "2"
+    ) as port:
+        base = f"http://127.0.0.1:{port}/v2/models"
         time.sleep(1.0)  # both processes up
         with httpx.Client(timeout=30) as c, ThreadPoolExecutor(16) as pool:
 
@@ -78,6 +58,3 @@ def test_workers_processes_warm_once_and_share_trainings(tmp_path: Path) -> None
                 r = fresh.delete(f"{base}/digits/train/{t['uuid']}")
             assert r.status_code == 200
             assert r.json()["status"] == "cancelled", r.json()
-    finally:
-        stop_pid(proc.pid)
-        log.close()
