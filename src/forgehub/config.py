@@ -76,6 +76,18 @@ class Settings(BaseModel):
         le=256,
         description="Model API trainings running at once per server process; more queue.",
     )
+    local_job_slots: int = Field(
+        default=2,
+        ge=0,
+        le=256,
+        description="Jobs the 'local' compute runs at once on the server machine; more queue.",
+    )
+    job_lease_s: int = Field(
+        default=30,
+        ge=2,
+        le=3600,
+        description="Seconds a running job may go without a heartbeat before it is re-queued.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     modules: list[str] = Field(
         default_factory=list,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,8 +49,13 @@ class ContentCache:
             return None
         return path
 
-    def fetch(self, adapter: StorageAdapter, digest: str) -> Path:
-        """The file for ``digest``, downloading (once, verified) if it is not cached."""
+    def fetch(
+        self, adapter: StorageAdapter, digest: str, progress: Callable[[int], None] | None = None
+    ) -> Path:
+        """The file for ``digest``, downloading (once, verified) if it is not cached.
+
+        ``progress`` is called with each block's size; raising from it abandons the download
+        (nothing partial stays behind)."""
         hit = self.get(digest)
         if hit is not None:
             return hit
@@ -59,7 +64,10 @@ class ContentCache:
             if hit is not None:
                 return hit
             path = self.path(digest)
-            fetch_file(adapter, digest, path)  # verified, atomic
+            if progress is None:
+                fetch_file(adapter, digest, path)  # verified, atomic
+            else:
+                fetch_file(adapter, digest, path, progress=progress)
         self.evict(keep=path)
         return path
 

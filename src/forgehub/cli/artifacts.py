@@ -72,6 +72,17 @@ def _parse_settings(pairs: list[str]) -> dict[str, Any]:
     return config
 
 
+def connection_config(set_: list[str], secret: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` settings plus ``--secret KEY=ENVVAR`` secrets read from the env."""
+    config = _parse_settings(set_)
+    for pair in secret:
+        key, _, var = pair.partition("=")
+        if var not in os.environ:
+            fail(f"--secret {key}: environment variable {var!r} is not set")
+        config[key] = os.environ[var]
+    return config
+
+
 @storage_app.command("add")
 def storage_add(
     name: str = typer.Argument(..., help="A name for the connection."),
@@ -93,12 +104,7 @@ def storage_add(
     token: str = TokenOpt,
 ) -> None:
     """Add a storage connection; it is tested before it is saved."""
-    config = _parse_settings(set_)
-    for pair in secret:
-        key, _, var = pair.partition("=")
-        if var not in os.environ:
-            fail(f"--secret {key}: environment variable {var!r} is not set")
-        config[key] = os.environ[var]
+    config = connection_config(set_, secret)
     c = Client(server, token)
     conn = c.post(
         "/api/v1/storage/connections",

@@ -14,6 +14,7 @@ from forgehub import __version__
 from forgehub.cli.artifacts import artifact_app, storage_app
 from forgehub.cli.catalog import app as catalog_app
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.jobs import compute_app, job_app, train, worker
 from forgehub.cli.module import app as module_app
 from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
@@ -34,6 +35,10 @@ app.add_typer(module_app, name="module")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(storage_app, name="storage")
 app.add_typer(artifact_app, name="artifact")
+app.add_typer(job_app, name="job")
+app.add_typer(compute_app, name="compute")
+app.command("train")(train)
+app.command("worker")(worker)
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")

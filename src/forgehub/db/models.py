@@ -15,6 +15,7 @@ from sqlalchemy import (
     Enum,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -249,3 +250,131 @@ class ArtifactTag(Base):
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
     artifact_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id", ondelete="CASCADE"))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ComputeConnection(Base):
+    """A user's configured compute (the server, their workers, a Slurm or Ray cluster)."""
+
+    __tablename__ = "compute_connections"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    secrets: Mapped[str | None] = mapped_column(Text, default=None)
+    is_default: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobState(enum.StrEnum):
+    queued = "queued"
+    starting = "starting"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in {JobState.succeeded, JobState.failed, JobState.cancelled}
+
+
+class Job(Base):
+    """A unit of work (a training, a batch prediction, a command) on some compute."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner_id", "created_at"),
+        Index("ix_jobs_state_compute", "state", "compute_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # train | predict | command
+    module: Mapped[str | None] = mapped_column(String(128), default=None, index=True)
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    # the whole spec: args, command, inputs, outputs, resources, labels, publish
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    compute_id: Mapped[str] = mapped_column(
+        ForeignKey("compute_connections.id", ondelete="CASCADE")
+    )
+    storage_id: Mapped[str] = mapped_column(
+        ForeignKey("storage_connections.id", ondelete="CASCADE")
+    )
+    state: Mapped[JobState] = mapped_column(
+        Enum(JobState, native_enum=False, length=16), default=JobState.queued
+    )
+    attempt: Mapped[int] = mapped_column(default=0)
+    max_retries: Mapped[int] = mapped_column(default=2)
+    retry_of: Mapped[str | None] = mapped_column(String(32), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)  # why it waits, in words
+    backend_ref: Mapped[str | None] = mapped_column(String(128), default=None)
+    worker_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    token_digest: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    token_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class JobEvent(Base):
+    """One state change of a job, with its time: the job's timeline."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(default=0)
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobLog(Base):
+    """A batch of log lines of one attempt; ``seq`` makes a re-sent batch count once."""
+
+    __tablename__ = "job_logs"
+    __table_args__ = (UniqueConstraint("job_id", "attempt", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(default=0)
+    seq: Mapped[int] = mapped_column(default=0)
+    lines: Mapped[list[Any]] = mapped_column(JSON, default=list)  # [[t, stream, text], …]
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    step: Mapped[int | None] = mapped_column(default=None)
+    value: Mapped[float] = mapped_column()
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    """A machine connected with ``forgehub worker``; it long-polls for jobs."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    labels: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cpus: Mapped[float] = mapped_column(default=1.0)
+    gpus: Mapped[int] = mapped_column(default=0)
+    memory_mb: Mapped[int] = mapped_column(default=0)
+    shared: Mapped[bool] = mapped_column(default=False)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
@@ -22,7 +23,16 @@ from forgehub.modelapi.limits import UploadLimit
 from forgehub.secrets import SecretBox
 from forgehub.server import docs, errors
 from forgehub.server.accesslog import AccessLog
-from forgehub.server.routers import artifacts, blobs, catalog, storage, tokens, users
+from forgehub.server.routers import (
+    artifacts,
+    blobs,
+    catalog,
+    compute,
+    jobs,
+    storage,
+    tokens,
+    users,
+)
 from forgehub.storage.blobstore import BlobStore
 
 log = logging.getLogger("forgehub.server")
@@ -104,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     _mount_model_api(app, settings)
+    _install_jobs(app, settings)
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(users.router)
@@ -112,6 +123,9 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(blobs.router)
     api.include_router(storage.router)
     api.include_router(artifacts.router)
+    api.include_router(jobs.router)
+    api.include_router(compute.router)
+    api.include_router(compute.workers_router)
     catalog.install_handlers(app)
     app.include_router(api)
     app.add_middleware(
@@ -153,6 +167,68 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
 
     async def stop(app: FastAPI) -> None:
         await model_api.stop()
+
+    app.state.startup_hooks.append(start)
+    app.state.shutdown_hooks.append(stop)
+
+
+class JobSignal:
+    """Wakes long-polling workers when a job may have become claimable (from any thread)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def waiter(self) -> Any:
+        import asyncio
+
+        self._loop = asyncio.get_running_loop()
+        return self._event
+
+    def _fire(self) -> None:
+        import asyncio
+
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def notify(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            import asyncio
+
+            if asyncio.get_running_loop() is loop:
+                self._fire()
+                return
+        except RuntimeError:
+            pass
+        loop.call_soon_threadsafe(self._fire)
+
+
+def _install_jobs(app: FastAPI, settings: Settings) -> None:
+    """The job dispatcher thread: local/slurm/ray submission, status, cancels, leases."""
+    from forgehub.jobs.dispatcher import Dispatcher
+
+    app.state.jobs_signal = JobSignal()
+
+    async def start(app: FastAPI) -> None:
+        d = Dispatcher(
+            app.state.db,
+            app.state.secrets,
+            settings.server_url,
+            settings.data_dir,
+            settings.local_job_slots,
+            float(settings.job_lease_s),
+        )
+        d.listeners.append(app.state.jobs_signal.notify)
+        app.state.dispatcher = d
+        await anyio.to_thread.run_sync(d.start)
+
+    async def stop(app: FastAPI) -> None:
+        await anyio.to_thread.run_sync(app.state.dispatcher.stop)
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)

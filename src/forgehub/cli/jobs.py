@@ -1,0 +1,466 @@
+"""``forgehub job``, ``forgehub compute``, ``forgehub train`` and ``forgehub worker``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from forgehub.cli.artifacts import _parse_settings, connection_config
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+
+job_app = typer.Typer(
+    help="Jobs: submit, follow, cancel, retry; and the job runner.", no_args_is_help=True
+)
+compute_app = typer.Typer(
+    help="Compute connections: the server, your workers, Slurm and Ray clusters.",
+    no_args_is_help=True,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+JsonOpt = typer.Option(False, "--json", help="Print JSON.")
+FINISHED = {"succeeded", "failed", "cancelled"}
+COLOURS = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+
+
+def _state(s: str) -> str:
+    c = COLOURS.get(s)
+    return f"[{c}]{s}[/{c}]" if c else s
+
+
+def _job_body(
+    kind: str,
+    module: str | None,
+    args: list[str],
+    inputs: list[str],
+    compute: str,
+    storage: str | None,
+    cpu: float,
+    gpu: int,
+    memory: int,
+    time_limit: int,
+    labels: list[str],
+    output: str | None,
+    command: list[str] | None = None,
+    publish: bool = False,
+) -> dict[str, Any]:
+    data = {}
+    for pair in inputs:
+        name, sep, ref = pair.partition("=")
+        if not sep:
+            name, ref = "dataset" if kind == "train" else "data", pair
+        data[name] = ref
+    return {
+        "kind": kind,
+        "module": module,
+        "args": _parse_settings(args),
+        "command": command or [],
+        "inputs": data,
+        "compute": compute,
+        "storage": storage,
+        "resources": {"cpu": cpu, "gpu": gpu, "memory_mb": memory, "time_limit_s": time_limit},
+        "labels": labels,
+        "output": output,
+        "publish": publish,
+    }
+
+
+ArgOpt = typer.Option([], "--arg", "-a", help="NAME=VALUE module argument (repeat).")
+InputOpt = typer.Option([], "--input", "-i", help="NAME=ARTIFACT input (repeat).")
+ComputeOpt = typer.Option("local", "--on", help="Compute connection.")
+StorageOpt = typer.Option(None, "--store", help="Storage connection for outputs [default]")
+CpuOpt = typer.Option(1.0, "--cpu", help="CPU cores.")
+GpuOpt = typer.Option(0, "--gpu", help="GPUs.")
+MemOpt = typer.Option(0, "--memory", help="Memory in MiB (0: no limit).")
+TimeOpt = typer.Option(3600, "--time-limit", help="Wall-clock limit in seconds.")
+LabelOpt = typer.Option([], "--label", help="Worker label required (repeat).")
+OutputOpt = typer.Option(None, "--output", help="Name of the output artifact.")
+FollowOpt = typer.Option(False, "--follow", "-f", help="Stream the logs until the job ends.")
+
+
+@job_app.command("submit")
+def submit(
+    module: str = typer.Argument(None, help="Module (train/predict jobs)."),
+    kind: str = typer.Option("train", "--kind", help="train, predict or command."),
+    arg: list[str] = ArgOpt,
+    input_: list[str] = InputOpt,
+    on: str = ComputeOpt,
+    store: str = StorageOpt,
+    cpu: float = CpuOpt,
+    gpu: int = GpuOpt,
+    memory: int = MemOpt,
+    time_limit: int = TimeOpt,
+    label: list[str] = LabelOpt,
+    output: str = OutputOpt,
+    command: str = typer.Option(None, "--command", help="A command job's argv, as JSON list."),
+    publish: bool = typer.Option(False, "--publish", help="Publish trained weights."),
+    follow: bool = FollowOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Submit a job (training, batch prediction or command)."""
+    argv = None
+    if command:
+        try:
+            argv = json.loads(command)
+        except ValueError:
+            argv = command.split()
+    body = _job_body(
+        kind,
+        module,
+        arg,
+        input_,
+        on,
+        store,
+        cpu,
+        gpu,
+        memory,
+        time_limit,
+        label,
+        output,
+        argv,
+        publish,
+    )
+    c = Client(server, token)
+    job = c.post("/api/v1/jobs", json=body)
+    out.print(f"job {job['id']} {_state(job['state'])} on {job['compute']}")
+    if follow:
+        raise typer.Exit(_follow(c, job["id"]))
+
+
+@job_app.command("ls")
+def ls(
+    state: str = typer.Option(None, "--state", help="Only jobs in this state."),
+    module: str = typer.Option(None, "--module"),
+    compute: str = typer.Option(None, "--on", help="Only jobs on this compute connection."),
+    limit: int = typer.Option(20, "--limit"),
+    as_json: bool = JsonOpt,
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """List your jobs, newest first."""
+    params = {"state": state, "module": module, "compute": compute, "limit": limit}
+    page = Client(server, token).get(
+        "/api/v1/jobs", params={k: v for k, v in params.items() if v is not None}
+    )
+    if as_json:
+        out.print_json(json.dumps(page))
+        return
+    table = Table("id", "kind", "module", "state", "on", "created", "error")
+    for j in page["jobs"]:
+        table.add_row(
+            j["id"][:12],
+            j["kind"],
+            j["module"] or "-",
+            _state(j["state"]),
+            j["compute"] or "-",
+            j["created_at"][:19].replace("T", " "),
+            (j["error"] or "")[:60],
+        )
+    out.print(table)
+    out.print(f"{len(page['jobs'])} of {page['total']}")
+
+
+def _find(c: Client, prefix: str) -> str:
+    if len(prefix) >= 32:
+        return prefix
+    page = c.get("/api/v1/jobs", params={"limit": 500})
+    hits = [j["id"] for j in page["jobs"] if j["id"].startswith(prefix)]
+    if len(hits) != 1:
+        fail(f"{'no' if not hits else 'more than one'} job matches {prefix!r}")
+    return str(hits[0])
+
+
+@job_app.command("show")
+def show(
+    job_id: str, as_json: bool = JsonOpt, server: str = ServerOpt, token: str = TokenOpt
+) -> None:
+    """A job: its spec, state timeline, result and error."""
+    c = Client(server, token)
+    j = c.get(f"/api/v1/jobs/{_find(c, job_id)}")
+    if as_json:
+        out.print_json(json.dumps(j))
+        return
+    out.print(f"[bold]{j['id']}[/bold]  {j['kind']} {j['module'] or ''}  {_state(j['state'])}")
+    out.print(f"on {j['compute']}, outputs to {j['storage']}, attempt {j['attempt'] + 1}")
+    if j["reason"]:
+        out.print(f"waiting: {j['reason']}")
+    table = Table("at", "state", "attempt", "message")
+    for e in j["events"]:
+        table.add_row(
+            e["at"][:23].replace("T", " "), e["state"], str(e["attempt"] + 1), e["message"] or ""
+        )
+    out.print(table)
+    if j["result"]:
+        out.print_json(json.dumps(j["result"]))
+    if j["error"]:
+        out.print(f"[red]error:[/red] {j['error']}")
+
+
+def _follow(c: Client, job_id: str) -> int:
+    """Print the log as it comes (Server-Sent Events); return 0 if the job succeeded."""
+    state = "?"
+    url = f"/api/v1/jobs/{job_id}/logs"
+    cursor = 0
+    while True:
+        try:
+            with c.http.stream(
+                "GET", url, params={"follow": True, "after": cursor}, timeout=None
+            ) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    fail(f"{r.status_code}: {r.text}")
+                event = ""
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        if event == "lines":
+                            cursor = data["next"]
+                            for _t, stream, text, *_ in data["lines"]:
+                                (err if stream == "stderr" else out).print(
+                                    text, markup=False, highlight=False
+                                )
+                        elif event == "end":
+                            state = data["state"]
+            if state in FINISHED:
+                break
+        except httpx.TransportError:
+            err.print("[yellow]connection lost; reconnecting…[/yellow]")
+            time.sleep(1)
+    err.print(f"job {job_id} {_state(state)}")
+    if state != "succeeded":
+        j = c.get(f"/api/v1/jobs/{job_id}")
+        if j.get("error"):
+            err.print(f"[red]error:[/red] {j['error']}", highlight=False)
+    return 0 if state == "succeeded" else 1
+
+
+@job_app.command("logs")
+def logs(
+    job_id: str, follow: bool = FollowOpt, server: str = ServerOpt, token: str = TokenOpt
+) -> None:
+    """Print a job's log; with -f, follow it live until the job ends."""
+    c = Client(server, token)
+    jid = _find(c, job_id)
+    if follow:
+        raise typer.Exit(_follow(c, jid))
+    page = c.get(f"/api/v1/jobs/{jid}/logs")
+    for _t, stream, text, *_ in page["lines"]:
+        (err if stream == "stderr" else out).print(text, markup=False, highlight=False)
+
+
+@job_app.command("cancel")
+def cancel(job_id: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Cancel a job, whatever its state."""
+    c = Client(server, token)
+    r = c.post(f"/api/v1/jobs/{_find(c, job_id)}/cancel")
+    out.print(f"job {r['id']}: {'cancelling' if r['cancel_requested'] else r['state']}")
+
+
+@job_app.command("retry")
+def retry(job_id: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Run a finished job again (as a new job)."""
+    c = Client(server, token)
+    j = c.post(f"/api/v1/jobs/{_find(c, job_id)}/retry")
+    out.print(f"job {j['id']} {_state(j['state'])} (retry of {j['retry_of']})")
+
+
+@job_app.command("run")
+def run(
+    job: str = typer.Option(..., "--job", help="Job id."),
+    server: str = typer.Option(..., "--server", envvar="FORGEHUB_URL", help="Server URL."),
+) -> None:
+    """The job runner that every compute back end starts. It reads its job token from
+    FORGEHUB_JOB_TOKEN (never from the command line, where other users could read it)."""
+    import logging
+
+    from forgehub.jobs.runner import JobRun
+
+    token = os.environ.get("FORGEHUB_JOB_TOKEN")
+    if not token:
+        fail("FORGEHUB_JOB_TOKEN is not set; the runner is started by forgehub, not by hand")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    runner = JobRun(server, job, token)
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_cancel())
+    raise typer.Exit(runner.run())
+
+
+# -- compute ------------------------------------------------------------------------------------
+
+
+@compute_app.command("add")
+def compute_add(
+    name: str = typer.Argument(..., help="A name for the connection."),
+    kind: str = typer.Argument(..., help="worker, slurm, ray (local: admins)."),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        "-s",
+        help="KEY=VALUE setting (repeat), e.g. partition=gpu address=http://ray-head:8265",
+    ),
+    secret: list[str] = typer.Option(
+        [], "--secret", help="KEY=ENVVAR: read a secret (e.g. ssh_key) from the environment."
+    ),
+    no_test: bool = typer.Option(False, "--no-test", help="Save without testing it first."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Add a compute connection; it is tested before it is saved."""
+    config = connection_config(set_, secret)
+    conn = Client(server, token).post(
+        "/api/v1/compute/connections",
+        json={"name": name, "kind": kind, "config": config, "test": not no_test},
+    )
+    out.print(f"added {conn['kind']} connection {conn['name']}")
+
+
+@compute_app.command("test")
+def compute_test(name: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Test a compute connection and show its capacity."""
+    r = Client(server, token).post(f"/api/v1/compute/connections/{name}/test")
+    if not r["ok"]:
+        fail(f"{name}: {r['detail']}")
+    cap = r["capacity"]
+    out.print(
+        f"{name}: ok — {cap['cpus']:g} CPUs, {cap['gpus']} GPUs, {cap['memory_mb']} MiB"
+        + (f", {cap['slots']} jobs at once" if cap["slots"] else "")
+        + ("".join(f"\n  {n}" for n in cap["notes"]))
+    )
+
+
+@compute_app.command("ls")
+def compute_ls(as_json: bool = JsonOpt, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """List your compute connections and the workers you can use."""
+    c = Client(server, token)
+    conns = c.get("/api/v1/compute/connections")
+    workers = c.get("/api/v1/workers")
+    if as_json:
+        out.print_json(json.dumps({"connections": conns, "workers": workers}))
+        return
+    table = Table("name", "kind", "config", "default")
+    for x in conns:
+        table.add_row(x["name"], x["kind"], json.dumps(x["config"]), "yes" if x["default"] else "")
+    out.print(table)
+    wt = Table("worker", "online", "cpus", "gpus", "memory", "labels", "running", "last seen")
+    for w in workers:
+        wt.add_row(
+            w["name"],
+            "yes" if w["online"] else "no",
+            f"{w['cpus']:g}",
+            str(w["gpus"]),
+            f"{w['memory_mb']} MiB",
+            ",".join(w["labels"]),
+            str(w["running_jobs"]),
+            w["last_seen_at"][:19].replace("T", " "),
+        )
+    out.print(wt)
+
+
+@compute_app.command("rm")
+def compute_rm(name: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
+    """Remove a compute connection."""
+    Client(server, token).delete(f"/api/v1/compute/connections/{name}")
+    out.print(f"removed {name}")
+
+
+# -- one-liners ---------------------------------------------------------------------------------
+
+
+def train(
+    module: str = typer.Argument(..., help="Module to train, e.g. digits."),
+    data: str = typer.Option(None, "--data", help="Dataset artifact (sha256:…, name[:tag])."),
+    on: str = ComputeOpt,
+    store: str = StorageOpt,
+    arg: list[str] = ArgOpt,
+    cpu: float = CpuOpt,
+    gpu: int = GpuOpt,
+    memory: int = MemOpt,
+    time_limit: int = TimeOpt,
+    publish: bool = typer.Option(False, "--publish", help="Publish the weights as a version."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Do not follow the logs."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Train a module on a dataset, on any compute, in one line; follows the log."""
+    body = _job_body(
+        "train",
+        module,
+        arg,
+        [data] if data else [],
+        on,
+        store,
+        cpu,
+        gpu,
+        memory,
+        time_limit,
+        [],
+        None,
+        None,
+        publish,
+    )
+    c = Client(server, token)
+    job = c.post("/api/v1/jobs", json=body)
+    err.print(f"job {job['id']} {_state(job['state'])} on {job['compute']}")
+    if detach:
+        return
+    code = _follow(c, job["id"])
+    j = c.get(f"/api/v1/jobs/{job['id']}")
+    res = j.get("result") or {}
+    if res.get("output"):
+        out.print(f"weights: {res['output']['name']} = {res['output']['digest']}")
+    if res.get("published", {}).get("version"):
+        out.print(f"published {res['published']['module']} {res['published']['version']}")
+    raise typer.Exit(code)
+
+
+def worker(
+    server: str = typer.Option(..., "--server", envvar="FORGEHUB_URL", help="Server URL."),
+    token: str = typer.Option(..., "--token", envvar="FORGEHUB_TOKEN", help="Your API token."),
+    name: str = typer.Option(None, "--name", help="Worker name [default: the hostname]."),
+    labels: str = typer.Option("", "--labels", help="Comma-separated labels, e.g. gpu,a100."),
+    cpus: float = typer.Option(None, "--cpus", help="CPUs to offer [default: all]."),
+    gpus: int = typer.Option(0, "--gpus", help="GPUs to offer."),
+    memory: int = typer.Option(0, "--memory", help="Memory to offer, MiB (0: unlimited)."),
+    shared: bool = typer.Option(
+        False, "--shared", help="Also run other users' module jobs (never their commands)."
+    ),
+    max_jobs: int = typer.Option(0, "--max-jobs", help="Jobs at once [default: one per CPU]."),
+    burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty."),
+) -> None:
+    """Connect this machine as a worker. Only outbound connections: it long-polls for jobs."""
+    import logging
+
+    from forgehub.worker import WorkerAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    agent = WorkerAgent(
+        server=server,
+        token=token,
+        labels=[x.strip() for x in labels.split(",") if x.strip()],
+        gpus=gpus,
+        memory_mb=memory,
+        shared=shared,
+        max_jobs=max_jobs,
+        burst=burst,
+    )
+    if name:
+        agent.name = name
+    if cpus:
+        agent.cpus = cpus
+    agent.install_signals()
+    try:
+        raise typer.Exit(agent.run())
+    except PermissionError as exc:
+        fail(f"the server refused this worker: {exc}")
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,102 @@
+"""The compute adapter contract.
+
+A compute adapter runs ``forgehub job run`` somewhere. Every back end runs that same runner, which
+fetches its job spec with a job token, so an adapter only has to start it, say how it is doing
+and stop it::
+
+    submit(launch) -> handle       start the runner for one attempt of a job
+    status(handles) -> {handle: BackendStatus}
+    cancel(handle)                  stop it (the whole process tree)
+    capacity() -> Capacity          what it can run at once
+    test()                          is it reachable with these settings?
+
+``pull`` adapters (``worker``) start nothing: their jobs wait in the store until a worker claims
+them. Errors raise :class:`ComputeError`, whose message is safe to show.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgehub.db.models import JobState
+
+
+class ComputeError(Exception):
+    """A compute back end failed; the message is safe to show (no secrets)."""
+
+
+class ComputeConfig(BaseModel):
+    """Base of compute configs: frozen, no unknown fields; secrets are ``SecretStr``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(BaseModel):
+    """What a job asks for. Back ends map it onto their own flags."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(default=1.0, gt=0, le=1024, description="CPU cores.")
+    gpu: int = Field(default=0, ge=0, le=64, description="GPUs.")
+    memory_mb: int = Field(default=0, ge=0, description="Memory in MiB (0: no limit).")
+    time_limit_s: int = Field(
+        default=3600, ge=1, le=30 * 86400, description="Wall-clock limit in seconds."
+    )
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One attempt of a job, as a back end starts it."""
+
+    job_id: str
+    attempt: int
+    server_url: str
+    token: str  # the job token: scoped to this attempt, expiring; passed in the environment
+    resources: Resources
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """A back end's view of a handle. ``state`` None means "still waiting to start"."""
+
+    state: JobState | None
+    reason: str = ""
+    lost: bool = False  # the node failed or the job was pre-empted: run it again
+
+
+@dataclass(frozen=True)
+class Capacity:
+    cpus: float
+    gpus: int
+    memory_mb: int
+    slots: int | None = None  # jobs at once (None: the back end queues for itself)
+    notes: list[str] = field(default_factory=list)
+
+
+class ComputeAdapter(abc.ABC):
+    kind: ClassVar[str]
+    Config: ClassVar[type[ComputeConfig]]
+    pull: ClassVar[bool] = False  # jobs wait in the store and are claimed (workers)
+
+    def __init__(self, config: ComputeConfig) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def test(self) -> None: ...
+
+    @abc.abstractmethod
+    def capacity(self) -> Capacity: ...
+
+    def submit(self, launch: Launch) -> str:
+        raise ComputeError(f"{self.kind} compute does not start jobs itself")
+
+    def status(self, handles: list[str]) -> dict[str, BackendStatus]:
+        return {}
+
+    def cancel(self, handle: str) -> None:
+        return None

@@ -1,0 +1,120 @@
+"""``local``: jobs run on the server machine, a few at a time; the rest wait in the queue.
+
+Each attempt is a detached ``forgehub job run`` process (its own session), so a server restart
+does not stop it: the runner buffers its logs and reconnects.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import Field
+
+from forgehub.compute.base import (
+    BackendStatus,
+    Capacity,
+    ComputeAdapter,
+    ComputeConfig,
+    ComputeError,
+    Launch,
+)
+from forgehub.db.models import JobState
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot): with the PID, a unique handle."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None  # a zombie has exited
+    return fields[19]
+
+
+def runner_command(launch: Launch) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "forgehub",
+        "job",
+        "run",
+        "--server",
+        launch.server_url,
+        "--job",
+        launch.job_id,
+    ]
+
+
+class LocalCompute(ComputeAdapter):
+    kind = "local"
+
+    class Config(ComputeConfig):
+        slots: int = Field(
+            default=0, ge=0, le=256, description="Jobs at once (0: the server's local_job_slots)."
+        )
+
+    log_dir: Path | None = None  # where runner processes write their own diagnostics
+
+    def test(self) -> None:
+        return None
+
+    def capacity(self) -> Capacity:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        slots = getattr(self.config, "slots", 0) or None
+        return Capacity(float(os.cpu_count() or 1), 0, pages // (1 << 20), slots)
+
+    def submit(self, launch: Launch) -> str:
+        env = {**os.environ, "FORGEHUB_JOB_TOKEN": launch.token}
+        log = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            path = self.log_dir / f"{launch.job_id}-{launch.attempt}.log"
+            log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            proc = subprocess.Popen(
+                runner_command(launch),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # outlives a server restart; cancel ends the tree
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ComputeError(f"cannot start the job runner: {exc}") from exc
+        finally:
+            if isinstance(log, int) and log > 0:
+                os.close(log)
+        _reap_later(proc)
+        return f"{proc.pid}:{_start_time(proc.pid) or ''}"
+
+    def status(self, handles: list[str]) -> dict[str, BackendStatus]:
+        out = {}
+        for h in handles:
+            pid, _, started = h.partition(":")
+            if pid.isdigit() and started and _start_time(int(pid)) == started:
+                out[h] = BackendStatus(None, "running on the server")
+            else:
+                out[h] = BackendStatus(JobState.failed, "the job runner process exited", lost=True)
+        return out
+
+    def cancel(self, handle: str) -> None:
+        pid, _, started = handle.partition(":")
+        if pid.isdigit() and started and _start_time(int(pid)) == started:
+            try:
+                os.killpg(int(pid), signal.SIGTERM)  # the runner stops its module, then exits
+            except ProcessLookupError:
+                pass
+
+
+def _reap_later(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for the runner in a daemon thread, so it never lingers as a zombie."""
+    import threading
+
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()

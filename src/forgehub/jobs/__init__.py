@@ -1,0 +1,1 @@
+"""Jobs: records, the state machine, the dispatcher and the runner."""

@@ -1,0 +1,88 @@
+"""The process a module job runs in (``python -m forgehub.jobs.child SPEC``).
+
+It is started by the runner in its own process group, so a cancel ends it and anything it started.
+stdout and stderr go to the job log; metrics, progress and the result are JSON lines on the file
+descriptor named by ``FORGEHUB_EVENTS_FD``.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _emitter() -> Any:
+    fd = int(os.environ["FORGEHUB_EVENTS_FD"])
+    out = os.fdopen(fd, "w", buffering=1)
+
+    def emit(**event: Any) -> None:
+        out.write(json.dumps(event) + "\n")
+
+    return emit
+
+
+def train(spec: dict[str, Any], emit: Any) -> Any:
+    from forgehub.module import load
+    from forgehub.module.contract import TrainContext
+
+    module = load(spec["module"])
+    args = module.validate_train(spec["args"])
+    ctx = TrainContext(
+        inputs={k: Path(v) for k, v in spec["inputs"].items()},
+        output_dir=Path(spec["output_dir"]),
+        _metric=lambda n, v, s: emit(type="metric", name=n, value=v, step=s, t=time.time()),
+        _progress=lambda f, m: emit(type="progress", fraction=f, message=m),
+        _cancelled=lambda: False,  # a cancel ends this process group
+    )
+    return module.train(args, ctx)
+
+
+def predict(spec: dict[str, Any], emit: Any) -> Any:
+    """Batch prediction: every file of the ``data`` input, one JSON line each."""
+    from forgehub.module import load
+    from forgehub.module.contract import UploadedFile
+    from forgehub.module.loaded import jsonable
+
+    module = load(spec["module"])
+    file_args = [s.name for s in module.predict_specs if s.type == "file"]
+    if not file_args:
+        raise SystemExit(f"module {module.name!r} takes no file argument to predict on")
+    data = Path(spec["inputs"]["data"])
+    files = sorted(p for p in data.rglob("*") if p.is_file()) if data.is_dir() else [data]
+    module.warm()
+    out_path = Path(spec["output_dir"]) / "predictions.jsonl"
+    n = 0
+    with out_path.open("w") as out:
+        for i, path in enumerate(files, 1):
+            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            upload = UploadedFile(file_args[0], str(path), ctype, path.name)
+            args = module.validate_predict({**spec["args"], file_args[0]: upload})
+            res = module.predict(args).materialize()
+            body = res.body if res.kind == "json" else {"media_type": res.media_type}
+            name = str(path.relative_to(data)) if data.is_dir() else path.name
+            out.write(json.dumps({"input": name, "output": jsonable(body)}) + "\n")
+            n += 1
+            emit(type="progress", fraction=i / len(files), message=f"{i}/{len(files)}")
+    print(f"predicted {n} file(s)", flush=True)
+    return {"predictions": n}
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    emit = _emitter()
+    result = {"train": train, "predict": predict}[spec["kind"]](spec, emit)
+    from forgehub.module.loaded import jsonable
+
+    emit(
+        type="result",
+        result=jsonable(result) if isinstance(result, dict) else {"value": jsonable(result)},
+    )
+
+
+if __name__ == "__main__":
+    main()

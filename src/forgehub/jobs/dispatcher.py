@@ -1,0 +1,266 @@
+"""The server's job loop: starts queued jobs on push back ends, follows them, reaps lost ones.
+
+It runs in one daemon thread of the server, wakes when a job is submitted (or every half
+second), and does four things each round, each in its own short transaction:
+
+1. start queued jobs on ``local`` (up to its slots), ``slurm`` and ``ray`` (their queues);
+2. ask those back ends how their jobs are doing (every few seconds) and record what the runner
+   cannot: a job that never started, was killed for time or memory, or lost its node;
+3. pass cancels on to the back end, and fail jobs past their time limit;
+4. re-queue (or fail) jobs whose lease lapsed: their worker or runner is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from forgehub.compute import ComputeAdapter, ComputeError, Launch, Resources
+from forgehub.db import Database
+from forgehub.db.models import ComputeConnection, Job, JobState, utcnow
+from forgehub.jobs import service
+from forgehub.jobs.states import lose, transition
+from forgehub.secrets import SecretBox
+
+log = logging.getLogger("forgehub.jobs")
+STATUS_EVERY_S = 2.0
+GRACE_S = 15.0  # a runner's own report may be in flight when its back end says it ended
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        server_url: str,
+        data_dir: Path,
+        local_slots: int,
+        lease_s: float,
+    ) -> None:
+        self.db = db
+        self.box = box
+        self.server_url = server_url
+        self.data_dir = data_dir
+        self.local_slots = local_slots
+        self.lease_s = lease_s
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self._adapters: dict[str, ComputeAdapter] = {}
+        self._cancelled: set[str] = set()
+        self._ended_at: dict[str, float] = {}
+        self._last_status = 0.0
+        self.listeners: list[Any] = []  # callables told when jobs may be claimable
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.grace_leases()
+        self.thread = threading.Thread(target=self._loop, name="forgehub-jobs", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
+    def grace_leases(self) -> None:
+        """After a restart, give running jobs one lease to reconnect before reaping them."""
+        until = utcnow() + timedelta(seconds=self.lease_s)
+        with self.db.session() as s:
+            for job in s.scalars(select(Job).where(Job.state.in_(service.ACTIVE))):
+                if job.lease_expires_at is not None and job.lease_expires_at < until:
+                    job.lease_expires_at = until
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(0.5)
+            self.wake.clear()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop must survive a bad round
+                log.exception("job dispatcher round failed")
+
+    def tick(self) -> None:
+        self.start_queued()
+        if time.monotonic() - self._last_status >= STATUS_EVERY_S:
+            self._last_status = time.monotonic()
+            self.follow()
+        self.enforce()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def adapter(self, conn: ComputeConnection) -> ComputeAdapter:
+        a = self._adapters.get(conn.id)
+        if a is None:
+            a = service.COMPUTE.adapter_for(conn, self.box)
+            if conn.kind == "local":
+                a.log_dir = self.data_dir / "jobs" / "runner-logs"
+            self._adapters[conn.id] = a
+        return a
+
+    def launch(self, job: Job, conn: ComputeConnection, token: str) -> Launch:
+        return Launch(
+            job_id=job.id,
+            attempt=job.attempt,
+            server_url=str(conn.config.get("server_url") or self.server_url),
+            token=token,
+            resources=Resources.model_validate(job.spec.get("resources", {})),
+            name=f"forgehub-{job.module or 'command'}-{job.id[:8]}",
+        )
+
+    # -- 1. start -----------------------------------------------------------------------------
+
+    def start_queued(self) -> None:
+        with self.db.session() as s:
+            rows = list(
+                s.execute(
+                    select(Job.id, ComputeConnection.kind)
+                    .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
+                    .where(Job.state == JobState.queued, ComputeConnection.kind != "worker")
+                    .order_by(Job.created_at)
+                    .limit(200)
+                )
+            )
+            local_free = self.local_slots - service.count_active(s, "local")
+        for job_id, kind in rows:
+            if kind == "local":
+                if local_free <= 0:
+                    continue
+                local_free -= 1
+            self.start_one(job_id)
+
+    def start_one(self, job_id: str) -> None:
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.state != JobState.queued:
+                return
+            conn = s.get(ComputeConnection, job.compute_id)
+            assert conn is not None
+            try:
+                adapter = self.adapter(conn)
+                if adapter.pull:
+                    return
+                token = service.issue_token(job, service.token_lifetime(job))
+                handle = adapter.submit(self.launch(job, conn, token))
+            except (ComputeError, ValueError) as exc:
+                transition(s, job, JobState.failed, str(exc), error=f"cannot start: {exc}")
+                return
+            transition(
+                s,
+                job,
+                JobState.starting,
+                f"submitted to {conn.name} ({conn.kind}) as {handle}",
+                backend_ref=handle,
+                token_digest=job.token_digest,
+                token_expires_at=job.token_expires_at,
+                lease_expires_at=(
+                    utcnow() + timedelta(seconds=self.lease_s) if conn.kind == "local" else None
+                ),
+            )
+
+    # -- 2. follow ----------------------------------------------------------------------------
+
+    def follow(self) -> None:
+        with self.db.session() as s:
+            rows = list(
+                s.execute(
+                    select(Job.id, Job.backend_ref, ComputeConnection)
+                    .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
+                    .where(
+                        Job.state.in_(service.ACTIVE),
+                        ComputeConnection.kind != "worker",
+                        Job.backend_ref.is_not(None),
+                    )
+                )
+            )
+        by_conn: dict[str, tuple[ComputeConnection, dict[str, str]]] = {}
+        for job_id, ref, conn in rows:
+            assert ref is not None
+            by_conn.setdefault(conn.id, (conn, {}))[1][ref] = job_id
+        for conn, handles in by_conn.values():
+            try:
+                statuses = self.adapter(conn).status(list(handles))
+            except ComputeError as exc:
+                log.warning("cannot get job status from %s: %s", conn.name, exc)
+                continue
+            for ref, st in statuses.items():
+                self.apply_status(handles[ref], st)
+
+    def apply_status(self, job_id: str, st: Any) -> None:
+        now = time.monotonic()
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or JobState(job.state).finished:
+                self._ended_at.pop(job_id, None)
+                return
+            if st.state is None or st.state == JobState.running:
+                if st.reason and st.reason != job.reason:
+                    job.reason = st.reason
+                return
+            # the back end says it ended, but the runner has not reported: give it a moment
+            first = self._ended_at.setdefault(job_id, now)
+            if now - first < GRACE_S and not st.lost:
+                return
+            self._ended_at.pop(job_id, None)
+            if st.lost:
+                lose(s, job, st.reason)
+            elif st.state == JobState.cancelled or job.cancel_requested_at is not None:
+                transition(s, job, JobState.cancelled, st.reason or "cancelled")
+            else:
+                transition(s, job, JobState.failed, st.reason, error=st.reason)
+
+    # -- 3. cancel and time limits; 4. leases ---------------------------------------------------
+
+    def enforce(self) -> None:
+        now = utcnow()
+        with self.db.session() as s:
+            active = list(
+                s.execute(
+                    select(Job, ComputeConnection)
+                    .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
+                    .where(Job.state.in_(service.ACTIVE))
+                )
+            )
+        for job, conn in active:
+            limit = Resources.model_validate(job.spec.get("resources", {})).time_limit_s
+            over = job.started_at is not None and now - job.started_at > timedelta(
+                seconds=limit + GRACE_S
+            )
+            if (job.cancel_requested_at is not None or over) and job.backend_ref:
+                if job.id not in self._cancelled and not self.adapter(conn).pull:
+                    self._cancelled.add(job.id)
+                    try:
+                        self.adapter(conn).cancel(job.backend_ref)
+                    except ComputeError as exc:
+                        log.warning("cannot cancel %s on %s: %s", job.id, conn.name, exc)
+            if over:
+                with self.db.session() as s:
+                    j = s.get(Job, job.id)
+                    if j is not None:
+                        msg = f"time limit of {limit} s exceeded"
+                        transition(s, j, JobState.failed, msg, error=msg)
+                continue
+            if job.lease_expires_at is not None and job.lease_expires_at < now:
+                with self.db.session() as s:
+                    j = s.get(Job, job.id)
+                    if (
+                        j is not None
+                        and j.lease_expires_at is not None
+                        and j.lease_expires_at < now
+                    ):
+                        who = "worker" if conn.kind == "worker" else "runner"
+                        if lose(s, j, f"the {who} stopped answering (lease lapsed)"):
+                            self.notify()
+
+    def notify(self) -> None:
+        self.wake.set()
+        for listener in self.listeners:
+            listener()

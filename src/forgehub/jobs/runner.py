@@ -1,0 +1,438 @@
+"""The job runner (``forgehub job run``): the same program on every compute back end.
+
+1. With its job token (scoped to one attempt, expiring), it tells the server it started and
+   gets the spec, storage credentials included (kept in memory, never written to a file).
+2. It brings the inputs in through the storage adapters, into the machine's content cache.
+3. It runs the module (or command) in a child process with its own process group and resource
+   limits; a cancel ends the whole tree.
+4. stdout, stderr and metrics go to the server in batches, numbered so a batch re-sent after an
+   outage is stored once. Through a server outage the runner buffers and keeps trying.
+5. It uploads the output directory as an artifact and reports the result.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from forgehub.artifacts.cache import ContentCache
+from forgehub.artifacts.content import parse_manifest, push_path
+from forgehub.storage import StorageError, make
+
+log = logging.getLogger("forgehub.runner")
+FLUSH_S = 0.5
+BATCH_LINES = 2000
+BUFFER_LINES = 100_000  # beyond this, during a long outage, the oldest lines are dropped
+MAX_LINE = 16_384
+PATIENCE_S = 600.0  # how long to keep trying through a server outage
+KILL_GRACE_S = 3.0
+
+
+class Revoked(Exception):
+    """The server no longer accepts this attempt (cancelled, re-queued, or its token expired)."""
+
+
+class Cancelled(Exception):
+    pass
+
+
+class RunnerAPI:
+    """The runner's side of /api/v1/jobs/{id}/runner/*, patient through outages."""
+
+    def __init__(self, server: str, job_id: str, token: str) -> None:
+        self.job_id = job_id
+        self.http = httpx.Client(
+            base_url=server.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(30.0, connect=5.0),
+        )
+
+    def call(self, path: str, body: Any, patience_s: float = PATIENCE_S) -> Any:
+        deadline = time.monotonic() + patience_s
+        delay = 0.2
+        while True:
+            try:
+                r = self.http.post(f"/api/v1/jobs/{self.job_id}/runner/{path}", json=body)
+                if r.status_code in (401, 403, 404, 409):
+                    raise Revoked(_detail(r))
+                if r.status_code < 500:
+                    r.raise_for_status()
+                    return r.json() if r.content else None
+                problem = f"server error {r.status_code}: {_detail(r)}"
+            except httpx.TransportError as exc:
+                problem = f"server unreachable: {exc}"
+            if time.monotonic() + delay > deadline:
+                raise ConnectionError(problem)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail", r.text))
+    except ValueError:
+        return r.text
+
+
+@dataclass
+class Reporter:
+    """Buffers log lines and metrics and sends them in numbered batches; polls for a cancel."""
+
+    api: RunnerAPI
+    cancel: threading.Event = field(default_factory=threading.Event)
+    revoked: threading.Event = field(default_factory=threading.Event)
+    lines: collections.deque[list[Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=BUFFER_LINES)
+    )
+    metrics: list[list[Any]] = field(default_factory=list)
+    progress: float | None = None
+    seq: int = 0
+    dropped: int = 0
+    _inflight: dict[str, Any] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _outage_logged: bool = False
+
+    def line(self, stream: str, text: str) -> None:
+        with self._lock:
+            if len(self.lines) == self.lines.maxlen:
+                self.dropped += 1
+            self.lines.append([round(time.time(), 3), stream, text[:MAX_LINE]])
+
+    def metric(self, name: str, value: float, step: int | None, t: float) -> None:
+        with self._lock:
+            self.metrics.append([t, name, step, value])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="runner-reporter")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_S):
+            self.flush(patience_s=0.0)
+
+    def _next_batch(self) -> dict[str, Any]:
+        with self._lock:
+            if self._inflight is None:
+                n = min(len(self.lines), BATCH_LINES)
+                lines = [self.lines.popleft() for _ in range(n)]
+                metrics, self.metrics = self.metrics[:BATCH_LINES], self.metrics[BATCH_LINES:]
+                if self.dropped:
+                    lines.insert(0, [time.time(), "system", f"[{self.dropped} lines dropped]"])
+                    self.dropped = 0
+                if lines or metrics:
+                    self.seq += 1
+                self._inflight = {
+                    "seq": self.seq,
+                    "lines": lines,
+                    "metrics": metrics,
+                    "progress": self.progress,
+                }
+            return self._inflight
+
+    def flush(self, patience_s: float) -> None:
+        """Send what is buffered (and a heartbeat). Keeps it if the server is away."""
+        while True:
+            batch = self._next_batch()
+            try:
+                reply = self.api.call("events", batch, patience_s=patience_s)
+            except Revoked as exc:
+                log.warning("the server stopped this attempt: %s", exc)
+                self.revoked.set()
+                self.cancel.set()
+                return
+            except ConnectionError as exc:
+                if not self._outage_logged:
+                    log.warning("%s; buffering logs and retrying", exc)
+                    self._outage_logged = True
+                return
+            self._outage_logged = False
+            with self._lock:
+                self._inflight = None
+                more = bool(self.lines or self.metrics)
+            if reply and reply.get("cancel"):
+                self.cancel.set()
+            if not more:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush(patience_s=PATIENCE_S)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("FORGEHUB_CACHE_DIR") or Path.home() / ".cache" / "forgehub")
+
+
+def _pdeathsig_and_limits(memory_mb: int) -> Any:
+    def preexec() -> None:
+        try:  # die with the runner, even if it is killed with SIGKILL (Linux)
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if memory_mb:
+            import resource
+
+            limit = memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return preexec
+
+
+class JobRun:
+    """One attempt of one job on this machine."""
+
+    def __init__(self, server: str, job_id: str, token: str, cache: ContentCache | None = None):
+        self.api = RunnerAPI(server, job_id, token)
+        self.reporter = Reporter(self.api)
+        self.cache = cache or ContentCache(
+            cache_root() / "content", int(os.environ.get("FORGEHUB_CACHE_MB", "10240")) << 20
+        )
+        self.job_id = job_id
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def check(self, _n: int = 0) -> None:
+        if self.reporter.cancel.is_set():
+            raise Cancelled()
+
+    def request_cancel(self) -> None:
+        """SIGTERM from a back end (scancel, ray stop, the local adapter): stop like a cancel."""
+        self.reporter.cancel.set()
+
+    def run(self) -> int:
+        try:
+            spec = self.api.call(
+                "start", {"host": socket.gethostname(), "pid": os.getpid()}, patience_s=120
+            )
+        except (Revoked, ConnectionError) as exc:
+            print(f"forgehub job run: cannot start job {self.job_id}: {exc}", file=sys.stderr)
+            return 2
+        self.reporter.start()
+        work = Path(tempfile.mkdtemp(prefix=f"job-{self.job_id[:12]}-", dir=self._work_root()))
+        outcome: dict[str, Any]
+        try:
+            if spec.get("cancel"):
+                raise Cancelled()
+            outcome = self._attempt(spec, work)
+        except Cancelled:
+            self._kill()
+            outcome = {"state": "cancelled"}
+        except Exception as exc:  # noqa: BLE001 - reported as the job's error
+            self._kill()
+            log.debug("job failed", exc_info=True)
+            outcome = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if outcome["state"] == "failed":
+            self.reporter.line("system", f"failed: {outcome['error']}")
+        self.reporter.close()
+        if self.reporter.revoked.is_set():
+            self.api.close()
+            return 3
+        try:
+            self.api.call("finish", outcome)
+        except (Revoked, ConnectionError) as exc:
+            print(f"forgehub job run: cannot report the result: {exc}", file=sys.stderr)
+            return 3
+        finally:
+            self.api.close()
+        return 0 if outcome["state"] == "succeeded" else 1
+
+    def _work_root(self) -> Path:
+        root = cache_root() / "work"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    def _attempt(self, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+        say = self.reporter.line
+        inputs = {}
+        for item in spec["inputs"]:
+            self.check()
+            say("system", f"fetching input {item['name']} ({item['digest'][:19]}…)")
+            inputs[item["name"]] = self._materialise(item, work / "inputs" / item["name"])
+        output_dir = work / "output"
+        output_dir.mkdir()
+        self.check()
+        result = self._execute(spec, inputs, output_dir, work)
+        self.check()
+        outcome: dict[str, Any] = {"state": "succeeded", "result": result}
+        files = [p for p in output_dir.rglob("*") if p.is_file()]
+        if files:
+            target = files[0] if len(files) == 1 else output_dir
+            adapter = make(spec["output_storage"]["kind"], spec["output_storage"]["config"])
+            say("system", f"uploading {spec['output']} to {spec['output_storage']['name']}")
+            pushed = push_path(adapter, target, progress=self.check)
+            outcome["output"] = {
+                "digest": pushed.digest,
+                "kind": pushed.kind,
+                "size": pushed.size,
+                "filename": target.name,
+            }
+            say("system", f"output {spec['output']}: {pushed.digest} ({pushed.size} bytes)")
+        return outcome
+
+    def _materialise(self, item: dict[str, Any], dest: Path) -> Path:
+        """An input as a local path: a cached file, or a directory of links into the cache."""
+        adapter = make(item["storage"]["kind"], item["storage"]["config"])
+        top = self.cache.fetch(adapter, item["digest"], progress=self.check)
+        if item["kind"] != "dir":
+            return top
+        dest.mkdir(parents=True)
+        for e in parse_manifest(top.read_bytes()):
+            self.check()
+            blob = self.cache.fetch(adapter, e.digest, progress=self.check)
+            path = dest / e.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(blob, path)
+            except OSError:
+                shutil.copyfile(blob, path)
+        return dest
+
+    def _execute(
+        self, spec: dict[str, Any], inputs: dict[str, Path], output_dir: Path, work: Path
+    ) -> dict[str, Any]:
+        res = spec["resources"]
+        threads = str(max(1, int(res.get("cpu", 1))))
+        env = {
+            **os.environ,
+            "FORGEHUB_JOB_ID": spec["id"],
+            "FORGEHUB_OUTPUT_DIR": str(output_dir),
+            "OMP_NUM_THREADS": threads,
+            "OPENBLAS_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("FORGEHUB_JOB_TOKEN", None)  # the module never sees the job's credentials
+        for name, path in inputs.items():
+            env[f"FORGEHUB_INPUT_{name.upper()}"] = str(path)
+        read_fd, write_fd = os.pipe()
+        if spec["kind"] == "command":
+            argv = list(spec["command"])
+        else:
+            child_spec = work / "child.json"
+            child_spec.write_text(
+                json.dumps(
+                    {
+                        "kind": spec["kind"],
+                        "module": spec["module"],
+                        "args": spec["args"],
+                        "inputs": {k: str(v) for k, v in inputs.items()},
+                        "output_dir": str(output_dir),
+                    }
+                )
+            )
+            argv = [sys.executable, "-m", "forgehub.jobs.child", str(child_spec)]
+            env["FORGEHUB_EVENTS_FD"] = str(write_fd)
+        self.reporter.line("system", f"starting {spec['kind']}: {' '.join(argv[:6])}")
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=work,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=(write_fd,),
+                preexec_fn=_pdeathsig_and_limits(int(res.get("memory_mb", 0))),
+            )
+        except OSError as exc:
+            raise RuntimeError(f"cannot start {argv[0]}: {exc}") from exc
+        finally:
+            os.close(write_fd)
+        result: dict[str, Any] = {}
+        readers = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, "stdout"), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, "stderr"), daemon=True),
+            threading.Thread(target=self._events, args=(read_fd, result), daemon=True),
+        ]
+        for t in readers:
+            t.start()
+        deadline = time.monotonic() + float(res.get("time_limit_s", 3600))
+        while self.proc.poll() is None:
+            if self.reporter.cancel.is_set():
+                raise Cancelled()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"time limit of {res.get('time_limit_s')} s exceeded")
+            try:
+                self.proc.wait(timeout=0.1)
+            except subprocess.TimeoutExpired:
+                pass
+        for t in readers:
+            t.join(timeout=5)
+        code = self.proc.returncode
+        if code != 0:
+            if code < 0 and self.reporter.cancel.is_set():
+                raise Cancelled()
+            what = f"signal {-code}" if code < 0 else f"exit code {code}"
+            if code == -signal.SIGKILL and res.get("memory_mb"):
+                what += " (out of memory?)"
+            raise RuntimeError(f"the {spec['kind']} process ended with {what}")
+        return result.get("result", {"exit_code": code})
+
+    def _pump(self, stream: Any, name: str) -> None:
+        for raw in iter(stream.readline, b""):
+            self.reporter.line(name, raw.decode("utf-8", "replace").rstrip("\n"))
+        stream.close()
+
+    def _events(self, fd: int, result: dict[str, Any]) -> None:
+        with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as fh:
+            for raw in fh:
+                try:
+                    ev = json.loads(raw)
+                except ValueError:
+                    continue
+                kind = ev.get("type")
+                if kind == "metric":
+                    self.reporter.metric(ev["name"], ev["value"], ev.get("step"), ev["t"])
+                elif kind == "progress":
+                    self.reporter.progress = ev.get("fraction")
+                elif kind == "result":
+                    result["result"] = ev.get("result")
+
+    def _kill(self) -> None:
+        """End the child's whole process group: SIGTERM, then SIGKILL after a grace period."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def run_job(server: str, job_id: str, token: str, cache: ContentCache | None = None) -> int:
+    return JobRun(server, job_id, token, cache).run()
+
+
+__all__ = ["JobRun", "StorageError", "run_job"]

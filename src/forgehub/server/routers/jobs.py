@@ -1,0 +1,322 @@
+"""/api/v1/jobs: submit, list, show, follow logs and metrics, cancel and retry jobs;
+/api/v1/jobs/{id}/runner/*: what ``forgehub job run`` reports, with its job token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from forgehub.auth import visible
+from forgehub.db.models import (
+    ComputeConnection,
+    Job,
+    JobEvent,
+    JobLog,
+    JobMetric,
+    JobState,
+    StorageConnection,
+)
+from forgehub.jobs import service
+from forgehub.server.deps import CurrentUser, DbSession, bearer
+from forgehub.server.errors import problem
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+T = TypeVar("T")
+
+
+def _raise(exc: service.JobError) -> HTTPException:
+    return HTTPException(exc.status, str(exc))
+
+
+def _error_response(exc: service.JobError) -> JSONResponse:
+    if exc.errors:
+        return problem(exc.status, str(exc), errors=exc.errors)
+    return problem(exc.status, str(exc))
+
+
+def _names(session: Session, jobs: list[Job]) -> dict[str, str]:
+    ids = {j.compute_id for j in jobs} | {j.storage_id for j in jobs}
+    names = dict(
+        session.execute(
+            select(ComputeConnection.id, ComputeConnection.name).where(
+                ComputeConnection.id.in_(ids)
+            )
+        ).all()
+    )
+    names.update(
+        session.execute(
+            select(StorageConnection.id, StorageConnection.name).where(
+                StorageConnection.id.in_(ids)
+            )
+        ).all()
+    )
+    return names
+
+
+def _out(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
+    names = _names(session, jobs)
+    return [service.job_out(j, names.get(j.compute_id), names.get(j.storage_id)) for j in jobs]
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(fn)
+
+
+@router.post("", status_code=201, summary="Submit a job")
+async def submit(body: service.JobIn, principal: CurrentUser, request: Request) -> Any:
+    state = request.app.state
+    modules = state.model_api.modules
+
+    def work() -> dict[str, Any]:
+        with state.db.session() as s:
+            job = service.submit(
+                s, principal, body, state.secrets, state.settings.data_dir, modules
+            )
+            return _out(s, [job])[0]
+
+    try:
+        out = await _in_thread(work)
+    except service.JobError as exc:
+        return _error_response(exc)
+    state.dispatcher.notify()
+    return out
+
+
+@router.get("", summary="Your jobs, newest first")
+def list_jobs(
+    principal: CurrentUser,
+    session: DbSession,
+    state: JobState | None = None,
+    module: str | None = None,
+    compute: str | None = Query(default=None, description="Compute connection name."),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0),
+) -> dict[str, Any]:
+    stmt = visible(select(Job), Job, principal)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if module:
+        stmt = stmt.where(Job.module == module)
+    if compute:
+        stmt = stmt.join(ComputeConnection, Job.compute_id == ComputeConnection.id).where(
+            ComputeConnection.name == compute
+        )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    jobs = list(
+        session.scalars(stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
+    )
+    return {"total": total, "limit": limit, "offset": offset, "jobs": _out(session, jobs)}
+
+
+@router.get("/{job_id}", summary="One job, with its state timeline")
+def show(job_id: str, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
+    try:
+        job = service.get_job(session, principal, job_id)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    out = _out(session, [job])[0]
+    out["events"] = [
+        {"state": e.state, "attempt": e.attempt, "message": e.message, "at": e.at.isoformat()}
+        for e in session.scalars(
+            select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+        )
+    ]
+    return out
+
+
+def _log_page(session: Session, job_id: str, after: int) -> tuple[list[Any], int]:
+    lines: list[Any] = []
+    last = after
+    for row in session.scalars(
+        select(JobLog).where(JobLog.job_id == job_id, JobLog.id > after).order_by(JobLog.id)
+    ):
+        lines.extend([*ln, row.attempt] for ln in row.lines)
+        last = row.id
+    return lines, last
+
+
+@router.get(
+    "/{job_id}/logs",
+    summary="Log lines; with follow=true a live stream (Server-Sent Events) until the job ends",
+)
+async def logs(
+    job_id: str,
+    principal: CurrentUser,
+    request: Request,
+    after: int = Query(default=0, ge=0, description="Continue after this cursor."),
+    follow: bool = False,
+) -> Any:
+    db = request.app.state.db
+
+    def page(cursor: int) -> tuple[list[Any], int, str]:
+        with db.session() as s:
+            job = service.get_job(s, principal, job_id)
+            lines, nxt = _log_page(s, job_id, cursor)
+            return lines, nxt, str(job.state)
+
+    try:
+        lines, cursor, state = await _in_thread(lambda: page(after))
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    if not follow:
+        return {"lines": lines, "next": cursor, "state": state}
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal lines, cursor, state
+        while True:
+            if lines:
+                yield _sse("lines", {"lines": lines, "next": cursor}, cursor)
+            if JobState(state).finished:
+                # one more read: lines stored just before the end
+                lines, cursor, state = await anyio.to_thread.run_sync(page, cursor)
+                if lines:
+                    yield _sse("lines", {"lines": lines, "next": cursor}, cursor)
+                yield _sse("end", {"state": state}, cursor)
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(0.25)
+            lines, cursor, state = await anyio.to_thread.run_sync(page, cursor)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: str, data: Any, cursor: int) -> bytes:
+    return f"event: {event}\nid: {cursor}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get("/{job_id}/metrics", summary="Metric series: name → [[step, value, time], …]")
+def metrics(
+    job_id: str,
+    principal: CurrentUser,
+    session: DbSession,
+    after: int = Query(default=0, ge=0, description="Only points after this cursor."),
+) -> dict[str, Any]:
+    try:
+        service.get_job(session, principal, job_id)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    series: dict[str, list[Any]] = {}
+    last = after
+    for m in session.scalars(
+        select(JobMetric)
+        .where(JobMetric.job_id == job_id, JobMetric.id > after)
+        .order_by(JobMetric.id)
+    ):
+        series.setdefault(m.name, []).append([m.step, m.value, m.at.timestamp()])
+        last = m.id
+    return {"series": series, "next": last}
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a job, whatever its state")
+def cancel(job_id: str, principal: CurrentUser, session: DbSession, request: Request) -> Any:
+    try:
+        job = service.get_job(session, principal, job_id)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    changed = service.cancel(session, job)
+    request.app.state.dispatcher.wake.set()
+    return {"id": job.id, "state": job.state, "cancel_requested": changed}
+
+
+@router.post("/{job_id}/retry", status_code=201, summary="Run a finished job again, as a new job")
+def retry(job_id: str, principal: CurrentUser, session: DbSession, request: Request) -> Any:
+    try:
+        job = service.get_job(session, principal, job_id)
+        new = service.retry(session, principal, job)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    session.commit()
+    request.app.state.dispatcher.notify()
+    return _out(session, [new])[0]
+
+
+# -- the runner's side -------------------------------------------------------------------------
+
+
+def job_token(request: Request) -> str:
+    value = bearer(request)
+    if not value:
+        raise HTTPException(401, "send the job token as 'Authorization: Bearer fhj_…'")
+    return value
+
+
+class StartIn(BaseModel):
+    host: str = Field(default="", max_length=255)
+    pid: int | None = None
+
+
+class EventsIn(BaseModel):
+    seq: int = Field(ge=0)
+    lines: list[list[Any]] = Field(default_factory=list, max_length=5000)
+    metrics: list[list[Any]] = Field(default_factory=list, max_length=5000)
+    progress: float | None = None
+
+
+async def _runner_call(request: Request, job_id: str, token: str, fn: Any) -> Any:
+    state = request.app.state
+
+    def work() -> Any:
+        with state.db.session() as s:
+            job = service.job_for_token(s, job_id, token)
+            return fn(s, job)
+
+    try:
+        return await _in_thread(work)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+
+
+@router.post("/{job_id}/runner/start", summary="Runner: the attempt started; returns the spec")
+async def runner_start(
+    job_id: str, body: StartIn, request: Request, token: str = Depends(job_token)
+) -> Any:
+    state = request.app.state
+    lease = state.settings.job_lease_s
+
+    def fn(s: Session, job: Job) -> Any:
+        service.runner_started(s, job, body.host or "?", lease)
+        return service.runner_spec(s, job, state.secrets)
+
+    return await _runner_call(request, job_id, token, fn)
+
+
+@router.post("/{job_id}/runner/events", summary="Runner: a batch of logs and metrics; heartbeat")
+async def runner_events(
+    job_id: str, body: EventsIn, request: Request, token: str = Depends(job_token)
+) -> Any:
+    lease = request.app.state.settings.job_lease_s
+
+    def fn(s: Session, job: Job) -> Any:
+        cancel = service.runner_events(
+            s, job, body.seq, body.lines, body.metrics, body.progress, lease
+        )
+        return {"cancel": cancel}
+
+    return await _runner_call(request, job_id, token, fn)
+
+
+@router.post("/{job_id}/runner/finish", summary="Runner: the attempt ended; its output")
+async def runner_finish(
+    job_id: str, body: service.FinishIn, request: Request, token: str = Depends(job_token)
+) -> Any:
+    def fn(s: Session, job: Job) -> Any:
+        service.runner_finished(s, job, body)
+        return {"state": job.state}
+
+    out = await _runner_call(request, job_id, token, fn)
+    request.app.state.dispatcher.wake.set()  # a local slot is free
+    return out

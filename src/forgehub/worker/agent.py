@@ -1,0 +1,213 @@
+"""The worker agent. It only makes outbound connections: it registers, long-polls for jobs that
+fit its free resources, runs each with the job runner (in a thread; the module itself runs in a
+child process group) and sends heartbeats. Leases on its jobs are renewed by the runner; if the
+worker dies, its jobs' leases lapse and the server queues them again.
+
+Stopping: the first SIGINT/SIGTERM stops claiming and lets running jobs finish; the second stops
+at once (the jobs go back to the queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from forgehub import __version__
+from forgehub.artifacts.cache import ContentCache
+from forgehub.compute import Resources
+from forgehub.jobs.runner import JobRun, cache_root
+
+log = logging.getLogger("forgehub.worker")
+HEARTBEAT_S = 5.0
+
+
+@dataclass
+class WorkerAgent:
+    server: str
+    token: str
+    name: str = field(default_factory=socket.gethostname)
+    labels: list[str] = field(default_factory=list)
+    cpus: float = float(os.cpu_count() or 1)
+    gpus: int = 0
+    memory_mb: int = 0
+    shared: bool = False
+    max_jobs: int = 0  # jobs at once (0: as many as the CPUs allow)
+    poll_s: float = 20.0
+    burst: bool = False  # exit once the queue is empty (tests, batch use)
+    stop_after: int = 0  # exit after this many jobs (0: never)
+    worker_id: str | None = None
+    running: dict[str, tuple[JobRun, Resources]] = field(default_factory=dict)
+    done: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client(
+            base_url=self.server.rstrip("/"),
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=httpx.Timeout(self.poll_s + 15, connect=5.0),
+        )
+        self.cache = ContentCache(
+            cache_root() / "content", int(os.environ.get("FORGEHUB_CACHE_MB", "10240")) << 20
+        )
+
+    # -- server calls, patient through outages -----------------------------------------------
+
+    def _post(self, path: str, body: Any = None) -> httpx.Response:
+        delay = 0.5
+        while True:
+            try:
+                r = self.http.post(path, json=body)
+                if r.status_code < 500:
+                    return r
+                problem = f"server error {r.status_code}"
+            except httpx.TransportError as exc:
+                problem = f"server unreachable ({exc})"
+            if self.stopping.is_set():
+                raise ConnectionError(problem)
+            log.warning("%s; retrying in %.0f s", problem, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def register(self) -> str:
+        r = self._post(
+            "/api/v1/workers",
+            {
+                "name": self.name,
+                "labels": self.labels,
+                "cpus": self.cpus,
+                "gpus": self.gpus,
+                "memory_mb": self.memory_mb,
+                "shared": self.shared,
+                "version": __version__,
+            },
+        )
+        if r.status_code >= 400:
+            raise PermissionError(_detail(r))
+        self.worker_id = str(r.json()["id"])
+        return self.worker_id
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def free(self) -> Resources:
+        with self._lock:
+            used = [res for _, res in self.running.values()]
+        return Resources(
+            cpu=max(self.cpus - sum(r.cpu for r in used), 0.001),
+            gpu=max(self.gpus - sum(r.gpu for r in used), 0),
+            memory_mb=max(self.memory_mb - sum(r.memory_mb for r in used), 0),
+        )
+
+    def slots_left(self) -> bool:
+        with self._lock:
+            n = len(self.running)
+        limit = self.max_jobs or max(1, int(self.cpus))
+        return n < limit and self.free().cpu > 0.001
+
+    def run(self) -> int:
+        self.register()
+        log.info("worker %s (%s) connected to %s", self.name, self.worker_id, self.server)
+        beat = threading.Thread(target=self._heartbeats, daemon=True, name="worker-heartbeat")
+        beat.start()
+        try:
+            while not self.stopping.is_set():
+                if self.stop_after and self.done + len(self.running) >= self.stop_after:
+                    break
+                if not self.slots_left():
+                    time.sleep(0.05)
+                    continue
+                got = self.claim(0.0 if self.burst else self.poll_s)
+                if got is None:
+                    if self.burst and not self.running:
+                        break
+                    if self.burst:
+                        time.sleep(0.1)
+                    continue
+                self.start(got)
+        finally:
+            self.stopping.set()
+            for t in list(self._threads):
+                t.join()
+            self._unregister()
+        return 0
+
+    def claim(self, wait: float) -> dict[str, Any] | None:
+        try:
+            r = self._post(
+                f"/api/v1/workers/{self.worker_id}/claim",
+                {"free": self.free().model_dump(), "wait": wait},
+            )
+        except ConnectionError:
+            return None
+        if r.status_code == 204:
+            return None
+        if r.status_code == 404 or r.status_code == 409:
+            log.warning("the server forgot this worker (%s); registering again", _detail(r))
+            self.register()
+            return None
+        if r.status_code >= 400:
+            raise PermissionError(_detail(r))
+        got: dict[str, Any] = r.json()
+        return got
+
+    def start(self, got: dict[str, Any]) -> None:
+        job_id = got["job_id"]
+        run = JobRun(self.server, job_id, got["token"], self.cache)
+        res = Resources.model_validate(got.get("resources") or {})
+        with self._lock:
+            self.running[job_id] = (run, res)
+        log.info("running job %s (attempt %s)", job_id, got.get("attempt"))
+
+        def work() -> None:
+            try:
+                code = run.run()
+                log.info("job %s ended (runner exit %s)", job_id, code)
+            finally:
+                with self._lock:
+                    self.running.pop(job_id, None)
+                    self.done += 1
+
+        t = threading.Thread(target=work, name=f"job-{job_id[:8]}")
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    def _heartbeats(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_S):
+            try:
+                self.http.post(f"/api/v1/workers/{self.worker_id}/heartbeat", json={})
+            except httpx.TransportError:
+                pass
+
+    def _unregister(self) -> None:
+        try:
+            self.http.delete(f"/api/v1/workers/{self.worker_id}")
+        except httpx.TransportError:
+            pass
+        self.http.close()
+
+    def install_signals(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.stopping.is_set():
+                log.warning("stopping now; running jobs go back to the queue")
+                os._exit(130)
+            log.warning("finishing %d running job(s); signal again to stop now", len(self.running))
+            self.stopping.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("detail", r.text))
+    except ValueError:
+        return r.text
