@@ -41,7 +41,7 @@ def runner_command(launch: Launch) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "forgehub",
+        "forgehub.cli",
         "job",
         "run",
         "--server",
@@ -92,20 +92,36 @@ class LocalCompute(ComputeAdapter):
             if isinstance(log, int) and log > 0:
                 os.close(log)
         _reap_later(proc)
-        return f"{proc.pid}:{_start_time(proc.pid) or ''}"
+        return f"{proc.pid}:{_start_time(proc.pid) or ''}:{launch.job_id}-{launch.attempt}"
 
     def status(self, handles: list[str]) -> dict[str, BackendStatus]:
         out = {}
         for h in handles:
-            pid, _, started = h.partition(":")
+            pid, started, name = (h.split(":") + ["", ""])[:3]
             if pid.isdigit() and started and _start_time(int(pid)) == started:
                 out[h] = BackendStatus(None, "running on the server")
             else:
-                out[h] = BackendStatus(JobState.failed, "the job runner process exited", lost=True)
+                why = "the job runner process exited"
+                last = self._last_line(name)
+                out[h] = BackendStatus(
+                    JobState.failed, f"{why}: {last}" if last else why, lost=True
+                )
         return out
 
+    def _last_line(self, name: str) -> str:
+        if self.log_dir is None or not name:
+            return ""
+        try:
+            with open(self.log_dir / f"{name}.log", "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 2000))
+                lines = fh.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
     def cancel(self, handle: str) -> None:
-        pid, _, started = handle.partition(":")
+        pid, started = (handle.split(":") + [""])[:2]
         if pid.isdigit() and started and _start_time(int(pid)) == started:
             try:
                 os.killpg(int(pid), signal.SIGTERM)  # the runner stops its module, then exits
