@@ -367,3 +367,117 @@ def module_server(data_dir: Path, *args: str) -> Iterator[int]:
             yield port
         finally:
             stop_pid(proc.pid)
+
+
+class Slurm:
+    """slurmctld + slurmd on this host (auth/none, loopback only), with their own state dirs."""
+
+    def __init__(self) -> None:
+        if not (shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("sbatch")):
+            missing("Slurm (apt slurm-wlm slurm-client)")
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-slurm-"))
+        self.host = socket.gethostname()
+        self.conf = self.dir / "slurm.conf"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> str:
+        ctld, slurmd = free_port(), free_port()
+        for d in ("state", "spool", "log", "run"):
+            (self.dir / d).mkdir()
+        cpus = os.cpu_count() or 2
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=forgehubtest",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
+                    f"SlurmctldPort={ctld}",
+                    f"SlurmdPort={slurmd}",
+                    "SlurmUser=root",
+                    "AuthType=auth/none",
+                    "CredType=cred/none",
+                    "CommunicationParameters=NoInAddrAny,NoCtldInAddrAny",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SchedulerType=sched/backfill",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core_Memory",
+                    "ReturnToService=2",
+                    "MinJobAge=600",
+                    "KillWait=2",
+                    f"StateSaveLocation={self.dir}/state",
+                    f"SlurmdSpoolDir={self.dir}/spool",
+                    f"SlurmctldPidFile={self.dir}/run/slurmctld.pid",
+                    f"SlurmdPidFile={self.dir}/run/slurmd.pid",
+                    f"SlurmctldLogFile={self.dir}/log/slurmctld.log",
+                    f"SlurmdLogFile={self.dir}/log/slurmd.log",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 "
+                    "State=UNKNOWN",
+                    f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
+        env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        for argv in (
+            ["slurmctld", "-D", "-i", "-f", str(self.conf)],
+            ["slurmd", "-D", "-f", str(self.conf)],
+        ):
+            log = open(self.dir / "log" / f"{argv[0]}.out", "wb")  # noqa: SIM115
+            self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
+            if r.returncode == 0 and r.stdout.strip() in ("idle", "mix", "alloc"):
+                return str(self.conf)
+            time.sleep(0.3)
+        raise RuntimeError(f"slurm did not come up: {r.stdout} {r.stderr}")
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            stop_pid(p.pid)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RayHead:
+    """A local Ray head (loopback only) with its dashboard's Jobs API."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.ray = Path(sys.executable).parent / "ray"
+        if not self.ray.exists():
+            missing("Ray (pip install 'ray[default]')")
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-ray-"))
+        self.env = {
+            **os.environ,
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+
+    def start(self) -> str:
+        self.port, self.dash = free_port(), free_port()
+        subprocess.run(
+            [
+                str(self.ray),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.port}",
+                "--num-cpus=2",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dash}",
+                "--disable-usage-stats",
+                f"--temp-dir={self.dir}",
+                "--include-dashboard=true",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+        wait_port(self.dash, 60)
+        return f"http://127.0.0.1:{self.dash}"
+
+    def stop(self) -> None:
+        subprocess.run([str(self.ray), "stop", "--force"], env=self.env, capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
