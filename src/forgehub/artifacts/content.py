@@ -199,7 +199,8 @@ def fetch_file(
 ) -> None:
     """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
     local = getattr(adapter, "local_path", None)
-    source = local(blob_key(digest)) if local is not None else None
+    # same machine: a kernel copy, unless the caller follows (and may stop) the download
+    source = local(blob_key(digest)) if local is not None and progress is _noop else None
     with atomic_path(dest, ".fetch-", mode) as tmp:
         if source is None:
             with open(tmp, "wb") as out:

@@ -72,8 +72,8 @@ class Dispatcher:
             self.thread.join(timeout=10)
 
     def grace_leases(self) -> None:
-        """After a restart, give running jobs one lease to reconnect before reaping them."""
-        until = utcnow() + timedelta(seconds=self.lease_s)
+        """After a restart, give running jobs two leases to reconnect before reaping them."""
+        until = utcnow() + timedelta(seconds=2 * self.lease_s)
         with self.db.session() as s:
             for job in s.scalars(select(Job).where(Job.state.in_(service.ACTIVE))):
                 if job.lease_expires_at is not None and job.lease_expires_at < until:

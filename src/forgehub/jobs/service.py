@@ -463,6 +463,9 @@ class FinishIn(BaseModel):
 def runner_finished(session: Session, job: Job, body: FinishIn) -> Artifact | None:
     """Record the end of the attempt and its output artifact (once)."""
     art = None
+    if job.cancel_requested_at is not None and body.state == "succeeded":
+        # the user asked to stop it: a cancel wins over a result that arrived late
+        body = FinishIn(state="cancelled", result=body.result)
     if body.state == "succeeded" and body.output is not None:
         art = record_output(session, job, body.output)
     result = dict(job.result or {})
