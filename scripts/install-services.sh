@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Install (from Debian) the real servers the test suite starts: PostgreSQL, Ceph RGW (S3).
-# (WebDAV is wsgidav, a Python package installed by `make install`.)
+# Install (from Debian) the real servers the test suite starts: PostgreSQL, Ceph RGW (S3),
+# Slurm (slurmctld, slurmd and the client tools). WebDAV (wsgidav) and Ray are Python packages
+# installed by `make install`.
 # Each test session starts them on free loopback ports and stops them by PID.
 set -euo pipefail
 need=()
 for tool in ceph-mon ceph-osd radosgw; do
   command -v "$tool" >/dev/null 2>&1 || { need+=(radosgw ceph-mon ceph-osd); break; }
+done
+for tool in slurmctld slurmd sbatch; do
+  command -v "$tool" >/dev/null 2>&1 || { need+=(slurm-wlm slurm-client); break; }
 done
 [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -eq 0 ]; then

@@ -34,6 +34,10 @@ def test_every_cli_group_has_help_and_docs() -> None:
         "secrets",
         "config",
         "db",
+        "job",
+        "compute",
+        "train",
+        "worker",
     ):
         r = runner.invoke(app, [group, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output, group
