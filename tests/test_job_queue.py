@@ -1,0 +1,139 @@
+"""The job queue in the store: atomic claims under contention, the state machine, retries."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from forgehub.auth import create_user
+from forgehub.compute import Resources
+from forgehub.db import Database, upgrade
+from forgehub.db.models import (
+    ComputeConnection,
+    Job,
+    JobEvent,
+    JobState,
+    StorageConnection,
+    Worker,
+    utcnow,
+)
+from forgehub.jobs import service
+from forgehub.jobs.states import TransitionError, lose, transition
+
+
+def _setup(url: str, jobs: int, **job_fields: object) -> tuple[Database, str]:
+    upgrade(url)
+    db = Database(url)
+    with db.session() as s:
+        user = create_user(s, "alice")
+        workers = ComputeConnection(owner_id=user.id, name="workers", kind="worker", config={})
+        store = StorageConnection(owner_id=user.id, name="default", kind="local", config={})
+        s.add_all([workers, store])
+        s.flush()
+        for i in range(jobs):
+            s.add(
+                Job(
+                    owner_id=user.id,
+                    kind="command",
+                    spec={"command": ["true"], "resources": {"cpu": 1}},
+                    compute_id=workers.id,
+                    storage_id=store.id,
+                    created_at=utcnow() + timedelta(milliseconds=i),
+                    **job_fields,
+                )
+            )
+        return db, user.id
+
+
+def test_many_workers_claim_each_job_exactly_once(db_url: str) -> None:
+    db, owner = _setup(db_url, 40)
+    with db.session() as s:
+        ids = []
+        for i in range(8):
+            w = Worker(owner_id=owner, name=f"w{i}", cpus=4)
+            s.add(w)
+            s.flush()
+            ids.append(w.id)
+    claimed: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(worker_id: str) -> None:
+        try:
+            while True:
+                with db.session() as s:
+                    w = s.get(Worker, worker_id)
+                    assert w is not None
+                    got = service.claim(s, w, Resources(cpu=4), 30, db.dialect)
+                    if got is None:
+                        return
+                    with lock:
+                        claimed.append(got[0].id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(claimed) == 40 and len(set(claimed)) == 40
+    with db.session() as s:
+        states = {j.state for j in s.query(Job)}
+        assert states == {JobState.starting}
+        # exactly one "starting" event per job: no job was taken twice
+        assert s.query(JobEvent).filter(JobEvent.state == "starting").count() == 40
+    db.dispose()
+
+
+def test_claim_respects_resources_labels_and_owner(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/q.db"
+    db, owner = _setup(url, 0)
+    with db.session() as s:
+        conn = s.query(ComputeConnection).one()
+        store = s.query(StorageConnection).one()
+        gpu_job = Job(
+            owner_id=owner,
+            kind="train",
+            module="digits",
+            spec={"resources": {"gpu": 1}, "labels": []},
+            compute_id=conn.id,
+            storage_id=store.id,
+        )
+        s.add(gpu_job)
+        bob = create_user(s, "bob")
+        cpu_box = Worker(owner_id=owner, name="cpu", cpus=8, gpus=0)
+        shared_gpu = Worker(owner_id=bob.id, name="bob-gpu", cpus=8, gpus=1, shared=True)
+        private_gpu = Worker(owner_id=bob.id, name="bob-private", cpus=8, gpus=1)
+        s.add_all([cpu_box, shared_gpu, private_gpu])
+        s.flush()
+        assert service.claim(s, cpu_box, Resources(cpu=8), 30, "sqlite") is None
+        assert service.claim(s, private_gpu, Resources(cpu=8, gpu=1), 30, "sqlite") is None
+        got = service.claim(s, shared_gpu, Resources(cpu=8, gpu=1), 30, "sqlite")
+        assert got is not None and got[0].id == gpu_job.id
+        assert got[1].startswith("fhj_") and gpu_job.token_digest not in got[1]
+    db.dispose()
+
+
+def test_state_machine_and_retry_policy(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db, _ = _setup(url, 1, max_retries=1)
+    with db.session() as s:
+        job = s.query(Job).one()
+        with pytest.raises(TransitionError):
+            transition(s, job, JobState.running)  # queued cannot jump to running
+        assert transition(s, job, JobState.starting, "claimed")
+        assert transition(s, job, JobState.running, "running")
+        assert lose(s, job, "worker gone")  # first loss: queued again
+        assert job.state == JobState.queued and job.attempt == 1
+        assert transition(s, job, JobState.starting)
+        assert lose(s, job, "worker gone again")  # retry limit reached: failed, with reasons
+        assert job.state == JobState.failed and "gave up after 2 attempt(s)" in (job.error or "")
+        assert not transition(s, job, JobState.cancelled)  # finished jobs never change
+        events = [e.state for e in s.query(JobEvent).order_by(JobEvent.id)]
+        assert events == ["starting", "running", "queued", "starting", "failed"]
+        assert job.finished_at is not None and job.token_digest is None
+    db.dispose()
