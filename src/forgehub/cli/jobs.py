@@ -290,6 +290,7 @@ def run(
     if not token:
         fail("FORGEHUB_JOB_TOKEN is not set; the runner is started by forgehub, not by hand")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     runner = JobRun(server, job, token)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_cancel())
     raise typer.Exit(runner.run())
@@ -443,6 +444,7 @@ def worker(
     from forgehub.worker import WorkerAgent
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     agent = WorkerAgent(
         server=server,
         token=token,

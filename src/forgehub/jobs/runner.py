@@ -243,7 +243,11 @@ class JobRun:
         except Exception as exc:  # noqa: BLE001 - reported as the job's error
             self._kill()
             log.debug("job failed", exc_info=True)
-            outcome = {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            plain = isinstance(exc, RuntimeError | TimeoutError | StorageError)
+            outcome = {
+                "state": "failed",
+                "error": str(exc) if plain else f"{type(exc).__name__}: {exc}",
+            }
         finally:
             shutil.rmtree(work, ignore_errors=True)
         if outcome["state"] == "failed":
