@@ -481,3 +481,48 @@ class RayHead:
     def stop(self) -> None:
         subprocess.run([str(self.ray), "stop", "--force"], env=self.env, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SSHD:
+    """An OpenSSH server on loopback that accepts one generated key (a "login node")."""
+
+    def __init__(self) -> None:
+        if not (Path("/usr/sbin/sshd").exists() and shutil.which("ssh-keygen")):
+            missing("OpenSSH (apt openssh-server openssh-client)")
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-sshd-"))
+        os.chmod(self.dir, 0o700)
+
+    def start(self) -> tuple[int, str, str]:
+        """Returns (port, private key, known_hosts line)."""
+        import getpass
+
+        d = self.dir
+        for name in ("host", "client"):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+            )
+        (d / "authorized_keys").write_text((d / "client.pub").read_text())
+        os.chmod(d / "authorized_keys", 0o600)
+        Path("/run/sshd").mkdir(exist_ok=True)
+        self.port = free_port()
+        (d / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n"
+            f"AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n"
+            "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+            f"PidFile {d}/sshd.pid\nAcceptEnv none\n"
+        )
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+            stdout=open(d / "sshd.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, 15, self.proc)
+        host_pub = (d / "host.pub").read_text().split()
+        known = f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}"
+        self.user = getpass.getuser()
+        return self.port, (d / "client").read_text(), known
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            stop_pid(self.proc.pid)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -490,3 +490,39 @@ def test_bad_job_specs_get_clear_errors(api: httpx.Client) -> None:
     assert r.status_code == 404
     r = api.post("/api/v1/jobs", json={"module": "digits", "resources": {"cpu": -1}})
     assert r.status_code == 422
+
+
+def test_slurm_through_a_login_node_over_ssh(api: httpx.Client, slurm: str) -> None:
+    """The connection reaches Slurm on a login node over SSH (a real sshd, key auth)."""
+    from tests.services import SSHD
+
+    sshd = SSHD()
+    port, key, known = sshd.start()
+    try:
+        config = {
+            "slurm_conf": slurm,
+            "ssh_host": "127.0.0.1",
+            "ssh_port": port,
+            "ssh_user": sshd.user,
+            "ssh_key": key,
+            "ssh_known_hosts": known,
+        }
+        r = api.post(
+            "/api/v1/compute/connections",
+            json={"name": "login", "kind": "slurm", "config": config},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["config"]["ssh_key"] == "***"  # the key never comes back out
+        job = submit(api, kind="command", command=["echo", "over ssh"], compute="login")
+        done = wait(api, job["id"], FINISHED, 60)
+        assert done["state"] == "succeeded", done
+        assert "over ssh" in log_text(api, job["id"])
+        # a wrong key is refused when the connection is tested
+        bad = {**config, "ssh_key": key.replace("A", "B", 3)}
+        r = api.post(
+            "/api/v1/compute/connections",
+            json={"name": "badlogin", "kind": "slurm", "config": bad},
+        )
+        assert r.status_code == 400 and "connection test failed" in r.json()["detail"]
+    finally:
+        sshd.stop()
