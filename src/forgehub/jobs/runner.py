@@ -54,20 +54,25 @@ class Cancelled(Exception):
 class RunnerAPI:
     """The runner's side of /api/v1/jobs/{id}/runner/*, patient through outages."""
 
-    def __init__(self, server: str, job_id: str, token: str) -> None:
+    def __init__(
+        self, server: str, job_id: str, token: str, http: httpx.Client | None = None
+    ) -> None:
         self.job_id = job_id
-        self.http = httpx.Client(
-            base_url=server.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=httpx.Timeout(30.0, connect=5.0),
-        )
+        self.base = server.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.own_http = http is None  # a worker shares one connection pool between its jobs
+        self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
 
     def call(self, path: str, body: Any, patience_s: float = PATIENCE_S) -> Any:
         deadline = time.monotonic() + patience_s
         delay = 0.2
         while True:
             try:
-                r = self.http.post(f"/api/v1/jobs/{self.job_id}/runner/{path}", json=body)
+                r = self.http.post(
+                    f"{self.base}/api/v1/jobs/{self.job_id}/runner/{path}",
+                    json=body,
+                    headers=self.headers,
+                )
                 if r.status_code in (401, 403, 404, 409):
                     raise Revoked(_detail(r))
                 if r.status_code < 500:
@@ -82,7 +87,8 @@ class RunnerAPI:
             delay = min(delay * 2, 1.0)  # a restarted server hears from us at once
 
     def close(self) -> None:
-        self.http.close()
+        if self.own_http:
+            self.http.close()
 
 
 def _detail(r: httpx.Response) -> str:
@@ -205,8 +211,15 @@ def _pdeathsig_and_limits(memory_mb: int) -> Any:
 class JobRun:
     """One attempt of one job on this machine."""
 
-    def __init__(self, server: str, job_id: str, token: str, cache: ContentCache | None = None):
-        self.api = RunnerAPI(server, job_id, token)
+    def __init__(
+        self,
+        server: str,
+        job_id: str,
+        token: str,
+        cache: ContentCache | None = None,
+        http: httpx.Client | None = None,
+    ):
+        self.api = RunnerAPI(server, job_id, token, http)
         self.reporter = Reporter(self.api)
         self.cache = cache or ContentCache(
             cache_root() / "content", int(os.environ.get("FORGEHUB_CACHE_MB", "10240")) << 20

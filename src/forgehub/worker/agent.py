@@ -56,6 +56,10 @@ class WorkerAgent:
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=httpx.Timeout(self.poll_s + 15, connect=5.0),
         )
+        self.runner_http = httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
+        )
         self.cache = ContentCache(
             cache_root() / "content", int(os.environ.get("FORGEHUB_CACHE_MB", "10240")) << 20
         )
@@ -161,7 +165,7 @@ class WorkerAgent:
 
     def start(self, got: dict[str, Any]) -> None:
         job_id = got["job_id"]
-        run = JobRun(self.server, job_id, got["token"], self.cache)
+        run = JobRun(self.server, job_id, got["token"], self.cache, self.runner_http)
         res = Resources.model_validate(got.get("resources") or {})
         with self._lock:
             self.running[job_id] = (run, res)
@@ -193,6 +197,7 @@ class WorkerAgent:
         except httpx.TransportError:
             pass
         self.http.close()
+        self.runner_http.close()
 
     def install_signals(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
