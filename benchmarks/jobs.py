@@ -185,13 +185,15 @@ def main() -> None:
         while not api.get("/api/v1/workers").json():
             time.sleep(0.1)
         noop_run(api, "workers", 10, "starting")  # warm up
-        r = noop_run(api, "workers", a.jobs, "starting")
+        lat = latency(api, "workers", 50, "starting")
         rows.append(
             (
-                "worker: submit→pickup p50 / p99 (target p50 ≤ 100 ms)",
-                f"{r['p50']:.0f} / {r['p99']:.0f} ms",
+                "worker: submit→pickup p50 / p99, one at a time (target p50 ≤ 100 ms)",
+                f"{statistics.median(lat):.0f} / {pct(lat, 99):.0f} ms",
             )
         )
+        r = noop_run(api, "workers", a.jobs, "starting")
+        rows.append((f"worker: submit→pickup p50 in a burst of {a.jobs}", f"{r['p50']:.0f} ms"))
         rows.append(("worker: submit→succeeded p50", f"{r['e2e_p50']:.0f} ms"))
         rows.append(("worker: throughput (target ≥ 20 jobs/s)", f"{r['jobs_s']:.1f} jobs/s"))
         if not a.skip_slurm:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from typing import Any
@@ -282,18 +281,11 @@ def run(
 ) -> None:
     """The job runner that every compute back end starts. It reads its job token from
     FORGEHUB_JOB_TOKEN (never from the command line, where other users could read it)."""
-    import logging
+    from forgehub.jobs.runner import main
 
-    from forgehub.jobs.runner import JobRun
-
-    token = os.environ.get("FORGEHUB_JOB_TOKEN")
-    if not token:
+    if not os.environ.get("FORGEHUB_JOB_TOKEN"):
         fail("FORGEHUB_JOB_TOKEN is not set; the runner is started by forgehub, not by hand")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    runner = JobRun(server, job, token)
-    signal.signal(signal.SIGTERM, lambda *_: runner.request_cancel())
-    raise typer.Exit(runner.run())
+    raise typer.Exit(main(["--server", server, "--job", job]))
 
 
 # -- compute ------------------------------------------------------------------------------------

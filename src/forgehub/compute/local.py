@@ -41,9 +41,7 @@ def runner_command(launch: Launch) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "forgehub.cli",
-        "job",
-        "run",
+        "forgehub.jobs.runner",
         "--server",
         launch.server_url,
         "--job",

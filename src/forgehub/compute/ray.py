@@ -99,7 +99,7 @@ class RayCompute(ComputeAdapter):
 
     def submit(self, launch: Launch) -> str:
         res = launch.resources
-        run = [self.cfg.python, "-m", "forgehub.cli", "job", "run"]
+        run = [self.cfg.python, "-m", "forgehub.jobs.runner"]
         run += ["--server", launch.server_url, "--job", launch.job_id]
         body: dict[str, object] = {
             "entrypoint": shlex.join(run),

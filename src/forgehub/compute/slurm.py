@@ -180,9 +180,7 @@ class SlurmCompute(ComputeAdapter):
         run = [
             cfg.python,
             "-m",
-            "forgehub.cli",
-            "job",
-            "run",
+            "forgehub.jobs.runner",
             "--server",
             launch.server_url,
             "--job",

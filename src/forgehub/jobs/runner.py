@@ -26,13 +26,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from forgehub.artifacts.cache import ContentCache
-from forgehub.artifacts.content import parse_manifest, push_path
-from forgehub.storage import StorageError, make
+if TYPE_CHECKING:  # imported when a job has inputs or outputs: a no-op job starts faster
+    from forgehub.artifacts.cache import ContentCache
 
 log = logging.getLogger("forgehub.runner")
 FLUSH_S = 0.5
@@ -187,6 +186,14 @@ class Reporter:
         self.flush(patience_s=PATIENCE_S)
 
 
+def machine_cache() -> ContentCache:
+    """This machine's content cache, shared by every job that runs here."""
+    from forgehub.artifacts.cache import ContentCache
+
+    mb = int(os.environ.get("FORGEHUB_CACHE_MB", "10240"))
+    return ContentCache(cache_root() / "content", mb << 20)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("FORGEHUB_CACHE_DIR") or Path.home() / ".cache" / "forgehub")
 
@@ -221,11 +228,15 @@ class JobRun:
     ):
         self.api = RunnerAPI(server, job_id, token, http)
         self.reporter = Reporter(self.api)
-        self.cache = cache or ContentCache(
-            cache_root() / "content", int(os.environ.get("FORGEHUB_CACHE_MB", "10240")) << 20
-        )
+        self._cache = cache
         self.job_id = job_id
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def cache(self) -> ContentCache:
+        if self._cache is None:
+            self._cache = machine_cache()
+        return self._cache
 
     def check(self, _n: int = 0) -> None:
         if self.reporter.cancel.is_set():
@@ -256,6 +267,8 @@ class JobRun:
         except Exception as exc:  # noqa: BLE001 - reported as the job's error
             self._kill()
             log.debug("job failed", exc_info=True)
+            from forgehub.storage import StorageError
+
             plain = isinstance(exc, RuntimeError | TimeoutError | StorageError)
             outcome = {
                 "state": "failed",
@@ -298,6 +311,9 @@ class JobRun:
         outcome: dict[str, Any] = {"state": "succeeded", "result": result}
         files = [p for p in output_dir.rglob("*") if p.is_file()]
         if files:
+            from forgehub.artifacts.content import push_path
+            from forgehub.storage import make
+
             target = files[0] if len(files) == 1 else output_dir
             adapter = make(spec["output_storage"]["kind"], spec["output_storage"]["config"])
             say("system", f"uploading {spec['output']} to {spec['output_storage']['name']}")
@@ -313,6 +329,9 @@ class JobRun:
 
     def _materialise(self, item: dict[str, Any], dest: Path) -> Path:
         """An input as a local path: a cached file, or a directory of links into the cache."""
+        from forgehub.artifacts.content import parse_manifest
+        from forgehub.storage import make
+
         adapter = make(item["storage"]["kind"], item["storage"]["config"])
         top = self.cache.fetch(adapter, item["digest"], progress=self.check)
         if item["kind"] != "dir":
@@ -448,8 +467,26 @@ class JobRun:
                 continue
 
 
-def run_job(server: str, job_id: str, token: str, cache: ContentCache | None = None) -> int:
-    return JobRun(server, job_id, token, cache).run()
+def main(argv: list[str] | None = None) -> int:
+    """``python -m forgehub.jobs.runner --server URL --job ID``: what back ends start (the same
+    as ``forgehub job run``, without loading the whole CLI). The token is read from
+    FORGEHUB_JOB_TOKEN, never from the command line."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="forgehub job run", description=main.__doc__)
+    ap.add_argument("--server", default=os.environ.get("FORGEHUB_URL"), required=False)
+    ap.add_argument("--job", required=True)
+    args = ap.parse_args(argv)
+    token = os.environ.get("FORGEHUB_JOB_TOKEN")
+    if not token or not args.server:
+        print("forgehub job run: FORGEHUB_JOB_TOKEN and --server are needed", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    runner = JobRun(args.server, args.job, token)
+    signal.signal(signal.SIGTERM, lambda *_: runner.request_cancel())
+    return runner.run()
 
 
-__all__ = ["JobRun", "StorageError", "run_job"]
+if __name__ == "__main__":
+    sys.exit(main())
