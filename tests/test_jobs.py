@@ -353,8 +353,8 @@ def test_kill_worker_mid_job_requeues_on_another(
     worker("spare", "--cpus", "1")
     done = wait(api, job["id"], FINISHED, 60)
     assert done["state"] == "succeeded", done
-    assert done["attempt"] == 1 and done["worker_id"] != first_worker
     events = api.get(f"/api/v1/jobs/{job['id']}").json()["events"]
+    assert done["attempt"] == 1 and done["worker_id"] != first_worker, "\n".join(f"{e['at']} {e['state']} {e['message']}" for e in events)
     assert [e["state"] for e in events].count("succeeded") == 1
     assert any("lease lapsed" in (e["message"] or "") for e in events)
 
@@ -376,7 +376,9 @@ def test_worker_jobs_keep_running_through_a_server_restart(
     server.start()  # … and comes back on the same port and store
     done = wait(api, job["id"], FINISHED, 60)
     assert done["state"] == "succeeded", done
-    assert done["attempt"] == 0  # not re-run: the runner reconnected
+    events = api.get(f"/api/v1/jobs/{job['id']}").json()["events"]
+    timeline = "\n".join(f"{e['at']} {e['state']} {e['message']}" for e in events)
+    assert done["attempt"] == 0, timeline  # not re-run: the runner reconnected
     lines = [line for line in log_text(api, job["id"]).splitlines() if line.startswith("line")]
     assert lines == [f"line {i}" for i in range(1, 9)]  # nothing lost, nothing twice
 

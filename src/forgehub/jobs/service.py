@@ -346,6 +346,22 @@ def claim(
     return None
 
 
+def release(session: Session, job: Job, why: str) -> bool:
+    """Give a claimed job that never started back to the queue (no attempt is used up)."""
+    if job.state != JobState.starting or job.started_at is not None:
+        return False
+    return transition(
+        session,
+        job,
+        JobState.queued,
+        why,
+        worker_id=None,
+        backend_ref=None,
+        token_digest=None,
+        lease_expires_at=None,
+    )
+
+
 # -- what the runner reports -------------------------------------------------------------------
 
 

@@ -235,10 +235,22 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
                 "resources": job.spec.get("resources", {}),
             }
 
+    def release(job_id: str) -> None:
+        with state.db.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                service.release(s, job, "the worker went away before it took the job")
+
     while True:
         waiter = state.jobs_signal.waiter()
+        if await request.is_disconnected():
+            return Response(status_code=204)
         got = await anyio.to_thread.run_sync(attempt)
         if got is not None:
+            if await request.is_disconnected():  # nobody to hand it to: back to the queue
+                await anyio.to_thread.run_sync(release, got["job_id"])
+                state.dispatcher.notify()
+                return Response(status_code=204)
             return got
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0 or await request.is_disconnected():
