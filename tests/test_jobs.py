@@ -354,7 +354,8 @@ def test_kill_worker_mid_job_requeues_on_another(
     done = wait(api, job["id"], FINISHED, 60)
     assert done["state"] == "succeeded", done
     events = api.get(f"/api/v1/jobs/{job['id']}").json()["events"]
-    assert done["attempt"] == 1 and done["worker_id"] != first_worker, "\n".join(f"{e['at']} {e['state']} {e['message']}" for e in events)
+    timeline = "\n".join(f"{e['at']} {e['state']} {e['message']}" for e in events)
+    assert done["attempt"] == 1 and done["worker_id"] != first_worker, timeline
     assert [e["state"] for e in events].count("succeeded") == 1
     assert any("lease lapsed" in (e["message"] or "") for e in events)
 

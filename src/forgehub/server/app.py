@@ -11,7 +11,6 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from forgehub import __version__
@@ -104,17 +103,15 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     docs.install(app, "/api/v1/openapi.json", "/api/v1/docs")
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        # The dashboard lands here (issue #7); until then, the interactive API docs.
-        return RedirectResponse("/api/v1/docs")
-
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
     _mount_model_api(app, settings)
     _install_jobs(app, settings)
+    from forgehub import web
+
+    web.install(app)
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(users.router)

@@ -34,13 +34,26 @@ def bearer(request: Request) -> str | None:
     return None
 
 
-def principal_from_request(request: Request) -> Principal | None:
-    """The caller, or None when no (valid) credentials were sent. Raises on a bad token."""
+def principal_from_request(request: Request, check_csrf: bool = True) -> Principal | None:
+    """The caller, or None when no (valid) credentials were sent. Raises on a bad token.
+
+    Dashboard form posts check their CSRF form field themselves (``check_csrf=False``)."""
     if not request.app.state.settings.auth:
         return request.app.state.local_principal or LOCAL
-    value = bearer(request) or request.cookies.get("forgehub_session")
+    value = bearer(request)
     if value is None:
-        return None
+        value = request.cookies.get("forgehub_session")
+        if value is None:
+            return None
+        # a browser sends cookies on its own: unsafe requests must prove they come from our page
+        from forgehub.web.session import SAFE_METHODS, csrf_ok
+
+        if (
+            check_csrf
+            and request.method not in SAFE_METHODS
+            and not csrf_ok(request, request.headers.get("x-csrf-token"))
+        ):
+            raise HTTPException(403, "missing or wrong CSRF token (X-CSRF-Token header)")
     with get_db(request).session() as s:
         try:
             return authenticate(s, value)

@@ -320,3 +320,36 @@ async def runner_finish(
     out = await _runner_call(request, job_id, token, fn)
     request.app.state.dispatcher.wake.set()  # a local slot is free
     return out
+
+
+class PublishIn(BaseModel):
+    version: str | None = Field(default=None, max_length=64)
+
+
+@router.post("/{job_id}/publish", summary="Publish a finished training's weights as a version")
+def publish(job_id: str, body: PublishIn, principal: CurrentUser, session: DbSession) -> Any:
+    try:
+        job = service.get_job(session, principal, job_id)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    if job.state != JobState.succeeded or job.kind != "train" or not job.module:
+        raise HTTPException(409, "only a succeeded training can be published")
+    digest = ((job.result or {}).get("output") or {}).get("digest")
+    from forgehub.db.models import Artifact
+
+    art = session.scalar(
+        select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == digest)
+    )
+    if art is None:
+        raise HTTPException(409, "this training produced no weights")
+    spec = dict(job.spec)
+    if body.version:
+        spec["publish_version"] = body.version
+    job.spec = spec
+    out = service.publish(session, job, art)
+    if "error" in out:
+        raise HTTPException(409, out["error"])
+    result = dict(job.result or {})
+    result["published"] = out
+    job.result = result
+    return out

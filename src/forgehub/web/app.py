@@ -1,0 +1,99 @@
+"""The dashboard app: templates, static files, the signed-in user, and the page routers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+
+from forgehub import __version__
+from forgehub.auth import Principal
+from forgehub.server.deps import principal_from_request
+from forgehub.web.session import csrf_token
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _markdown(text: str) -> Markup:
+    """Markdown rendered safely: raw HTML in the source is escaped, links stay links."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False})
+    md.validateLink = lambda url: url.lower().startswith(  # type: ignore[method-assign]
+        ("http://", "https://", "/", "#")
+    )
+    return Markup(md.render(text or ""))
+
+
+def _when(value: Any) -> str:
+    if not value:
+        return "—"
+    s = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return s[:19].replace("T", " ")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    x = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if x < 1024 or unit == "TB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return str(n)
+
+
+templates.env.filters["markdown"] = _markdown
+templates.env.filters["when"] = _when
+templates.env.filters["size"] = _size
+templates.env.globals["version"] = __version__
+
+
+class NotSignedIn(Exception):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def user(request: Request) -> Principal:
+    """The signed-in user, or a redirect to the sign-in page. A view that changes something
+    checks the form's CSRF field itself."""
+    try:
+        p = principal_from_request(request, check_csrf=False)
+    except HTTPException:
+        p = None
+    if p is None:
+        raise NotSignedIn(request.url.path)
+    return p
+
+
+def render(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    started = time.perf_counter()
+    principal = ctx.pop("principal", None)
+    resp = templates.TemplateResponse(
+        request,
+        template,
+        {"principal": principal, "csrf": csrf_token(request), "path": request.url.path, **ctx},
+        status_code=status,
+    )
+    resp.headers["Server-Timing"] = f"render;dur={(time.perf_counter() - started) * 1000:.1f}"
+    return resp
+
+
+def install(app: FastAPI) -> None:
+    from forgehub.web.pages import account, jobs, market, storage
+
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    for module in (market, jobs, storage, account):
+        app.include_router(module.router, include_in_schema=False)
+
+    @app.exception_handler(NotSignedIn)
+    async def _to_login(request: Request, exc: NotSignedIn) -> RedirectResponse:
+        return RedirectResponse(f"/login?next={quote(exc.path)}", status_code=303)

@@ -1,0 +1,152 @@
+"""Sign in and out, API tokens, compute connections and workers."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from forgehub.auth import AuthError, authenticate, create_token, hash_token
+from forgehub.db.models import ComputeConnection, Token, User, utcnow
+from forgehub.web.app import render, user
+from forgehub.web.session import SESSION_COOKIE, clear_session, csrf_ok, set_session
+
+router = APIRouter()
+
+
+def _safe_next(value: str | None) -> str:
+    return value if value and value.startswith("/") and not value.startswith("//") else "/"
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/") -> Response:
+    settings = request.app.state.settings
+    hint = str(settings.admin_token_file) if settings.local_admin else None
+    return render(request, "login.html", next=_safe_next(next), token_file=hint, error=None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
+    state = request.app.state
+    with state.db.session() as s:
+        try:
+            principal = authenticate(s, token.strip())
+        except AuthError as exc:
+            settings = state.settings
+            hint = str(settings.admin_token_file) if settings.local_admin else None
+            return render(
+                request,
+                "login.html",
+                401,
+                next=_safe_next(next),
+                token_file=hint,
+                error=f"That token did not work: {exc}.",
+            )
+        u = s.get(User, principal.user_id)
+        assert u is not None
+        from forgehub.web.session import SESSION_TTL
+
+        _, session_token = create_token(s, u, "dashboard session", SESSION_TTL)
+    resp = RedirectResponse(_safe_next(next), status_code=303)
+    set_session(resp, session_token, secure=request.url.scheme == "https")
+    return resp
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: str = Form("")) -> Response:
+    if not csrf_ok(request, csrf):
+        return Response("missing or wrong CSRF token", status_code=403)
+    value = request.cookies.get(SESSION_COOKIE)
+    if value:
+        with request.app.state.db.session() as s:
+            t = s.scalar(select(Token).where(Token.digest == hash_token(value)))
+            if t is not None and t.revoked_at is None:
+                t.revoked_at = utcnow()
+    resp = RedirectResponse("/login", status_code=303)
+    clear_session(resp)
+    return resp
+
+
+@router.get("/tokens", response_class=HTMLResponse)
+def tokens_page(request: Request) -> Response:
+    p = user(request)
+    with request.app.state.db.session() as s:
+        rows = list(
+            s.scalars(
+                select(Token)
+                .where(Token.user_id == p.user_id, Token.name != "dashboard session")
+                .order_by(Token.created_at.desc())
+            )
+        )
+    return render(request, "tokens.html", principal=p, tokens=rows, created=None, error=None)
+
+
+@router.post("/tokens", response_class=HTMLResponse)
+def tokens_create(
+    request: Request, name: str = Form(""), days: int = Form(90), csrf: str = Form("")
+) -> Response:
+    p = user(request)
+    if not csrf_ok(request, csrf):
+        return Response("missing or wrong CSRF token", status_code=403)
+    error = None
+    created = None
+    with request.app.state.db.session() as s:
+        if not name.strip() or len(name) > 128:
+            error = "Give the token a name (what it is for), up to 128 characters."
+        elif not 1 <= days <= 3650:
+            error = "Lifetime is 1 to 3650 days."
+        else:
+            u = s.get(User, p.user_id)
+            assert u is not None
+            _, created = create_token(s, u, name.strip(), timedelta(days=days))
+        rows = list(
+            s.scalars(
+                select(Token)
+                .where(Token.user_id == p.user_id, Token.name != "dashboard session")
+                .order_by(Token.created_at.desc())
+            )
+        )
+    return render(
+        request,
+        "tokens.html",
+        422 if error else 200,
+        principal=p,
+        tokens=rows,
+        created=created,
+        error=error,
+    )
+
+
+@router.post("/tokens/{token_id}/revoke")
+def tokens_revoke(request: Request, token_id: str, csrf: str = Form("")) -> Response:
+    p = user(request)
+    if not csrf_ok(request, csrf):
+        return Response("missing or wrong CSRF token", status_code=403)
+    with request.app.state.db.session() as s:
+        t = s.get(Token, token_id)
+        if t is not None and t.user_id == p.user_id and t.revoked_at is None:
+            t.revoked_at = utcnow()
+    return RedirectResponse("/tokens", status_code=303)
+
+
+@router.get("/compute", response_class=HTMLResponse)
+def compute_page(request: Request) -> Response:
+    from forgehub.jobs import service
+    from forgehub.server.routers.compute import list_workers
+
+    p = user(request)
+    with request.app.state.db.session() as s:
+        service.ensure_default_compute(s, p.user_id)
+        conns = [
+            service.COMPUTE.out(c)
+            for c in s.scalars(
+                select(ComputeConnection)
+                .where(ComputeConnection.owner_id == p.user_id)
+                .order_by(ComputeConnection.name)
+            )
+        ]
+        workers: list[dict[str, Any]] = list_workers(p, s)
+    return render(request, "compute.html", principal=p, connections=conns, workers=workers)

@@ -1,0 +1,166 @@
+"""Jobs: the list (filtered, paged), a job's page (timeline, live log, metric plots, outputs),
+and the train form of a module."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from sqlalchemy import func, select
+
+from forgehub.auth import visible
+from forgehub.db.models import (
+    Artifact,
+    ComputeConnection,
+    Job,
+    JobEvent,
+    JobState,
+    StorageConnection,
+)
+from forgehub.jobs import service
+from forgehub.web.app import render, user
+from forgehub.web.pages.market import arg_form
+
+router = APIRouter()
+PER_PAGE = 25
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(
+    request: Request,
+    state: str = Query(""),
+    module: str = Query(""),
+    compute: str = Query(""),
+    page: int = Query(1, ge=1, le=100_000),
+) -> Response:
+    p = user(request)
+    with request.app.state.db.session() as s:
+        stmt = visible(select(Job), Job, p)
+        if state in JobState.__members__:
+            stmt = stmt.where(Job.state == JobState(state))
+        if module:
+            stmt = stmt.where(Job.module == module)
+        if compute:
+            stmt = stmt.join(ComputeConnection, Job.compute_id == ComputeConnection.id).where(
+                ComputeConnection.name == compute
+            )
+        total = s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        rows = list(
+            s.scalars(
+                stmt.order_by(Job.created_at.desc(), Job.id)
+                .limit(PER_PAGE)
+                .offset((page - 1) * PER_PAGE)
+            )
+        )
+        names = dict(
+            s.execute(
+                select(ComputeConnection.id, ComputeConnection.name).where(
+                    ComputeConnection.id.in_({j.compute_id for j in rows})
+                )
+            ).all()
+        )
+        computes = list(
+            s.scalars(
+                select(ComputeConnection.name)
+                .where(ComputeConnection.owner_id == p.user_id)
+                .order_by(ComputeConnection.name)
+            )
+        )
+    modules = sorted(request.app.state.model_api.modules)
+    return render(
+        request,
+        "jobs.html",
+        principal=p,
+        jobs=rows,
+        names=names,
+        total=total,
+        page=page,
+        pages=max(1, -(-total // PER_PAGE)),
+        states=[s.value for s in JobState],
+        modules=modules,
+        computes=computes,
+        f={"state": state, "module": module, "compute": compute},
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str) -> Response:
+    p = user(request)
+    with request.app.state.db.session() as s:
+        try:
+            job = service.get_job(s, p, job_id)
+        except service.JobError as exc:
+            return render(request, "error.html", exc.status, principal=p, message=str(exc))
+        events = list(
+            s.scalars(select(JobEvent).where(JobEvent.job_id == job.id).order_by(JobEvent.id))
+        )
+        compute = s.get(ComputeConnection, job.compute_id)
+        storage = s.get(StorageConnection, job.storage_id)
+        output = None
+        digest = ((job.result or {}).get("output") or {}).get("digest")
+        if digest:
+            output = s.scalar(
+                select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == digest)
+            )
+    return render(
+        request,
+        "job.html",
+        principal=p,
+        job=job,
+        events=events,
+        compute=compute.name if compute else "?",
+        storage=storage.name if storage else "?",
+        output=output,
+        finished=JobState(job.state).finished,
+    )
+
+
+@router.get("/modules/{name}/train", response_class=HTMLResponse)
+def train_page(request: Request, name: str) -> Response:
+    from forgehub.artifacts.connections import ensure_default
+
+    p = user(request)
+    loaded = request.app.state.model_api.modules.get(name)
+    if loaded is None or not loaded.trainable:
+        return render(
+            request,
+            "error.html",
+            404,
+            principal=p,
+            message=f"{name!r} is not a trainable module installed on this server",
+        )
+    state = request.app.state
+    with state.db.session() as s:
+        service.ensure_default_compute(s, p.user_id)
+        ensure_default(s, state.secrets, p.user_id, state.settings.data_dir)
+        computes = list(
+            s.scalars(
+                select(ComputeConnection)
+                .where(ComputeConnection.owner_id == p.user_id)
+                .order_by(ComputeConnection.is_default.desc(), ComputeConnection.name)
+            )
+        )
+        storages = list(
+            s.scalars(
+                select(StorageConnection)
+                .where(StorageConnection.owner_id == p.user_id)
+                .order_by(StorageConnection.is_default.desc(), StorageConnection.name)
+            )
+        )
+        datasets = list(
+            s.scalars(
+                select(Artifact)
+                .where(Artifact.owner_id == p.user_id)
+                .order_by(Artifact.created_at.desc())
+                .limit(200)
+            )
+        )
+    return render(
+        request,
+        "train.html",
+        principal=p,
+        name=name,
+        fields=arg_form(loaded.train_specs),
+        computes=computes,
+        storages=storages,
+        datasets=datasets,
+    )

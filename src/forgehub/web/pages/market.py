@@ -1,0 +1,106 @@
+"""The marketplace: search with facet counts, module cards, a module's page and its try form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, Response
+
+from forgehub.catalog import service
+from forgehub.catalog.service import CatalogError
+from forgehub.db.models import User
+from forgehub.web.app import render, user
+
+router = APIRouter()
+FACET_TITLES = {
+    "category": "Category",
+    "task": "Task",
+    "library": "Library",
+    "data_type": "Data type",
+    "tag": "Tag",
+}
+
+
+def arg_form(specs: list[Any]) -> list[dict[str, Any]]:
+    """Form fields from a module's argument JSON Schema (one entry per argument)."""
+    fields = []
+    for spec in specs:
+        schema = spec.json_schema()
+        fields.append(
+            {
+                "name": spec.name,
+                "required": spec.required,
+                "schema": schema,
+                "title": schema.get("title") or spec.name,
+            }
+        )
+    return fields
+
+
+@router.get("/", response_class=HTMLResponse)
+def market(
+    request: Request,
+    q: str = Query("", max_length=200),
+    category: list[str] = Query([]),  # noqa: B006
+    task: list[str] = Query([]),  # noqa: B006
+    library: list[str] = Query([]),  # noqa: B006
+    data_type: list[str] = Query([]),  # noqa: B006
+    tag: list[str] = Query([]),  # noqa: B006
+    page: int = Query(1, ge=1, le=10_000),
+) -> Response:
+    p = user(request)
+    chosen = {
+        k: v
+        for k, v in {
+            "category": category,
+            "task": task,
+            "library": library,
+            "data_type": data_type,
+            "tag": tag,
+        }.items()
+        if v
+    }
+    with request.app.state.db.session() as s:
+        result = service.search(s, service.SearchQuery(q=q, filters=chosen, page=page, per_page=24))
+    pages = max(1, -(-result["total"] // 24))
+    return render(
+        request,
+        "market.html",
+        principal=p,
+        q=q,
+        result=result,
+        chosen=chosen,
+        facet_titles=FACET_TITLES,
+        page=page,
+        pages=pages,
+    )
+
+
+@router.get("/modules/{name}", response_class=HTMLResponse)
+def module_page(request: Request, name: str) -> Response:
+    p = user(request)
+    with request.app.state.db.session() as s:
+        try:
+            m = service.get_module(s, name)
+        except CatalogError as exc:
+            return render(request, "error.html", 404, principal=p, message=str(exc))
+        owner = s.get(User, m.owner_id).name if m.owner_id and s.get(User, m.owner_id) else None
+        versions = list(reversed(m.versions))
+        meta = m.meta
+        categories = service.short_categories(meta)
+    loaded = request.app.state.model_api.modules.get(name)
+    predict_fields = arg_form(loaded.predict_specs) if loaded is not None else []
+    return render(
+        request,
+        "module.html",
+        principal=p,
+        m=m,
+        meta=meta,
+        owner=owner,
+        versions=versions,
+        categories=categories,
+        served=loaded is not None,
+        trainable=bool(loaded is not None and loaded.trainable),
+        predict_fields=predict_fields,
+    )

@@ -1,0 +1,49 @@
+"""Dashboard sessions: sign in with an API token, get a session cookie.
+
+The cookie holds a new, short-lived token of its own (revoked at sign-out), is HttpOnly and
+SameSite=Lax. Unsafe requests authenticated by the cookie must carry the CSRF token (a form
+field or the ``X-CSRF-Token`` header) that matches the ``forgehub_csrf`` cookie.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from datetime import timedelta
+
+from fastapi import Request, Response
+
+SESSION_COOKIE = "forgehub_session"
+CSRF_COOKIE = "forgehub_csrf"
+CSRF_HEADER = "x-csrf-token"
+SESSION_TTL = timedelta(hours=12)
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def csrf_token(request: Request) -> str:
+    return request.cookies.get(CSRF_COOKIE) or ""
+
+
+def csrf_ok(request: Request, submitted: str | None) -> bool:
+    expected = csrf_token(request)
+    return bool(expected) and bool(submitted) and hmac.compare_digest(expected, submitted or "")
+
+
+def set_session(response: Response, token: str, secure: bool) -> None:
+    max_age = int(SESSION_TTL.total_seconds())
+    response.set_cookie(
+        SESSION_COOKIE, token, max_age=max_age, httponly=True, samesite="lax", secure=secure
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        secrets.token_urlsafe(24),
+        max_age=max_age,
+        httponly=False,  # the page's JavaScript sends it back as a header
+        samesite="strict",
+        secure=secure,
+    )
+
+
+def clear_session(response: Response) -> None:
+    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(CSRF_COOKIE)

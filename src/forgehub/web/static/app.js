@@ -1,0 +1,261 @@
+// forgehub dashboard: a little JavaScript on server-rendered pages.
+"use strict";
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+async function api(path, opts = {}) {
+  const headers = Object.assign({ "X-CSRF-Token": csrf() }, opts.headers || {});
+  return fetch(path, Object.assign({ credentials: "same-origin" }, opts, { headers }));
+}
+
+async function problem(resp) {
+  try { return await resp.json(); } catch { return { detail: resp.statusText }; }
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+// -- a JSON value as a tree -------------------------------------------------------------------
+function jsonTree(value) {
+  if (value === null || typeof value !== "object") {
+    const cls = typeof value === "string" ? "s" : "n";
+    return el("span", { class: cls }, JSON.stringify(value));
+  }
+  const ul = el("ul");
+  for (const [k, v] of Object.entries(value)) {
+    ul.append(el("li", {}, el("span", { class: "k" }, Array.isArray(value) ? `${k}: ` : `"${k}": `), jsonTree(v)));
+  }
+  return ul;
+}
+
+// -- errors next to the field they concern -----------------------------------------------------
+function clearErrors(form) {
+  form.querySelectorAll(".field-error, .form-error").forEach((p) => (p.textContent = ""));
+  form.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
+}
+
+function showErrors(form, body) {
+  let placed = false;
+  const errors = body.errors || {};
+  const list = Array.isArray(errors) ? errors : Object.entries(errors).map(([k, v]) => ({ path: k, reason: [].concat(v).join(" ") }));
+  for (const e of list) {
+    const name = String(e.path || e.field || "").split(".").pop();
+    const field = form.querySelector(`.field[data-name="${CSS.escape(name)}"]`);
+    if (field) {
+      field.classList.add("invalid");
+      field.querySelector(".field-error").textContent = e.reason || e.msg || e.message || "invalid";
+      placed = true;
+    }
+  }
+  if (!placed) form.querySelector(".form-error").textContent = body.detail || "Something went wrong.";
+}
+
+function checkFields(form) {
+  // the browser knows ranges and required fields from the schema: say so before sending
+  let ok = true;
+  form.querySelectorAll(".field[data-name]").forEach((f) => {
+    const input = f.querySelector("input, select");
+    if (input && !input.validity.valid) {
+      f.classList.add("invalid");
+      f.querySelector(".field-error").textContent = input.validationMessage;
+      if (ok) input.focus();
+      ok = false;
+    }
+  });
+  return ok;
+}
+
+function fieldValues(form) {
+  // typed argument values from fields generated from the JSON Schema
+  const args = {};
+  form.querySelectorAll(".field[data-name]").forEach((f) => {
+    const name = f.dataset.name, type = f.dataset.type;
+    const input = f.querySelector("input, select");
+    if (!input || type === "file") return;
+    if (type === "boolean") { args[name] = input.checked; return; }
+    const raw = input.value.trim();
+    if (raw === "") return;
+    if (type === "integer" || type === "number") args[name] = Number(raw);
+    else if (type === "array") args[name] = raw.split(/[\s,]+/).filter(Boolean).map((x) => (isNaN(Number(x)) ? x : Number(x)));
+    else args[name] = raw;
+  });
+  return args;
+}
+
+// -- try a module --------------------------------------------------------------------------------
+function setupPredict(form) {
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    if (!checkFields(form)) return;
+    const out = document.getElementById("result");
+    out.textContent = "Predicting…";
+    const data = new FormData();
+    for (const [k, v] of Object.entries(fieldValues(form))) {
+      for (const item of [].concat(v)) data.append(k, String(item));
+    }
+    form.querySelectorAll('input[type="file"]').forEach((i) => { if (i.files[0]) data.append(i.name, i.files[0]); });
+    const accept = form.querySelector('[name="accept"]')?.value || "application/json";
+    const resp = await api(`/api/v1/model-api/v2/models/${form.getAttribute("data-module")}/predict/`, {
+      method: "POST", body: data, headers: { Accept: accept },
+    });
+    out.textContent = "";
+    if (!resp.ok) { showErrors(form, await problem(resp)); return; }
+    const type = resp.headers.get("content-type") || "";
+    if (type.includes("json")) {
+      out.append(el("h3", {}, "Result"), el("div", { class: "json", id: "result-json" }, jsonTree(await resp.json())));
+    } else if (type.startsWith("image/")) {
+      const url = URL.createObjectURL(await resp.blob());
+      out.append(el("h3", {}, "Result"), el("img", { src: url, alt: "prediction result" }));
+    } else {
+      const url = URL.createObjectURL(await resp.blob());
+      out.append(el("a", { href: url, download: "prediction", class: "button" }, "Download the result"));
+    }
+  });
+}
+
+// -- train a module --------------------------------------------------------------------------------
+function setupTrain(form) {
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    if (!checkFields(form)) return;
+    const v = (id) => document.getElementById(id).value;
+    const body = {
+      kind: "train", module: form.getAttribute("data-module"), args: fieldValues(form),
+      compute: v("compute"), storage: v("storage"),
+      inputs: v("dataset") ? { dataset: v("dataset") } : {},
+      resources: { cpu: Number(v("res-cpu")), gpu: Number(v("res-gpu")), memory_mb: Number(v("res-mem")) },
+      publish: document.getElementById("publish").checked,
+    };
+    const btn = form.querySelector('button[type="submit"]');
+    btn.disabled = true;
+    const resp = await api("/api/v1/jobs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+    btn.disabled = false;
+    if (!resp.ok) {
+      const p = await problem(resp);
+      if (p.errors && !Array.isArray(p.errors)) p.errors = Object.entries(p.errors).map(([k, r]) => ({ path: k, reason: [].concat(r).join(" ") }));
+      showErrors(form, p);
+      return;
+    }
+    location.href = `/jobs/${(await resp.json()).id}`;
+  });
+}
+
+// -- a job: live log, metric plots, state --------------------------------------------------------
+function drawChart(name, points) {
+  const w = 480, h = 150, pad = 28;
+  const xs = points.map((p, i) => (p[0] ?? i + 1)), ys = points.map((p) => p[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (w - 2 * pad);
+  const sy = (y) => h - pad + -((y - y0) / (y1 - y0 || 1)) * (h - 2 * pad);
+  const d = points.map((p, i) => `${i ? "L" : "M"}${sx(xs[i]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+  const last = ys[ys.length - 1];
+  return `<div class="chart" data-metric="${name}"><h3>${name} <span class="muted">${last.toPrecision(4)} at step ${xs[xs.length - 1]}</span></h3>
+    <svg viewBox="0 0 ${w} ${h}" role="img" aria-label="${name} over ${points.length} steps, last ${last.toPrecision(4)}">
+      <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#ccd"/><line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#ccd"/>
+      <text x="2" y="${pad}" font-size="10">${y1.toPrecision(3)}</text><text x="2" y="${h - pad}" font-size="10">${y0.toPrecision(3)}</text>
+      <text x="${w - pad}" y="${h - 8}" font-size="10" text-anchor="end">step ${x1}</text>
+      <path d="${d}" fill="none" stroke="#2456c9" stroke-width="2"/>
+    </svg></div>`;
+}
+
+function setupJob(box) {
+  const id = box.dataset.job;
+  const log = document.getElementById("log");
+  const series = {};
+  let cursor = 0, done = box.dataset.finished === "true";
+  const addLines = (lines) => {
+    const stick = log.scrollTop + log.clientHeight >= log.scrollHeight - 20;
+    for (const [, stream, text] of lines) log.append(el("span", { class: stream }, text + "\n"));
+    if (stick) log.scrollTop = log.scrollHeight;
+  };
+  const es = new EventSource(`/api/v1/jobs/${id}/logs?follow=true`);
+  es.addEventListener("lines", (e) => addLines(JSON.parse(e.data).lines));
+  es.addEventListener("end", () => { es.close(); refresh(); });
+  es.onerror = () => { if (done) es.close(); };
+  async function metrics() {
+    const r = await api(`/api/v1/jobs/${id}/metrics?after=${cursor}`);
+    if (!r.ok) return;
+    const m = await r.json();
+    cursor = m.next;
+    let changed = false;
+    for (const [name, pts] of Object.entries(m.series)) { (series[name] ||= []).push(...pts); changed = true; }
+    if (changed) document.getElementById("charts").innerHTML = Object.entries(series).map(([n, p]) => drawChart(n, p)).join("");
+  }
+  async function refresh() {
+    const r = await api(`/api/v1/jobs/${id}`);
+    if (!r.ok) return;
+    const j = await r.json();
+    const st = document.getElementById("state");
+    st.textContent = j.state; st.className = `state state-${j.state}`;
+    const tl = document.getElementById("timeline");
+    tl.replaceChildren(...j.events.map((e) => el("li", {}, el("span", { class: `state state-${e.state}` }, e.state), " ", el("time", {}, e.at.slice(0, 19).replace("T", " ")), " ", e.message || "")));
+    if (j.error) { const er = document.getElementById("error"); er.textContent = j.error; er.hidden = false; }
+    if (["succeeded", "failed", "cancelled"].includes(j.state) && !done) { done = true; await metrics(); location.reload(); }
+  }
+  metrics();
+  const timer = setInterval(async () => { if (done) { clearInterval(timer); return; } await metrics(); await refresh(); }, 1000);
+  document.getElementById("cancel")?.addEventListener("click", async () => {
+    await api(`/api/v1/jobs/${id}/cancel`, { method: "POST" });
+    refresh();
+  });
+  const pub = document.getElementById("publish");
+  pub?.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const version = document.getElementById("pub-version").value.trim() || null;
+    const r = await api(`/api/v1/jobs/${id}/publish`, { method: "POST", body: JSON.stringify({ version }), headers: { "Content-Type": "application/json" } });
+    if (!r.ok) { pub.querySelector(".form-error").textContent = (await problem(r)).detail; return; }
+    location.reload();
+  });
+}
+
+// -- storage: test buttons, upload with progress ------------------------------------------------
+function setupTests() {
+  document.querySelectorAll(".test-conn").forEach((b) => b.addEventListener("click", async () => {
+    const out = b.parentElement.querySelector(".test-result");
+    out.textContent = "testing…";
+    const r = await api(b.dataset.url, { method: "POST" });
+    const body = await problem(r);
+    out.textContent = r.ok && body.ok ? `ok: ${body.detail}` : `failed: ${body.detail}`;
+  }));
+}
+
+function setupUpload(form) {
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const file = document.getElementById("upload-file").files[0];
+    if (!file) return;
+    const name = document.getElementById("upload-name").value.trim();
+    const bar = document.getElementById("upload-progress"), status = document.getElementById("upload-status");
+    const params = new URLSearchParams({ filename: file.name });
+    if (name) params.set("name", name);
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/api/v1/artifacts?${params}`);
+    xhr.setRequestHeader("X-CSRF-Token", csrf());
+    xhr.setRequestHeader("Content-Type", "application/octet-stream");
+    bar.hidden = false; bar.value = 0;
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) { bar.value = (100 * e.loaded) / e.total; status.textContent = `${Math.round(bar.value)}%`; } };
+    xhr.onload = () => {
+      if (xhr.status === 201) { status.textContent = "uploaded"; setTimeout(() => location.reload(), 300); }
+      else { let d = xhr.statusText; try { d = JSON.parse(xhr.responseText).detail; } catch {} status.textContent = `failed: ${d}`; }
+    };
+    xhr.onerror = () => { status.textContent = "failed: the connection broke"; };
+    xhr.send(file);
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll("[data-autosubmit]").forEach((c) => c.addEventListener("change", () => c.form.submit()));
+  const p = document.getElementById("predict"); if (p) setupPredict(p);
+  const t = document.getElementById("train"); if (t) setupTrain(t);
+  const j = document.getElementById("job"); if (j) setupJob(j);
+  const u = document.getElementById("upload"); if (u) setupUpload(u);
+  setupTests();
+});
