@@ -341,8 +341,14 @@ def test_kill_worker_mid_job_requeues_on_another(
     job = submit(
         api,
         kind="command",
-        command=["sh", "-c", f"echo start; sleep 3 # {marker}; mkdir -p out; echo done"],
+        command=[
+            "sh",
+            "-c",
+            f"echo start; sleep 3 # {marker}\n"
+            'echo "$FORGEHUB_JOB_ID" > "$FORGEHUB_OUTPUT_DIR/r.txt"',
+        ],
         compute="workers",
+        output="kill-result",
     )
     running = wait(api, job["id"], {"running"})
     first_worker = running["worker_id"]
@@ -358,6 +364,11 @@ def test_kill_worker_mid_job_requeues_on_another(
     assert done["attempt"] == 1 and done["worker_id"] != first_worker, timeline
     assert [e["state"] for e in events].count("succeeded") == 1
     assert any("lease lapsed" in (e["message"] or "") for e in events)
+    # the output is recorded once, by the attempt that finished
+    arts = [a for a in api.get("/api/v1/artifacts").json() if a["producer_job_id"] == job["id"]]
+    assert len(arts) == 1 and "kill-result:latest" in arts[0]["tags"]
+    content = api.get(f"/api/v1/artifacts/{arts[0]['digest']}/content").text
+    assert content.strip() == job["id"]
 
 
 def test_worker_jobs_keep_running_through_a_server_restart(

@@ -127,8 +127,21 @@ class RayCompute(ComputeAdapter):
             if r.status_code >= 400:
                 raise ComputeError(f"Ray status failed: {r.status_code}")
             data = r.json()
-            out[h] = map_status(str(data.get("status")), str(data.get("message") or ""))
+            st = map_status(str(data.get("status")), str(data.get("message") or ""))
+            if data.get("status") == "FAILED":
+                tail = self.logs_tail(h)
+                if tail:
+                    st = BackendStatus(st.state, f"{st.reason}; last log line: {tail}", st.lost)
+            out[h] = st
         return out
+
+    def logs_tail(self, handle: str) -> str:
+        """The last line of a Ray job's own log (what the runner could not report itself)."""
+        r = self._call("GET", f"/api/jobs/{handle}/logs")
+        if not r.is_success:
+            return ""
+        lines = [ln for ln in str(r.json().get("logs", "")).splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else ""
 
     def cancel(self, handle: str) -> None:
         self._call("POST", f"/api/jobs/{handle}/stop")
