@@ -260,3 +260,32 @@ def test_cookie_requests_need_the_csrf_token(server: ForgehubServer) -> None:
         r = c.post("/api/v1/jobs", json={"kind": "command", "command": ["true"]})
         assert r.status_code == 403 and "CSRF" in r.json()["detail"]
         assert c.post("/logout", data={"csrf": "wrong"}).status_code == 403
+
+
+def test_add_a_storage_connection_from_the_dashboard(
+    browser: Any, server: ForgehubServer, tmp_path: Path
+) -> None:
+    s = Session(browser, server, server.admin_token)
+    page = s.page
+    page.goto("/storage")
+    page.get_by_text("Add a storage connection").click()
+    assert unlabelled_controls(page) == []
+    page.get_by_label("Name", exact=True).fill("scratch")
+    page.get_by_label("Kind").select_option("local")
+    page.get_by_role("button", name="Test and save").click()
+    # the folder is required: the error sits next to it, nothing was saved
+    err = page.locator('.kind-fields[data-kind="local"] .field[data-name="path"] .field-error')
+    err.wait_for()
+    assert err.inner_text()
+    page.locator("#storage-local-path").fill(str(tmp_path / "scratch"))
+    page.get_by_role("button", name="Test and save").click()
+    page.locator("table tr", has_text="scratch").wait_for()
+    s.shot("5-storage-connection-added")
+    # the compute page offers Slurm and Ray, with their settings
+    page.goto("/compute")
+    page.get_by_text("Add a compute connection").click()
+    page.get_by_label("Kind").select_option("slurm")
+    assert page.locator("#compute-slurm-partition").is_visible()
+    assert not page.locator("#compute-ray-address").is_visible()
+    s.shot("5-compute-add-form")
+    s.close()

@@ -149,4 +149,23 @@ def compute_page(request: Request) -> Response:
             )
         ]
         workers: list[dict[str, Any]] = list_workers(p, s)
-    return render(request, "compute.html", principal=p, connections=conns, workers=workers)
+    from forgehub.compute import ComputeError, adapter_class, kinds
+    from forgehub.web.pages.market import schema_fields
+
+    kind_forms = []
+    for kind in sorted(kinds()):
+        if kind == "local" and not p.is_admin:
+            continue
+        try:
+            cls = adapter_class(kind)
+        except ComputeError:
+            continue
+        kind_forms.append({"kind": kind, "fields": schema_fields(cls.Config.model_json_schema())})
+    return render(
+        request,
+        "compute.html",
+        principal=p,
+        connections=conns,
+        workers=workers,
+        kinds=kind_forms,
+    )

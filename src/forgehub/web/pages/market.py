@@ -38,6 +38,28 @@ def arg_form(specs: list[Any]) -> list[dict[str, Any]]:
     return fields
 
 
+def schema_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """Form fields from a pydantic JSON Schema (a connection kind's configuration)."""
+    required = set(schema.get("required", []))
+    fields = []
+    for name, prop in schema.get("properties", {}).items():
+        prop = dict(prop)
+        for option in prop.pop("anyOf", []):  # Optional[str] and friends: the non-null type
+            if option.get("type") != "null":
+                prop = {**option, **prop}
+                break
+        prop.setdefault("type", "string")
+        fields.append(
+            {
+                "name": name,
+                "required": name in required,
+                "schema": prop,
+                "title": prop.get("title") or name,
+            }
+        )
+    return fields
+
+
 @router.get("/", response_class=HTMLResponse)
 def market(
     request: Request,

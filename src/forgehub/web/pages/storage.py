@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
@@ -11,6 +13,22 @@ from forgehub.db.models import Artifact, ArtifactTag, StorageConnection
 from forgehub.web.app import render, user
 
 router = APIRouter()
+
+
+def _kinds() -> list[dict[str, Any]]:
+    from forgehub.storage import StorageError, adapter_class, kinds
+    from forgehub.web.pages.market import schema_fields
+
+    out = []
+    for kind in sorted(kinds()):
+        try:
+            cls = adapter_class(kind)
+        except StorageError:
+            continue
+        out.append({"kind": kind, "fields": schema_fields(cls.Config.model_json_schema())})
+    return out
+
+
 PER_PAGE = 50
 
 
@@ -51,6 +69,7 @@ def storage_page(request: Request, page: int = Query(1, ge=1, le=100_000)) -> Re
     return render(
         request,
         "storage.html",
+        kinds=_kinds(),
         principal=p,
         connections=conns,
         artifacts=arts,

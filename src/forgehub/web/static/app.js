@@ -40,13 +40,13 @@ function clearErrors(form) {
   form.querySelectorAll(".field.invalid").forEach((f) => f.classList.remove("invalid"));
 }
 
-function showErrors(form, body) {
+function showErrors(form, body, fields = form) {
   let placed = false;
   const errors = body.errors || {};
   const list = Array.isArray(errors) ? errors : Object.entries(errors).map(([k, v]) => ({ path: k, reason: [].concat(v).join(" ") }));
   for (const e of list) {
     const name = String(e.path || e.field || "").split(".").pop();
-    const field = form.querySelector(`.field[data-name="${CSS.escape(name)}"]`);
+    const field = fields.querySelector(`.field[data-name="${CSS.escape(name)}"]`);
     if (field) {
       field.classList.add("invalid");
       field.querySelector(".field-error").textContent = e.reason || e.msg || e.message || "invalid";
@@ -60,8 +60,8 @@ function checkFields(form) {
   // the browser knows ranges and required fields from the schema: say so before sending
   let ok = true;
   form.querySelectorAll(".field[data-name]").forEach((f) => {
-    const input = f.querySelector("input, select");
-    if (input && !input.validity.valid) {
+    const input = f.querySelector("input, select, textarea");
+    if (input && !input.disabled && !input.validity.valid) {
       f.classList.add("invalid");
       f.querySelector(".field-error").textContent = input.validationMessage;
       if (ok) input.focus();
@@ -76,7 +76,7 @@ function fieldValues(form) {
   const args = {};
   form.querySelectorAll(".field[data-name]").forEach((f) => {
     const name = f.dataset.name, type = f.dataset.type;
-    const input = f.querySelector("input, select");
+    const input = f.querySelector("input, select, textarea");
     if (!input || type === "file") return;
     if (type === "boolean") { args[name] = input.checked; return; }
     const raw = input.value.trim();
@@ -251,7 +251,36 @@ function setupUpload(form) {
   });
 }
 
+// -- add a storage or compute connection ---------------------------------------------------------
+function setupConnectionForm(form) {
+  const select = form.querySelector(".kind-select");
+  const show = () => form.querySelectorAll(".kind-fields").forEach((fs) => {
+    const on = fs.dataset.kind === select.value;
+    fs.hidden = !on; fs.disabled = !on;
+  });
+  select.addEventListener("change", show);
+  show();
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const fs = form.querySelector(`.kind-fields[data-kind="${CSS.escape(select.value)}"]`);
+    const name = form.querySelector('[name="name"]');
+    if (!name.validity.valid) { form.querySelector(".form-error").textContent = "Give it a name: lower-case letters, digits, '_', '.', '-'."; name.focus(); return; }
+    if (!checkFields(fs)) return;
+    const btn = form.querySelector('button[type="submit"]');
+    btn.disabled = true; btn.textContent = "Testing…";
+    const r = await api(form.getAttribute("data-url"), {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ name: name.value, kind: select.value, config: fieldValues(fs) }),
+    });
+    btn.disabled = false; btn.textContent = "Test and save";
+    if (r.ok) { location.reload(); return; }
+    showErrors(form, await problem(r), fs);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  document.querySelectorAll(".connection-form").forEach(setupConnectionForm);
   document.querySelectorAll("[data-autosubmit]").forEach((c) => c.addEventListener("change", () => c.form.submit()));
   const p = document.getElementById("predict"); if (p) setupPredict(p);
   const t = document.getElementById("train"); if (t) setupTrain(t);
