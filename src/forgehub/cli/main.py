@@ -102,11 +102,12 @@ def serve(
         out.print(
             f"[yellow]warning:[/yellow] listening on {settings.host}, reachable from the network"
         )
+    out.print(f"forgehub dashboard: {settings.server_url}/")
     if settings.local_admin:
-        out.print(f"admin token file: {settings.admin_token_file}")
+        out.print(f"  sign in with the admin token in {settings.admin_token_file}")
     out.print(
-        f"forgehub on {settings.server_url}  (API docs: {settings.server_url}/api/v1/docs, "
-        f"model API: {settings.server_url}/api/v1/model-api/v2/models/)"
+        f"  API docs: {settings.server_url}/api/v1/docs   "
+        f"model API: {settings.server_url}/api/v1/model-api/v2/models/"
     )
     uvicorn.run(
         app_,
