@@ -540,3 +540,22 @@ def test_slurm_through_a_login_node_over_ssh(api: httpx.Client, slurm: str) -> N
         assert r.status_code == 400 and "connection test failed" in r.json()["detail"]
     finally:
         sshd.stop()
+
+
+def test_time_limit_stops_a_job(api: httpx.Client, worker: Any) -> None:
+    worker("timer", "--cpus", "1")
+    wait_worker(api, "timer")
+    job = submit(
+        api,
+        kind="command",
+        command=["sleep", "30"],
+        compute="workers",
+        resources={"time_limit_s": 1},
+        max_retries=0,
+    )
+    done = wait(api, job["id"], FINISHED, 30)
+    assert done["state"] == "failed" and "time limit of 1 s" in done["error"], done
+    # a finished job can be retried, as a new job with the same spec
+    r = api.post(f"/api/v1/jobs/{job['id']}/retry")
+    assert r.status_code == 201 and r.json()["retry_of"] == job["id"]
+    api.post(f"/api/v1/jobs/{r.json()['id']}/cancel")
