@@ -8,6 +8,7 @@ restart the server under a running job, and cancel a job while it downloads, run
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -559,3 +560,43 @@ def test_time_limit_stops_a_job(api: httpx.Client, worker: Any) -> None:
     r = api.post(f"/api/v1/jobs/{job['id']}/retry")
     assert r.status_code == 201 and r.json()["retry_of"] == job["id"]
     api.post(f"/api/v1/jobs/{r.json()['id']}/cancel")
+
+
+def test_the_relay_stores_only_verified_blobs_of_the_jobs_own_storage(
+    server: ForgehubServer, api: httpx.Client, dataset: str
+) -> None:
+    """Runners elsewhere reach the server's disk through the server: with their job token,
+    only their job's storage, and only bytes that match the blob's digest."""
+    import hashlib
+
+    w = api.post("/api/v1/workers", json={"name": "relay-probe", "cpus": 1}).json()
+    job = submit(
+        api, module="digits", inputs={"dataset": dataset}, compute="workers", max_retries=0
+    )
+    got = api.post(f"/api/v1/workers/{w['id']}/claim", json={"wait": 5}).json()
+    assert got["job_id"] == job["id"]
+    runner = {"Authorization": f"Bearer {got['token']}"}
+    spec = httpx.post(
+        f"{server.url}/api/v1/jobs/{job['id']}/runner/start", json={}, headers=runner
+    ).json()
+    assert spec["output_storage"]["kind"] == "relay"  # the default store is the server's disk
+    assert "path" not in json.dumps(spec["output_storage"])
+    conn = spec["output_storage"]["config"]["connection"]
+    base = f"{server.url}/api/v1/jobs/{job['id']}/runner/objects"
+    data = b"weights"
+    key = f"blobs/sha256/{hashlib.sha256(data).hexdigest()[:2]}/{hashlib.sha256(data).hexdigest()}"
+    assert httpx.put(f"{base}/{conn}/{key}", content=data, headers=runner).status_code == 200
+    r = httpx.get(f"{base}/{conn}/{key}", headers=runner)
+    assert r.content == data
+    # bytes that do not match the key are refused, and not stored
+    bad = key.replace(key[-4:], "0000")
+    assert httpx.put(f"{base}/{conn}/{bad}", content=data, headers=runner).status_code == 422
+    assert httpx.get(f"{base}/{conn}/{bad}", params={"stat": 1}, headers=runner).status_code == 404
+    # the input is readable through the relay; another connection or a user token is not
+    item = spec["inputs"][0]
+    digest = item["digest"].split(":")[1]
+    path = f"{base}/{item['storage']['config']['connection']}/blobs/sha256/{digest[:2]}/{digest}"
+    assert hashlib.sha256(httpx.get(path, headers=runner).content).hexdigest() == digest
+    assert httpx.get(f"{base}/nope/{key}", headers=runner).status_code == 404
+    assert httpx.get(f"{base}/{conn}/{key}", headers=api.headers).status_code == 401
+    api.post(f"/api/v1/jobs/{job['id']}/cancel")

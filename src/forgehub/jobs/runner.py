@@ -186,6 +186,25 @@ class Reporter:
         self.flush(patience_s=PATIENCE_S)
 
 
+def storage_adapter(spec: dict[str, Any], api: RunnerAPI) -> Any:
+    """The adapter for a storage spec; ``relay`` goes through the server with the job token."""
+    if spec["kind"] == "relay":
+        from pydantic import SecretStr
+
+        from forgehub.jobs.relay import RelayStorage
+
+        cfg = RelayStorage.Config(
+            url=api.base,
+            job_id=api.job_id,
+            connection=spec["config"]["connection"],
+            token=SecretStr(api.headers["Authorization"].split(" ", 1)[1]),
+        )
+        return RelayStorage(cfg)
+    from forgehub.storage import make
+
+    return make(spec["kind"], spec["config"])
+
+
 def machine_cache() -> ContentCache:
     """This machine's content cache, shared by every job that runs here."""
     from forgehub.artifacts.cache import ContentCache
@@ -312,10 +331,9 @@ class JobRun:
         files = [p for p in output_dir.rglob("*") if p.is_file()]
         if files:
             from forgehub.artifacts.content import push_path
-            from forgehub.storage import make
 
             target = files[0] if len(files) == 1 else output_dir
-            adapter = make(spec["output_storage"]["kind"], spec["output_storage"]["config"])
+            adapter = storage_adapter(spec["output_storage"], self.api)
             say("system", f"uploading {spec['output']} to {spec['output_storage']['name']}")
             pushed = push_path(adapter, target, progress=self.check)
             outcome["output"] = {
@@ -330,9 +348,8 @@ class JobRun:
     def _materialise(self, item: dict[str, Any], dest: Path) -> Path:
         """An input as a local path: a cached file, or a directory of links into the cache."""
         from forgehub.artifacts.content import parse_manifest
-        from forgehub.storage import make
 
-        adapter = make(item["storage"]["kind"], item["storage"]["config"])
+        adapter = storage_adapter(item["storage"], self.api)
         top = self.cache.fetch(adapter, item["digest"], progress=self.check)
         if item["kind"] != "dir":
             return top

@@ -368,13 +368,16 @@ def release(session: Session, job: Job, why: str) -> bool:
 def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
     """Everything the runner needs, storage credentials included (over HTTPS, never a file)."""
     storage = session.get(StorageConnection, job.storage_id)
-    assert storage is not None
+    compute = session.get(ComputeConnection, job.compute_id)
+    assert storage is not None and compute is not None
+    # a folder on the server's disk is reached through the server unless the job runs here
+    relay = compute.kind != "local"
     inputs = []
     for item in job.spec.get("inputs", []):
         conn = _input_location(session, item["artifact_id"], job.storage_id)
         if conn is None:
             raise JobError(f"input {item['name']!r} ({item['digest']}) has no stored copy", 409)
-        inputs.append({**item, "storage": _storage_spec(conn, box)})
+        inputs.append({**item, "storage": _storage_spec(conn, box, relay)})
     return {
         "id": job.id,
         "attempt": job.attempt,
@@ -385,18 +388,37 @@ def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
         "command": job.spec.get("command", []),
         "inputs": inputs,
         "output": job.spec.get("output"),
-        "output_storage": _storage_spec(storage, box),
+        "output_storage": _storage_spec(storage, box, relay),
         "resources": job.spec.get("resources", {}),
         "cancel": job.cancel_requested_at is not None,
     }
 
 
-def _storage_spec(conn: StorageConnection, box: SecretBox) -> dict[str, Any]:
+def _storage_spec(conn: StorageConnection, box: SecretBox, relay: bool) -> dict[str, Any]:
+    if relay and conn.kind == "local":
+        return {"name": conn.name, "kind": "relay", "config": {"connection": conn.id}}
     return {
         "name": conn.name,
         "kind": conn.kind,
         "config": {**conn.config, **box.open(conn.secrets)},
     }
+
+
+def relay_connection(session: Session, job: Job, connection_id: str) -> StorageConnection:
+    """A connection the job's runner may reach through the server: its output storage, or
+    where one of its inputs is stored."""
+    allowed = {job.storage_id}
+    ids = [i["artifact_id"] for i in job.spec.get("inputs", [])]
+    if ids:
+        allowed |= set(
+            session.scalars(
+                select(ArtifactLocation.connection_id).where(ArtifactLocation.artifact_id.in_(ids))
+            )
+        )
+    conn = session.get(StorageConnection, connection_id) if connection_id in allowed else None
+    if conn is None:
+        raise JobError("this job has no such storage", 404)
+    return conn
 
 
 def _input_location(session: Session, artifact_id: str, prefer: str) -> StorageConnection | None:

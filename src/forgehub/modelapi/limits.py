@@ -15,7 +15,8 @@ class UploadLimit:
     def __init__(self, app: ASGIApp, max_bytes: int, exempt: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.exempt = exempt  # path prefixes that stream and enforce their own limit
+        # path prefixes that stream and enforce their own limit; "*" matches one segment
+        self.exempt = exempt
 
     @property
     def detail(self) -> str:
@@ -46,8 +47,22 @@ class UploadLimit:
         )
         await send({"type": "http.response.body", "body": body})
 
+    def _exempt(self, path: str) -> bool:
+        for prefix in self.exempt:
+            if "*" not in prefix:
+                if path.startswith(prefix):
+                    return True
+                continue
+            want = prefix.split("/")
+            got = path.split("/")
+            if len(got) >= len(want) and all(
+                w in ("*", g) for w, g in zip(want, got, strict=False)
+            ):
+                return True
+        return False
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+        if scope["type"] != "http" or self._exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:

@@ -353,3 +353,82 @@ def publish(job_id: str, body: PublishIn, principal: CurrentUser, session: DbSes
     result["published"] = out
     job.result = result
     return out
+
+
+@router.get(
+    "/{job_id}/runner/objects/{connection}/{key:path}",
+    summary="Runner: read an object of the job's storage through the server (relay)",
+)
+async def relay_get(
+    job_id: str,
+    connection: str,
+    key: str,
+    request: Request,
+    stat: bool = False,
+    token: str = Depends(job_token),
+) -> Any:
+    from forgehub.storage import StorageError
+
+    state = request.app.state
+
+    def open_object() -> Any:
+        from forgehub.artifacts.connections import adapter_for
+
+        with state.db.session() as s:
+            job = service.job_for_token(s, job_id, token)
+            conn = service.relay_connection(s, job, connection)
+            adapter = adapter_for(conn, state.secrets)
+        info = adapter.stat(key)
+        if info is None:
+            raise service.JobError(f"no object {key}", 404)
+        if stat:
+            return {"size": info.size}
+        return adapter.open(key), info.size
+
+    try:
+        got = await anyio.to_thread.run_sync(open_object)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    except StorageError as exc:
+        raise HTTPException(502, f"storage failed: {exc}") from exc
+    if stat:
+        return got
+    chunks, size = got
+    return StreamingResponse(
+        chunks,  # a sync iterator: Starlette reads it in a worker thread
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(size)},
+    )
+
+
+@router.put(
+    "/{job_id}/runner/objects/{connection}/{key:path}",
+    summary="Runner: store an object in the job's storage through the server (relay)",
+)
+async def relay_put(
+    job_id: str, connection: str, key: str, request: Request, token: str = Depends(job_token)
+) -> Any:
+    from forgehub.jobs.relay import verified
+    from forgehub.server.streaming import body_chunks
+    from forgehub.storage import StorageError
+
+    state = request.app.state
+    length = request.headers.get("content-length")
+
+    def store() -> None:
+        from forgehub.artifacts.connections import adapter_for
+
+        with state.db.session() as s:
+            job = service.job_for_token(s, job_id, token)
+            conn = service.relay_connection(s, job, connection)
+            adapter = adapter_for(conn, state.secrets)
+        size = int(length) if length and length.isdigit() else None
+        adapter.put(key, verified(body_chunks(request), key), size)
+
+    try:
+        await anyio.to_thread.run_sync(store)
+    except service.JobError as exc:
+        raise _raise(exc) from exc
+    except StorageError as exc:
+        raise HTTPException(422 if "digest" in str(exc) else 502, str(exc)) from exc
+    return {"stored": key}

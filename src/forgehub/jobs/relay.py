@@ -1,0 +1,112 @@
+"""Storage through the server, for runners on other machines.
+
+A connection of kind ``local`` is a folder on the server's disk: a runner on a worker, a Slurm
+node or a Ray node cannot write there. For such jobs the spec names the ``relay``: the runner
+reads and writes objects through ``/api/v1/jobs/{id}/runner/objects/{connection}/{key}`` with its
+job token, and the server streams them into the real adapter, checking each blob against its
+digest on the way in (a broken-off or corrupt upload is never stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+import httpx
+from pydantic import SecretStr
+
+from forgehub.storage._http import range_header, stream_get
+from forgehub.storage.base import (
+    AccessDenied,
+    AdapterConfig,
+    IntegrityError,
+    ObjectInfo,
+    ObjectNotFound,
+    StorageAdapter,
+    StorageError,
+    Unavailable,
+)
+
+
+def blob_digest(key: str) -> str | None:
+    """``sha256:<hex>`` of a blob key (``blobs/sha256/ab/<hex>``), else None."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[0] == "blobs" and parts[1] == "sha256":
+        return f"sha256:{parts[3]}"
+    return None
+
+
+def verified(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
+    """Pass ``chunks`` on; at the end, raise if a blob's bytes do not match its key."""
+    want = blob_digest(key)
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+        yield c
+    if want is not None and f"sha256:{h.hexdigest()}" != want:
+        raise IntegrityError(f"upload of {key} does not match its digest")
+
+
+class RelayStorage(StorageAdapter):
+    kind = "relay"
+
+    class Config(AdapterConfig):
+        url: str  # the server
+        job_id: str
+        connection: str  # the connection id on the server
+        token: SecretStr  # the job token
+
+    def __init__(self, config: AdapterConfig) -> None:
+        super().__init__(config)
+        assert isinstance(config, RelayStorage.Config)
+        self.cfg = config
+        self.base = (
+            f"{config.url.rstrip('/')}/api/v1/jobs/{config.job_id}/runner/objects/"
+            f"{config.connection}/"
+        )
+        self.http = httpx.Client(
+            headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},
+            timeout=httpx.Timeout(120.0, connect=10.0),
+        )
+
+    def _check(self, r: httpx.Response, key: str) -> None:
+        if r.status_code == 404:
+            raise ObjectNotFound(key)
+        if r.status_code in (401, 403):
+            raise AccessDenied(f"the server refused the job token for {key}")
+        if r.status_code >= 400:
+            raise StorageError(f"the server's storage failed for {key}: {r.status_code}")
+
+    def _put(self, key: str, chunks: Iterable[bytes], size: int | None) -> None:
+        headers = {"Content-Length": str(size)} if size is not None else {}
+        try:
+            r = self.http.put(self.base + key, content=iter(chunks), headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"upload through the server broke off: {exc}") from exc
+        self._check(r, key)
+
+    def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
+        return stream_get(
+            self.http,
+            self.base + key,
+            range_header(start, end),
+            key,
+            self.cfg.url,
+            lambda r: self._check(r, key),
+        )
+
+    def _stat(self, key: str) -> ObjectInfo | None:
+        try:
+            r = self.http.get(self.base + key, params={"stat": "1"})
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {self.cfg.url}: {exc}") from exc
+        if r.status_code == 404:
+            return None
+        self._check(r, key)
+        return ObjectInfo(key, int(r.json()["size"]))
+
+    def _delete(self, key: str) -> None:
+        raise StorageError("the relay does not delete")
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        raise StorageError("the relay does not list")
