@@ -600,3 +600,41 @@ def test_the_relay_stores_only_verified_blobs_of_the_jobs_own_storage(
     assert httpx.get(f"{base}/nope/{key}", headers=runner).status_code == 404
     assert httpx.get(f"{base}/{conn}/{key}", headers=api.headers).status_code == 401
     api.post(f"/api/v1/jobs/{job['id']}/cancel")
+
+
+def test_batch_prediction_over_a_folder_of_images(api: httpx.Client, tmp_path: Path) -> None:
+    import tarfile
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    truth = {}
+    for i in (0, 1, 2, 3, 4):
+        img = Image.fromarray((d.images[i] / 16 * 255).astype("uint8"), "L").resize((32, 32))
+        img.save(folder / f"img{i}.png")
+        truth[f"img{i}.png"] = int(d.target[i])
+    tar = tmp_path / "images.tar"
+    with tarfile.open(tar, "w") as tf:
+        for p in sorted(folder.iterdir()):
+            tf.add(p, arcname=p.name)
+    r = api.post(
+        "/api/v1/artifacts",
+        params={"name": "digit-images"},
+        content=tar.read_bytes(),
+        headers={"Content-Type": "application/x-tar"},
+    )
+    assert r.status_code == 201, r.text
+    job = submit(api, kind="predict", module="digits", inputs={"data": "digit-images"})
+    done = wait(api, job["id"], FINISHED)
+    assert done["state"] == "succeeded", done
+    assert done["result"]["predictions"] == 5
+    out = done["result"]["output"]
+    assert out["name"] == "digits-predictions"
+    lines = api.get(f"/api/v1/artifacts/{out['digest']}/content").text.splitlines()
+    got = {
+        (row := json.loads(line))["input"]: row["output"]["labels"][0]["label"] for line in lines
+    }
+    assert sum(got[k] == v for k, v in truth.items()) >= 4, (got, truth)

@@ -64,6 +64,8 @@ def predict(spec: dict[str, Any], emit: Any) -> Any:
             args = module.validate_predict({**spec["args"], file_args[0]: upload})
             res = module.predict(args).materialize()
             body = res.body if res.kind == "json" else {"media_type": res.media_type}
+            if isinstance(body, dict) and set(body) == {"status", "predictions"}:
+                body = body["predictions"]  # the model API's envelope: keep what it wraps
             name = str(path.relative_to(data)) if data.is_dir() else path.name
             out.write(json.dumps({"input": name, "output": jsonable(body)}) + "\n")
             n += 1
