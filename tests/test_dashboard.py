@@ -289,3 +289,24 @@ def test_add_a_storage_connection_from_the_dashboard(
     assert not page.locator("#compute-ray-address").is_visible()
     s.shot("5-compute-add-form")
     s.close()
+
+
+def test_jobs_list_filters_and_pages(server: ForgehubServer) -> None:
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=server.url, headers=admin) as c:
+        ids = []
+        for _ in range(27):  # queued on a worker pool nobody serves, then cancelled
+            j = c.post(
+                "/api/v1/jobs", json={"kind": "command", "command": ["true"], "compute": "workers"}
+            ).json()
+            c.post(f"/api/v1/jobs/{j['id']}/cancel")
+            ids.append(j["id"])
+    with httpx.Client(base_url=server.url) as b:
+        b.post("/login", data={"token": server.admin_token, "next": "/"})
+        page1 = b.get("/jobs", params={"state": "cancelled", "compute": "workers"}).text
+        assert "27 jobs" in page1 and "Page 1 of 2" in page1
+        assert ids[-1][:12] in page1 and ids[0][:12] not in page1  # newest first
+        page2 = b.get("/jobs", params={"state": "cancelled", "compute": "workers", "page": 2}).text
+        assert ids[0][:12] in page2
+        assert "0 jobs" in b.get("/jobs", params={"state": "running", "compute": "workers"}).text
+        assert "0 jobs" in b.get("/jobs", params={"module": "digits", "state": "cancelled"}).text
