@@ -169,6 +169,7 @@ osd objectstore = memstore
 memstore device bytes = 3221225472
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:{self.port}
+rgw dns name = localhost
 """)
         return conf
 

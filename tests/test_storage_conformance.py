@@ -22,7 +22,7 @@ from forgehub.storage import (
     make,
 )
 from forgehub.storage.blobstore import blob_key
-from tests.services import S3_ACCESS, S3_SECRET, WEBDAV_PASSWORD, WEBDAV_USER
+from tests.services import S3_ACCESS, S3_SECRET, WEBDAV_PASSWORD, WEBDAV_USER, missing
 
 
 def digest_key(data: bytes) -> str:
@@ -185,6 +185,27 @@ def test_s3_presigned_url_reads_without_credentials(ceph_s3: str) -> None:
     url = s3.presign("shared/file.txt", 60)
     assert url is not None and S3_SECRET not in url
     assert httpx.get(url).content == b"hello presigned"
+
+
+def test_s3_virtual_host_addressing(ceph_s3: str) -> None:
+    """Virtual-host style (bucket in the host name), against the real gateway: the gateway
+    knows its DNS name (localhost) and *.localhost resolves to loopback (nss-myhostname)."""
+    import socket
+
+    try:
+        socket.getaddrinfo("forgehub-test.localhost", 80)
+    except OSError:
+        missing("a resolver for *.localhost (apt libnss-myhostname)")
+    url = ceph_s3.replace("127.0.0.1", "localhost")
+    s3 = make("s3", s3_config(url, addressing_style="virtual"))
+    data = os.urandom(7 << 20)  # multipart, too
+    s3.put("virtual/big.bin", data)
+    s3.put("virtual/small.txt", b"hello virtual host")
+    assert s3.get_bytes("virtual/big.bin") == data
+    assert b"".join(s3.open("virtual/small.txt", 6, 12)) == b"virtual"
+    assert sorted(o.key for o in s3.list("virtual/")) == ["virtual/big.bin", "virtual/small.txt"]
+    url = s3.presign("virtual/small.txt", 60)
+    assert url is not None and "//forgehub-test.localhost:" in url  # the bucket is in the host
 
 
 def test_blob_server_verifies_digest(live_server: Any) -> None:
