@@ -37,8 +37,6 @@ app.add_typer(storage_app, name="storage")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(job_app, name="job")
 app.add_typer(compute_app, name="compute")
-app.command("train")(train)
-app.command("worker")(worker)
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")
@@ -283,6 +281,10 @@ def token_revoke(token_id: str, server: str = ServerOpt, api_token: str = TokenO
     """Revoke a token by id."""
     t = Client(server, api_token).delete(f"/api/v1/tokens/{token_id}")
     out.print(f"revoked {t['id']} ({t['name']})")
+
+
+app.command("train")(train)
+app.command("worker")(worker)
 
 
 def main() -> None:
