@@ -17,13 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from forgehub.artifacts import connections as storage_conns
+from forgehub.artifacts import records
 from forgehub.auth import Principal, can_see
-from forgehub.compute import ComputeError, Resources, adapter_class
+from forgehub.compute import ComputeError, Resources, adapter_class, kinds
 from forgehub.connections import ConnectionError_, Family
 from forgehub.db.models import (
     Artifact,
     ArtifactLocation,
-    ArtifactTag,
     ComputeConnection,
     Job,
     JobEvent,
@@ -38,7 +38,7 @@ from forgehub.jobs.states import lose, transition
 from forgehub.secrets import SecretBox
 
 COMPUTE: Family[ComputeConnection] = Family(
-    "compute", ComputeConnection, adapter_class, ComputeError
+    "compute", ComputeConnection, adapter_class, ComputeError, kinds
 )
 JOB_TOKEN_PREFIX = "fhj_"
 WORKER_ONLINE_S = 30.0
@@ -157,15 +157,6 @@ def job_for_token(session: Session, job_id: str, value: str) -> Job:
 # -- submit ------------------------------------------------------------------------------------
 
 
-def _resolve_artifact(session: Session, principal: Principal, ref: str) -> Artifact:
-    from forgehub.server.routers.artifacts import resolve  # one resolver for every caller
-
-    try:
-        return resolve(session, principal, ref)
-    except Exception as exc:  # HTTPException 404
-        raise JobError(f"input artifact {ref!r}: {getattr(exc, 'detail', exc)}", 404) from exc
-
-
 def submit(
     session: Session,
     principal: Principal,
@@ -208,7 +199,10 @@ def submit(
         )
     inputs = []
     for name, ref in sorted(body.inputs.items()):
-        art = _resolve_artifact(session, principal, ref)
+        try:
+            art = records.resolve(session, principal, ref)
+        except records.NoSuchArtifact as exc:
+            raise JobError(f"input artifact {ref!r}: {exc}", 404) from exc
         inputs.append(
             {
                 "name": name,
@@ -520,32 +514,19 @@ def runner_finished(session: Session, job: Job, body: FinishIn) -> Artifact | No
 
 
 def record_output(session: Session, job: Job, out: OutputIn) -> Artifact:
-    art = session.scalar(
-        select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == out.digest)
-    )
-    if art is None:
-        art = Artifact(
-            owner_id=job.owner_id,
-            digest=out.digest,
-            kind=out.kind,
-            size=out.size,
-            media_type=out.media_type,
-            filename=out.filename,
-            producer_job_id=job.id,
-        )
-        session.add(art)
-        session.flush()
-    if session.get(ArtifactLocation, (art.id, job.storage_id)) is None:
-        session.add(ArtifactLocation(artifact_id=art.id, connection_id=job.storage_id))
     name = str(job.spec.get("output") or "output")
-    for tag in ("latest", f"job-{job.id[:12]}"):
-        row = session.get(ArtifactTag, (job.owner_id, name, tag))
-        if row is None:
-            session.add(ArtifactTag(owner_id=job.owner_id, name=name, tag=tag, artifact_id=art.id))
-        else:
-            row.artifact_id, row.updated_at = art.id, utcnow()
-    session.flush()
-    return art
+    return records.record(
+        session,
+        job.owner_id,
+        job.storage_id,
+        out.digest,
+        out.kind,
+        out.size,
+        out.filename,
+        out.media_type,
+        [(name, "latest"), (name, f"job-{job.id[:12]}")],
+        producer_job_id=job.id,
+    )
 
 
 def publish(session: Session, job: Job, art: Artifact) -> dict[str, str]:

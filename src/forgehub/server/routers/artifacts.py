@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from forgehub.artifacts import connections as conns
+from forgehub.artifacts import records
 from forgehub.artifacts.content import (
     describe_manifest,
     parse_manifest,
@@ -31,11 +32,11 @@ from forgehub.artifacts.content import (
     verified_stream,
 )
 from forgehub.auth import Principal, can_see, visible
-from forgehub.db.models import Artifact, ArtifactLocation, ArtifactTag, StorageConnection, User
+from forgehub.db.models import Artifact, ArtifactLocation, ArtifactTag, StorageConnection
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.server.streaming import body_chunks
 from forgehub.storage import StorageError
-from forgehub.storage.blobstore import DIGEST_RE, blob_key
+from forgehub.storage.blobstore import blob_key
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -75,56 +76,14 @@ def _conn(
 
 
 def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
-    """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``."""
-    if DIGEST_RE.match(ref):
-        stmt = visible(select(Artifact).where(Artifact.digest == ref), Artifact, principal)
-        art = session.scalars(stmt.order_by(Artifact.created_at)).first()
-    else:
-        owner_id = principal.user_id
-        rest = ref
-        if "/" in ref:
-            owner_name, rest = ref.split("/", 1)
-            owner = session.scalar(select(User).where(User.name == owner_name))
-            if owner is None or not can_see(owner, principal, "id"):
-                raise HTTPException(404, f"no artifact {ref!r} of yours")
-            owner_id = owner.id
-        name, _, tag = rest.partition(":")
-        row = session.get(ArtifactTag, (owner_id, name, tag or "latest"))
-        art = session.get(Artifact, row.artifact_id) if row else None
-    if art is None:
-        raise HTTPException(404, f"no artifact {ref!r} of yours")
-    return art
+    """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``; 404 if none."""
+    try:
+        return records.resolve(session, principal, ref)
+    except records.NoSuchArtifact as exc:
+        raise HTTPException(404, str(exc)) from exc
 
 
-def _outs(session: Session, arts: list[Artifact]) -> list[dict[str, Any]]:
-    """Artifacts as API objects; locations and tags of all of them in two queries."""
-    ids = [a.id for a in arts]
-    locs: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
-    tags: dict[str, list[str]] = {i: [] for i in ids}
-    if ids:
-        for aid, name, kind in session.execute(
-            select(ArtifactLocation.artifact_id, StorageConnection.name, StorageConnection.kind)
-            .join(StorageConnection, ArtifactLocation.connection_id == StorageConnection.id)
-            .where(ArtifactLocation.artifact_id.in_(ids))
-        ):
-            locs[aid].append({"connection": name, "kind": kind})
-        for t in session.scalars(select(ArtifactTag).where(ArtifactTag.artifact_id.in_(ids))):
-            tags[t.artifact_id].append(f"{t.name}:{t.tag}")
-    return [
-        {
-            "id": art.id,
-            "digest": art.digest,
-            "kind": art.kind,
-            "size": art.size,
-            "media_type": art.media_type,
-            "filename": art.filename,
-            "producer_job_id": art.producer_job_id,
-            "created_at": art.created_at.isoformat(),
-            "locations": locs[art.id],
-            "tags": tags[art.id],
-        }
-        for art in arts
-    ]
+_outs = records.describe
 
 
 def _out(session: Session, art: Artifact) -> dict[str, Any]:
@@ -139,49 +98,6 @@ def _adapter_with(session: Session, art: Artifact, request: Request) -> Any:
         if conn is not None:
             return conns.adapter_for(conn, _box(request))
     raise HTTPException(409, f"artifact {art.digest} has no location left")
-
-
-def record(
-    session: Session,
-    owner_id: str,
-    conn: StorageConnection,
-    digest: str,
-    kind: str,
-    size: int,
-    filename: str,
-    media_type: str,
-    tag: TagIn | None = None,
-    producer_job_id: str | None = None,
-) -> Artifact:
-    art = session.scalar(
-        select(Artifact).where(Artifact.owner_id == owner_id, Artifact.digest == digest)
-    )
-    if art is None:
-        art = Artifact(
-            owner_id=owner_id,
-            digest=digest,
-            kind=kind,
-            size=size,
-            media_type=media_type,
-            filename=filename,
-            producer_job_id=producer_job_id,
-        )
-        session.add(art)
-        session.flush()
-    if session.get(ArtifactLocation, (art.id, conn.id)) is None:
-        session.add(ArtifactLocation(artifact_id=art.id, connection_id=conn.id))
-    if tag is not None:
-        from forgehub.db.models import utcnow
-
-        row = session.get(ArtifactTag, (owner_id, tag.name, tag.tag))
-        if row is None:
-            session.add(
-                ArtifactTag(owner_id=owner_id, name=tag.name, tag=tag.tag, artifact_id=art.id)
-            )
-        else:
-            row.artifact_id, row.updated_at = art.id, utcnow()
-    session.flush()
-    return art
 
 
 @router.post("", status_code=201, summary="Push an artifact (a file, or a directory as tar)")
@@ -238,16 +154,16 @@ async def push(
         if result.kind == "dir"
         else (request.headers.get("x-media-type") or "application/octet-stream")
     )
-    art = record(
+    art = records.record(
         session,
         principal.user_id,
-        conn,
+        conn.id,
         result.digest,
         result.kind,
         result.size,
         fname,
         media,
-        TagIn(name=name, tag=tag) if name else None,
+        [(name, tag)] if name else (),
     )
     return {**_out(session, art), "uploaded": result.uploaded}
 
@@ -325,16 +241,16 @@ def add_tag(ref: str, body: TagIn, principal: CurrentUser, session: DbSession) -
     conn = session.get(StorageConnection, loc.connection_id) if loc else None
     if conn is None:
         raise HTTPException(409, "artifact has no location")
-    record(
+    records.record(
         session,
         art.owner_id,
-        conn,
+        conn.id,
         art.digest,
         art.kind,
         art.size,
         art.filename,
         art.media_type,
-        body,
+        [(body.name, body.tag)],
     )
     return _out(session, art)
 

@@ -1,0 +1,119 @@
+"""Artifact records in the metadata store: find one by reference, record a stored copy, and
+describe a page of them. Used by the API, the dashboard and the jobs that produce outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from forgehub.auth import Principal, can_see, visible
+from forgehub.db.models import (
+    Artifact,
+    ArtifactLocation,
+    ArtifactTag,
+    StorageConnection,
+    User,
+    utcnow,
+)
+from forgehub.storage.blobstore import DIGEST_RE
+
+
+class NoSuchArtifact(LookupError):
+    """No artifact by that reference that the caller may see; the message is safe to show."""
+
+
+def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
+    """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``."""
+    if DIGEST_RE.match(ref):
+        stmt = visible(select(Artifact).where(Artifact.digest == ref), Artifact, principal)
+        art = session.scalars(stmt.order_by(Artifact.created_at)).first()
+    else:
+        owner_id = principal.user_id
+        rest = ref
+        if "/" in ref:
+            owner_name, rest = ref.split("/", 1)
+            owner = session.scalar(select(User).where(User.name == owner_name))
+            if owner is None or not can_see(owner, principal, "id"):
+                raise NoSuchArtifact(f"no artifact {ref!r} of yours")
+            owner_id = owner.id
+        name, _, tag = rest.partition(":")
+        row = session.get(ArtifactTag, (owner_id, name, tag or "latest"))
+        art = session.get(Artifact, row.artifact_id) if row else None
+    if art is None:
+        raise NoSuchArtifact(f"no artifact {ref!r} of yours")
+    return art
+
+
+def record(
+    session: Session,
+    owner_id: str,
+    connection_id: str,
+    digest: str,
+    kind: str,
+    size: int,
+    filename: str,
+    media_type: str,
+    tags: Iterable[tuple[str, str]] = (),
+    producer_job_id: str | None = None,
+) -> Artifact:
+    """The artifact for ``digest`` (created once per owner), with a copy on the connection and
+    the given ``(name, tag)`` tags pointing at it."""
+    art = session.scalar(
+        select(Artifact).where(Artifact.owner_id == owner_id, Artifact.digest == digest)
+    )
+    if art is None:
+        art = Artifact(
+            owner_id=owner_id,
+            digest=digest,
+            kind=kind,
+            size=size,
+            media_type=media_type,
+            filename=filename,
+            producer_job_id=producer_job_id,
+        )
+        session.add(art)
+        session.flush()
+    if session.get(ArtifactLocation, (art.id, connection_id)) is None:
+        session.add(ArtifactLocation(artifact_id=art.id, connection_id=connection_id))
+    for name, tag in tags:
+        row = session.get(ArtifactTag, (owner_id, name, tag))
+        if row is None:
+            session.add(ArtifactTag(owner_id=owner_id, name=name, tag=tag, artifact_id=art.id))
+        else:
+            row.artifact_id, row.updated_at = art.id, utcnow()
+    session.flush()
+    return art
+
+
+def describe(session: Session, arts: list[Artifact]) -> list[dict[str, Any]]:
+    """Artifacts as API objects; locations and tags of all of them in two queries."""
+    ids = [a.id for a in arts]
+    locs: dict[str, list[dict[str, str]]] = {i: [] for i in ids}
+    tags: dict[str, list[str]] = {i: [] for i in ids}
+    if ids:
+        for aid, name, kind in session.execute(
+            select(ArtifactLocation.artifact_id, StorageConnection.name, StorageConnection.kind)
+            .join(StorageConnection, ArtifactLocation.connection_id == StorageConnection.id)
+            .where(ArtifactLocation.artifact_id.in_(ids))
+        ):
+            locs[aid].append({"connection": name, "kind": kind})
+        for t in session.scalars(select(ArtifactTag).where(ArtifactTag.artifact_id.in_(ids))):
+            tags[t.artifact_id].append(f"{t.name}:{t.tag}")
+    return [
+        {
+            "id": art.id,
+            "digest": art.digest,
+            "kind": art.kind,
+            "size": art.size,
+            "media_type": art.media_type,
+            "filename": art.filename,
+            "producer_job_id": art.producer_job_id,
+            "created_at": art.created_at.isoformat(),
+            "locations": locs[art.id],
+            "tags": tags[art.id],
+        }
+        for art in arts
+    ]
