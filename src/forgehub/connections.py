@@ -41,6 +41,18 @@ class Family(Generic[C]):
     model: type[C]
     adapter_class: Callable[[str], Any]
     error: type[Exception]  # what the family's adapters raise; its message is safe to show
+    kinds: Callable[[], dict[str, str]]
+
+    def schemas(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every kind that loads here, with the JSON Schema of its configuration."""
+        out = []
+        for kind in sorted(self.kinds()):
+            try:
+                cls = self.adapter_class(kind)
+            except self.error:
+                continue
+            out.append((kind, cls.Config.model_json_schema()))
+        return out
 
     def secret_fields(self, kind: str) -> set[str]:
         cls = self.adapter_class(kind)
@@ -65,6 +77,12 @@ class Family(Generic[C]):
                 422,
                 errors,
             ) from None
+
+    def owned(self, session: Session, owner_id: str) -> list[C]:
+        """A user's connections of this family, by name."""
+        model: Any = self.model
+        stmt = select(model).where(model.owner_id == owner_id).order_by(model.name)
+        return list(session.scalars(stmt))
 
     def adapter_for(self, conn: Any, box: SecretBox) -> Any:
         cls = self.adapter_class(conn.kind)

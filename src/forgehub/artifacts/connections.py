@@ -11,12 +11,12 @@ from sqlalchemy.orm import Session
 from forgehub.connections import ConnectionError_, Family
 from forgehub.db.models import StorageConnection
 from forgehub.secrets import SecretBox
-from forgehub.storage import StorageAdapter, StorageError, adapter_class
+from forgehub.storage import StorageAdapter, StorageError, adapter_class, kinds
 
 __all__ = ["STORAGE", "ConnectionError_", "ensure_default"]
 
 STORAGE: Family[StorageConnection] = Family(
-    "storage", StorageConnection, adapter_class, StorageError
+    "storage", StorageConnection, adapter_class, StorageError, kinds
 )
 secret_fields = STORAGE.secret_fields
 validate_config = STORAGE.validate_config

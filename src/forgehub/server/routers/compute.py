@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from forgehub import __version__
-from forgehub.compute import ComputeError, Resources, adapter_class, kinds
+from forgehub.compute import ComputeError, Resources
 from forgehub.connections import ConnectionError_
-from forgehub.db.models import ComputeConnection, Job, Worker, utcnow
+from forgehub.db.models import Job, Worker, utcnow
 from forgehub.jobs import service
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.server.errors import problem
@@ -40,26 +40,14 @@ def _err(exc: ConnectionError_) -> JSONResponse:
 
 @router.get("/kinds", summary="Compute kinds and their configuration schemas")
 def list_kinds(principal: CurrentUser) -> list[dict[str, Any]]:
-    out = []
-    for kind in sorted(kinds()):
-        try:
-            cls = adapter_class(kind)
-        except ComputeError:
-            continue
-        out.append({"kind": kind, "config_schema": cls.Config.model_json_schema()})
-    return out
+    return [{"kind": k, "config_schema": schema} for k, schema in COMPUTE.schemas()]
 
 
 @router.get("/connections", summary="Your compute connections")
 def list_connections(principal: CurrentUser, session: DbSession) -> list[dict[str, Any]]:
     if principal.user_id:
         service.ensure_default_compute(session, principal.user_id)
-    rows = session.scalars(
-        select(ComputeConnection)
-        .where(ComputeConnection.owner_id == principal.user_id)
-        .order_by(ComputeConnection.name)
-    )
-    return [COMPUTE.out(c) for c in rows]
+    return [COMPUTE.out(c) for c in COMPUTE.owned(session, principal.user_id)]
 
 
 @router.post("/connections", status_code=201, summary="Add a connection (tested first)")

@@ -7,13 +7,12 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from forgehub.artifacts import connections as conns
 from forgehub.db.models import StorageConnection
 from forgehub.secrets import SecretBox
 from forgehub.server.deps import CurrentUser, DbSession
-from forgehub.storage import StorageError, kinds
+from forgehub.storage import StorageError
 
 router = APIRouter(prefix="/storage", tags=["storage"])
 
@@ -38,16 +37,7 @@ def _error(exc: conns.ConnectionError_) -> HTTPException:
 
 @router.get("/kinds", summary="Storage kinds and their configuration schemas")
 def list_kinds(principal: CurrentUser) -> list[dict[str, Any]]:
-    from forgehub.storage import adapter_class
-
-    out = []
-    for kind in sorted(kinds()):
-        try:
-            cls = adapter_class(kind)
-        except StorageError:
-            continue
-        out.append({"kind": kind, "config_schema": cls.Config.model_json_schema()})
-    return out
+    return [{"kind": k, "config_schema": schema} for k, schema in conns.STORAGE.schemas()]
 
 
 @router.get("/connections", summary="Your storage connections")
@@ -58,12 +48,7 @@ def list_connections(
         conns.ensure_default(
             session, box(request), principal.user_id, request.app.state.settings.data_dir
         )
-    rows = session.scalars(
-        select(StorageConnection)
-        .where(StorageConnection.owner_id == principal.user_id)
-        .order_by(StorageConnection.name)
-    )
-    return [conns.out(c) for c in rows]
+    return [conns.out(c) for c in conns.STORAGE.owned(session, principal.user_id)]
 
 
 @router.post("/connections", status_code=201, summary="Add a connection (tested first)")

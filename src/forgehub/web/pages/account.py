@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from forgehub.auth import AuthError, authenticate, create_token, hash_token
-from forgehub.db.models import ComputeConnection, Token, User, utcnow
+from forgehub.db.models import Token, User, utcnow
 from forgehub.web.app import render, user
 from forgehub.web.session import SESSION_COOKIE, clear_session, csrf_ok, set_session
 
@@ -136,36 +136,19 @@ def tokens_revoke(request: Request, token_id: str, csrf: str = Form("")) -> Resp
 def compute_page(request: Request) -> Response:
     from forgehub.jobs import service
     from forgehub.server.routers.compute import list_workers
+    from forgehub.web.pages.market import kind_forms
 
     p = user(request)
     with request.app.state.db.session() as s:
         service.ensure_default_compute(s, p.user_id)
-        conns = [
-            service.COMPUTE.out(c)
-            for c in s.scalars(
-                select(ComputeConnection)
-                .where(ComputeConnection.owner_id == p.user_id)
-                .order_by(ComputeConnection.name)
-            )
-        ]
+        conns = [service.COMPUTE.out(c) for c in service.COMPUTE.owned(s, p.user_id)]
         workers: list[dict[str, Any]] = list_workers(p, s)
-    from forgehub.compute import ComputeError, adapter_class, kinds
-    from forgehub.web.pages.market import schema_fields
-
-    kind_forms = []
-    for kind in sorted(kinds()):
-        if kind == "local" and not p.is_admin:
-            continue
-        try:
-            cls = adapter_class(kind)
-        except ComputeError:
-            continue
-        kind_forms.append({"kind": kind, "fields": schema_fields(cls.Config.model_json_schema())})
+    kinds = [k for k in kind_forms(service.COMPUTE) if k["kind"] != "local" or p.is_admin]
     return render(
         request,
         "compute.html",
         principal=p,
         connections=conns,
         workers=workers,
-        kinds=kind_forms,
+        kinds=kinds,
     )

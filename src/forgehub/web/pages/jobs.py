@@ -116,7 +116,7 @@ def job_page(request: Request, job_id: str) -> Response:
 
 @router.get("/modules/{name}/train", response_class=HTMLResponse)
 def train_page(request: Request, name: str) -> Response:
-    from forgehub.artifacts.connections import ensure_default
+    from forgehub.artifacts.connections import STORAGE, ensure_default
 
     p = user(request)
     loaded = request.app.state.model_api.modules.get(name)
@@ -132,20 +132,9 @@ def train_page(request: Request, name: str) -> Response:
     with state.db.session() as s:
         service.ensure_default_compute(s, p.user_id)
         ensure_default(s, state.secrets, p.user_id, state.settings.data_dir)
-        computes = list(
-            s.scalars(
-                select(ComputeConnection)
-                .where(ComputeConnection.owner_id == p.user_id)
-                .order_by(ComputeConnection.is_default.desc(), ComputeConnection.name)
-            )
-        )
-        storages = list(
-            s.scalars(
-                select(StorageConnection)
-                .where(StorageConnection.owner_id == p.user_id)
-                .order_by(StorageConnection.is_default.desc(), StorageConnection.name)
-            )
-        )
+        # the default connection first, then the others by name
+        computes = sorted(service.COMPUTE.owned(s, p.user_id), key=lambda c: not c.is_default)
+        storages = sorted(STORAGE.owned(s, p.user_id), key=lambda c: not c.is_default)
         datasets = list(
             s.scalars(
                 select(Artifact)

@@ -60,6 +60,11 @@ def schema_fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return fields
 
 
+def kind_forms(family: Any) -> list[dict[str, Any]]:
+    """Each kind of a connection family with the form fields of its settings."""
+    return [{"kind": k, "fields": schema_fields(schema)} for k, schema in family.schemas()]
+
+
 @router.get("/", response_class=HTMLResponse)
 def market(
     request: Request,
