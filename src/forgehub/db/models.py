@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 
@@ -191,11 +191,13 @@ class BlobOwner(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class StorageConnection(Base):
-    """A user's configured storage (bring your own storage). Secrets are encrypted."""
+class ConnectionColumns:
+    """What every connection has: a name unique per owner, a kind, its plain configuration and
+    its sealed secrets (see :mod:`forgehub.connections`)."""
 
-    __tablename__ = "storage_connections"
-    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:  # a constraint of each table's own
+        return (UniqueConstraint("owner_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -205,6 +207,12 @@ class StorageConnection(Base):
     secrets: Mapped[str | None] = mapped_column(Text, default=None)
     is_default: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StorageConnection(ConnectionColumns, Base):
+    """A user's configured storage (bring your own storage). Secrets are encrypted."""
+
+    __tablename__ = "storage_connections"
 
 
 class Artifact(Base):
@@ -252,20 +260,10 @@ class ArtifactTag(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class ComputeConnection(Base):
+class ComputeConnection(ConnectionColumns, Base):
     """A user's configured compute (the server, their workers, a Slurm or Ray cluster)."""
 
     __tablename__ = "compute_connections"
-    __table_args__ = (UniqueConstraint("owner_id", "name"),)
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(32))
-    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    secrets: Mapped[str | None] = mapped_column(Text, default=None)
-    is_default: Mapped[bool] = mapped_column(default=False)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobState(enum.StrEnum):
