@@ -169,6 +169,22 @@ def get_module(session: Session, name: str) -> CatalogModule:
     return m
 
 
+def owner_name(session: Session, m: CatalogModule) -> str | None:
+    """The name of the user who published ``m`` (None for installed modules)."""
+    from forgehub.db.models import User
+
+    u = session.get(User, m.owner_id) if m.owner_id else None
+    return u.name if u else None
+
+
+def facet_filters(**chosen: list[str]) -> dict[str, list[str]]:
+    """Search filters from the values chosen per facet (facets with none are left out)."""
+    unknown = set(chosen) - set(FACETS)
+    if unknown:
+        raise ValueError(f"unknown facet(s): {', '.join(sorted(unknown))}")
+    return {facet: values for facet, values in chosen.items() if values}
+
+
 def record_use(session: Session, counts: dict[str, int]) -> None:
     for name, n in counts.items():
         session.execute(

@@ -115,17 +115,9 @@ def search_modules(
     per_page: int = Query(20, ge=1, le=100),
     include_deprecated: bool = False,
 ) -> dict[str, Any]:
-    filters = {
-        k: v
-        for k, v in {
-            "category": category,
-            "task": task,
-            "library": library,
-            "data_type": data_type,
-            "tag": tag,
-        }.items()
-        if v
-    }
+    filters = service.facet_filters(
+        category=category, task=task, library=library, data_type=data_type, tag=tag
+    )
     return service.search(
         session,
         service.SearchQuery(
@@ -142,13 +134,7 @@ def search_modules(
 @router.get("/modules/{name}", summary="One module: metadata, readme, versions, schemas")
 def show_module(name: str, session: DbSession) -> dict[str, Any]:
     m = service.get_module(session, name)
-    owner = None
-    if m.owner_id:
-        from forgehub.db.models import User
-
-        u = session.get(User, m.owner_id)
-        owner = u.name if u else None
-    return _module_out(m, owner)
+    return _module_out(m, service.owner_name(session, m))
 
 
 @router.get(

@@ -9,7 +9,6 @@ from fastapi.responses import HTMLResponse, Response
 
 from forgehub.catalog import service
 from forgehub.catalog.service import CatalogError
-from forgehub.db.models import User
 from forgehub.web.app import render, user
 
 router = APIRouter()
@@ -77,17 +76,9 @@ def market(
     page: int = Query(1, ge=1, le=10_000),
 ) -> Response:
     p = user(request)
-    chosen = {
-        k: v
-        for k, v in {
-            "category": category,
-            "task": task,
-            "library": library,
-            "data_type": data_type,
-            "tag": tag,
-        }.items()
-        if v
-    }
+    chosen = service.facet_filters(
+        category=category, task=task, library=library, data_type=data_type, tag=tag
+    )
     with request.app.state.db.session() as s:
         result = service.search(s, service.SearchQuery(q=q, filters=chosen, page=page, per_page=24))
     pages = max(1, -(-result["total"] // 24))
@@ -112,7 +103,7 @@ def module_page(request: Request, name: str) -> Response:
             m = service.get_module(s, name)
         except CatalogError as exc:
             return render(request, "error.html", 404, principal=p, message=str(exc))
-        owner = s.get(User, m.owner_id).name if m.owner_id and s.get(User, m.owner_id) else None
+        owner = service.owner_name(s, m)
         versions = list(reversed(m.versions))
         meta = m.meta
         categories = service.short_categories(meta)
