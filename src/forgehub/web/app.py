@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,20 @@ HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
-def _markdown(text: str) -> Markup:
-    """Markdown rendered safely: raw HTML in the source is escaped, links stay links."""
+@functools.cache
+def _markdown_parser() -> Any:
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False})
     md.validateLink = lambda url: url.lower().startswith(  # type: ignore[method-assign]
         ("http://", "https://", "/", "#")
     )
-    return Markup(md.render(text or ""))
+    return md
+
+
+def _markdown(text: str) -> Markup:
+    """Markdown rendered safely: raw HTML in the source is escaped, links stay links."""
+    return Markup(_markdown_parser().render(text or ""))
 
 
 def _when(value: Any) -> str:
