@@ -42,15 +42,14 @@ def _job_body(
     inputs: list[str],
     compute: str,
     storage: str | None,
-    cpu: float,
-    gpu: int,
-    memory: int,
-    time_limit: int,
-    labels: list[str],
-    output: str | None,
+    resources: dict[str, Any],
+    *,
+    labels: list[str] | None = None,
+    output: str | None = None,
     command: list[str] | None = None,
     publish: bool = False,
 ) -> dict[str, Any]:
+    """A job spec for POST /api/v1/jobs from the command line's options."""
     data = {}
     for pair in inputs:
         name, sep, ref = pair.partition("=")
@@ -65,11 +64,15 @@ def _job_body(
         "inputs": data,
         "compute": compute,
         "storage": storage,
-        "resources": {"cpu": cpu, "gpu": gpu, "memory_mb": memory, "time_limit_s": time_limit},
-        "labels": labels,
+        "resources": resources,
+        "labels": labels or [],
         "output": output,
         "publish": publish,
     }
+
+
+def _resources(cpu: float, gpu: int, memory: int, time_limit: int) -> dict[str, Any]:
+    return {"cpu": cpu, "gpu": gpu, "memory_mb": memory, "time_limit_s": time_limit}
 
 
 ArgOpt = typer.Option([], "--arg", "-a", help="NAME=VALUE module argument (repeat).")
@@ -119,14 +122,11 @@ def submit(
         input_,
         on,
         store,
-        cpu,
-        gpu,
-        memory,
-        time_limit,
-        label,
-        output,
-        argv,
-        publish,
+        _resources(cpu, gpu, memory, time_limit),
+        labels=label,
+        output=output,
+        command=argv,
+        publish=publish,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
@@ -392,14 +392,8 @@ def train(
         [data] if data else [],
         on,
         store,
-        cpu,
-        gpu,
-        memory,
-        time_limit,
-        [],
-        None,
-        None,
-        publish,
+        _resources(cpu, gpu, memory, time_limit),
+        publish=publish,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
