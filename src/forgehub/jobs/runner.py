@@ -58,6 +58,7 @@ class RunnerAPI:
     ) -> None:
         self.job_id = job_id
         self.base = server.rstrip("/")
+        self.token = token
         self.headers = {"Authorization": f"Bearer {token}"}
         self.own_http = http is None  # a worker shares one connection pool between its jobs
         self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
@@ -197,7 +198,7 @@ def storage_adapter(spec: dict[str, Any], api: RunnerAPI) -> Any:
             url=api.base,
             job_id=api.job_id,
             connection=spec["config"]["connection"],
-            token=SecretStr(api.headers["Authorization"].split(" ", 1)[1]),
+            token=SecretStr(api.token),
         )
         return RelayStorage(cfg)
     from forgehub.storage import make
