@@ -148,7 +148,7 @@ class Dispatcher:
                 adapter = self.adapter(conn)
                 if adapter.pull:
                     return
-                token = service.issue_token(job, service.token_lifetime(job))
+                token, token_columns = service.new_job_token(job)
                 handle = adapter.submit(self.launch(job, conn, token))
             except (ComputeError, ValueError) as exc:
                 transition(s, job, JobState.failed, str(exc), error=f"cannot start: {exc}")
@@ -159,8 +159,7 @@ class Dispatcher:
                 JobState.starting,
                 f"submitted to {conn.name} ({conn.kind}) as {handle}",
                 backend_ref=handle,
-                token_digest=job.token_digest,
-                token_expires_at=job.token_expires_at,
+                **token_columns,
                 lease_expires_at=(
                     utcnow() + timedelta(seconds=self.lease_s) if conn.kind == "local" else None
                 ),

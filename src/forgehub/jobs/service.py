@@ -12,13 +12,13 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from forgehub.artifacts import connections as storage_conns
 from forgehub.artifacts import records
-from forgehub.auth import Principal, can_see
+from forgehub.auth import Principal, can_see, visible
 from forgehub.compute import ComputeError, Resources, adapter_class, kinds
 from forgehub.connections import ConnectionError_, Family
 from forgehub.db.models import (
@@ -34,7 +34,7 @@ from forgehub.db.models import (
     Worker,
     utcnow,
 )
-from forgehub.jobs.states import lose, transition
+from forgehub.jobs.states import transition
 from forgehub.secrets import SecretBox
 
 COMPUTE: Family[ComputeConnection] = Family(
@@ -130,12 +130,13 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def issue_token(job: Job, lifetime_s: float) -> str:
-    """A token for this attempt of this job only; it dies when the job ends or is re-queued."""
+def new_job_token(job: Job) -> tuple[str, dict[str, Any]]:
+    """A token for the next attempt of ``job`` only, and the columns that store it (its hash and
+    expiry), to be written with the transition that starts the attempt. It dies when the job
+    ends or is re-queued."""
     value = JOB_TOKEN_PREFIX + secrets.token_urlsafe(32)
-    job.token_digest = _digest(value)
-    job.token_expires_at = utcnow() + timedelta(seconds=lifetime_s)
-    return value
+    expires = utcnow() + timedelta(seconds=token_lifetime(job))
+    return value, {"token_digest": _digest(value), "token_expires_at": expires}
 
 
 def token_lifetime(job: Job) -> float:
@@ -306,7 +307,7 @@ def claim(
         .limit(32)
     )
     if worker.shared:
-        stmt = stmt.where(or_(Job.owner_id == worker.owner_id, and_(Job.kind != "command")))
+        stmt = stmt.where(or_(Job.owner_id == worker.owner_id, Job.kind != "command"))
     else:
         stmt = stmt.where(Job.owner_id == worker.owner_id)
     if dialect == "postgresql":
@@ -321,8 +322,7 @@ def claim(
             or (free.memory_mb and res.memory_mb > free.memory_mb)
         ):
             continue
-        token = secrets.token_urlsafe(32)
-        value = JOB_TOKEN_PREFIX + token
+        value, token_columns = new_job_token(job)
         ok = transition(
             session,
             job,
@@ -330,10 +330,9 @@ def claim(
             f"claimed by worker {worker.name}",
             worker_id=worker.id,
             backend_ref=f"worker:{worker.id}",
-            token_digest=_digest(value),
-            token_expires_at=utcnow() + timedelta(seconds=token_lifetime(job)),
             lease_expires_at=utcnow() + timedelta(seconds=lease_s),
             reason=None,
+            **token_columns,
         )
         if ok:
             return job, value
@@ -469,8 +468,12 @@ def runner_events(
                 )
                 for m in metrics
             )
-    job.lease_expires_at = utcnow() + timedelta(seconds=lease_s)
-    if progress is not None:
+    # heartbeats come every half second: write the lease only once half of it is spent, and
+    # the progress only when it moved, so an idle heartbeat is a read
+    now = utcnow()
+    if job.lease_expires_at is None or job.lease_expires_at - now < timedelta(seconds=lease_s / 2):
+        job.lease_expires_at = now + timedelta(seconds=lease_s)
+    if progress is not None and (job.result or {}).get("progress") != round(float(progress), 4):
         result = dict(job.result or {})
         result["progress"] = round(float(progress), 4)
         job.result = result
@@ -529,12 +532,15 @@ def record_output(session: Session, job: Job, out: OutputIn) -> Artifact:
     )
 
 
-def publish(session: Session, job: Job, art: Artifact) -> dict[str, str]:
+def publish(
+    session: Session, job: Job, art: Artifact, version: str | None = None
+) -> dict[str, str]:
+    """Add ``art`` (a training's weights) to the catalogue as a pre-trained version."""
     from forgehub.catalog.service import CatalogError, add_version, get_module
 
     try:
         m = get_module(session, str(job.module))
-        version = job.spec.get("publish_version") or f"trained-{job.id[:8]}"
+        version = version or job.spec.get("publish_version") or f"trained-{job.id[:8]}"
         add_version(
             session,
             m,
@@ -546,6 +552,30 @@ def publish(session: Session, job: Job, art: Artifact) -> dict[str, str]:
     except CatalogError as exc:
         return {"error": str(exc)}
     return {"module": m.name, "version": version}
+
+
+def output_of(session: Session, job: Job) -> Artifact | None:
+    """The artifact a finished job produced, if any."""
+    digest = ((job.result or {}).get("output") or {}).get("digest")
+    if not digest:
+        return None
+    return session.scalar(
+        select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == digest)
+    )
+
+
+def publish_later(session: Session, job: Job, version: str | None) -> dict[str, str]:
+    """Publish the weights of a training that already succeeded (the dashboard's button)."""
+    if job.state != JobState.succeeded or job.kind != "train" or not job.module:
+        raise JobError("only a succeeded training can be published", 409)
+    art = output_of(session, job)
+    if art is None:
+        raise JobError("this training produced no weights", 409)
+    out = publish(session, job, art, version)
+    if "error" in out:
+        raise JobError(out["error"], 409)
+    job.result = {**(job.result or {}), "published": out}
+    return out
 
 
 # -- cancel, retry, read -----------------------------------------------------------------------
@@ -586,6 +616,39 @@ def retry(session: Session, principal: Principal, job: Job) -> Job:
     session.flush()
     session.add(JobEvent(job_id=new.id, state="queued", message=f"retry of {job.id}"))
     return new
+
+
+def find_jobs(
+    session: Session,
+    principal: Principal,
+    state: JobState | None = None,
+    module: str | None = None,
+    compute: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[int, list[Job]]:
+    """The jobs ``principal`` may see, newest first, filtered; with how many match in all."""
+    stmt = visible(select(Job), Job, principal)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if module:
+        stmt = stmt.where(Job.module == module)
+    if compute:
+        stmt = stmt.join(ComputeConnection, Job.compute_id == ComputeConnection.id).where(
+            ComputeConnection.name == compute
+        )
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    return total, list(session.scalars(page))
+
+
+def connection_names(session: Session, jobs: list[Job]) -> dict[str, str]:
+    """Connection id → name, for the compute and storage connections of ``jobs``."""
+    ids = {j.compute_id for j in jobs} | {j.storage_id for j in jobs}
+    names: dict[str, str] = {}
+    for model in (ComputeConnection, StorageConnection):
+        names.update(session.execute(select(model.id, model.name).where(model.id.in_(ids))).all())
+    return names
 
 
 def get_job(session: Session, principal: Principal, job_id: str) -> Job:
@@ -629,6 +692,3 @@ def count_active(session: Session, kind: str) -> int:
         )
         or 0
     )
-
-
-__all__ = ["COMPUTE", "JobError", "JobIn", "lose"]

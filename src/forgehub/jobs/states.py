@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from forgehub.db.models import Job, JobEvent, JobState, utcnow
 
@@ -76,19 +77,12 @@ def transition(
     if getattr(res, "rowcount", 0) != 1:
         session.expire(job)
         return False
-    for k, v in values.items():
-        set_committed(job, k, v)
+    for k, v in values.items():  # the loaded object shows what the UPDATE wrote
+        set_committed_value(job, k, v)
     session.add(
         JobEvent(job_id=job.id, state=new.value, attempt=job.attempt, message=message, at=now)
     )
     return True
-
-
-def set_committed(job: Job, key: str, value: Any) -> None:
-    """Reflect a value written by an UPDATE on the loaded object, without marking it dirty."""
-    from sqlalchemy.orm.attributes import set_committed_value
-
-    set_committed_value(job, key, value)
 
 
 def lose(session: Session, job: Job, reason: str, now: datetime | None = None) -> bool:

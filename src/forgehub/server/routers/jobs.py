@@ -12,18 +12,15 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from forgehub.auth import visible
 from forgehub.db.models import (
-    ComputeConnection,
     Job,
     JobEvent,
     JobLog,
     JobMetric,
     JobState,
-    StorageConnection,
 )
 from forgehub.jobs import service
 from forgehub.server.deps import CurrentUser, DbSession, bearer
@@ -43,27 +40,8 @@ def _error_response(exc: service.JobError) -> JSONResponse:
     return problem(exc.status, str(exc))
 
 
-def _names(session: Session, jobs: list[Job]) -> dict[str, str]:
-    ids = {j.compute_id for j in jobs} | {j.storage_id for j in jobs}
-    names = dict(
-        session.execute(
-            select(ComputeConnection.id, ComputeConnection.name).where(
-                ComputeConnection.id.in_(ids)
-            )
-        ).all()
-    )
-    names.update(
-        session.execute(
-            select(StorageConnection.id, StorageConnection.name).where(
-                StorageConnection.id.in_(ids)
-            )
-        ).all()
-    )
-    return names
-
-
 def _out(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
-    names = _names(session, jobs)
+    names = service.connection_names(session, jobs)
     return [service.job_out(j, names.get(j.compute_id), names.get(j.storage_id)) for j in jobs]
 
 
@@ -101,19 +79,7 @@ def list_jobs(
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0),
 ) -> dict[str, Any]:
-    stmt = visible(select(Job), Job, principal)
-    if state is not None:
-        stmt = stmt.where(Job.state == state)
-    if module:
-        stmt = stmt.where(Job.module == module)
-    if compute:
-        stmt = stmt.join(ComputeConnection, Job.compute_id == ComputeConnection.id).where(
-            ComputeConnection.name == compute
-        )
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    jobs = list(
-        session.scalars(stmt.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset))
-    )
+    total, jobs = service.find_jobs(session, principal, state, module, compute, limit, offset)
     return {"total": total, "limit": limit, "offset": offset, "jobs": _out(session, jobs)}
 
 
@@ -330,29 +296,9 @@ class PublishIn(BaseModel):
 def publish(job_id: str, body: PublishIn, principal: CurrentUser, session: DbSession) -> Any:
     try:
         job = service.get_job(session, principal, job_id)
+        return service.publish_later(session, job, body.version)
     except service.JobError as exc:
         raise _raise(exc) from exc
-    if job.state != JobState.succeeded or job.kind != "train" or not job.module:
-        raise HTTPException(409, "only a succeeded training can be published")
-    digest = ((job.result or {}).get("output") or {}).get("digest")
-    from forgehub.db.models import Artifact
-
-    art = session.scalar(
-        select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == digest)
-    )
-    if art is None:
-        raise HTTPException(409, "this training produced no weights")
-    spec = dict(job.spec)
-    if body.version:
-        spec["publish_version"] = body.version
-    job.spec = spec
-    out = service.publish(session, job, art)
-    if "error" in out:
-        raise HTTPException(409, out["error"])
-    result = dict(job.result or {})
-    result["published"] = out
-    job.result = result
-    return out
 
 
 @router.get(

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from forgehub.auth import visible
 from forgehub.db.models import (
     Artifact,
     ComputeConnection,
-    Job,
     JobEvent,
     JobState,
     StorageConnection,
@@ -34,37 +32,17 @@ def jobs_page(
 ) -> Response:
     p = user(request)
     with request.app.state.db.session() as s:
-        stmt = visible(select(Job), Job, p)
-        if state in JobState.__members__:
-            stmt = stmt.where(Job.state == JobState(state))
-        if module:
-            stmt = stmt.where(Job.module == module)
-        if compute:
-            stmt = stmt.join(ComputeConnection, Job.compute_id == ComputeConnection.id).where(
-                ComputeConnection.name == compute
-            )
-        total = s.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        rows = list(
-            s.scalars(
-                stmt.order_by(Job.created_at.desc(), Job.id)
-                .limit(PER_PAGE)
-                .offset((page - 1) * PER_PAGE)
-            )
+        total, rows = service.find_jobs(
+            s,
+            p,
+            JobState(state) if state in JobState.__members__ else None,
+            module,
+            compute,
+            PER_PAGE,
+            (page - 1) * PER_PAGE,
         )
-        names = dict(
-            s.execute(
-                select(ComputeConnection.id, ComputeConnection.name).where(
-                    ComputeConnection.id.in_({j.compute_id for j in rows})
-                )
-            ).all()
-        )
-        computes = list(
-            s.scalars(
-                select(ComputeConnection.name)
-                .where(ComputeConnection.owner_id == p.user_id)
-                .order_by(ComputeConnection.name)
-            )
-        )
+        names = service.connection_names(s, rows)
+        computes = [c.name for c in service.COMPUTE.owned(s, p.user_id)]
     modules = sorted(request.app.state.model_api.modules)
     return render(
         request,
@@ -95,12 +73,7 @@ def job_page(request: Request, job_id: str) -> Response:
         )
         compute = s.get(ComputeConnection, job.compute_id)
         storage = s.get(StorageConnection, job.storage_id)
-        output = None
-        digest = ((job.result or {}).get("output") or {}).get("digest")
-        if digest:
-            output = s.scalar(
-                select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == digest)
-            )
+        output = service.output_of(s, job)
     return render(
         request,
         "job.html",
