@@ -87,16 +87,20 @@ class Token(Base):
     user: Mapped[User] = relationship(back_populates="tokens")
 
 
-class TrainingState(enum.StrEnum):
+class RunState(enum.StrEnum):
+    """Base of the states of things that run (trainings, jobs): the three ends are shared."""
+
+    @property
+    def finished(self) -> bool:
+        return self.value in ("succeeded", "failed", "cancelled")
+
+
+class TrainingState(RunState):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in {TrainingState.succeeded, TrainingState.failed, TrainingState.cancelled}
 
 
 class Training(Base):
@@ -266,17 +270,13 @@ class ComputeConnection(ConnectionColumns, Base):
     __tablename__ = "compute_connections"
 
 
-class JobState(enum.StrEnum):
+class JobState(RunState):
     queued = "queued"
     starting = "starting"
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in {JobState.succeeded, JobState.failed, JobState.cancelled}
 
 
 class Job(Base):
