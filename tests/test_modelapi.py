@@ -144,6 +144,16 @@ def test_uploaded_temp_files_are_removed(tmp_path: Path) -> None:
         c.post(
             "/v2/models/deepaas_style/predict/", params={"count": 100}, files={"data": ("x", b"x")}
         )
+        # small uploads are written on the event loop, large ones in the prediction's thread:
+        # both reach the module whole, and both are removed
+        for size in (10, 300_000):
+            r = c.post(
+                "/v2/models/deepaas_style/predict/",
+                params={"text": "hi"},
+                files={"data": ("x.bin", b"y" * size)},
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["file"]["size"] == size
         time.sleep(0.2)
         assert _predict_dirs() - before == set()
 
