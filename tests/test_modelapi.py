@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import tempfile
 import time
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -156,6 +158,70 @@ def test_uploaded_temp_files_are_removed(tmp_path: Path) -> None:
             assert r.json()["file"]["size"] == size
         time.sleep(0.2)
         assert _predict_dirs() - before == set()
+
+
+def test_malformed_multipart_gives_400_and_leaves_no_files(tmp_path: Path) -> None:
+    before = _predict_dirs()
+    url = "/v2/models/deepaas_style/predict/"
+    with model_client(tmp_path, STYLE) as c:
+        cut = (
+            b'--b\r\nContent-Disposition: form-data; name="data"; filename="x"\r\n\r\n'
+            + b"z" * 200_000
+        )
+        for ctype, body in (
+            ("multipart/form-data", b"--x--\r\n"),  # no boundary
+            ("multipart/form-data; boundary=b", cut),  # ends inside a file part
+            ("multipart/form-data; boundary=b", b"--b\r\nno-colon-header\r\n\r\nv\r\n--b--"),
+        ):
+            r = c.post(url, content=body, headers={"content-type": ctype})
+            assert r.status_code == 400, (body[:40], r.text)
+            assert "multipart" in r.json()["detail"]
+        many = b"".join(
+            b'--b\r\nContent-Disposition: form-data; name="f%d"; filename="x"\r\n\r\nv\r\n' % i
+            for i in range(65)
+        )
+        r = c.post(
+            url,
+            content=many + b"--b--\r\n",
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        assert r.status_code == 400 and "too many files" in r.json()["detail"]
+    assert _predict_dirs() - before == set()
+
+
+async def _chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
+def test_multipart_parts_split_across_chunks(tmp_path: Path) -> None:
+    """Files and fields arrive whole however the body is cut, small ones and large ones."""
+    from forgehub.modelapi.multipart import MultipartForm
+
+    big = os.urandom(300_000)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\nh\xc3\xa9llo\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="small"; filename="s.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nsmall file\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="big"; filename="b.bin"\r\n\r\n'
+        + big
+        + b"\r\n--b--\r\n"
+    )
+    for size in (7, 1000, 65536, len(body)):
+        paths: list[str] = []
+        form = MultipartForm(tmp_path, paths)
+        asyncio.run(form.read("multipart/form-data; boundary=b", _chunks(body, size)))
+        assert form.getlist("text") == ["héllo"]
+        (small,) = form.getlist("small")
+        (large,) = form.getlist("big")
+        assert not isinstance(small, str) and not isinstance(large, str)
+        assert small.original_filename == "s.txt" and small.content_type == "text/plain"
+        assert Path(small.filename).read_bytes() == b"small file"
+        assert Path(large.filename).read_bytes() == big
+        assert oct(os.stat(large.filename).st_mode & 0o777) == "0o600"
+        assert sorted(paths) == sorted([small.filename, large.filename])
+        for p in paths:
+            os.unlink(p)
 
 
 def test_upload_limit_gives_413(tmp_path: Path) -> None:

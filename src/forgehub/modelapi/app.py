@@ -8,10 +8,8 @@ at ``/openapi.json``; interactive docs at ``/docs`` and ``/api``.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
-import secrets
 import shutil
 import tempfile
 import time
@@ -25,17 +23,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData
 
 from forgehub import __version__
 from forgehub.auth import Principal, can_see
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState
 from forgehub.modelapi.limits import UploadLimit
+from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm
 from forgehub.modelapi.runner import ThreadRunner
 from forgehub.modelapi.trainings import TrainingManager
 from forgehub.module.args import ArgErrors, ArgSpec, collect
-from forgehub.module.contract import UploadedFile
 from forgehub.module.loaded import LoadedModule, ModuleError, Output, jsonable
 from forgehub.server import docs, errors
 
@@ -48,8 +46,6 @@ DEEPAAS_STATUS = {
     TrainingState.cancelled: "cancelled",
 }
 USAGE_FLUSH_S = 5.0
-# uploads up to this size in all are written to disk on the event loop (see Uploads)
-INLINE_UPLOAD_BYTES = 64 * 1024
 UUID_PARAM = {
     "parameters": [
         {
@@ -101,88 +97,18 @@ def _form_parameters(specs: list[ArgSpec]) -> dict[str, Any]:
     return extra
 
 
-class PendingUpload:
-    """A multipart file not yet written to disk."""
-
-    __slots__ = ("field", "upload")
-
-    def __init__(self, field: str, upload: UploadFile) -> None:
-        self.field = field
-        self.upload = upload
-
-
-_UPLOAD_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC
-_upload_names = itertools.count()
-_upload_tag = secrets.token_hex(6)
-
-
-def _new_upload_file(directory: Path) -> tuple[int, str]:
-    """Create a new private (0600) file for an upload, like ``mkstemp`` but cheaper per call.
-
-    Names are a per-process random tag and a counter; ``O_EXCL | O_NOFOLLOW`` refuse an existing
-    name or a planted symlink, and a taken name moves on to the next one.
-    """
-    while True:
-        path = os.path.join(directory, f"forgehub-upload-{_upload_tag}-{next(_upload_names)}")
-        try:
-            return os.open(path, _UPLOAD_FLAGS, 0o600), path
-        except FileExistsError:
-            continue
-
-
 class Uploads:
-    """Uploaded files of one request, written to ``directory``; removed by :meth:`cleanup`.
+    """Files uploaded with one request, in ``directory``; :meth:`cleanup` removes them.
 
-    Small uploads (all of them at most :data:`INLINE_UPLOAD_BYTES`, so already in memory) are
-    written and removed on the event loop: a few microseconds of page-cache work, which costs far
-    less than the GIL hand-overs that the same system calls make in a worker thread under load.
-    Larger ones are written in the worker thread that validates and predicts.
+    Multipart bodies are parsed by :class:`~forgehub.modelapi.multipart.MultipartForm`, which
+    writes each file part straight to its file here and records its path at once.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.paths: list[str] = []
-        self.form: Any = None
-        self.pending_bytes = 0
-        self.pending_large = False
-
-    def track(self, upload: UploadFile) -> None:
-        """Account for ``upload`` (called by the argument gatherer for each file)."""
-        size = upload.size
-        if size is None or size > INLINE_UPLOAD_BYTES:
-            self.pending_large = True
-        else:
-            self.pending_bytes += size
-
-    @property
-    def inline(self) -> bool:
-        """Whether writing and removing this request's files may happen on the event loop."""
-        return not self.pending_large and self.pending_bytes <= INLINE_UPLOAD_BYTES
-
-    def materialize(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Write pending uploads to files (blocking: call it from a worker thread)."""
-
-        def conv(v: Any) -> Any:
-            return self.save(v.field, v.upload) if isinstance(v, PendingUpload) else v
-
-        return {
-            k: [conv(i) for i in v] if isinstance(v, list) else conv(v) for k, v in data.items()
-        }
-
-    def save(self, field: str, upload: UploadFile) -> UploadedFile:
-        fd, path = _new_upload_file(self.directory)
-        self.paths.append(path)
-        with open(fd, "wb") as out:
-            upload.file.seek(0)
-            shutil.copyfileobj(upload.file, out, 1 << 20)
-        return UploadedFile(field, path, upload.content_type, upload.filename)
 
     def cleanup(self) -> None:
-        if self.form is not None:
-            for _, value in self.form.multi_items():
-                if isinstance(value, UploadFile):
-                    value.file.close()
-            self.form = None
         for path in self.paths:
             try:
                 os.unlink(path)
@@ -293,16 +219,17 @@ class ModelAPI:
     ) -> dict[str, Any]:
         """Arguments from the query string, form, multipart or JSON body.
 
-        Uploads stay pending (see :class:`Uploads`) until :meth:`Uploads.materialize` writes them
-        to files, in a worker thread; the form is closed by :meth:`Uploads.cleanup`.
+        Uploaded files are written to ``uploads`` as they arrive (see :class:`MultipartForm`).
         """
         query = request.query_params
         ctype = request.headers.get("content-type", "")
-        form = None
+        form: MultipartForm | FormData | None = None
         body_json: dict[str, Any] = {}
-        if ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-            form = await request.form(max_files=64, max_fields=1000)
-            uploads.form = form
+        if ctype.startswith("multipart/form-data"):
+            form = MultipartForm(uploads.directory, uploads.paths)
+            await form.read(ctype, request.stream())
+        elif ctype.startswith("application/x-www-form-urlencoded"):
+            form = await request.form(max_files=0, max_fields=MAX_FIELDS)
         elif ctype.startswith("application/json"):
             raw = await request.body()
             if raw:
@@ -320,14 +247,7 @@ class ModelAPI:
             if form is not None:
                 vals = form.getlist(name)
                 if vals:
-                    out: list[Any] = []
-                    for v in vals:
-                        if isinstance(v, UploadFile):
-                            uploads.track(v)
-                            out.append(PendingUpload(name, v))
-                        else:
-                            out.append(v)
-                    return out
+                    return vals
             if name in body_json:
                 v = body_json[name]
                 return v if isinstance(v, list) else [v]
@@ -376,20 +296,23 @@ class ModelAPI:
         m = self.module(name)
         uploads = Uploads(Path(tempfile.gettempdir()))
         try:
-            try:
-                data = await self._gather(request, m.predict_specs, uploads)
-                # validation and prediction run together, off the event loop
-                out = await self.runner.predict(name, data, uploads)
-                self.usage[name] = self.usage.get(name, 0) + 1
-            except ArgErrors as exc:
-                uploads.cleanup()
-                return self._arg_problem(exc)
-            except ModuleError as exc:
-                uploads.cleanup()
-                return errors.problem(exc.status, f"the model failed: {exc}")
-        except BaseException:
+            data = await self._gather(request, m.predict_specs, uploads)
+        except BaseException as exc:
             uploads.cleanup()
+            if isinstance(exc, BadForm):
+                return errors.problem(400, str(exc))
+            if isinstance(exc, ArgErrors):
+                return self._arg_problem(exc)
             raise
+        try:
+            # validation and prediction run together, off the event loop; the runner removes
+            # the uploads once the module is done with them
+            out = await self.runner.predict(name, data, after=uploads.cleanup)
+        except ArgErrors as exc:
+            return self._arg_problem(exc)
+        except ModuleError as exc:
+            return errors.problem(exc.status, f"the model failed: {exc}")
+        self.usage[name] = self.usage.get(name, 0) + 1
         return self._respond(out)
 
     def _training_out(self, t: Training) -> dict[str, Any]:
@@ -431,15 +354,15 @@ class ModelAPI:
         upload_dir.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix="train-", dir=upload_dir))
         try:
-            train_uploads = Uploads(tmpdir)
-            data = await self._gather(request, m.train_specs, train_uploads)
-            data = await anyio.to_thread.run_sync(train_uploads.materialize, data)
-            train_uploads.paths.clear()  # kept for the training; removed with tmpdir
-            train_uploads.cleanup()
+            # files land in tmpdir, kept for the training and removed with it
+            data = await self._gather(request, m.train_specs, Uploads(tmpdir))
             args = m.validate_train(data)
         except ArgErrors as exc:
             shutil.rmtree(tmpdir, ignore_errors=True)
             return self._arg_problem(exc)
+        except BadForm as exc:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            return errors.problem(400, str(exc))
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise

@@ -1,70 +1,144 @@
 """Where predictions run: never on the event loop.
 
 Arguments are validated and ``predict`` called in one hop to a worker thread of the runner's own
-pool (numpy, scikit-learn and friends release the GIL while they compute). Uploads are written
-before the hop: on the loop when they are small, in the same hop otherwise (see ``Uploads``).
+pool (numpy, scikit-learn and friends release the GIL while they compute). Uploaded files are
+already on disk by then (see :mod:`forgehub.modelapi.multipart`).
 For CPU-bound pure-Python models, ``forgehub module serve --workers N`` runs N server processes
 on one socket, each of which loads its modules and calls ``warm()`` once (see
 :mod:`forgehub.modelapi.factory`).
+
+Waking a thread and waking the loop back are the dear part of a hop (tens of microseconds each
+on a virtual machine, more than most predictions), so the pool is built to skip them under load:
+a busy worker takes the next job without being woken, and results go back to the loop in batches
+with one wake-up for all of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from forgehub.module.loaded import LoadedModule, Output
 
 T = TypeVar("T")
 
 
-class ThreadRunner:
-    def __init__(self, modules: dict[str, LoadedModule], threads: int | None = None) -> None:
-        self.modules = modules
-        self.pool = ThreadPoolExecutor(
-            max_workers=threads or min(32, (os.cpu_count() or 1) + 4),
-            thread_name_prefix="forgehub-predict",
-        )
+class _Job(Generic[T]):
+    __slots__ = ("fn", "fut", "after", "ok", "value")
 
-    async def _hop(self, fn: Callable[[], T], after: Callable[[], None] | None = None) -> T:
-        """Run ``fn`` in the pool; ``after`` runs once ``fn`` has really finished.
+    def __init__(
+        self, fn: Callable[[], T], fut: asyncio.Future[T], after: Callable[[], None] | None
+    ) -> None:
+        self.fn = fn
+        self.fut = fut
+        self.after = after
+        self.ok = False
+        self.value: Any = None
+
+
+class HopPool:
+    """Worker threads fed from one queue, handing results back to one event loop in batches."""
+
+    def __init__(self, threads: int, name: str = "forgehub-predict") -> None:
+        self.max_threads = max(1, threads)
+        self.name = name
+        self._jobs: deque[_Job[Any]] = deque()
+        self._done: deque[_Job[Any]] = deque()
+        self._cv = threading.Condition(threading.Lock())
+        self._idle = 0
+        self._threads: list[threading.Thread] = []
+        self._posted = False
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, fn: Callable[[], T], after: Callable[[], None] | None = None) -> T:
+        """``fn()`` in a worker thread; ``after()`` on the loop once ``fn`` has really finished.
 
         A cancelled request does not stop a prediction that is already running, so ``after``
         (removing the uploads) waits for it rather than pulling files from under the module.
         """
-        cf: Future[T] = self.pool.submit(fn)
+        loop = self._loop = asyncio.get_running_loop()  # one loop at a time (an app's lifespan)
+        if self._closed:
+            raise RuntimeError("the prediction pool is shut down")
+        job: _Job[T] = _Job(fn, loop.create_future(), after)
+        with self._cv:
+            self._jobs.append(job)
+            if self._idle:
+                self._cv.notify()
+            elif len(self._threads) < self.max_threads:
+                t = threading.Thread(
+                    target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
         try:
-            return await asyncio.shield(asyncio.wrap_future(cf))
+            return await job.fut
         finally:
-            if after is not None:
-                if cf.done():
-                    after()
-                else:
-                    cf.add_done_callback(lambda _: after())
+            # a cancelled future means the job may still run: then _deliver runs ``after``
+            if after is not None and not job.fut.cancelled():
+                after()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs:
+                    if self._closed:
+                        return
+                    self._idle += 1
+                    self._cv.wait()
+                    self._idle -= 1
+                job = self._jobs.popleft()
+            try:
+                job.value = job.fn()
+                job.ok = True
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+                job.value = exc
+            self._done.append(job)
+            if not self._posted:
+                self._posted = True
+                assert self._loop is not None
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    return
+
+    def _deliver(self) -> None:
+        self._posted = False
+        while self._done:
+            job = self._done.popleft()
+            if job.fut.cancelled():
+                if job.after is not None:
+                    job.after()
+            elif job.ok:
+                job.fut.set_result(job.value)
+            else:
+                job.fut.set_exception(job.value)
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+class ThreadRunner:
+    def __init__(self, modules: dict[str, LoadedModule], threads: int | None = None) -> None:
+        self.modules = modules
+        self.pool = HopPool(threads or os.cpu_count() or 1)
 
     async def start(self) -> None:
         for m in self.modules.values():
-            await self._hop(m.warm)
+            await self.pool.run(m.warm)
 
-    async def predict(self, name: str, data: dict[str, Any], uploads: Any) -> Output:
-        """Validate and predict in one worker-thread hop; uploads are written first."""
+    async def predict(
+        self, name: str, data: dict[str, Any], after: Callable[[], None] | None = None
+    ) -> Output:
+        """Validate and predict in one worker-thread hop; then ``after()`` (on the loop)."""
         module = self.modules[name]
-        if uploads.inline:
-            data = uploads.materialize(data)
-            return await self._hop(
-                lambda: module.predict(module.validate_predict(data)), uploads.cleanup
-            )
-
-        def call() -> Output:
-            try:
-                return module.predict(module.validate_predict(uploads.materialize(data)))
-            finally:
-                uploads.cleanup()  # the module is done with them
-
-        return await self._hop(call)
+        return await self.pool.run(lambda: module.predict(module.validate_predict(data)), after)
 
     async def stop(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
