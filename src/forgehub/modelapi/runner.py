@@ -52,6 +52,7 @@ class HopPool:
         self._idle = 0
         self._threads: list[threading.Thread] = []
         self._posted = False
+        self._wake_scheduled = False
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -65,22 +66,32 @@ class HopPool:
         if self._closed:
             raise RuntimeError("the prediction pool is shut down")
         job: _Job[T] = _Job(fn, loop.create_future(), after)
-        with self._cv:
-            self._jobs.append(job)
-            if self._idle:
-                self._cv.notify()
-            elif len(self._threads) < self.max_threads:
-                t = threading.Thread(
-                    target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True
-                )
-                self._threads.append(t)
-                t.start()
+        self._jobs.append(job)
+        if not self._wake_scheduled:
+            # wake workers once for all the jobs this turn of the loop submits
+            self._wake_scheduled = True
+            loop.call_soon(self._wake)
         try:
             return await job.fut
         finally:
             # a cancelled future means the job may still run: then _deliver runs ``after``
             if after is not None and not job.fut.cancelled():
                 after()
+
+    def _wake(self) -> None:
+        self._wake_scheduled = False
+        with self._cv:
+            waiting = len(self._jobs)
+            if not waiting:
+                return
+            if self._idle:
+                self._cv.notify(min(waiting, self._idle))
+            elif len(self._threads) < self.max_threads:
+                t = threading.Thread(
+                    target=self._work, name=f"{self.name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
 
     def _work(self) -> None:
         while True:
