@@ -278,7 +278,12 @@ def test_add_a_storage_connection_from_the_dashboard(
     err.wait_for()
     assert err.inner_text()
     page.locator("#storage-local-path").fill(str(tmp_path / "scratch"))
-    page.get_by_role("button", name="Test and save").click()
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url.endswith("/connections")
+    ) as saved:
+        page.get_by_role("button", name="Test and save").click()
+    assert saved.value.status == 201, saved.value.text()
+    page.wait_for_load_state()  # the page reloads with the new connection
     page.locator("table tr", has_text="scratch").wait_for()
     s.shot("5-storage-connection-added")
     # the compute page offers Slurm and Ray, with their settings
