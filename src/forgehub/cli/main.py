@@ -81,6 +81,7 @@ def serve(
 
     from forgehub.server import create_app
     from forgehub.server.accesslog import setup
+    from forgehub.server.gcfreeze import freeze_after_startup
 
     settings = settings_or_exit(
         config,
@@ -95,7 +96,7 @@ def serve(
     except ConfigError as exc:
         fail(str(exc))
     setup(settings.log_level)
-    app_ = create_app(settings)
+    app_ = freeze_after_startup(create_app(settings))
     if settings.host not in LOOPBACK_HOSTS:
         out.print(
             f"[yellow]warning:[/yellow] listening on {settings.host}, reachable from the network"

@@ -103,6 +103,7 @@ def serve(
     from forgehub.modelapi import create_model_app
     from forgehub.module import load_all
     from forgehub.server.accesslog import setup
+    from forgehub.server.gcfreeze import freeze_after_startup
 
     if host not in LOOPBACK_HOSTS and not allow_public:
         fail(
@@ -136,7 +137,7 @@ def serve(
         "max_trainings": max_trainings,
     }
     if workers <= 1:
-        app_ = create_model_app(modules, settings.db_url, work_dir, **options)
+        app_ = freeze_after_startup(create_model_app(modules, settings.db_url, work_dir, **options))
         uvicorn.run(app_, **common)  # type: ignore[arg-type]
         return
     # N processes on one socket: migrate and recover once here, then let each process load

@@ -8,7 +8,6 @@ at ``/openapi.json``; interactive docs at ``/docs`` and ``/api``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import shutil
@@ -161,11 +160,6 @@ class ModelAPI:
         self.trainings = TrainingManager(
             self.db_getter(), self.modules, self.work_dir, self.max_trainings
         )
-        # the modules, their libraries and the app are loaded for good: take them out of the
-        # cyclic garbage collector, whose full passes over them stalled the server ~80 ms
-        # several times a second under load
-        gc.collect()
-        gc.freeze()
         lost = self.trainings.recover() if self.recover else 0
         if lost:
             log.warning("%d training(s) were running when the server stopped; marked failed", lost)

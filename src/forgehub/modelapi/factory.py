@@ -27,9 +27,12 @@ def spec_to_env(targets: list[tuple[str, str]], db_url: str, work_dir: Path, **o
 def app_from_env() -> FastAPI:
     from forgehub.modelapi.app import create_model_app
     from forgehub.module.discovery import import_target, wrap
+    from forgehub.server.gcfreeze import freeze_after_startup
 
     spec: dict[str, Any] = json.loads(os.environ[ENV])
     modules = [wrap(import_target(target), target, name) for name, target in spec["targets"]]
-    return create_model_app(
-        modules, spec["db_url"], Path(spec["work_dir"]), recover=False, **spec["options"]
+    return freeze_after_startup(
+        create_model_app(
+            modules, spec["db_url"], Path(spec["work_dir"]), recover=False, **spec["options"]
+        )
     )
