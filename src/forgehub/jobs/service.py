@@ -227,12 +227,17 @@ def submit(
         spec=spec,
         compute_id=compute.id,
         storage_id=storage.id,
-        state=JobState.queued,
         max_retries=body.max_retries,
     )
+    return _enqueue(session, job, "submitted")
+
+
+def _enqueue(session: Session, job: Job, message: str) -> Job:
+    """Store a new job as queued, with its first event."""
+    job.state = JobState.queued
     session.add(job)
     session.flush()
-    session.add(JobEvent(job_id=job.id, state="queued", attempt=0, message="submitted"))
+    session.add(JobEvent(job_id=job.id, state="queued", attempt=0, message=message))
     return job
 
 
@@ -610,12 +615,8 @@ def retry(session: Session, principal: Principal, job: Job) -> Job:
         storage_id=job.storage_id,
         max_retries=job.max_retries,
         retry_of=job.id,
-        state=JobState.queued,
     )
-    session.add(new)
-    session.flush()
-    session.add(JobEvent(job_id=new.id, state="queued", message=f"retry of {job.id}"))
-    return new
+    return _enqueue(session, new, f"retry of {job.id}")
 
 
 def find_jobs(
