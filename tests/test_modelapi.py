@@ -196,7 +196,7 @@ async def _chunks(body: bytes, size: int) -> AsyncIterator[bytes]:
 
 def test_multipart_parts_split_across_chunks(tmp_path: Path) -> None:
     """Files and fields arrive whole however the body is cut, small ones and large ones."""
-    from forgehub.modelapi.multipart import MultipartForm
+    from forgehub.modelapi.multipart import MultipartForm, Uploads
 
     big = os.urandom(300_000)
     body = (
@@ -208,8 +208,9 @@ def test_multipart_parts_split_across_chunks(tmp_path: Path) -> None:
         + b"\r\n--b--\r\n"
     )
     for size in (7, 1000, 65536, len(body)):
-        paths: list[str] = []
-        form = MultipartForm(tmp_path, paths)
+        uploads = Uploads(tmp_path)
+        paths = uploads.paths
+        form = MultipartForm(uploads)
         asyncio.run(form.read("multipart/form-data; boundary=b", _chunks(body, size)))
         assert form.getlist("text") == ["héllo"]
         (small,) = form.getlist("small")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -30,7 +29,7 @@ from forgehub.auth import Principal, can_see
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState
 from forgehub.modelapi.limits import UploadLimit
-from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm
+from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
 from forgehub.modelapi.trainings import TrainingManager
 from forgehub.module.args import ArgErrors, ArgSpec, collect
@@ -95,26 +94,6 @@ def _form_parameters(specs: list[ArgSpec]) -> dict[str, Any]:
             },
         }
     return extra
-
-
-class Uploads:
-    """Files uploaded with one request, in ``directory``; :meth:`cleanup` removes them.
-
-    Multipart bodies are parsed by :class:`~forgehub.modelapi.multipart.MultipartForm`, which
-    writes each file part straight to its file here and records its path at once.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.paths: list[str] = []
-
-    def cleanup(self) -> None:
-        for path in self.paths:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-        self.paths.clear()
 
 
 class RawRoute(APIRoute):
@@ -226,8 +205,13 @@ class ModelAPI:
         form: MultipartForm | FormData | None = None
         body_json: dict[str, Any] = {}
         if ctype.startswith("multipart/form-data"):
-            form = MultipartForm(uploads.directory, uploads.paths)
-            await form.read(ctype, request.stream())
+            form = MultipartForm(uploads)
+            try:
+                await form.read(ctype, request.stream())
+            except BadForm as exc:
+                from fastapi import HTTPException
+
+                raise HTTPException(400, str(exc)) from None
         elif ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form(max_files=0, max_fields=MAX_FIELDS)
         elif ctype.startswith("application/json"):
@@ -299,8 +283,6 @@ class ModelAPI:
             data = await self._gather(request, m.predict_specs, uploads)
         except BaseException as exc:
             uploads.cleanup()
-            if isinstance(exc, BadForm):
-                return errors.problem(400, str(exc))
             if isinstance(exc, ArgErrors):
                 return self._arg_problem(exc)
             raise
@@ -360,9 +342,6 @@ class ModelAPI:
         except ArgErrors as exc:
             shutil.rmtree(tmpdir, ignore_errors=True)
             return self._arg_problem(exc)
-        except BadForm as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            return errors.problem(400, str(exc))
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise

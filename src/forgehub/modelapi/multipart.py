@@ -57,6 +57,26 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
         view = view[os.write(fd, view) :]
 
 
+class Uploads:
+    """Files uploaded with one request, in ``directory``; :meth:`cleanup` removes them.
+
+    :class:`MultipartForm` writes each file part straight to its file here and records its path
+    at once.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths: list[str] = []
+
+    def cleanup(self) -> None:
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths.clear()
+
+
 class _Part:
     __slots__ = ("name", "filename", "content_type", "fd", "path", "buf", "size")
 
@@ -73,9 +93,8 @@ class _Part:
 class MultipartForm:
     """Fields (``str``) and files (:class:`UploadedFile`) of one request, by name, in order."""
 
-    def __init__(self, directory: Path, paths: list[str]) -> None:
-        self.directory = directory
-        self.paths = paths  # every file created, for the owner to remove
+    def __init__(self, uploads: Uploads) -> None:
+        self.uploads = uploads  # every file created is recorded there at once
         self.values: dict[str, list[str | UploadedFile]] = {}
         self.file_bytes = 0
         self._files = 0
@@ -164,8 +183,8 @@ class MultipartForm:
                 raise BadForm(f"too many files in one request (at most {MAX_FILES})")
             part.filename = options[b"filename"].decode(charset, errors="replace")
             part.content_type = headers.get(b"content-type", b"").decode("latin-1")
-            part.fd, part.path = new_upload_file(self.directory)
-            self.paths.append(part.path)
+            part.fd, part.path = new_upload_file(self.uploads.directory)
+            self.uploads.paths.append(part.path)
         else:
             self._fields += 1
             if self._fields > MAX_FIELDS:
