@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from forgehub.config import Settings
 from forgehub.server import create_app
-from tests.services import Postgres
+from tests.services import Postgres, started
 
 _db_counter = itertools.count()
 
@@ -17,11 +17,8 @@ _db_counter = itertools.count()
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     pg = Postgres()
-    pg.start()
-    try:
+    with started(pg):
         yield pg
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -87,8 +84,5 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     from tests.services import ForgehubServer
 
     srv = ForgehubServer(tmp_path_factory.mktemp("live") / "data")
-    srv.start()
-    try:
+    with started(srv):
         yield srv
-    finally:
-        srv.stop()

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,16 @@ def wait_port(
                 return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+
+
+@contextlib.contextmanager
+def started(service: Any) -> Iterator[Any]:
+    """Run ``service`` for the block, which gets what its ``start()`` returned; stop it after."""
+    value = service.start()
+    try:
+        yield value
+    finally:
+        service.stop()
 
 
 def stop_pid(pid: int, timeout: float = 15.0) -> None:

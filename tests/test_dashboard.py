@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import ForgehubServer, missing
+from tests.services import ForgehubServer, missing, started
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-screenshots"
@@ -35,11 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForgehubServer]
         tmp_path_factory.mktemp("dash") / "data",
         FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
     )
-    srv.start()
-    try:
+    with started(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.services import ForgehubServer, RayHead, Slurm, stop_pid
+from tests.services import ForgehubServer, RayHead, Slurm, started, stop_pid
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 FORGEHUB = str(Path(sys.executable).parent / "forgehub")
@@ -36,11 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForgehubServer]
         FORGEHUB_LOCAL_JOB_SLOTS="2",
         FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
     )
-    srv.start()
-    try:
+    with started(srv):
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -202,22 +199,14 @@ def test_train_on_a_worker(api: httpx.Client, dataset: str, worker: Any) -> None
 
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[str]:
-    s = Slurm()
-    conf = s.start()
-    try:
+    with started(Slurm()) as conf:
         yield conf
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")
 def ray_head() -> Iterator[str]:
-    r = RayHead()
-    url = r.start()
-    try:
+    with started(RayHead()) as url:
         yield url
-    finally:
-        r.stop()
 
 
 def test_train_on_slurm(api: httpx.Client, dataset: str, slurm: str) -> None:
