@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 @contextmanager
@@ -26,3 +27,41 @@ def atomic_path(dest: Path, prefix: str = ".tmp-", mode: int | None = None) -> I
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def open_empty(path: Path) -> BinaryIO:
+    """Open the empty file that ``atomic_path`` made, for writing.
+
+    Not with ``"wb"``: truncating a file, even an empty one, makes ext4 start writing its data
+    back to disk when it is closed (``auto_da_alloc``), which made a 1 GB copy 2.5x slower."""
+    return open(path, "r+b")  # noqa: SIM115 - the caller closes it
+
+
+def copy_file(source: Path, dest: Path) -> int:
+    """Copy ``source`` over ``dest`` inside the kernel; returns the bytes copied.
+
+    ``copy_file_range`` lets the file system share extents (reflink, server-side copy on NFS) or
+    copy between page caches without a trip through user space; Python 3.11's
+    ``shutil.copyfile`` uses ``sendfile``, which on ext4 measured 0.4-1.8 GB/s against 3.7 GB/s
+    here. Falls back to ``shutil.copyfile`` where the kernel or file system cannot do it."""
+    import errno
+    import shutil
+
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o666)  # no O_TRUNC: see open_empty
+    try:
+        if os.fstat(fd).st_size:
+            os.ftruncate(fd, 0)
+        with open(source, "rb") as src:
+            copied = 0
+            try:
+                while n := os.copy_file_range(src.fileno(), fd, 1 << 30):
+                    copied += n
+                return copied
+            except OSError as exc:
+                unsupported = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
+                if copied or exc.errno not in unsupported:
+                    raise
+    finally:
+        os.close(fd)
+    shutil.copyfile(source, dest)
+    return dest.stat().st_size

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from forgehub.artifacts.content import fetch_file, hash_file
-from forgehub.fsutil import atomic_path
+from forgehub.fsutil import atomic_path, copy_file
 from forgehub.storage.base import IntegrityError, StorageAdapter
 from forgehub.storage.blobstore import blob_key, check_digest
 
@@ -78,7 +77,7 @@ class ContentCache:
             target = self.path(digest)
             if not target.exists():
                 with atomic_path(target, ".add-", mode=0o644) as tmp:
-                    shutil.copyfile(source, tmp)
+                    copy_file(source, tmp)
                     if hash_file(tmp)[0] != digest:
                         raise IntegrityError(f"{source} changed while it was being cached")
         self.evict(keep=self.path(digest))

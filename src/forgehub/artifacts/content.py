@@ -15,16 +15,19 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgehub.fsutil import atomic_path
+from forgehub.fsutil import atomic_path, copy_file, open_empty
 from forgehub.storage.base import CHUNK, IntegrityError, InvalidKey, StorageAdapter
 from forgehub.storage.blobstore import blob_key
+from forgehub.storage.local import LocalStorage
 
 MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
 Progress = Callable[[int], None]
+Stamp = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
 
 def _noop(n: int) -> None:
@@ -34,12 +37,20 @@ def _noop(n: int) -> None:
 def hash_file(path: Path, progress: Progress = _noop) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-            size += len(block)
-            progress(len(block))
+    buf = bytearray(CHUNK)  # one buffer, refilled: no allocation per block
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+            progress(n)
     return f"sha256:{h.hexdigest()}", size
+
+
+def file_stamp(path: Path) -> Stamp:
+    """What changes when a file is written: its identity, size and modification time."""
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def hash_bytes(data: bytes) -> str:
@@ -61,21 +72,26 @@ def _safe_rel(path: str) -> str:
     return path
 
 
-def build_manifest(root: Path, progress: Progress = _noop) -> tuple[bytes, list[ManifestEntry]]:
+def build_manifest(
+    root: Path, progress: Progress = _noop
+) -> tuple[bytes, list[ManifestEntry], dict[str, Stamp]]:
+    """The manifest of a directory, its entries, and each file's stamp from before hashing."""
     entries = []
+    stamps = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath) / name
             if full.is_symlink() or not full.is_file():
                 continue
-            digest, size = hash_file(full, progress)
             rel = full.relative_to(root).as_posix()
+            stamps[rel] = file_stamp(full)
+            digest, size = hash_file(full, progress)
             entries.append(
                 ManifestEntry(rel, digest, size, stat.S_IMODE(full.stat().st_mode) & 0o755)
             )
     doc = {"forgehub.manifest": 1, "files": [e.__dict__ for e in entries]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), entries
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), entries, stamps
 
 
 def parse_manifest(data: bytes) -> list[ManifestEntry]:
@@ -101,8 +117,18 @@ class PushResult:
 
 
 def _upload_blob(
-    adapter: StorageAdapter, digest: str, size: int, source: Path | bytes, progress: Progress
+    adapter: StorageAdapter,
+    digest: str,
+    size: int,
+    source: Path | bytes,
+    progress: Progress,
+    hashed_at: Stamp | None = None,
 ) -> int:
+    """Store one blob unless the store holds it; returns the bytes sent.
+
+    ``hashed_at`` is the source file's stamp from before it was hashed: if the file changed
+    between hashing and uploading, the stored bytes would not match their name, so the upload is
+    undone and refused."""
     key = blob_key(digest)
     existing = adapter.stat(key)
     if existing is not None and existing.size == size:
@@ -110,25 +136,32 @@ def _upload_blob(
         return 0  # stored once: the store already holds these bytes
     if isinstance(source, bytes):
         adapter.put(key, source)
+        return size
+
+    def chunks() -> Iterator[bytes]:
+        with open(source, "rb") as fh:
+            while block := fh.read(CHUNK):
+                progress(len(block))
+                yield block
+
+    if progress is _noop:
+        adapter.put_file(key, source)  # each back end's fastest path from disk
     else:
-
-        def chunks() -> Iterator[bytes]:
-            with open(source, "rb") as fh:
-                while block := fh.read(CHUNK):
-                    progress(len(block))
-                    yield block
-
-        if progress is _noop:
-            adapter.put_file(key, source)  # each back end's fastest path from disk
-        else:
-            adapter.put(key, chunks(), size)
+        adapter.put(key, chunks(), size)
+    if hashed_at is not None and file_stamp(source) != hashed_at:
+        adapter.delete(key)
+        raise IntegrityError(f"{source.name} changed while it was being pushed; push it again")
+    if isinstance(adapter, LocalStorage):  # remember what the new file holds
+        stamp = adapter.stamp(key)
+        if stamp is not None:
+            adapter.remember(key, digest, stamp)
     return size
 
 
 def push_path(adapter: StorageAdapter, path: Path, progress: Progress = _noop) -> PushResult:
     """Store a file or directory; returns its digest and how many bytes were uploaded."""
     if path.is_dir():
-        manifest, entries = build_manifest(path)
+        manifest, entries, stamps = build_manifest(path)
         uploaded = 0
         seen: set[str] = set()
         for e in entries:
@@ -136,12 +169,43 @@ def push_path(adapter: StorageAdapter, path: Path, progress: Progress = _noop) -
                 progress(e.size)
                 continue
             seen.add(e.digest)
-            uploaded += _upload_blob(adapter, e.digest, e.size, path / e.path, progress)
+            uploaded += _upload_blob(
+                adapter, e.digest, e.size, path / e.path, progress, stamps[e.path]
+            )
         digest = hash_bytes(manifest)
         uploaded += _upload_blob(adapter, digest, len(manifest), manifest, _noop)
         return PushResult(digest, "dir", sum(e.size for e in entries), uploaded)
+    if isinstance(adapter, LocalStorage) and progress is _noop:
+        return _push_file_locally(adapter, path)
+    before = file_stamp(path)
     digest, size = hash_file(path)
-    return PushResult(digest, "file", size, _upload_blob(adapter, digest, size, path, progress))
+    sent = _upload_blob(adapter, digest, size, path, progress, before)
+    return PushResult(digest, "file", size, sent)
+
+
+def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
+    """One pass: copy into the store in the kernel while a thread hashes the source.
+
+    Hashing is the slow half (SHA-256 ~1.4 GB/s on one core, a kernel copy ~3.7 GB/s), so the
+    copy costs no extra time; if the store already holds the content, the copy is dropped
+    (its pages mostly before they ever reach the disk) and nothing is added."""
+    before = file_stamp(path)
+    with store.staging() as staged:
+        with ThreadPoolExecutor(1) as pool:
+            hashed = pool.submit(hash_file, path)
+            copy_file(path, staged)
+            digest, size = hashed.result()
+        if file_stamp(path) != before:
+            raise IntegrityError(f"{path.name} changed while it was being pushed; push it again")
+        key = blob_key(digest)
+        existing = store.stat(key)
+        if existing is not None and existing.size == size:
+            return PushResult(digest, "file", size, 0)
+        store.adopt(staged, key)
+    stamp = store.stamp(key)
+    if stamp is not None:
+        store.remember(key, digest, stamp)
+    return PushResult(digest, "file", size, size)
 
 
 class _BackgroundHash:
@@ -198,24 +262,33 @@ def fetch_file(
     progress: Progress = _noop,
 ) -> None:
     """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
-    local = getattr(adapter, "local_path", None)
+    key = blob_key(digest)
     # same machine: a kernel copy, unless the caller follows (and may stop) the download
-    source = local(blob_key(digest)) if local is not None and progress is _noop else None
+    source = adapter.local_path(key) if isinstance(adapter, LocalStorage) else None
     with atomic_path(dest, ".fetch-", mode) as tmp:
-        if source is None:
-            with open(tmp, "wb") as out:
+        if source is None or progress is not _noop:
+            with open_empty(tmp) as out:
                 for block in verified_stream(adapter, digest, progress):
                     out.write(block)
             return
-        # same machine: copy in the kernel while a thread verifies the source
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as pool:
-            hashed = pool.submit(hash_file, source)
-            shutil.copyfile(source, tmp)
-            actual, size = hashed.result()
-        if actual != digest:
-            raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
+        assert isinstance(adapter, LocalStorage)
+        if adapter.known_digest(key) == digest:
+            # verified before and not changed since (checked again after the copy)
+            size = copy_file(source, tmp)
+            if adapter.known_digest(key) != digest:
+                raise IntegrityError(f"{key} changed while it was being read")
+        else:
+            # copy in the kernel while a thread verifies the source
+            stamp = adapter.stamp(key)
+            with ThreadPoolExecutor(1) as pool:
+                hashed = pool.submit(hash_file, source)
+                copy_file(source, tmp)
+                actual, size = hashed.result()
+            if actual != digest:
+                raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
+            if stamp is None or adapter.stamp(key) != stamp:
+                raise IntegrityError(f"{key} changed while it was being read")
+            adapter.remember(key, digest, stamp)
     progress(size)
 
 
@@ -238,8 +311,6 @@ def pull_to(
             raise FileExistsError(f"{dest} already exists")
         os.replace(staging, dest)
     except BaseException:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
         raise
 

@@ -349,6 +349,7 @@ class JobRun:
     def _materialise(self, item: dict[str, Any], dest: Path) -> Path:
         """An input as a local path: a cached file, or a directory of links into the cache."""
         from forgehub.artifacts.content import parse_manifest
+        from forgehub.fsutil import copy_file
 
         adapter = storage_adapter(item["storage"], self.api)
         top = self.cache.fetch(adapter, item["digest"], progress=self.check)
@@ -363,7 +364,7 @@ class JobRun:
             try:
                 os.link(blob, path)
             except OSError:
-                shutil.copyfile(blob, path)
+                copy_file(blob, path)
         return dest
 
     def _execute(

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import os
-import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import Field
 
-from forgehub.fsutil import atomic_path
+from forgehub.fsutil import atomic_path, copy_file, open_empty
 from forgehub.storage.base import (
     CHUNK,
     AdapterConfig,
+    InvalidKey,
     ObjectInfo,
     ObjectNotFound,
     StorageAdapter,
     Unavailable,
+    check_key,
 )
+
+_META = ".forgehub"  # the store's own bookkeeping, never a key
 
 
 class LocalConfig(AdapterConfig):
@@ -34,29 +39,81 @@ class LocalStorage(StorageAdapter):
         self.root = Path(config.path).expanduser().resolve()
 
     def _path(self, key: str) -> Path:
+        if key == _META or key.startswith(_META + "/"):
+            raise InvalidKey(f"keys under {_META}/ are the store's own")
         return self.root / key
 
     def _put(self, key: str, chunks: Iterable[bytes], size: int | None) -> None:
         try:
-            with atomic_path(self._path(key), ".upload-") as tmp, open(tmp, "wb") as out:
+            with atomic_path(self._path(key), ".upload-") as tmp, open_empty(tmp) as out:
                 for block in chunks:
                     out.write(block)
         except OSError as exc:
             raise Unavailable(f"cannot write under {self.root}: {exc.strerror}") from exc
 
     def put_file(self, key: str, path: Path) -> None:
-        """Copy in the kernel (copy_file_range/sendfile), then rename into place."""
-        from forgehub.storage.base import check_key
-
+        """Copy in the kernel (copy_file_range), then rename into place."""
         with atomic_path(self._path(check_key(key)), ".upload-") as tmp:
-            shutil.copyfile(path, tmp)
+            copy_file(path, tmp)
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """An empty file in the store, to fill before its key is known and then ``adopt``;
+        removed when the block ends if it was not adopted."""
+        folder = self.root / _META / "staging"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".upload-")
+        os.close(fd)
+        try:
+            yield Path(name)
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    def adopt(self, staged: Path, key: str) -> None:
+        """Make a file from ``staging`` the object ``key``, atomically."""
+        dest = self._path(check_key(key))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, dest)
 
     def local_path(self, key: str) -> Path | None:
         """The file holding ``key`` (for zero-copy reads), or None."""
-        from forgehub.storage.base import check_key
-
         path = self._path(check_key(key))
         return path if path.is_file() else None
+
+    # -- digests known from an earlier check -------------------------------------------------
+    # Reading a file back to hash it costs more than copying it (SHA-256 runs at ~1.4 GB/s on one
+    # core, a kernel copy at ~3.7 GB/s), so, like git's index, the store remembers which content
+    # a file was verified to hold together with the file's identity and change times. Any write
+    # to the file, a rename over it or a copy in its place changes the stamp and forgets it.
+
+    def stamp(self, key: str) -> str | None:
+        """The identity and change times of ``key``'s file, or None if there is none."""
+        try:
+            st = os.stat(self._path(check_key(key)))
+        except OSError:
+            return None
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+    def _memo(self, key: str) -> Path:
+        return self.root / _META / "verified" / key
+
+    def remember(self, key: str, digest: str, stamp: str) -> None:
+        """Record that ``key`` holds ``digest``, checked while its stamp was ``stamp``."""
+        if self.stamp(key) != stamp:
+            return  # changed since it was checked: nothing to remember
+        try:
+            with atomic_path(self._memo(key), ".rec-") as tmp:
+                tmp.write_text(f"{stamp} {digest}")
+        except OSError:
+            pass  # a read-only store: it is only checked again next time
+
+    def known_digest(self, key: str) -> str | None:
+        """The digest ``key`` was verified to hold, if its file has not changed since."""
+        try:
+            stamp, _, digest = self._memo(key).read_text().partition(" ")
+        except OSError:
+            return None
+        return digest if stamp == self.stamp(key) else None
 
     def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
         path = self._path(key)
@@ -93,13 +150,16 @@ class LocalStorage(StorageAdapter):
 
     def _delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+        self._memo(key).unlink(missing_ok=True)
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         if not self.root.exists():
             return
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
             rel = Path(dirpath).relative_to(self.root)
+            if str(rel) == ".":
+                dirnames[:] = [d for d in dirnames if d != _META]
+            dirnames.sort()
             for name in sorted(filenames):
                 if name.startswith(".upload-"):
                     continue
