@@ -136,9 +136,11 @@ S3_SECRET = "forgehub-test-secret-key-0123456789"
 
 class CephRGW:
     """A one-host Ceph cluster (1 monitor, 1 memstore OSD) with radosgw: a real S3 server that
-    checks request signatures. Data lives in RAM."""
+    checks request signatures. Data lives in RAM, up to ``memory_mb``; space freed by deletes
+    and overwrites comes back once radosgw's garbage collector has run (within seconds here)."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_mb: int = 3072) -> None:
+        self.memory_mb = memory_mb
         for tool in ("ceph-mon", "ceph-osd", "radosgw", "monmaptool", "radosgw-admin"):
             if shutil.which(tool) is None:
                 missing("Ceph RGW (apt radosgw ceph-mon ceph-osd)")
@@ -177,8 +179,10 @@ mon data = {d}/mon-a
 [osd.0]
 osd data = {d}/osd-0
 osd objectstore = memstore
-memstore device bytes = 3221225472
+memstore device bytes = {self.memory_mb << 20}
 [client.rgw.a]
+rgw gc obj min wait = 1
+rgw gc processor period = 2
 rgw frontends = beast endpoint=127.0.0.1:{self.port}
 rgw dns name = localhost
 """)
