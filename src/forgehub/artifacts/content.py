@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgehub.fsutil import atomic_path, copy_file, open_empty
+from forgehub.fsutil import Stamp, atomic_path, copy_file, file_stamp, open_empty
 from forgehub.storage.base import CHUNK, IntegrityError, InvalidKey, StorageAdapter
 from forgehub.storage.blobstore import blob_key
 from forgehub.storage.local import LocalStorage
 
 MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
 Progress = Callable[[int], None]
-Stamp = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
 
 def _noop(n: int) -> None:
@@ -45,12 +44,6 @@ def hash_file(path: Path, progress: Progress = _noop) -> tuple[str, int]:
             size += n
             progress(n)
     return f"sha256:{h.hexdigest()}", size
-
-
-def file_stamp(path: Path) -> Stamp:
-    """What changes when a file is written: its identity, size and modification time."""
-    st = os.stat(path)
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def hash_bytes(data: bytes) -> str:
@@ -130,8 +123,7 @@ def _upload_blob(
     between hashing and uploading, the stored bytes would not match their name, so the upload is
     undone and refused."""
     key = blob_key(digest)
-    existing = adapter.stat(key)
-    if existing is not None and existing.size == size:
+    if _holds(adapter, key, size):
         progress(size)
         return 0  # stored once: the store already holds these bytes
     if isinstance(source, bytes):
@@ -150,12 +142,19 @@ def _upload_blob(
         adapter.put(key, chunks(), size)
     if hashed_at is not None and file_stamp(source) != hashed_at:
         adapter.delete(key)
-        raise IntegrityError(f"{source.name} changed while it was being pushed; push it again")
-    if isinstance(adapter, LocalStorage):  # remember what the new file holds
-        stamp = adapter.stamp(key)
-        if stamp is not None:
-            adapter.remember(key, digest, stamp)
+        raise _changed_while_pushed(source)
+    if isinstance(adapter, LocalStorage):
+        adapter.remember(key, digest)
     return size
+
+
+def _holds(adapter: StorageAdapter, key: str, size: int) -> bool:
+    existing = adapter.stat(key)
+    return existing is not None and existing.size == size
+
+
+def _changed_while_pushed(path: Path) -> IntegrityError:
+    return IntegrityError(f"{path.name} changed while it was being pushed; push it again")
 
 
 def push_path(adapter: StorageAdapter, path: Path, progress: Progress = _noop) -> PushResult:
@@ -196,15 +195,12 @@ def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
             copy_file(path, staged)
             digest, size = hashed.result()
         if file_stamp(path) != before:
-            raise IntegrityError(f"{path.name} changed while it was being pushed; push it again")
+            raise _changed_while_pushed(path)
         key = blob_key(digest)
-        existing = store.stat(key)
-        if existing is not None and existing.size == size:
+        if _holds(store, key, size):
             return PushResult(digest, "file", size, 0)
         store.adopt(staged, key)
-    stamp = store.stamp(key)
-    if stamp is not None:
-        store.remember(key, digest, stamp)
+    store.remember(key, digest)
     return PushResult(digest, "file", size, size)
 
 
@@ -264,31 +260,31 @@ def fetch_file(
     """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
     key = blob_key(digest)
     # same machine: a kernel copy, unless the caller follows (and may stop) the download
-    source = adapter.local_path(key) if isinstance(adapter, LocalStorage) else None
+    store = adapter if isinstance(adapter, LocalStorage) and progress is _noop else None
+    source = store.local_path(key) if store is not None else None
     with atomic_path(dest, ".fetch-", mode) as tmp:
-        if source is None or progress is not _noop:
+        if store is None or source is None:
             with open_empty(tmp) as out:
                 for block in verified_stream(adapter, digest, progress):
                     out.write(block)
             return
-        assert isinstance(adapter, LocalStorage)
-        if adapter.known_digest(key) == digest:
+        if store.known_digest(key) == digest:
             # verified before and not changed since (checked again after the copy)
             size = copy_file(source, tmp)
-            if adapter.known_digest(key) != digest:
+            if store.known_digest(key) != digest:
                 raise IntegrityError(f"{key} changed while it was being read")
         else:
             # copy in the kernel while a thread verifies the source
-            stamp = adapter.stamp(key)
+            stamp = store.stamp(key)
             with ThreadPoolExecutor(1) as pool:
                 hashed = pool.submit(hash_file, source)
                 copy_file(source, tmp)
                 actual, size = hashed.result()
             if actual != digest:
                 raise IntegrityError(f"corrupted download: expected {digest}, got {actual}")
-            if stamp is None or adapter.stamp(key) != stamp:
+            if stamp is None or store.stamp(key) != stamp:
                 raise IntegrityError(f"{key} changed while it was being read")
-            adapter.remember(key, digest, stamp)
+            store.remember(key, digest, stamp)
     progress(size)
 
 

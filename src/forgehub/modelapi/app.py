@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
@@ -179,8 +179,6 @@ class ModelAPI:
     def module(self, name: str) -> LoadedModule:
         m = self.modules.get(name)
         if m is None:
-            from fastapi import HTTPException
-
             raise HTTPException(404, f"no model named {name!r}; GET /v2/models/ lists them")
         return m
 
@@ -209,8 +207,6 @@ class ModelAPI:
             try:
                 await form.read(ctype, request.stream())
             except BadForm as exc:
-                from fastapi import HTTPException
-
                 raise HTTPException(400, str(exc)) from None
         elif ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form(max_files=0, max_fields=MAX_FIELDS)
@@ -317,8 +313,6 @@ class ModelAPI:
         return ret
 
     def _owned(self, request: Request, name: str, tid: str) -> Training:
-        from fastapi import HTTPException
-
         principal = self.principal(request)
         self.module(name)
         assert self.trainings is not None

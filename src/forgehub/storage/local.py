@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from forgehub.fsutil import atomic_path, copy_file, open_empty
+from forgehub.fsutil import Stamp, atomic_path, copy_file, file_stamp, open_empty
 from forgehub.storage.base import (
     CHUNK,
     AdapterConfig,
@@ -86,34 +86,37 @@ class LocalStorage(StorageAdapter):
     # a file was verified to hold together with the file's identity and change times. Any write
     # to the file, a rename over it or a copy in its place changes the stamp and forgets it.
 
-    def stamp(self, key: str) -> str | None:
+    def stamp(self, key: str) -> Stamp | None:
         """The identity and change times of ``key``'s file, or None if there is none."""
         try:
-            st = os.stat(self._path(check_key(key)))
+            return file_stamp(self._path(check_key(key)))
         except OSError:
             return None
-        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
     def _memo(self, key: str) -> Path:
         return self.root / _META / "verified" / key
 
-    def remember(self, key: str, digest: str, stamp: str) -> None:
-        """Record that ``key`` holds ``digest``, checked while its stamp was ``stamp``."""
-        if self.stamp(key) != stamp:
-            return  # changed since it was checked: nothing to remember
+    def remember(self, key: str, digest: str, checked: Stamp | None = None) -> None:
+        """Record that ``key`` holds ``digest``: checked while the file's stamp was ``checked``
+        (nothing is recorded if it has changed since), or, without it, just written from
+        content known to have that digest."""
+        stamp = self.stamp(key)
+        if stamp is None or (checked is not None and stamp != checked):
+            return
         try:
             with atomic_path(self._memo(key), ".rec-") as tmp:
-                tmp.write_text(f"{stamp} {digest}")
+                tmp.write_text(f"{':'.join(map(str, stamp))} {digest}")
         except OSError:
             pass  # a read-only store: it is only checked again next time
 
     def known_digest(self, key: str) -> str | None:
         """The digest ``key`` was verified to hold, if its file has not changed since."""
         try:
-            stamp, _, digest = self._memo(key).read_text().partition(" ")
+            recorded, _, digest = self._memo(key).read_text().partition(" ")
         except OSError:
             return None
-        return digest if stamp == self.stamp(key) else None
+        stamp = self.stamp(key)
+        return digest if stamp is not None and recorded == ":".join(map(str, stamp)) else None
 
     def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
         path = self._path(key)
