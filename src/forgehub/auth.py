@@ -12,9 +12,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from forgehub.db.models import Role, Token, User, utcnow
@@ -26,12 +26,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user, and the token they used."""
+    """Who is calling: a user, and the token they used. A job token is a principal scoped to
+    one job (``job_id``): it acts for that job and nothing else (see ``identity.authz``)."""
 
     user_id: str
     name: str
     role: Role
     token_id: str | None = None
+    job_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -69,8 +71,11 @@ def create_user(session: Session, name: str, role: Role = Role.user) -> User:
     return user
 
 
-def create_token(session: Session, user: User, name: str, ttl: timedelta) -> tuple[Token, str]:
-    """Create a token; returns the record and the clear value (shown once, never stored)."""
+def create_token(
+    session: Session, user: User, name: str, ttl: timedelta, parent_id: str | None = None
+) -> tuple[Token, str]:
+    """Create a token; returns the record and the clear value (shown once, never stored).
+    ``parent_id``: the token a dashboard session was signed in with."""
     value = new_token_value()
     token = Token(
         user_id=user.id,
@@ -78,10 +83,23 @@ def create_token(session: Session, user: User, name: str, ttl: timedelta) -> tup
         digest=hash_token(value),
         prefix=value[: len(TOKEN_PREFIX) + 4],
         expires_at=utcnow() + ttl,
+        parent_id=parent_id,
     )
     session.add(token)
     session.flush()
     return token, value
+
+
+def revoke_token(session: Session, token: Token) -> None:
+    """Revoke ``token`` and every dashboard session signed in with it."""
+    now = utcnow()
+    if token.revoked_at is None:
+        token.revoked_at = now
+    for child in session.scalars(
+        select(Token).where(Token.parent_id == token.id, Token.revoked_at.is_(None))
+    ):
+        child.revoked_at = now
+    session.flush()
 
 
 def authenticate(session: Session, value: str) -> Principal:
@@ -98,19 +116,6 @@ def authenticate(session: Session, value: str) -> Principal:
         token.last_used_at = now
     user = token.user
     return Principal(user_id=user.id, name=user.name, role=user.role, token_id=token.id)
-
-
-def visible(
-    stmt: Select[Any], model: Any, principal: Principal, owner_col: str = "owner_id"
-) -> Select[Any]:
-    """Restrict a query to the rows ``principal`` may see (admins see everything)."""
-    if principal.is_admin:
-        return stmt
-    return stmt.where(getattr(model, owner_col) == principal.user_id)
-
-
-def can_see(record: Any, principal: Principal, owner_col: str = "owner_id") -> bool:
-    return principal.is_admin or getattr(record, owner_col) == principal.user_id
 
 
 def write_secret_file(path: Path, content: str) -> None:

@@ -88,6 +88,28 @@ class Settings(BaseModel):
         le=3600,
         description="Seconds a running job may go without a heartbeat before it is re-queued.",
     )
+    server_compute_users: list[str] = Field(
+        default_factory=list,
+        description="Users (besides admins) who may run their own code on the server machine: "
+        "command jobs on 'local', Slurm connections without ssh_host.",
+    )
+    local_storage_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders in which users may add 'local' storage connections (admins may use "
+        "any folder); the data directory never.",
+    )
+    egress_deny: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "0.0.0.0/8",
+            "169.254.0.0/16",
+            "fe80::/10",
+            "::ffff:127.0.0.0/104",
+        ],
+        description="Networks users' storage and compute connections may not point at (admins "
+        "are exempt); default: loopback and link-local.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     modules: list[str] = Field(
         default_factory=list,
@@ -161,7 +183,7 @@ def _env_values(environ: dict[str, str]) -> dict[str, Any]:
         key = ENV_PREFIX + name.upper()
         if key in environ:
             raw = environ[key]
-            if field.annotation == list[str]:
+            if field.annotation in (list[str], list[Path]):
                 out[name] = [p.strip() for p in raw.split(",") if p.strip()]
             else:
                 out[name] = raw

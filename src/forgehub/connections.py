@@ -16,7 +16,9 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from forgehub.auth import Principal, can_see
+from forgehub.auth import Principal
+from forgehub.errors import ForgehubError
+from forgehub.identity import authz
 from forgehub.secrets import SecretBox
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -24,13 +26,8 @@ MASK = "***"
 C = TypeVar("C")  # the connection table
 
 
-class ConnectionError_(Exception):
-    def __init__(
-        self, message: str, status: int = 400, errors: list[dict[str, str]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errors = errors or []
+class ConnectionProblem(ForgehubError):
+    """A connection that cannot be found, saved or used (the status says why)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,7 @@ class Family(Generic[C]):
         try:
             cls = self.adapter_class(kind)
         except self.error as exc:  # unknown kind
-            raise ConnectionError_(str(exc), 422) from exc
+            raise ConnectionProblem(str(exc), 422) from exc
         try:
             cfg: BaseModel = cls.Config.model_validate(config)
             return cfg
@@ -75,7 +72,7 @@ class Family(Generic[C]):
                 {"path": ".".join(str(p) for p in e["loc"]), "reason": e["msg"]}
                 for e in exc.errors()
             ]
-            raise ConnectionError_(
+            raise ConnectionProblem(
                 "invalid configuration: "
                 + "; ".join(f"{e['path']}: {e['reason']}" for e in errors),
                 422,
@@ -105,18 +102,18 @@ class Family(Generic[C]):
         default: bool = False,
     ) -> C:
         if not NAME_RE.match(name):
-            raise ConnectionError_(
+            raise ConnectionProblem(
                 "connection names are 1-64 lower-case letters, digits, '_', '.', '-'", 422
             )
         model: Any = self.model
         if session.scalar(select(model).where(model.owner_id == owner_id, model.name == name)):
-            raise ConnectionError_(f"you already have a {self.label} connection {name!r}", 409)
+            raise ConnectionProblem(f"you already have a {self.label} connection {name!r}", 409)
         cfg = self.validate_config(kind, config)
         if test:
             try:
                 self.adapter_class(kind)(cfg).test()
             except self.error as exc:
-                raise ConnectionError_(f"connection test failed: {exc}", 400) from exc
+                raise ConnectionProblem(f"connection test failed: {exc}", 400) from exc
         secrets = self.secret_fields(kind)
         dumped = cfg.model_dump(mode="json")
         sealed = {k: getattr(cfg, k).get_secret_value() for k in secrets}
@@ -135,12 +132,12 @@ class Family(Generic[C]):
     def find(self, session: Session, principal: Principal, name_or_id: str) -> C:
         model: Any = self.model
         conn = session.get(model, name_or_id)
-        if conn is None or not can_see(conn, principal):
+        if conn is None or not authz.can(principal, "connection.read", conn):
             conn = session.scalar(
                 select(model).where(model.owner_id == principal.user_id, model.name == name_or_id)
             )
         if conn is None:
-            raise ConnectionError_(f"no {self.label} connection {name_or_id!r} of yours", 404)
+            raise ConnectionProblem(f"no {self.label} connection {name_or_id!r} of yours", 404)
         return conn  # type: ignore[no-any-return,unused-ignore]
 
     def out(self, conn: Any) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from forgehub.connections import ConnectionError_, Family
+from forgehub.connections import ConnectionProblem, Family
 from forgehub.db.models import StorageConnection
 from forgehub.secrets import SecretBox
 from forgehub.storage import StorageAdapter, StorageError, adapter_class, kinds
 
-__all__ = ["STORAGE", "ConnectionError_", "ensure_default"]
+__all__ = ["STORAGE", "ConnectionProblem", "ensure_default"]
 
 STORAGE: Family[StorageConnection] = Family(
     "storage", StorageConnection, adapter_class, StorageError, kinds
@@ -58,7 +58,7 @@ def ensure_default(
             test=False,
             default=True,
         )
-    except (IntegrityError, ConnectionError_):
+    except (IntegrityError, ConnectionProblem):
         # Two first requests at once: the other one created it. Nothing else has been written
         # in this session yet (this runs first), so rolling back loses nothing.
         session.rollback()

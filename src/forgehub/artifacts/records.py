@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from forgehub.auth import Principal, can_see, visible
+from forgehub.auth import Principal
 from forgehub.db.models import (
     Artifact,
     ArtifactLocation,
@@ -18,6 +18,7 @@ from forgehub.db.models import (
     User,
     utcnow,
 )
+from forgehub.identity import authz
 from forgehub.storage.blobstore import DIGEST_RE
 
 
@@ -28,7 +29,9 @@ class NoSuchArtifact(LookupError):
 def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
     """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``."""
     if DIGEST_RE.match(ref):
-        stmt = visible(select(Artifact).where(Artifact.digest == ref), Artifact, principal)
+        stmt = authz.visible(
+            select(Artifact).where(Artifact.digest == ref), Artifact, principal, "artifact.read"
+        )
         art = session.scalars(stmt.order_by(Artifact.created_at)).first()
     else:
         owner_id = principal.user_id
@@ -36,7 +39,7 @@ def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
         if "/" in ref:
             owner_name, rest = ref.split("/", 1)
             owner = session.scalar(select(User).where(User.name == owner_name))
-            if owner is None or not can_see(owner, principal, "id"):
+            if owner is None or not authz.can(principal, "user.read", owner):
                 raise NoSuchArtifact(f"no artifact {ref!r} of yours")
             owner_id = owner.id
         name, _, tag = rest.partition(":")

@@ -8,12 +8,20 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CATEGORIES = ["AI4 trainable", "AI4 inference", "AI4 pre trained", "AI4 tools"]
 SHORT_CATEGORY = {
@@ -61,7 +69,16 @@ class ResourceSet(BaseModel):
     training: Resources | None = None
 
 
+HTTP_URL_RE = re.compile(r"^https?://[^\s<>\"'`]+$", re.IGNORECASE)
+IMAGE_RE = re.compile(
+    r"^[a-z0-9][a-z0-9._/-]{0,254}(:[A-Za-z0-9_.-]{1,128})?(@sha256:[a-f0-9]{64})?$"
+)
+
+
 class Links(BaseModel):
+    """Links of an entry. Every one is an ``http(s)`` URL (pages link to them), except
+    ``docker_image``, an image reference (``org/name[:tag]``)."""
+
     model_config = ConfigDict(extra="allow")
 
     source_code: str | None = None
@@ -71,6 +88,24 @@ class Links(BaseModel):
     weights: str | None = None
     citation: str | None = None
     base_model: str | None = None
+
+    @model_validator(mode="after")
+    def _safe(self) -> Links:
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if not isinstance(value, str) or len(value) > 2000:
+                raise ValueError(f"links.{name}: a URL of at most 2000 characters")
+            if name == "docker_image":
+                if not (IMAGE_RE.match(value) or HTTP_URL_RE.match(value)):
+                    raise ValueError(
+                        f"links.docker_image: {value[:80]!r} is not an image reference"
+                    )
+            elif not HTTP_URL_RE.match(value):
+                raise ValueError(
+                    f"links.{name}: only http(s) links are allowed, not {value[:80]!r}"
+                )
+        return self
 
 
 class Dates(BaseModel):

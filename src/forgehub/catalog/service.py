@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from forgehub.catalog.metadata import SHORT_CATEGORY, ModuleMetadata
 from forgehub.db.models import CatalogFacet, CatalogModule, CatalogVersion, utcnow
+from forgehub.errors import ForgehubError
 
 FACETS = ("category", "task", "library", "data_type", "tag")
 SORTS = ("relevance", "name", "updated", "use")
@@ -32,12 +33,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TOKEN = re.compile(r"[\w]+", re.UNICODE)
 
 
-class CatalogError(Exception):
+class CatalogError(ForgehubError):
     """A catalogue request that cannot be done; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def facet_values(meta: ModuleMetadata) -> dict[str, list[str]]:

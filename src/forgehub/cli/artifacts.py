@@ -229,7 +229,7 @@ def pull(
     """Download an artifact; files are verified against their digest."""
     c = Client(server, token)
     art = c.get(f"/api/v1/artifacts/{ref}")
-    dest = output or Path(art["filename"] or art["digest"].replace(":", "-"))
+    dest = output or Path(local_name(art["filename"], art["digest"]))
     if dest.exists() and (art["kind"] == "dir" or dest.is_dir()):
         fail(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +258,17 @@ def pull(
     finally:
         Path(tmp).unlink(missing_ok=True)
     out.print(f"{art['digest']} -> {dest}")
+
+
+def local_name(stored: str | None, digest: str) -> str:
+    """A file name from the server, safe to write in the current directory: its last path
+    segment, never empty, '.', '..' or hidden by a leading dot; else the digest."""
+    fallback = digest.replace(":", "-")
+    name = (stored or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = "".join(ch for ch in name if ch.isprintable())
+    if not name or name in (".", "..") or name.startswith("."):
+        return fallback
+    return name
 
 
 def _extract_verified(archive: Path, dest: Path, expected: dict[str, str]) -> None:

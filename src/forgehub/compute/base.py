@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,9 +40,9 @@ class Resources(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cpu: float = Field(default=1.0, gt=0, le=1024, description="CPU cores.")
+    cpu: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False, description="CPU cores.")
     gpu: int = Field(default=0, ge=0, le=64, description="GPUs.")
-    memory_mb: int = Field(default=0, ge=0, description="Memory in MiB (0: no limit).")
+    memory_mb: int = Field(default=0, ge=0, le=1 << 40, description="Memory in MiB (0: no limit).")
     time_limit_s: int = Field(
         default=3600, ge=1, le=30 * 86400, description="Wall-clock limit in seconds."
     )
@@ -82,6 +82,17 @@ class ComputeAdapter(abc.ABC):
     kind: ClassVar[str]
     Config: ClassVar[type[ComputeConfig]]
     pull: ClassVar[bool] = False  # jobs wait in the store and are claimed (workers)
+
+    # -- capabilities (asked by the platform instead of testing kind strings) ---------------
+    @classmethod
+    def runs_on_server(cls, config: dict[str, Any]) -> bool:
+        """Does a connection with this (raw) config run code on the server machine?"""
+        return False
+
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        """The hosts the server itself contacts for this (raw) config (egress policy)."""
+        return []
 
     def __init__(self, config: ComputeConfig) -> None:
         self.config = config

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -58,6 +59,10 @@ class LocalCompute(ComputeAdapter):
         )
 
     log_dir: Path | None = None  # where runner processes write their own diagnostics
+
+    @classmethod
+    def runs_on_server(cls, config: dict[str, Any]) -> bool:
+        return True
 
     def test(self) -> None:
         return None

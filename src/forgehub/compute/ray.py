@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from typing import Any
 
 import httpx
 from pydantic import Field, SecretStr
@@ -24,6 +25,7 @@ from forgehub.compute.base import (
     Launch,
 )
 from forgehub.db.models import JobState
+from forgehub.urls import url_host
 
 RESOURCE_RE = re.compile(r"([\d.]+)\s*(GiB)?/([\d.]+)\s*(GiB)?\s+(CPU|GPU|memory)\b")
 
@@ -43,6 +45,10 @@ def map_status(status: str, message: str = "") -> BackendStatus:
 
 class RayCompute(ComputeAdapter):
     kind = "ray"
+
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        return url_host(config.get("address"))
 
     class Config(ComputeConfig):
         address: str = Field(

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from forgehub.compute.base import (
     BackendStatus,
@@ -71,41 +73,103 @@ def map_state(state: str, reason: str = "", exit_code: str = "") -> BackendStatu
     return BackendStatus(JobState.failed, f"{msg} ({state})")
 
 
+# Every value that ends up in a command line or the batch script is checked against a strict
+# pattern: no newlines, no quotes, no shell syntax. Commands are argv lists; only over SSH are
+# they joined into one remote command line, with every word quoted.
+SLURM_NAME = r"^[A-Za-z0-9_.+-]{0,64}$"  # partition, account
+ABS_PATH = r"^(/[A-Za-z0-9_.+@-]+)*/?$"  # an absolute path of plain characters
+HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^$"
+SSH_USER = r"^[a-z_][a-z0-9_.-]{0,31}$|^$"
+SBATCH_FLAG = re.compile(r"^--[a-z][a-z-]{0,40}(=[A-Za-z0-9_.,:=/@+%-]{1,200})?$")
+KNOWN_HOSTS = re.compile(r"^[A-Za-z0-9_.,:\[\]@*|=+/ -]+$")
+
+
 class SlurmCompute(ComputeAdapter):
     kind = "slurm"
 
     class Config(ComputeConfig):
-        partition: str = Field(default="", description="--partition (empty: the default).")
-        account: str = Field(default="", description="--account.")
+        partition: str = Field(
+            default="", pattern=SLURM_NAME, description="--partition (empty: the default)."
+        )
+        account: str = Field(default="", pattern=SLURM_NAME, description="--account.")
         python: str = Field(
             default_factory=lambda: sys.executable,
-            description="Python with forgehub installed, on the cluster nodes.",
+            pattern=ABS_PATH,
+            min_length=1,
+            description="Python with forgehub installed, on the cluster nodes (absolute path).",
         )
-        server_url: str = Field(default="", description="The server URL, as nodes reach it.")
-        work_dir: str = Field(default="/tmp", description="Where Slurm writes job output.")
-        slurm_conf: str = Field(default="", description="SLURM_CONF for the commands.")
-        extra_args: list[str] = Field(default_factory=list, description="More sbatch flags.")
-        ssh_host: str = Field(default="", description="Login node; empty: run commands here.")
-        ssh_user: str = Field(default="")
+        server_url: str = Field(
+            default="",
+            pattern=r"^$|^https?://[A-Za-z0-9_.:\[\]-]+(/[A-Za-z0-9_./-]*)?$",
+            description="The server URL, as nodes reach it.",
+        )
+        work_dir: str = Field(
+            default="/tmp",
+            pattern=ABS_PATH,
+            min_length=1,
+            description="Where Slurm writes job output (absolute path).",
+        )
+        slurm_conf: str = Field(
+            default="", pattern=r"^$|" + ABS_PATH, description="SLURM_CONF for the commands."
+        )
+        extra_args: list[str] = Field(
+            default_factory=list,
+            max_length=32,
+            description="More sbatch flags, each --name or --name=value.",
+        )
+        ssh_host: str = Field(
+            default="", pattern=HOST, description="Login node; empty: run commands here."
+        )
+        ssh_user: str = Field(default="", pattern=SSH_USER)
         ssh_port: int = Field(default=22, ge=1, le=65535)
         ssh_key: SecretStr = Field(default=SecretStr(""), description="Private key (PEM).")
         ssh_known_hosts: str = Field(
-            default="", description="known_hosts line(s) of the login node (else trust first)."
+            default="",
+            max_length=16384,
+            description="known_hosts line(s) of the login node (else trust first).",
         )
+
+        @field_validator("extra_args")
+        @classmethod
+        def _flags(cls, v: list[str]) -> list[str]:
+            for a in v:
+                if not SBATCH_FLAG.match(a):
+                    raise ValueError(
+                        f"{a!r} is not an sbatch flag of the form --name or --name=value "
+                        "(letters, digits and _.,:=/@+%- only)"
+                    )
+            return v
+
+        @field_validator("ssh_known_hosts")
+        @classmethod
+        def _known_hosts(cls, v: str) -> str:
+            for line in v.strip().splitlines():
+                if line and not KNOWN_HOSTS.match(line):
+                    raise ValueError("known_hosts lines hold host names, a key type and a key")
+            return v
+
+    @classmethod
+    def runs_on_server(cls, config: dict[str, Any]) -> bool:
+        return not config.get("ssh_host")  # sbatch here: the python it names runs as the server
+
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        host = config.get("ssh_host")
+        return [host] if isinstance(host, str) and host else []
 
     @property
     def cfg(self) -> SlurmCompute.Config:
         assert isinstance(self.config, SlurmCompute.Config)
         return self.config
 
-    def _argv(self, command: str, keydir: Path) -> tuple[list[str], dict[str, str]]:
+    def _argv(self, argv: list[str], keydir: Path) -> tuple[list[str], dict[str, str]]:
+        """``argv`` as run here, or over SSH on the login node (one quoted command line)."""
         cfg = self.cfg
         env = dict(os.environ)
-        prefix = f"SLURM_CONF={shlex.quote(cfg.slurm_conf)} " if cfg.slurm_conf else ""
         if not cfg.ssh_host:
             if cfg.slurm_conf:
                 env["SLURM_CONF"] = cfg.slurm_conf
-            return ["sh", "-c", command], env
+            return argv, env
         ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(cfg.ssh_port)]
         key = cfg.ssh_key.get_secret_value()
         if key:
@@ -121,18 +185,21 @@ class SlurmCompute(ComputeAdapter):
         else:
             ssh += ["-o", "StrictHostKeyChecking=accept-new"]
         target = f"{cfg.ssh_user}@{cfg.ssh_host}" if cfg.ssh_user else cfg.ssh_host
-        return [*ssh, target, prefix + "sh -c " + shlex.quote(command)], env
+        remote = shlex.join(argv)
+        if cfg.slurm_conf:
+            remote = "SLURM_CONF=" + shlex.quote(cfg.slurm_conf) + " " + remote
+        return [*ssh, "--", target, remote], env
 
-    def run(self, command: str, stdin: str = "", timeout: float = 60.0) -> str:
-        """Run a shell command where Slurm is (here or on the login node); its stdout."""
+    def run(self, argv: list[str], stdin: str = "", timeout: float = 60.0) -> str:
+        """Run a Slurm command (an argv list) where Slurm is, here or on the login node."""
         with tempfile.TemporaryDirectory(prefix="fh-slurm-") as keydir:
-            argv, env = self._argv(command, Path(keydir))
+            full, env = self._argv(argv, Path(keydir))
             try:
                 r = subprocess.run(
-                    argv, input=stdin, capture_output=True, text=True, env=env, timeout=timeout
+                    full, input=stdin, capture_output=True, text=True, env=env, timeout=timeout
                 )
             except FileNotFoundError as exc:
-                raise ComputeError(f"{argv[0]} is not installed here") from exc
+                raise ComputeError(f"{full[0]} is not installed here") from exc
             except subprocess.TimeoutExpired as exc:
                 raise ComputeError(f"Slurm command timed out after {timeout:.0f} s") from exc
         if r.returncode != 0:
@@ -141,14 +208,14 @@ class SlurmCompute(ComputeAdapter):
         return r.stdout
 
     def test(self) -> None:
-        out = self.run("sinfo -h -o '%P %a %D %c %m'")
+        out = self.run(["sinfo", "-h", "-o", "%P %a %D %c %m"])
         if not out.strip():
             raise ComputeError("sinfo shows no partitions")
 
     def capacity(self) -> Capacity:
         cpus = mem = 0
         gpus = 0
-        for line in self.run("sinfo -h -N -o '%c %m %G'").splitlines():
+        for line in self.run(["sinfo", "-h", "-N", "-o", "%c %m %G"]).splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0].isdigit():
                 cpus += int(parts[0])
@@ -163,7 +230,7 @@ class SlurmCompute(ComputeAdapter):
         res = launch.resources
         lines = [
             "#!/bin/sh",
-            f"#SBATCH --job-name={launch.name or 'forgehub'}",
+            f"#SBATCH --job-name={_plain(launch.name) or 'forgehub'}",
             f"#SBATCH --cpus-per-task={max(1, math.ceil(res.cpu))}",
             f"#SBATCH --time={max(1, math.ceil(res.time_limit_s / 60))}",
             f"#SBATCH --output={cfg.work_dir}/forgehub-%j.out",
@@ -190,14 +257,17 @@ class SlurmCompute(ComputeAdapter):
         return "\n".join(lines) + "\n"
 
     def submit(self, launch: Launch) -> str:
-        # the token comes on stdin, so it is never on a command line or in the script
-        command = (
-            "read -r FORGEHUB_JOB_TOKEN && export FORGEHUB_JOB_TOKEN && "
-            "sbatch --parsable --export=ALL <<'FORGEHUB_EOF'\n"
-            + self.script(launch)
-            + "FORGEHUB_EOF\n"
-        )
-        out = self.run(command, stdin=launch.token + "\n").strip()
+        # The script goes to sbatch on stdin. The job token is never on a command line or in
+        # the script: here it is in sbatch's environment (--export=ALL passes it on); over SSH
+        # it is the first line of stdin, which a fixed remote shell line reads into the
+        # environment before sbatch reads the rest.
+        script = self.script(launch)
+        sbatch = ["sbatch", "--parsable", "--export=ALL"]
+        if self.cfg.ssh_host:
+            argv = ["sh", "-c", READ_TOKEN_THEN_SBATCH]
+            out = self.run(argv, stdin=launch.token + "\n" + script).strip()
+        else:
+            out = self._sbatch_here(sbatch, script, launch.token)
         job_id = out.split(";")[0]
         if not job_id.isdigit():
             raise ComputeError(f"sbatch gave no job id: {out[:200]}")
@@ -206,7 +276,7 @@ class SlurmCompute(ComputeAdapter):
     def status(self, handles: list[str]) -> dict[str, BackendStatus]:
         if not handles:
             return {}
-        data = json.loads(self.run("squeue --json"))
+        data = json.loads(self.run(["squeue", "--json"]))
         seen = {}
         for j in data.get("jobs", []):
             jid = str(j.get("job_id"))
@@ -226,4 +296,32 @@ class SlurmCompute(ComputeAdapter):
 
     def cancel(self, handle: str) -> None:
         if handle.isdigit():
-            self.run(f"scancel {handle}")
+            self.run(["scancel", handle])
+
+    def _sbatch_here(self, argv: list[str], script: str, token: str) -> str:
+        env = dict(os.environ, FORGEHUB_JOB_TOKEN=token)
+        if self.cfg.slurm_conf:
+            env["SLURM_CONF"] = self.cfg.slurm_conf
+        try:
+            r = subprocess.run(
+                argv, input=script, capture_output=True, text=True, env=env, timeout=60.0
+            )
+        except FileNotFoundError as exc:
+            raise ComputeError("sbatch is not installed here") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ComputeError("sbatch timed out after 60 s") from exc
+        if r.returncode != 0:
+            msg = (r.stderr or r.stdout).strip().splitlines()
+            raise ComputeError(f"sbatch failed: {msg[-1] if msg else r.returncode}")
+        return r.stdout.strip()
+
+
+# a constant: no user value is in it
+READ_TOKEN_THEN_SBATCH = (
+    "read -r FORGEHUB_JOB_TOKEN && export FORGEHUB_JOB_TOKEN && exec sbatch --parsable --export=ALL"
+)
+
+
+def _plain(name: str) -> str:
+    """A job name safe in a #SBATCH line."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]

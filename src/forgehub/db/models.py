@@ -83,6 +83,8 @@ class Token(Base):
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    # a dashboard session: the token it was signed in with (revoking that one ends it too)
+    parent_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
 
@@ -357,6 +359,16 @@ class JobMetric(Base):
     step: Mapped[int | None] = mapped_column(default=None)
     value: Mapped[float] = mapped_column()
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobUpload(Base):
+    """A blob the job's runner uploaded through the server (verified on the way in): what a
+    job may later claim as its output, besides its inputs."""
+
+    __tablename__ = "job_uploads"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
 
 
 class Worker(Base):

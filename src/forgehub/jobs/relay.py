@@ -47,6 +47,12 @@ def verified(chunks: Iterable[bytes], key: str) -> Iterator[bytes]:
         raise IntegrityError(f"upload of {key} does not match its digest")
 
 
+def drain(chunks: Iterable[bytes]) -> None:
+    """Read ``chunks`` to the end (checking them, if they are ``verified``) and drop them."""
+    for _ in chunks:
+        pass
+
+
 class RelayStorage(StorageAdapter):
     kind = "relay"
 

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from forgehub.artifacts import connections as storage_conns
 from forgehub.artifacts import records
-from forgehub.auth import Principal, can_see, visible
+from forgehub.auth import Principal
 from forgehub.compute import ComputeError, Resources, adapter_class, kinds
-from forgehub.connections import ConnectionError_, Family
+from forgehub.connections import Family
 from forgehub.db.models import (
     Artifact,
     ArtifactLocation,
@@ -30,10 +30,15 @@ from forgehub.db.models import (
     JobLog,
     JobMetric,
     JobState,
+    Role,
     StorageConnection,
+    User,
     Worker,
     utcnow,
 )
+from forgehub.errors import ForgehubError
+from forgehub.identity import authz
+from forgehub.jobs import access
 from forgehub.jobs.states import transition
 from forgehub.secrets import SecretBox
 
@@ -45,11 +50,8 @@ WORKER_ONLINE_S = 30.0
 ACTIVE = (JobState.starting, JobState.running)
 
 
-class JobError(Exception):
-    def __init__(self, message: str, status: int = 400, errors: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errors = errors
+class JobError(ForgehubError):
+    """A job request that cannot be done (the status says why)."""
 
 
 class JobIn(BaseModel):
@@ -77,6 +79,11 @@ class JobIn(BaseModel):
     compute: str = Field(default="local", description="Compute connection name.")
     storage: str | None = Field(default=None, description="Storage connection for outputs.")
     labels: list[str] = Field(default_factory=list, description="Worker labels required.")
+    shared_workers: bool = Field(
+        default=False,
+        description="Workers compute: also let shared workers (an admin's, for everyone) run "
+        "it. They never get your credentials; they read and write through the server.",
+    )
     max_retries: int = Field(default=2, ge=0, le=20, description="Runs again when lost.")
     publish: bool = Field(
         default=False, description="Training: add the weights as a pre-trained catalogue version."
@@ -152,7 +159,13 @@ def job_for_token(session: Session, job_id: str, value: str) -> Job:
         raise JobError("this job token is not valid for this job (it ended or was re-queued)", 401)
     if job.token_expires_at is not None and job.token_expires_at <= utcnow():
         raise JobError("this job token has expired", 401)
+    # a principal scoped to this one job: the authorizer lets it do job actions on it only
+    authz.require(job_principal(job), "job.run", job, f"job {job_id!r}")
     return job
+
+
+def job_principal(job: Job) -> Principal:
+    return Principal(user_id=job.owner_id, name=f"job {job.id}", role=Role.user, job_id=job.id)
 
 
 # -- submit ------------------------------------------------------------------------------------
@@ -165,22 +178,27 @@ def submit(
     box: SecretBox,
     data_dir: Any,
     modules: dict[str, Any],
+    policy: Any = None,
 ) -> Job:
     if not principal.user_id:
         raise JobError("jobs belong to a user; use a user's token", 403)
     ensure_default_compute(session, principal.user_id)
-    try:
-        compute = COMPUTE.find(session, principal, body.compute)
-        if body.storage:
-            storage = storage_conns.find(session, principal, body.storage)
-        else:
-            storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
-    except ConnectionError_ as exc:
-        raise JobError(str(exc), exc.status) from exc
-    if body.kind == "command" and compute.kind == "local" and not principal.is_admin:
+    compute = COMPUTE.find(session, principal, body.compute)
+    authz.require(principal, "connection.use", compute, f"compute connection {body.compute!r}")
+    if body.storage:
+        storage = storage_conns.find(session, principal, body.storage)
+        authz.require(principal, "connection.use", storage, f"storage connection {body.storage!r}")
+    else:
+        storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
+    on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
+    if (
+        body.kind == "command"
+        and on_server
+        and not (policy.may_use_server(principal) if policy else principal.is_admin)
+    ):
         raise JobError(
-            "command jobs on the server itself are for admins; run them on your own workers, "
-            "Slurm or Ray connection",
+            "command jobs on the server machine are for admins and the users they allow "
+            "(server_compute_users); run them on your own workers, Slurm or Ray connection",
             403,
         )
     args = dict(body.args)
@@ -192,7 +210,7 @@ def submit(
         except Exception as exc:  # ArgErrors / ModuleError: the message names each field
             errors = getattr(exc, "errors", None)
             raise JobError(f"invalid arguments: {exc}", 422, errors) from exc
-    elif body.module and compute.kind == "local":
+    elif body.module and on_server:
         raise JobError(
             f"module {body.module!r} is not installed on the server (installed: "
             f"{', '.join(sorted(modules)) or 'none'})",
@@ -217,8 +235,10 @@ def submit(
     spec = body.model_dump(mode="json", exclude={"compute", "storage", "inputs", "labels"})
     spec.update(inputs=inputs, labels=labels)
     spec["output"] = body.output or _default_output(body)
-    if compute.kind == "worker":
-        check_some_worker_fits(session, principal.user_id, body.kind, body.resources, labels)
+    if COMPUTE.adapter_class(compute.kind).pull:
+        check_some_worker_fits(
+            session, principal.user_id, body.kind, body.resources, labels, body.shared_workers
+        )
     job = Job(
         owner_id=principal.user_id,
         kind=body.kind,
@@ -252,11 +272,20 @@ def _default_output(body: JobIn) -> str:
 # -- workers -----------------------------------------------------------------------------------
 
 
-def fits(worker: Worker, kind: str, owner_id: str, res: Resources, labels: list[str]) -> str | None:
+def fits(
+    worker: Worker,
+    kind: str,
+    owner_id: str,
+    res: Resources,
+    labels: list[str],
+    shared_ok: bool = False,
+) -> str | None:
     """Why ``worker`` could never run such a job, or None if it could."""
     if worker.owner_id != owner_id:
         if not worker.shared:
             return "belongs to another user"
+        if not shared_ok:
+            return "is shared, and the job does not allow shared workers (shared_workers)"
         if kind == "command":
             return "shared workers run module jobs only"
     if res.gpu > worker.gpus:
@@ -281,15 +310,22 @@ def online_workers(session: Session) -> list[Worker]:
 
 
 def check_some_worker_fits(
-    session: Session, owner_id: str, kind: str, res: Resources, labels: list[str]
+    session: Session,
+    owner_id: str,
+    kind: str,
+    res: Resources,
+    labels: list[str],
+    shared_ok: bool = False,
 ) -> None:
     """Refuse a job that no connected worker could ever run (a waiting job needs a chance)."""
     reasons = []
-    workers = [w for w in online_workers(session) if w.owner_id == owner_id or w.shared]
+    workers = [
+        w for w in online_workers(session) if w.owner_id == owner_id or (w.shared and shared_ok)
+    ]
     if not workers:
         return  # nobody connected yet: the job waits for a worker
     for w in workers:
-        why = fits(w, kind, owner_id, res, labels)
+        why = fits(w, kind, owner_id, res, labels, shared_ok)
         if why is None:
             return
         reasons.append(f"{w.name}: {why}")
@@ -319,7 +355,8 @@ def claim(
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
     for job in session.scalars(stmt):
         res = Resources.model_validate(job.spec.get("resources", {}))
-        if fits(worker, job.kind, job.owner_id, res, job.spec.get("labels", [])) is not None:
+        shared_ok = bool(job.spec.get("shared_workers"))
+        if fits(worker, job.kind, job.owner_id, res, job.spec.get("labels", []), shared_ok):
             continue
         if (
             res.cpu > free.cpu
@@ -366,16 +403,13 @@ def release(session: Session, job: Job, why: str) -> bool:
 def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
     """Everything the runner needs, storage credentials included (over HTTPS, never a file)."""
     storage = session.get(StorageConnection, job.storage_id)
-    compute = session.get(ComputeConnection, job.compute_id)
-    assert storage is not None and compute is not None
-    # a folder on the server's disk is reached through the server unless the job runs here
-    relay = compute.kind != "local"
+    assert storage is not None
     inputs = []
     for item in job.spec.get("inputs", []):
         conn = _input_location(session, item["artifact_id"], job.storage_id)
         if conn is None:
             raise JobError(f"input {item['name']!r} ({item['digest']}) has no stored copy", 409)
-        inputs.append({**item, "storage": _storage_spec(conn, box, relay)})
+        inputs.append({**item, "storage": access.storage_spec(session, job, conn, box)})
     return {
         "id": job.id,
         "attempt": job.attempt,
@@ -386,37 +420,10 @@ def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
         "command": job.spec.get("command", []),
         "inputs": inputs,
         "output": job.spec.get("output"),
-        "output_storage": _storage_spec(storage, box, relay),
+        "output_storage": access.storage_spec(session, job, storage, box),
         "resources": job.spec.get("resources", {}),
         "cancel": job.cancel_requested_at is not None,
     }
-
-
-def _storage_spec(conn: StorageConnection, box: SecretBox, relay: bool) -> dict[str, Any]:
-    if relay and conn.kind == "local":
-        return {"name": conn.name, "kind": "relay", "config": {"connection": conn.id}}
-    return {
-        "name": conn.name,
-        "kind": conn.kind,
-        "config": {**conn.config, **box.open(conn.secrets)},
-    }
-
-
-def relay_connection(session: Session, job: Job, connection_id: str) -> StorageConnection:
-    """A connection the job's runner may reach through the server: its output storage, or
-    where one of its inputs is stored."""
-    allowed = {job.storage_id}
-    ids = [i["artifact_id"] for i in job.spec.get("inputs", [])]
-    if ids:
-        allowed |= set(
-            session.scalars(
-                select(ArtifactLocation.connection_id).where(ArtifactLocation.artifact_id.in_(ids))
-            )
-        )
-    conn = session.get(StorageConnection, connection_id) if connection_id in allowed else None
-    if conn is None:
-        raise JobError("this job has no such storage", 404)
-    return conn
 
 
 def _input_location(session: Session, artifact_id: str, prefer: str) -> StorageConnection | None:
@@ -500,13 +507,18 @@ class FinishIn(BaseModel):
     output: OutputIn | None = None
 
 
-def runner_finished(session: Session, job: Job, body: FinishIn) -> Artifact | None:
-    """Record the end of the attempt and its output artifact (once)."""
+def runner_finished(
+    session: Session, job: Job, body: FinishIn, box: SecretBox | None = None
+) -> Artifact | None:
+    """Record the end of the attempt and its output artifact (once), if the server can vouch
+    for the output's content (see ``jobs.access``)."""
     art = None
     if job.cancel_requested_at is not None and body.state == "succeeded":
         # the user asked to stop it: a cancel wins over a result that arrived late
         body = FinishIn(state="cancelled", result=body.result)
     if body.state == "succeeded" and body.output is not None:
+        if box is not None:
+            access.vouch_for_output(session, job, box, body.output.digest, body.output.kind)
         art = record_output(session, job, body.output)
     result = dict(job.result or {})
     result.update(body.result or {})
@@ -545,6 +557,13 @@ def publish(
 
     try:
         m = get_module(session, str(job.module))
+        owner = session.get(User, job.owner_id)
+        who = Principal(owner.id, owner.name, owner.role) if owner else None
+        if not authz.can(who, "module.write", m):
+            return {
+                "error": f"{m.name!r} belongs to someone else; only its owner or an admin can "
+                "add versions to it"
+            }
         version = version or job.spec.get("publish_version") or f"trained-{job.id[:8]}"
         add_version(
             session,
@@ -629,7 +648,7 @@ def find_jobs(
     offset: int = 0,
 ) -> tuple[int, list[Job]]:
     """The jobs ``principal`` may see, newest first, filtered; with how many match in all."""
-    stmt = visible(select(Job), Job, principal)
+    stmt = authz.visible(select(Job), Job, principal, "job.read")
     if state is not None:
         stmt = stmt.where(Job.state == state)
     if module:
@@ -652,10 +671,10 @@ def connection_names(session: Session, jobs: list[Job]) -> dict[str, str]:
     return names
 
 
-def get_job(session: Session, principal: Principal, job_id: str) -> Job:
+def get_job(session: Session, principal: Principal, job_id: str, action: str = "job.read") -> Job:
     job = session.get(Job, job_id)
-    if job is None or not can_see(job, principal):
-        raise JobError(f"no job {job_id!r} of yours", 404)
+    authz.require(principal, action, job, f"job {job_id!r}")
+    assert job is not None
     return job
 
 

@@ -25,9 +25,10 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
 from forgehub import __version__
-from forgehub.auth import Principal, can_see
+from forgehub.auth import Principal
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState
+from forgehub.identity import authz
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
@@ -317,7 +318,7 @@ class ModelAPI:
         self.module(name)
         assert self.trainings is not None
         t = self.trainings.get(tid)
-        if t is None or t.module != name or not can_see(t, principal):
+        if t is None or t.module != name or not authz.can(principal, "training.read", t):
             raise HTTPException(404, f"no training {tid!r} of model {name!r}")
         return t
 
@@ -352,7 +353,7 @@ class ModelAPI:
         principal = self.principal(request)
         self.module(name)
         assert self.trainings is not None
-        owner = None if principal.is_admin else principal.user_id
+        owner = None if authz.sees_all(principal, "training.read") else principal.user_id
         rows = await anyio.to_thread.run_sync(self.trainings.list, name, owner)
         return JSONResponse([self._training_out(t) for t in rows])
 

@@ -18,10 +18,12 @@ from forgehub.auth import Principal, bootstrap_admin
 from forgehub.config import Settings
 from forgehub.db import Database, upgrade
 from forgehub.db.models import Role, User
+from forgehub.identity.policy import Policy
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.secrets import SecretBox
 from forgehub.server import docs, errors
 from forgehub.server.accesslog import AccessLog
+from forgehub.server.headers import SecurityHeaders
 from forgehub.server.routers import (
     artifacts,
     blobs,
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.db = init_store(settings)
         app.state.blobs = BlobStore(settings.data_dir / "blobstore")
         app.state.secrets = SecretBox.for_data_dir(settings.data_dir)
+        app.state.policy = Policy.from_settings(settings)
         if not settings.auth:
             app.state.local_principal = local_admin(app.state.db)
         for hook in app.state.startup_hooks:
@@ -131,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
         # these stream to storage and check digests and limits themselves
         exempt=("/api/v1/blobs", "/api/v1/artifacts", "/api/v1/jobs/*/runner/objects"),
     )
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)
     return app
 

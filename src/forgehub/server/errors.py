@@ -10,6 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from forgehub.errors import ForgehubError
 
 log = logging.getLogger("forgehub.server")
 PROBLEM = "application/problem+json"
@@ -45,7 +48,24 @@ def summarize(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{e['field'] or 'body'}: {e['msg']}" for e in errors)
 
 
+def _wants_page(request: Request) -> bool:
+    """A dashboard page (not the API, the model API or the docs) asked for this."""
+    path = request.url.path
+    return not path.startswith(("/api/", "/v2", "/healthz")) and "text/html" in request.headers.get(
+        "accept", ""
+    )
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(ForgehubError)
+    async def forgehub_error(request: Request, exc: ForgehubError) -> Response:
+        if _wants_page(request):
+            from forgehub.web.app import error_page
+
+            return error_page(request, exc.status, exc.detail)
+        extra = {"errors": exc.errors} if exc.errors else {}
+        return problem(exc.status, exc.detail, **extra)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))

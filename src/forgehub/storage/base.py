@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,6 +51,12 @@ class Unavailable(StorageError):
 
 class IntegrityError(StorageError):
     pass
+
+
+def _is_secret(model: type[BaseModel], name: str) -> bool:
+    from pydantic import SecretStr
+
+    return model.model_fields[name].annotation is SecretStr
 
 
 def check_key(key: str) -> str:
@@ -88,8 +94,24 @@ class StorageAdapter(abc.ABC):
     kind: ClassVar[str]
     Config: ClassVar[type[AdapterConfig]]
 
+    # on the server's own disk: runners elsewhere reach it through the server (the relay)
+    on_server: ClassVar[bool] = False
+
     def __init__(self, config: AdapterConfig) -> None:
         self.config = config
+
+    # -- capabilities (asked by the platform instead of testing kind strings) ----------------
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        """The hosts the server contacts for this (raw) config (egress policy)."""
+        return []
+
+    @classmethod
+    def store_identity(cls, config: dict[str, Any]) -> str:
+        """What physical store a config points at: two connections (of anyone) with the same
+        identity hold the same objects. Garbage collection keeps what any of them references."""
+        keys = sorted(k for k in cls.Config.model_fields if not _is_secret(cls.Config, k))
+        return cls.kind + ":" + "|".join(f"{k}={config.get(k)}" for k in keys)
 
     # -- what a back end implements --------------------------------------------------------
     @abc.abstractmethod

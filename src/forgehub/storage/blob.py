@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import httpx
 from pydantic import Field, SecretStr
@@ -26,6 +27,7 @@ from forgehub.storage.base import (
     Unavailable,
 )
 from forgehub.storage.blobstore import blob_key, key_digest
+from forgehub.urls import url_host
 
 API = "/api/v1/blobs"
 PART = 8 * CHUNK  # bytes per PATCH request
@@ -42,6 +44,14 @@ class BlobStorage(StorageAdapter):
     kind = "blob"
     Config = BlobConfig
     config: BlobConfig
+
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        return url_host(config.get("url"))
+
+    @classmethod
+    def store_identity(cls, config: dict[str, Any]) -> str:
+        return "blob:" + str(config.get("url", "")).rstrip("/")
 
     def __init__(self, config: BlobConfig) -> None:
         super().__init__(config)

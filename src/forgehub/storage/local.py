@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -33,6 +34,11 @@ class LocalStorage(StorageAdapter):
     kind = "local"
     Config = LocalConfig
     config: LocalConfig
+    on_server = True
+
+    @classmethod
+    def store_identity(cls, config: dict[str, Any]) -> str:
+        return "local:" + str(Path(str(config.get("path", ""))).expanduser().resolve())
 
     def __init__(self, config: LocalConfig) -> None:
         super().__init__(config)

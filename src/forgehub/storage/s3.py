@@ -23,6 +23,7 @@ from forgehub.storage.base import (
     StorageError,
     Unavailable,
 )
+from forgehub.urls import url_host
 
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
 MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -75,6 +76,15 @@ class S3Storage(StorageAdapter):
     kind = "s3"
     Config = S3Config
     config: S3Config
+
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        return url_host(config.get("endpoint_url"))
+
+    @classmethod
+    def store_identity(cls, config: dict[str, Any]) -> str:
+        host = (config.get("endpoint_url") or "aws").rstrip("/")
+        return f"s3:{host}/{config.get('bucket')}/{str(config.get('prefix') or '').strip('/')}"
 
     def __init__(self, config: S3Config) -> None:
         super().__init__(config)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -25,6 +25,7 @@ from forgehub.storage.base import (
     StorageError,
     Unavailable,
 )
+from forgehub.urls import url_host
 
 DAV = "{DAV:}"
 PROPFIND_BODY = (
@@ -50,6 +51,14 @@ class WebDAVStorage(StorageAdapter):
     kind = "webdav"
     Config = WebDAVConfig
     config: WebDAVConfig
+
+    @classmethod
+    def hosts(cls, config: dict[str, Any]) -> list[str]:
+        return url_host(config.get("url"))
+
+    @classmethod
+    def store_identity(cls, config: dict[str, Any]) -> str:
+        return "webdav:" + str(config.get("url", "")).rstrip("/")
 
     def __init__(self, config: WebDAVConfig) -> None:
         super().__init__(config)

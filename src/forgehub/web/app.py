@@ -93,6 +93,15 @@ def render(request: Request, template: str, status: int = 200, **ctx: Any) -> HT
     return resp
 
 
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """The dashboard's rendering of any :class:`~forgehub.errors.ForgehubError`."""
+    try:
+        p = principal_from_request(request, check_csrf=False)
+    except HTTPException:
+        p = None
+    return render(request, "error.html", status, principal=p, message=message)
+
+
 def install(app: FastAPI) -> None:
     from forgehub.web.pages import account, jobs, market, storage
 

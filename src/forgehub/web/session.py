@@ -29,19 +29,23 @@ def csrf_ok(request: Request, submitted: str | None) -> bool:
     return bool(expected) and bool(submitted) and hmac.compare_digest(expected, submitted or "")
 
 
+def set_csrf(response: Response, value: str, secure: bool) -> None:
+    response.set_cookie(
+        CSRF_COOKIE,
+        value,
+        max_age=int(SESSION_TTL.total_seconds()),
+        httponly=False,  # the page's JavaScript sends it back as a header
+        samesite="strict",
+        secure=secure,
+    )
+
+
 def set_session(response: Response, token: str, secure: bool) -> None:
     max_age = int(SESSION_TTL.total_seconds())
     response.set_cookie(
         SESSION_COOKIE, token, max_age=max_age, httponly=True, samesite="lax", secure=secure
     )
-    response.set_cookie(
-        CSRF_COOKIE,
-        secrets.token_urlsafe(24),
-        max_age=max_age,
-        httponly=False,  # the page's JavaScript sends it back as a header
-        samesite="strict",
-        secure=secure,
-    )
+    set_csrf(response, secrets.token_urlsafe(24), secure)  # a fresh one once signed in
 
 
 def clear_session(response: Response) -> None:

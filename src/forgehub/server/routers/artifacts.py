@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from forgehub.artifacts import collect, records
 from forgehub.artifacts import connections as conns
-from forgehub.artifacts import records
 from forgehub.artifacts.content import (
     describe_manifest,
     parse_manifest,
@@ -31,12 +31,14 @@ from forgehub.artifacts.content import (
     referenced_blobs,
     verified_stream,
 )
-from forgehub.auth import Principal, can_see, visible
+from forgehub.auth import Principal
 from forgehub.db.models import Artifact, ArtifactLocation, ArtifactTag, StorageConnection
+from forgehub.errors import Conflict, Forbidden, Invalid, TooLarge, Upstream
+from forgehub.http_headers import content_disposition
+from forgehub.identity import authz
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.server.streaming import body_chunks
 from forgehub.storage import StorageError
-from forgehub.storage.blobstore import blob_key
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -65,22 +67,22 @@ def _box(request: Request) -> Any:
 def _conn(
     session: Session, principal: Principal, name: str | None, request: Request
 ) -> StorageConnection:
-    try:
-        if name:
-            return conns.find(session, principal, name)
-        return conns.ensure_default(
-            session, _box(request), principal.user_id, request.app.state.settings.data_dir
-        )
-    except conns.ConnectionError_ as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
+    if name:
+        conn = conns.find(session, principal, name)
+        authz.require(principal, "connection.use", conn, f"storage connection {name!r}")
+        return conn
+    return conns.ensure_default(
+        session, _box(request), principal.user_id, request.app.state.settings.data_dir
+    )
 
 
-def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
+def resolve(
+    session: Session, principal: Principal, ref: str, action: str = "artifact.read"
+) -> Artifact:
     """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``; 404 if none."""
-    try:
-        return records.resolve(session, principal, ref)
-    except records.NoSuchArtifact as exc:
-        raise HTTPException(404, str(exc)) from exc
+    art = records.resolve(session, principal, ref)
+    authz.require(principal, action, art, f"artifact {ref!r}")
+    return art
 
 
 _outs = records.describe
@@ -97,7 +99,7 @@ def _adapter_with(session: Session, art: Artifact, request: Request) -> Any:
         conn = session.get(StorageConnection, loc.connection_id)
         if conn is not None:
             return conns.adapter_for(conn, _box(request))
-    raise HTTPException(409, f"artifact {art.digest} has no location left")
+    raise Conflict(f"artifact {art.digest} has no location left")
 
 
 @router.post("", status_code=201, summary="Push an artifact (a file, or a directory as tar)")
@@ -135,11 +137,7 @@ async def push(
         if is_tar:
             source = tmp / "tree"
             source.mkdir()
-            try:
-                with tarfile.open(body, mode="r:*") as tf:
-                    tf.extractall(source, filter="data")  # refuses unsafe paths and links
-            except (tarfile.TarError, OSError) as exc:
-                raise HTTPException(422, f"not a valid tar archive: {exc}") from exc
+            _unpack(body, source, limit)
             body.unlink()
         return push_path(adapter, source), ("" if is_tar else filename)
 
@@ -168,15 +166,39 @@ async def push(
     return {**_out(session, art), "uploaded": result.uploaded}
 
 
+def _unpack(archive: Path, dest: Path, limit: int) -> None:
+    """Unpack a pushed folder: the limit applies to what it unpacks to, and links, devices and
+    paths outside the folder are refused with a message (never dropped without a word)."""
+    try:
+        with tarfile.open(archive, mode="r:*") as tf:
+            total = 0
+            for m in tf:
+                if m.issym() or m.islnk():
+                    raise Invalid(
+                        f"{m.name}: links cannot be pushed (push what it points to instead)"
+                    )
+                if not (m.isfile() or m.isdir()):
+                    raise Invalid(f"{m.name}: only files and folders can be pushed")
+                total += m.size
+                if total > limit:
+                    raise TooLarge(
+                        f"the folder unpacks to more than the limit of "
+                        f"{limit // (1024 * 1024)} MB (max_artifact_mb)"
+                    )
+            tf.extractall(dest, filter="data")  # refuses unsafe paths
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise Invalid(f"not a valid tar archive: {exc}") from exc
+
+
 @router.get("", summary="Your artifacts")
 def list_artifacts(
     principal: CurrentUser,
     session: DbSession,
     name: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**62),
 ) -> list[dict[str, Any]]:
-    stmt = visible(select(Artifact), Artifact, principal)
+    stmt = authz.visible(select(Artifact), Artifact, principal, "artifact.read")
     if name:
         stmt = stmt.join(ArtifactTag, ArtifactTag.artifact_id == Artifact.id).where(
             ArtifactTag.name == name
@@ -198,7 +220,7 @@ def content(
     headers = {"X-Forgehub-Digest": art.digest, "X-Forgehub-Kind": art.kind}
     if art.kind == "file":
         if art.filename:
-            headers["Content-Disposition"] = f'attachment; filename="{art.filename}"'
+            headers["Content-Disposition"] = content_disposition(art.filename)
         headers["Content-Length"] = str(art.size)
         return StreamingResponse(
             verified_stream(adapter, art.digest), media_type=art.media_type, headers=headers
@@ -232,15 +254,13 @@ def show(ref: str, principal: CurrentUser, session: DbSession, request: Request)
 
 @router.post("/{ref:path}/tags", summary="Tag an artifact (name:tag)")
 def add_tag(ref: str, body: TagIn, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
-    art = resolve(session, principal, ref)
-    if art.owner_id != principal.user_id:
-        raise HTTPException(403, "only the owner can tag this artifact")
+    art = resolve(session, principal, ref, "artifact.tag")
     loc = session.scalars(
         select(ArtifactLocation).where(ArtifactLocation.artifact_id == art.id)
     ).first()
     conn = session.get(StorageConnection, loc.connection_id) if loc else None
     if conn is None:
-        raise HTTPException(409, "artifact has no location")
+        raise Conflict("artifact has no location")
     records.record(
         session,
         art.owner_id,
@@ -259,7 +279,7 @@ def add_tag(ref: str, body: TagIn, principal: CurrentUser, session: DbSession) -
 async def copy(
     ref: str, body: CopyIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
-    art = resolve(session, principal, ref)
+    art = resolve(session, principal, ref, "artifact.copy")
     target_conn = _conn(session, principal, body.to, request)
     source = _adapter_with(session, art, request)
     target = conns.adapter_for(target_conn, _box(request))
@@ -297,55 +317,29 @@ async def copy(
     "/{ref:path}", status_code=204, summary="Delete an artifact record (gc frees its content)"
 )
 def delete_artifact(ref: str, principal: CurrentUser, session: DbSession) -> Response:
-    art = resolve(session, principal, ref)
-    if not can_see(art, principal):
-        raise HTTPException(404, f"no artifact {ref!r} of yours")
+    art = resolve(session, principal, ref, "artifact.delete")
     session.delete(art)
     return Response(status_code=204)
 
 
-@router.post("/gc", summary="Garbage-collect unreferenced content of a connection")
+@router.post("/gc", summary="Garbage-collect unreferenced content of a store you own")
 async def gc(
     body: GcIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     conn = _conn(session, principal, body.connection, request)
+    authz.require(principal, "store.gc", conn, f"storage connection {body.connection!r}")
+    if conn.is_default and conn.kind == "local" and not principal.is_admin:
+        raise Forbidden(
+            "the default store is the server's, shared by every user: an admin collects it"
+        )
     adapter = conns.adapter_for(conn, _box(request))
-    # Every artifact stored at this connection, whoever owns it, keeps its blobs alive.
-    arts = session.scalars(
-        select(Artifact)
-        .join(ArtifactLocation, ArtifactLocation.artifact_id == Artifact.id)
-        .where(ArtifactLocation.connection_id == conn.id)
-    ).all()
-    if conn.is_default and conn.kind == "local":
-        # the default store is shared by every user's default connection
-        shared = session.scalars(
-            select(StorageConnection.id).where(
-                StorageConnection.is_default.is_(True), StorageConnection.kind == "local"
-            )
-        ).all()
-        arts = session.scalars(
-            select(Artifact)
-            .join(ArtifactLocation, ArtifactLocation.artifact_id == Artifact.id)
-            .where(ArtifactLocation.connection_id.in_(shared))
-        ).all()
-    wanted = [(a.digest, a.kind) for a in arts]
+    wanted = collect.referenced(session, conn)
 
     def sweep() -> tuple[list[str], int]:
-        keep: set[str] = set()
-        for digest, kind in wanted:
-            try:
-                keep |= referenced_blobs(adapter, digest, kind)
-            except StorageError:
-                keep.add(blob_key(digest))
-        garbage = [o for o in adapter.list("blobs/") if o.key not in keep]
-        freed = sum(o.size for o in garbage)
-        if not body.dry_run:
-            for o in garbage:
-                adapter.delete(o.key)
-        return [o.key for o in garbage], freed
+        return collect.sweep(adapter, wanted, body.dry_run)
 
     try:
         keys, freed = await anyio.to_thread.run_sync(sweep)
     except StorageError as exc:
-        raise HTTPException(502, f"gc failed: {exc}") from exc
+        raise Upstream(f"gc failed: {exc}") from exc
     return {"connection": conn.name, "dry_run": body.dry_run, "unreferenced": keys, "bytes": freed}

@@ -8,6 +8,8 @@ ranges. A user may read the blobs they uploaded (admins every blob).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import anyio.from_thread
@@ -58,6 +60,19 @@ def _own(session: Any, digest: str, size: int, principal: Principal) -> None:
             session.flush()
         except DbIntegrityError:  # a concurrent upload of the same blob by the same user
             session.rollback()
+
+
+def _prove(chunks: Iterator[bytes], digest: str, limit: int) -> int:
+    """Read an upload of content the store already holds; its size if it hashes to ``digest``."""
+    h, size = hashlib.sha256(), 0
+    for c in chunks:
+        size += len(c)
+        if size > limit:
+            raise IntegrityError(f"blob larger than the limit of {limit // (1 << 20)} MB")
+        h.update(c)
+    if f"sha256:{h.hexdigest()}" != digest:
+        raise IntegrityError(f"the uploaded bytes do not match {digest}")
+    return size
 
 
 def _digest(digest: str) -> str:
@@ -141,8 +156,12 @@ async def put_blob(
     blobs, limit = store(request), _limit(request)
     try:
         check_digest(digest)
-        if blobs.exists(digest):  # stored once per digest: nothing to write
-            size = blobs.size(digest)
+        if blobs.exists(digest):
+            # stored once per digest: nothing to write, but the bytes must be sent and match,
+            # or knowing a digest would be enough to own (and read) someone else's content
+            size = await anyio.to_thread.run_sync(
+                lambda: _prove(body_chunks(request), digest, limit)
+            )
         else:
             upload_id = blobs.start_upload()
             try:

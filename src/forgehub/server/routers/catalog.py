@@ -9,7 +9,8 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from forgehub.auth import Principal, can_see
+from forgehub.artifacts import records
+from forgehub.auth import Principal
 from forgehub.catalog import service
 from forgehub.catalog.metadata import (
     MetadataError,
@@ -19,6 +20,8 @@ from forgehub.catalog.metadata import (
     validate,
 )
 from forgehub.db.models import CatalogModule, utcnow
+from forgehub.errors import Forbidden, NotFound
+from forgehub.identity import authz
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.server.errors import problem
 
@@ -94,9 +97,20 @@ def _meta_or_422(doc: dict[str, Any]) -> ModuleMetadata:
 
 def _writable(session: Session, name: str, principal: Principal) -> CatalogModule:
     m = service.get_module(session, name)
-    if not can_see(m, principal):
-        raise HTTPException(403, f"only the owner of {name!r} or an admin can change it")
+    authz.require(principal, "module.write", m, f"module {name!r}")
     return m
+
+
+def _check_weights(session: Session, principal: Principal, version: VersionIn | None) -> None:
+    """A version may name only weights its publisher may read: knowing a digest is not enough."""
+    if version is not None and version.weights_digest:
+        try:
+            records.resolve(session, principal, version.weights_digest)
+        except records.NoSuchArtifact:
+            raise NotFound(
+                f"weights {version.weights_digest}: no artifact of yours has this digest "
+                "(push the weights first)"
+            ) from None
 
 
 @router.get("/modules", summary="Search the catalogue, with facet counts")
@@ -155,10 +169,11 @@ def publish(
 ) -> dict[str, Any]:
     meta = _meta_or_422(body.metadata)
     existing = session.query(CatalogModule).filter_by(name=name).one_or_none()
-    if existing is not None and not can_see(existing, principal):
-        raise HTTPException(
-            403, f"{name!r} belongs to someone else; only its owner or an admin can change it"
+    if existing is not None and not authz.can(principal, "module.write", existing):
+        raise Forbidden(
+            f"{name!r} belongs to someone else; only its owner or an admin can change it"
         )
+    _check_weights(session, principal, body.version)
     m = service.save_module(
         session,
         name,
@@ -178,6 +193,7 @@ def add_version(
     name: str, body: VersionIn, principal: CurrentUser, session: DbSession
 ) -> dict[str, Any]:
     m = _writable(session, name, principal)
+    _check_weights(session, principal, body)
     return _version_out(service.add_version(session, m, **body.model_dump()))
 
 

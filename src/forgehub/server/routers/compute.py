@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from forgehub import __version__
 from forgehub.compute import ComputeError, Resources
-from forgehub.connections import ConnectionError_
 from forgehub.db.models import Job, Worker, utcnow
-from forgehub.jobs import service
+from forgehub.errors import Conflict, Forbidden
+from forgehub.identity import authz
+from forgehub.jobs import service, workers
 from forgehub.server.deps import CurrentUser, DbSession
-from forgehub.server.errors import problem
 
 router = APIRouter(prefix="/compute", tags=["compute"])
 workers_router = APIRouter(prefix="/workers", tags=["workers"])
@@ -30,12 +28,6 @@ class ConnectionIn(BaseModel):
     kind: str = Field(description="local, worker, slurm or ray (or a plugin's kind)")
     config: dict[str, Any] = Field(default_factory=dict)
     test: bool = Field(default=True, description="Test the connection before saving it.")
-
-
-def _err(exc: ConnectionError_) -> JSONResponse:
-    if exc.errors:
-        return problem(exc.status, str(exc), errors=exc.errors)
-    return problem(exc.status, str(exc))
 
 
 @router.get("/kinds", summary="Compute kinds and their configuration schemas")
@@ -56,8 +48,7 @@ async def add_connection(body: ConnectionIn, principal: CurrentUser, request: Re
 
     def create() -> dict[str, Any]:
         with state.db.session() as s:
-            if body.kind == "local" and not principal.is_admin:
-                raise ConnectionError_("only admins add 'local' connections (the server)", 403)
+            state.policy.compute_config(principal, body.kind, body.config)
             conn = COMPUTE.create(
                 s,
                 state.secrets,
@@ -69,10 +60,7 @@ async def add_connection(body: ConnectionIn, principal: CurrentUser, request: Re
             )
             return COMPUTE.out(conn)
 
-    try:
-        return await anyio.to_thread.run_sync(create)
-    except ConnectionError_ as exc:
-        return _err(exc)
+    return await anyio.to_thread.run_sync(create)
 
 
 @router.post("/connections/{name}/test", summary="Test a saved connection; report capacity")
@@ -83,8 +71,10 @@ async def test_connection(name: str, principal: CurrentUser, request: Request) -
         with state.db.session() as s:
             service.ensure_default_compute(s, principal.user_id)
             conn = COMPUTE.find(s, principal, name)
+            authz.require(principal, "connection.use", conn, f"compute connection {name!r}")
             adapter = COMPUTE.adapter_for(conn, state.secrets)
         try:
+            state.policy.check_egress(principal, conn.kind, conn.config)
             adapter.test()
             cap = adapter.capacity()
         except ComputeError as exc:
@@ -102,27 +92,22 @@ async def test_connection(name: str, principal: CurrentUser, request: Request) -
             },
         }
 
-    try:
-        return await anyio.to_thread.run_sync(run)
-    except ConnectionError_ as exc:
-        return _err(exc)
+    return await anyio.to_thread.run_sync(run)
 
 
 @router.delete("/connections/{name}", status_code=204, summary="Remove a connection")
 def delete_connection(name: str, principal: CurrentUser, session: DbSession) -> Response:
-    try:
-        conn = COMPUTE.find(session, principal, name)
-    except ConnectionError_ as exc:
-        raise HTTPException(exc.status, str(exc)) from exc
+    conn = COMPUTE.find(session, principal, name)
+    authz.require(principal, "connection.delete", conn, f"compute connection {name!r}")
     if conn.is_default or conn.name in ("local", "workers"):
-        raise HTTPException(409, f"{conn.name!r} is built in and cannot be removed")
+        raise Conflict(f"{conn.name!r} is built in and cannot be removed")
     busy = session.scalar(
         select(func.count())
         .select_from(Job)
         .where(Job.compute_id == conn.id, Job.state.in_(["queued", *service.ACTIVE]))
     )
     if busy:
-        raise HTTPException(409, f"{busy} job(s) still use {name!r}; cancel them first")
+        raise Conflict(f"{busy} job(s) still use {name!r}; cancel them first")
     session.delete(conn)
     return Response(status_code=204)
 
@@ -133,9 +118,9 @@ def delete_connection(name: str, principal: CurrentUser, session: DbSession) -> 
 class WorkerIn(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     labels: list[str] = Field(default_factory=list)
-    cpus: float = Field(default=1.0, gt=0)
-    gpus: int = Field(default=0, ge=0)
-    memory_mb: int = Field(default=0, ge=0)
+    cpus: float = Field(default=1.0, gt=0, le=4096, allow_inf_nan=False)
+    gpus: int = Field(default=0, ge=0, le=1024)
+    memory_mb: int = Field(default=0, ge=0, le=1 << 40)
     shared: bool = Field(default=False, description="Also run other users' module jobs.")
     version: str = ""
 
@@ -146,59 +131,33 @@ class ClaimIn(BaseModel):
     running: list[str] = Field(default_factory=list)
 
 
-def _worker_out(w: Worker, running: int) -> dict[str, Any]:
-    online = w.stopped_at is None and utcnow() - w.last_seen_at < timedelta(
-        seconds=service.WORKER_ONLINE_S
-    )
-    return {
-        "id": w.id,
-        "name": w.name,
-        "labels": w.labels,
-        "cpus": w.cpus,
-        "gpus": w.gpus,
-        "memory_mb": w.memory_mb,
-        "shared": w.shared,
-        "version": w.version,
-        "online": online,
-        "last_seen_at": w.last_seen_at.isoformat(),
-        "running_jobs": running,
-    }
-
-
 def _own_worker(session: Any, principal: Any, worker_id: str) -> Worker:
     w = session.get(Worker, worker_id)
-    if w is None or w.owner_id != principal.user_id:
-        raise HTTPException(404, f"no worker {worker_id!r} of yours")
+    authz.require(principal, "worker.operate", w, f"worker {worker_id!r}")
+    assert w is not None
     return w
 
 
 @workers_router.post("", status_code=201, summary="Worker: register (forgehub worker does this)")
 def register(body: WorkerIn, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
     if not principal.user_id:
-        raise HTTPException(403, "a worker runs as a user; use a user's token")
+        raise Forbidden("a worker runs as a user; use a user's token")
+    if body.shared and not authz.can(principal, "worker.share", None):
+        raise Forbidden(
+            "only admins may share a worker: a shared worker runs other users' jobs "
+            "(register it without --shared)"
+        )
     w = Worker(owner_id=principal.user_id, **body.model_dump())
     session.add(w)
     session.flush()
-    return _worker_out(w, 0)
+    return workers.worker_out(w, 0)
 
 
 @workers_router.get("", summary="Workers: yours, and shared ones, with last-seen time")
 def list_workers(
     principal: CurrentUser, session: DbSession, all_: bool = False
 ) -> list[dict[str, Any]]:
-    since = utcnow() - timedelta(hours=24)
-    stmt = select(Worker).where(Worker.last_seen_at >= since).order_by(Worker.name)
-    if not (principal.is_admin and all_):
-        stmt = stmt.where((Worker.owner_id == principal.user_id) | Worker.shared.is_(True))
-    workers = list(session.scalars(stmt))
-    counts = dict(
-        session.execute(
-            select(Job.worker_id, func.count())
-            .where(Job.worker_id.in_([w.id for w in workers]), Job.state.in_(service.ACTIVE))
-            .group_by(Job.worker_id)
-        ).all()
-    )
-    return [_worker_out(w, counts.get(w.id, 0)) for w in workers]
+    return workers.listing(session, principal, all_)
 
 
 @workers_router.post("/{worker_id}/claim", summary="Worker: long-poll for a job to run")
@@ -211,7 +170,7 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
             w = _own_worker(s, principal, worker_id)
             w.last_seen_at = utcnow()
             if w.stopped_at is not None:
-                raise HTTPException(409, "this worker was stopped; register again")
+                raise Conflict("this worker was stopped; register again")
             got = service.claim(s, w, body.free, state.settings.job_lease_s, state.db.dialect)
             if got is None:
                 return None

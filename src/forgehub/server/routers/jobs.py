@@ -10,11 +10,12 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from forgehub.artifacts.connections import adapter_for
 from forgehub.db.models import (
     Job,
     JobEvent,
@@ -22,22 +23,15 @@ from forgehub.db.models import (
     JobMetric,
     JobState,
 )
-from forgehub.jobs import service
+from forgehub.errors import Invalid, NotFound, Upstream
+from forgehub.jobs import access, service
 from forgehub.server.deps import CurrentUser, DbSession, bearer
-from forgehub.server.errors import problem
+from forgehub.storage import StorageError
+from forgehub.storage.base import IntegrityError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 T = TypeVar("T")
-
-
-def _raise(exc: service.JobError) -> HTTPException:
-    return HTTPException(exc.status, str(exc))
-
-
-def _error_response(exc: service.JobError) -> JSONResponse:
-    if exc.errors:
-        return problem(exc.status, str(exc), errors=exc.errors)
-    return problem(exc.status, str(exc))
+MAX_OFFSET = 2**62  # cursors and offsets are 64-bit in the store
 
 
 def _out(session: Session, jobs: list[Job]) -> list[dict[str, Any]]:
@@ -57,14 +51,11 @@ async def submit(body: service.JobIn, principal: CurrentUser, request: Request) 
     def work() -> dict[str, Any]:
         with state.db.session() as s:
             job = service.submit(
-                s, principal, body, state.secrets, state.settings.data_dir, modules
+                s, principal, body, state.secrets, state.settings.data_dir, modules, state.policy
             )
             return _out(s, [job])[0]
 
-    try:
-        out = await _in_thread(work)
-    except service.JobError as exc:
-        return _error_response(exc)
+    out = await _in_thread(work)
     state.dispatcher.notify()
     return out
 
@@ -77,7 +68,7 @@ def list_jobs(
     module: str | None = None,
     compute: str | None = Query(default=None, description="Compute connection name."),
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_OFFSET),
 ) -> dict[str, Any]:
     total, jobs = service.find_jobs(session, principal, state, module, compute, limit, offset)
     return {"total": total, "limit": limit, "offset": offset, "jobs": _out(session, jobs)}
@@ -85,10 +76,7 @@ def list_jobs(
 
 @router.get("/{job_id}", summary="One job, with its state timeline")
 def show(job_id: str, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
-    try:
-        job = service.get_job(session, principal, job_id)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    job = service.get_job(session, principal, job_id)
     out = _out(session, [job])[0]
     out["events"] = [
         {"state": e.state, "attempt": e.attempt, "message": e.message, "at": e.at.isoformat()}
@@ -118,7 +106,7 @@ async def logs(
     job_id: str,
     principal: CurrentUser,
     request: Request,
-    after: int = Query(default=0, ge=0, description="Continue after this cursor."),
+    after: int = Query(default=0, ge=0, le=MAX_OFFSET, description="Continue after this cursor."),
     follow: bool = False,
 ) -> Any:
     db = request.app.state.db
@@ -129,10 +117,7 @@ async def logs(
             lines, nxt = _log_page(s, job_id, cursor)
             return lines, nxt, str(job.state)
 
-    try:
-        lines, cursor, state = await _in_thread(lambda: page(after))
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    lines, cursor, state = await _in_thread(lambda: page(after))
     if not follow:
         return {"lines": lines, "next": cursor, "state": state}
 
@@ -169,12 +154,11 @@ def metrics(
     job_id: str,
     principal: CurrentUser,
     session: DbSession,
-    after: int = Query(default=0, ge=0, description="Only points after this cursor."),
+    after: int = Query(
+        default=0, ge=0, le=MAX_OFFSET, description="Only points after this cursor."
+    ),
 ) -> dict[str, Any]:
-    try:
-        service.get_job(session, principal, job_id)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    service.get_job(session, principal, job_id)
     series: dict[str, list[Any]] = {}
     last = after
     for m in session.scalars(
@@ -189,10 +173,7 @@ def metrics(
 
 @router.post("/{job_id}/cancel", summary="Cancel a job, whatever its state")
 def cancel(job_id: str, principal: CurrentUser, session: DbSession, request: Request) -> Any:
-    try:
-        job = service.get_job(session, principal, job_id)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    job = service.get_job(session, principal, job_id, "job.cancel")
     changed = service.cancel(session, job)
     request.app.state.dispatcher.wake.set()
     return {"id": job.id, "state": job.state, "cancel_requested": changed}
@@ -200,11 +181,8 @@ def cancel(job_id: str, principal: CurrentUser, session: DbSession, request: Req
 
 @router.post("/{job_id}/retry", status_code=201, summary="Run a finished job again, as a new job")
 def retry(job_id: str, principal: CurrentUser, session: DbSession, request: Request) -> Any:
-    try:
-        job = service.get_job(session, principal, job_id)
-        new = service.retry(session, principal, job)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    job = service.get_job(session, principal, job_id, "job.retry")
+    new = service.retry(session, principal, job)
     session.commit()
     request.app.state.dispatcher.notify()
     return _out(session, [new])[0]
@@ -240,10 +218,7 @@ async def _runner_call(request: Request, job_id: str, token: str, fn: Any) -> An
             job = service.job_for_token(s, job_id, token)
             return fn(s, job)
 
-    try:
-        return await _in_thread(work)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    return await _in_thread(work)
 
 
 @router.post("/{job_id}/runner/start", summary="Runner: the attempt started; returns the spec")
@@ -279,8 +254,10 @@ async def runner_events(
 async def runner_finish(
     job_id: str, body: service.FinishIn, request: Request, token: str = Depends(job_token)
 ) -> Any:
+    box = request.app.state.secrets
+
     def fn(s: Session, job: Job) -> Any:
-        service.runner_finished(s, job, body)
+        service.runner_finished(s, job, body, box)
         return {"state": job.state}
 
     out = await _runner_call(request, job_id, token, fn)
@@ -294,16 +271,13 @@ class PublishIn(BaseModel):
 
 @router.post("/{job_id}/publish", summary="Publish a finished training's weights as a version")
 def publish(job_id: str, body: PublishIn, principal: CurrentUser, session: DbSession) -> Any:
-    try:
-        job = service.get_job(session, principal, job_id)
-        return service.publish_later(session, job, body.version)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    job = service.get_job(session, principal, job_id, "job.publish")
+    return service.publish_later(session, job, body.version)
 
 
 @router.get(
     "/{job_id}/runner/objects/{connection}/{key:path}",
-    summary="Runner: read an object of the job's storage through the server (relay)",
+    summary="Runner: read a blob of the job's inputs through the server (relay)",
 )
 async def relay_get(
     job_id: str,
@@ -313,30 +287,29 @@ async def relay_get(
     stat: bool = False,
     token: str = Depends(job_token),
 ) -> Any:
-    from forgehub.storage import StorageError
-
     state = request.app.state
 
     def open_object() -> Any:
-        from forgehub.artifacts.connections import adapter_for
-
+        digest = access.blob_digest_of(key)
         with state.db.session() as s:
             job = service.job_for_token(s, job_id, token)
-            conn = service.relay_connection(s, job, connection)
+            conn = access.relay_connection(s, job, connection)
+            # only what the job may read; anything else is "not there", so a runner has to
+            # upload the bytes to make them its own
+            if not access.may_read(s, job, state.secrets, digest):
+                raise NotFound(f"no object {key}")
             adapter = adapter_for(conn, state.secrets)
         info = adapter.stat(key)
         if info is None:
-            raise service.JobError(f"no object {key}", 404)
+            raise NotFound(f"no object {key}")
         if stat:
             return {"size": info.size}
         return adapter.open(key), info.size
 
     try:
         got = await anyio.to_thread.run_sync(open_object)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
     except StorageError as exc:
-        raise HTTPException(502, f"storage failed: {exc}") from exc
+        raise Upstream(f"storage failed: {exc}") from exc
     if stat:
         return got
     chunks, size = got
@@ -349,32 +322,37 @@ async def relay_get(
 
 @router.put(
     "/{job_id}/runner/objects/{connection}/{key:path}",
-    summary="Runner: store an object in the job's storage through the server (relay)",
+    summary="Runner: store a blob in the job's output storage through the server (relay)",
 )
 async def relay_put(
     job_id: str, connection: str, key: str, request: Request, token: str = Depends(job_token)
 ) -> Any:
-    from forgehub.jobs.relay import verified
+    from forgehub.jobs.relay import drain, verified
     from forgehub.server.streaming import body_chunks
-    from forgehub.storage import StorageError
 
     state = request.app.state
     length = request.headers.get("content-length")
 
     def store() -> None:
-        from forgehub.artifacts.connections import adapter_for
-
+        digest = access.blob_digest_of(key)
         with state.db.session() as s:
             job = service.job_for_token(s, job_id, token)
-            conn = service.relay_connection(s, job, connection)
+            conn = access.relay_connection(s, job, connection)
+            access.check_write(job, conn)
             adapter = adapter_for(conn, state.secrets)
         size = int(length) if length and length.isdigit() else None
-        adapter.put(key, verified(body_chunks(request), key), size)
+        chunks = verified(body_chunks(request), key)
+        if adapter.stat(key) is not None:
+            drain(chunks)  # stored once: the bytes only prove the runner has them
+        else:
+            adapter.put(key, chunks, size)
+        with state.db.session() as s:
+            access.remember_upload(s, service.job_for_token(s, job_id, token), digest)
 
     try:
         await anyio.to_thread.run_sync(store)
-    except service.JobError as exc:
-        raise _raise(exc) from exc
+    except IntegrityError as exc:
+        raise Invalid(str(exc)) from exc
     except StorageError as exc:
-        raise HTTPException(422 if "digest" in str(exc) else 502, str(exc)) from exc
+        raise Upstream(str(exc)) from exc
     return {"stored": key}

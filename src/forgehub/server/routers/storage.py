@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import anyio.to_thread
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from forgehub.artifacts import connections as conns
 from forgehub.db.models import StorageConnection
+from forgehub.errors import Conflict
+from forgehub.identity import authz
 from forgehub.secrets import SecretBox
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.storage import StorageError
@@ -29,10 +31,6 @@ class ConnectionIn(BaseModel):
 def box(request: Request) -> SecretBox:
     b: SecretBox = request.app.state.secrets
     return b
-
-
-def _error(exc: conns.ConnectionError_) -> HTTPException:
-    return HTTPException(exc.status, str(exc))
 
 
 @router.get("/kinds", summary="Storage kinds and their configuration schemas")
@@ -56,47 +54,41 @@ async def add_connection(
     body: ConnectionIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     sealed_box = box(request)
+    policy = request.app.state.policy
 
     def create() -> StorageConnection:
+        config = policy.storage_config(principal, body.kind, body.config)
         return conns.create(
             session,
             sealed_box,
             principal.user_id,
             body.name,
             body.kind,
-            body.config,
+            config,
             test=body.test,
         )
 
-    try:
-        conn = await anyio.to_thread.run_sync(create)
-    except conns.ConnectionError_ as exc:
-        if exc.errors:
-            from forgehub.server.errors import problem
-
-            return problem(exc.status, str(exc), errors=exc.errors)  # type: ignore[return-value]
-        raise _error(exc) from exc
+    conn = await anyio.to_thread.run_sync(create)
     return conns.out(conn)
 
 
 @router.get("/connections/{name}", summary="One connection (secrets masked)")
 def get_connection(name: str, principal: CurrentUser, session: DbSession) -> dict[str, Any]:
-    try:
-        return conns.out(conns.find(session, principal, name))
-    except conns.ConnectionError_ as exc:
-        raise _error(exc) from exc
+    return conns.out(conns.find(session, principal, name))
 
 
 @router.post("/connections/{name}/test", summary="Test a saved connection")
 async def test_connection(
     name: str, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
+    conn = conns.find(session, principal, name)
+    authz.require(principal, "connection.use", conn, f"storage connection {name!r}")
+    adapter = conns.adapter_for(conn, box(request))
     try:
-        conn = conns.find(session, principal, name)
-        adapter = conns.adapter_for(conn, box(request))
+        await anyio.to_thread.run_sync(
+            request.app.state.policy.check_egress, principal, conn.kind, conn.config
+        )
         await anyio.to_thread.run_sync(adapter.test)
-    except conns.ConnectionError_ as exc:
-        raise _error(exc) from exc
     except StorageError as exc:
         return {"name": name, "ok": False, "detail": str(exc)}
     return {"name": name, "ok": True, "detail": "reachable, credentials accepted"}
@@ -104,11 +96,9 @@ async def test_connection(
 
 @router.delete("/connections/{name}", status_code=204, summary="Remove a connection")
 def delete_connection(name: str, principal: CurrentUser, session: DbSession) -> Response:
-    try:
-        conn = conns.find(session, principal, name)
-    except conns.ConnectionError_ as exc:
-        raise _error(exc) from exc
+    conn = conns.find(session, principal, name)
+    authz.require(principal, "connection.delete", conn, f"storage connection {name!r}")
     if conn.is_default:
-        raise HTTPException(409, "the default connection cannot be removed")
+        raise Conflict("the default connection cannot be removed")
     session.delete(conn)
     return Response(status_code=204)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from forgehub.auth import create_token
-from forgehub.db.models import Token, User, utcnow
+from forgehub.auth import create_token, revoke_token
+from forgehub.db.models import Token, User
+from forgehub.errors import BadRequest, Forbidden, NotFound
+from forgehub.identity import authz
 from forgehub.server.deps import CurrentUser, DbSession
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
@@ -57,15 +59,15 @@ def create(
     body: TokenCreate, principal: CurrentUser, session: DbSession, request: Request
 ) -> TokenOut:
     if body.user is not None and body.user != principal.name:
-        if not principal.is_admin:
-            raise HTTPException(403, "only admins can create tokens for other users")
+        if not authz.can(principal, "token.create_for", None):
+            raise Forbidden("only admins can create tokens for other users")
         user = session.scalar(select(User).where(User.name == body.user))
         if user is None:
-            raise HTTPException(404, f"no user named {body.user!r}")
+            raise NotFound(f"no user named {body.user!r}")
     else:
         user = session.get(User, principal.user_id)
         if user is None:
-            raise HTTPException(400, "authentication is off; name the user with 'user'")
+            raise BadRequest("authentication is off; name the user with 'user'")
     days = body.expires_in_days or request.app.state.settings.token_ttl_days
     token, value = create_token(session, user, body.name, timedelta(days=days))
     return _out(token, TokenCreated, token=value)
@@ -74,7 +76,9 @@ def create(
 @router.get("", response_model=list[TokenOut])
 def list_tokens(principal: CurrentUser, session: DbSession, all: bool = False) -> list[TokenOut]:
     stmt = select(Token).order_by(Token.created_at)
-    if not (all and principal.is_admin):
+    if all:
+        stmt = authz.visible(stmt, Token, principal, "token.read")
+    else:
         stmt = stmt.where(Token.user_id == principal.user_id)
     return [_out(t) for t in session.scalars(stmt)]
 
@@ -82,8 +86,7 @@ def list_tokens(principal: CurrentUser, session: DbSession, all: bool = False) -
 @router.delete("/{token_id}", response_model=TokenOut)
 def revoke(token_id: str, principal: CurrentUser, session: DbSession) -> TokenOut:
     token = session.get(Token, token_id)
-    if token is None or not (principal.is_admin or token.user_id == principal.user_id):
-        raise HTTPException(404, f"no token {token_id!r} of yours")
-    if token.revoked_at is None:
-        token.revoked_at = utcnow()
+    authz.require(principal, "token.revoke", token, f"token {token_id!r}")
+    assert token is not None
+    revoke_token(session, token)
     return _out(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -9,10 +10,18 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from forgehub.auth import AuthError, authenticate, create_token, hash_token
+from forgehub.auth import AuthError, authenticate, create_token, hash_token, revoke_token
 from forgehub.db.models import Token, User, utcnow
+from forgehub.identity import authz
 from forgehub.web.app import render, user
-from forgehub.web.session import SESSION_COOKIE, clear_session, csrf_ok, set_session
+from forgehub.web.session import (
+    SESSION_COOKIE,
+    clear_session,
+    csrf_ok,
+    csrf_token,
+    set_csrf,
+    set_session,
+)
 
 router = APIRouter()
 
@@ -21,35 +30,52 @@ def _safe_next(value: str | None) -> str:
     return value if value and value.startswith("/") and not value.startswith("//") else "/"
 
 
-@router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = "/") -> Response:
+def _login_page(
+    request: Request, next: str, status: int = 200, error: str | None = None
+) -> Response:
+    """The sign-in form, with a CSRF token of its own (a page elsewhere cannot sign a visitor
+    into an account of its choosing)."""
     settings = request.app.state.settings
     hint = str(settings.admin_token_file) if settings.local_admin else None
-    return render(request, "login.html", next=_safe_next(next), token_file=hint, error=None)
+    token = csrf_token(request) or secrets.token_urlsafe(24)
+    resp = render(
+        request,
+        "login.html",
+        status,
+        next=_safe_next(next),
+        token_file=hint,
+        error=error,
+        login_csrf=token,
+    )
+    if not csrf_token(request):
+        set_csrf(resp, token, secure=request.url.scheme == "https")
+    return resp
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str = "/") -> Response:
+    return _login_page(request, next)
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:
+def login(
+    request: Request, token: str = Form(""), next: str = Form("/"), csrf: str = Form("")
+) -> Response:
     state = request.app.state
+    if not csrf_ok(request, csrf):
+        return _login_page(request, next, 403, "The sign-in form expired; please try again.")
     with state.db.session() as s:
         try:
             principal = authenticate(s, token.strip())
         except AuthError as exc:
-            settings = state.settings
-            hint = str(settings.admin_token_file) if settings.local_admin else None
-            return render(
-                request,
-                "login.html",
-                401,
-                next=_safe_next(next),
-                token_file=hint,
-                error=f"That token did not work: {exc}.",
-            )
+            return _login_page(request, next, 401, f"That token did not work: {exc}.")
         u = s.get(User, principal.user_id)
         assert u is not None
         from forgehub.web.session import SESSION_TTL
 
-        _, session_token = create_token(s, u, "dashboard session", SESSION_TTL)
+        _, session_token = create_token(
+            s, u, "dashboard session", SESSION_TTL, parent_id=principal.token_id
+        )
     resp = RedirectResponse(_safe_next(next), status_code=303)
     set_session(resp, session_token, secure=request.url.scheme == "https")
     return resp
@@ -127,28 +153,34 @@ def tokens_revoke(request: Request, token_id: str, csrf: str = Form("")) -> Resp
         return Response("missing or wrong CSRF token", status_code=403)
     with request.app.state.db.session() as s:
         t = s.get(Token, token_id)
-        if t is not None and t.user_id == p.user_id and t.revoked_at is None:
-            t.revoked_at = utcnow()
+        authz.require(p, "token.revoke", t, f"token {token_id!r}")
+        assert t is not None
+        revoke_token(s, t)
     return RedirectResponse("/tokens", status_code=303)
 
 
 @router.get("/compute", response_class=HTMLResponse)
 def compute_page(request: Request) -> Response:
-    from forgehub.jobs import service
-    from forgehub.server.routers.compute import list_workers
+    from forgehub.jobs import service, workers
     from forgehub.web.pages.market import kind_forms
 
     p = user(request)
     with request.app.state.db.session() as s:
         service.ensure_default_compute(s, p.user_id)
         conns = [service.COMPUTE.out(c) for c in service.COMPUTE.owned(s, p.user_id)]
-        workers: list[dict[str, Any]] = list_workers(p, s)
-    kinds = [k for k in kind_forms(service.COMPUTE) if k["kind"] != "local" or p.is_admin]
+        rows: list[dict[str, Any]] = workers.listing(s, p)
+    policy = request.app.state.policy
+    kinds = [
+        k
+        for k in kind_forms(service.COMPUTE)
+        if not service.COMPUTE.adapter_class(k["kind"]).runs_on_server({"ssh_host": "?"})
+        or policy.may_use_server(p)
+    ]
     return render(
         request,
         "compute.html",
         principal=p,
         connections=conns,
-        workers=workers,
+        workers=rows,
         kinds=kinds,
     )

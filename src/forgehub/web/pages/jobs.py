@@ -14,6 +14,7 @@ from forgehub.db.models import (
     JobState,
     StorageConnection,
 )
+from forgehub.identity import authz
 from forgehub.jobs import service
 from forgehub.web.app import render, user
 from forgehub.web.pages.market import arg_form
@@ -110,8 +111,7 @@ def train_page(request: Request, name: str) -> Response:
         storages = sorted(STORAGE.owned(s, p.user_id), key=lambda c: not c.is_default)
         datasets = list(
             s.scalars(
-                select(Artifact)
-                .where(Artifact.owner_id == p.user_id)
+                authz.visible(select(Artifact), Artifact, p, "artifact.read")
                 .order_by(Artifact.created_at.desc())
                 .limit(200)
             )

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from forgehub.artifacts import records
 from forgehub.artifacts.connections import STORAGE, ensure_default
 from forgehub.db.models import Artifact
+from forgehub.identity import authz
 from forgehub.web.app import render, user
 from forgehub.web.pages.market import kind_forms
 
@@ -25,19 +26,13 @@ def storage_page(request: Request, page: int = Query(1, ge=1, le=100_000)) -> Re
     with state.db.session() as s:
         ensure_default(s, state.secrets, p.user_id, state.settings.data_dir)
         conns = [STORAGE.out(c) for c in STORAGE.owned(s, p.user_id)]
-        total = (
-            s.scalar(
-                select(func.count()).select_from(Artifact).where(Artifact.owner_id == p.user_id)
-            )
-            or 0
-        )
+        mine = authz.visible(select(Artifact), Artifact, p, "artifact.read")
+        total = s.scalar(select(func.count()).select_from(mine.subquery())) or 0
         arts = records.describe(
             s,
             list(
                 s.scalars(
-                    select(Artifact)
-                    .where(Artifact.owner_id == p.user_id)
-                    .order_by(Artifact.created_at.desc())
+                    mine.order_by(Artifact.created_at.desc())
                     .limit(PER_PAGE)
                     .offset((page - 1) * PER_PAGE)
                 )

@@ -1,0 +1,185 @@
+"""Who may do what — decided here, once, for the API, the dashboard, the runner endpoints and
+(later) the deployment proxy.
+
+Actions are registered as data: a name, the kind of resource it acts on and a rule. Three calls
+answer every question:
+
+* :func:`can` (principal, action, resource) → bool;
+* :func:`require` raises :class:`~forgehub.errors.NotFound` when the caller may not even *read*
+  the resource (its existence is never revealed), :class:`~forgehub.errors.Forbidden` when they
+  may read it but not do this;
+* :func:`visible` restricts a listing query to the rows the caller may read.
+
+Rules (see docs/security.md for the whole model):
+
+``public``      anyone, signed in or not
+``user``        any signed-in user
+``owner``       the resource's owner, and admins
+``owner_only``  the owner alone: acting *with* someone's resource (their credentials, their
+                worker) is never an admin's to do in their name
+``admin``       admins
+``job``         the token of that one job (a job-scoped principal); nothing else
+``server``      admins, and users the admin lists in ``server_compute_users``
+
+A job token is a :class:`~forgehub.auth.Principal` with ``job_id`` set: it may only do ``job``
+actions on its own job. Groups will slot in by widening :func:`_owns`, with no call site
+changing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select
+
+from forgehub.auth import Principal
+from forgehub.errors import Forbidden, NotFound
+
+RULES = ("public", "user", "owner", "owner_only", "admin", "job", "server")
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    resource: str
+    rule: str
+    doc: str
+
+
+ACTIONS: dict[str, Action] = {}
+
+
+def register(name: str, resource: str, rule: str, doc: str) -> Action:
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r} for {name}")
+    if name in ACTIONS:
+        raise ValueError(f"action {name!r} is already registered")
+    ACTIONS[name] = action = Action(name, resource, rule, doc)
+    return action
+
+
+for _name, _res, _rule, _doc in [
+    ("artifact.read", "artifact", "owner", "see an artifact, download its content"),
+    ("artifact.tag", "artifact", "owner", "add a name:tag to an artifact"),
+    ("artifact.copy", "artifact", "owner", "copy or move an artifact to another store"),
+    ("artifact.delete", "artifact", "owner", "delete an artifact record"),
+    ("job.read", "job", "owner", "see a job, its logs and metrics"),
+    ("job.cancel", "job", "owner", "cancel a job"),
+    ("job.retry", "job", "owner", "run a finished job again"),
+    ("job.publish", "job", "owner", "publish a training's weights to the catalogue"),
+    ("job.run", "job", "job", "runner: report, read inputs and write outputs of this job"),
+    ("training.read", "training", "owner", "see a model-API training"),
+    ("training.cancel", "training", "owner", "cancel a model-API training"),
+    ("token.read", "token", "owner", "see an API token (never its value)"),
+    ("token.revoke", "token", "owner", "revoke an API token"),
+    ("token.create_for", "user", "admin", "create a token for another user"),
+    ("user.read", "user", "owner", "see a user"),
+    ("user.create", "user", "admin", "create users"),
+    ("connection.read", "connection", "owner", "see a connection (secrets masked)"),
+    ("connection.delete", "connection", "owner", "remove a connection"),
+    ("connection.use", "connection", "owner_only", "store to, run on or test a connection"),
+    ("store.gc", "connection", "owner_only", "garbage-collect a store"),
+    ("worker.read", "worker", "owner", "see a worker"),
+    ("worker.operate", "worker", "owner_only", "claim jobs as, heartbeat or stop a worker"),
+    ("worker.share", "worker", "admin", "let a worker run other users' jobs"),
+    ("module.read", "module", "public", "see a catalogue entry"),
+    ("module.write", "module", "owner", "change a catalogue entry, add versions"),
+    ("module.create", "module", "user", "add a catalogue entry"),
+    ("compute.server", "server", "server", "run on the server machine (local, Slurm w/o SSH)"),
+    ("storage.local", "server", "admin", "store in a folder of the server (within the roots)"),
+]:
+    register(_name, _res, _rule, _doc)
+
+# the action that decides 403 (may read, may not do) against 404 (may not even read)
+READ = {
+    "artifact": "artifact.read",
+    "job": "job.read",
+    "training": "training.read",
+    "token": "token.read",
+    "user": "user.read",
+    "connection": "connection.read",
+    "worker": "worker.read",
+    "module": "module.read",
+}
+OWNER_ATTR = {"token": "user_id", "user": "id"}
+
+
+def owner_of(resource: Any, kind: str) -> str | None:
+    value = getattr(resource, OWNER_ATTR.get(kind, "owner_id"), None)
+    return None if value is None else str(value)
+
+
+def _owns(principal: Principal, resource: Any, kind: str) -> bool:
+    return bool(principal.user_id) and owner_of(resource, kind) == principal.user_id
+
+
+def can(principal: Principal | None, action: str, resource: Any = None) -> bool:
+    """May ``principal`` (None: an anonymous visitor) do ``action`` on ``resource``?"""
+    a = ACTIONS[action]
+    if a.rule == "public":
+        return True
+    if principal is None:
+        return False
+    if principal.job_id is not None:  # a job token acts for its job and nothing else
+        return a.rule == "job" and resource is not None and resource.id == principal.job_id
+    if a.rule == "job":
+        return False
+    if a.rule == "user":
+        return True
+    if a.rule == "admin":
+        return principal.is_admin
+    if a.rule == "server":
+        allowed: Iterable[str] = getattr(resource, "server_compute_users", ())
+        return principal.is_admin or principal.name in allowed
+    if a.rule == "owner_only":
+        return _owns(principal, resource, a.resource)
+    return principal.is_admin or _owns(principal, resource, a.resource)  # owner
+
+
+def require(
+    principal: Principal | None, action: str, resource: Any, what: str | None = None
+) -> None:
+    """Raise unless ``principal`` may do ``action``: 404 when they may not even see
+    ``resource`` (``what`` names it in the message), 403 when they may see it."""
+    if can(principal, action, resource):
+        return
+    a = ACTIONS[action]
+    read = READ.get(a.resource)
+    label = what or a.resource
+    if resource is None or (read is not None and not can(principal, read, resource)):
+        raise NotFound(f"no {label} of yours")
+    raise Forbidden(f"you may not {a.doc} ({label})" if principal else "sign in first")
+
+
+def sees_all(principal: Principal | None, action: str) -> bool:
+    """May ``principal`` do ``action`` on every resource of its kind, whoever owns it?"""
+    a = ACTIONS[action]
+    if a.rule == "public":
+        return True
+    if principal is None or principal.job_id is not None:
+        return False
+    return a.rule == "owner" and principal.is_admin
+
+
+def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) -> Select[Any]:
+    """``stmt`` restricted to the rows of ``model`` on which ``principal`` may do ``action``."""
+    a = ACTIONS[action]
+    if sees_all(principal, action):
+        return stmt
+    col = getattr(model, OWNER_ATTR.get(a.resource, "owner_id"))
+    if principal.job_id is not None or not principal.user_id:
+        return stmt.where(col.is_(None) & col.is_not(None))  # nothing
+    return stmt.where(col == principal.user_id)
+
+
+def describe() -> list[dict[str, str]]:
+    """Every action, for docs/security.md and the permission-matrix test."""
+    return [
+        {"action": a.name, "resource": a.resource, "rule": a.rule, "doc": a.doc}
+        for a in ACTIONS.values()
+    ]
+
+
+Check = Callable[[Principal | None, str, Any], bool]

@@ -1,0 +1,144 @@
+"""The admin's trust settings, applied to what users configure (docs/security.md).
+
+* **Server compute.** Compute that runs on the server machine (``local``, Slurm without
+  ``ssh_host``) runs code as the server's user: admins, and the users listed in
+  ``server_compute_users``, may add such connections and run commands on them.
+* **Local storage roots.** A ``local`` storage connection of a user must lie inside one of
+  ``local_storage_roots``; an admin's may be anywhere. Nobody's may touch the data directory
+  (the database, ``secret.keys``, ``admin.token``).
+* **Egress.** A user's connection may not point at an address in ``egress_deny`` (by default
+  loopback and link-local: the server's own services and cloud metadata endpoints). Admins
+  are exempt. Host names are resolved when the connection is added and when it is tested.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgehub.auth import Principal
+from forgehub.errors import Forbidden, Invalid
+from forgehub.identity import authz
+
+
+@dataclass(frozen=True)
+class Policy:
+    data_dir: Path
+    server_compute_users: tuple[str, ...] = ()
+    local_storage_roots: tuple[Path, ...] = ()
+    egress_deny: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Policy:
+        return cls(
+            data_dir=Path(settings.data_dir).resolve(),
+            server_compute_users=tuple(settings.server_compute_users),
+            local_storage_roots=tuple(Path(p).resolve() for p in settings.local_storage_roots),
+            egress_deny=tuple(settings.egress_deny),
+        )
+
+    # -- compute -------------------------------------------------------------------------------
+    def may_use_server(self, principal: Principal) -> bool:
+        return authz.can(principal, "compute.server", self)
+
+    def compute_config(self, principal: Principal, kind: str, config: dict[str, Any]) -> None:
+        """Refuse a compute connection the caller may not add."""
+        from forgehub.compute import ComputeError, adapter_class
+
+        try:
+            cls = adapter_class(kind)
+        except ComputeError:
+            return  # the connection family reports unknown kinds
+        if cls.runs_on_server(config) and not self.may_use_server(principal):
+            raise Forbidden(
+                f"a {kind!r} connection that runs on the server machine is for admins and the "
+                "users they allow (server_compute_users); give ssh_host for a cluster's login node"
+                if kind == "slurm"
+                else f"{kind!r} compute runs on the server machine: for admins and the users "
+                "they allow (server_compute_users)"
+            )
+        if not principal.is_admin:
+            for host in cls.hosts(config):
+                self._check_host(host)
+
+    # -- storage -------------------------------------------------------------------------------
+    def storage_config(
+        self, principal: Principal, kind: str, config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The config to save, with a ``local`` path resolved; refuses what the caller may not
+        reach."""
+        if kind == "local":
+            raw = config.get("path")
+            if isinstance(raw, str) and raw.strip():
+                path = self.local_root(principal, Path(raw))
+                return {**config, "path": str(path)}
+            return config
+        if not principal.is_admin:
+            from forgehub.storage import StorageError, adapter_class
+
+            try:
+                cls = adapter_class(kind)
+            except StorageError:
+                return config
+            for host in cls.hosts(config):
+                self._check_host(host)
+        return config
+
+    def local_root(self, principal: Principal, path: Path) -> Path:
+        """``path`` resolved (symbolic links followed), if the caller may store there."""
+        if not path.is_absolute():
+            raise Invalid("config.path: a local folder must be an absolute path")
+        real = path.expanduser().resolve()
+        data = self.data_dir
+        if real == data or data in real.parents or real in data.parents:
+            raise Forbidden(
+                "config.path: the server's data directory (and the folders above it) cannot be "
+                "a storage connection"
+            )
+        if principal.is_admin:
+            return real
+        if any(real == root or root in real.parents for root in self.local_storage_roots):
+            return real
+        roots = ", ".join(str(r) for r in self.local_storage_roots) or "none are configured"
+        raise Forbidden(
+            f"config.path: local folders must lie inside the admin's local_storage_roots ({roots})"
+        )
+
+    # -- egress --------------------------------------------------------------------------------
+    def check_egress(self, principal: Principal, kind: str, config: dict[str, Any]) -> None:
+        """Refuse, before any connection is made, a test of a connection that points at a
+        denied network (the result would reveal what listens there)."""
+        if principal.is_admin:
+            return
+        from forgehub.compute import ComputeError
+        from forgehub.compute import adapter_class as compute_class
+        from forgehub.storage import StorageError
+        from forgehub.storage import adapter_class as storage_class
+
+        for lookup, err in ((storage_class, StorageError), (compute_class, ComputeError)):
+            try:
+                cls = lookup(kind)
+            except err:
+                continue
+            for host in cls.hosts(config):
+                self._check_host(host)
+            return
+
+    def _check_host(self, host: str) -> None:
+        if not host or not self.egress_deny:
+            return
+        nets = [ipaddress.ip_network(n, strict=False) for n in self.egress_deny]
+        try:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            addrs = {ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos}
+        except (OSError, ValueError, UnicodeError):
+            return  # it does not resolve: the connection fails on its own, revealing nothing
+        for addr in addrs:
+            if any(addr.version == n.version and addr in n for n in nets):
+                raise Forbidden(
+                    f"{host} is on a network the server's egress policy does not let users' "
+                    "connections reach (egress_deny); ask an admin"
+                )
