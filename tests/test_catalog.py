@@ -185,10 +185,25 @@ def test_only_the_owner_can_change_an_entry(cat_client: TestClient) -> None:
         ).status_code
         == 401
     )
-    # the owner can; the admin can too
+    # the owner can; the admin can too. Weights must be the publisher's own artifact:
+    # a digest alone (someone else's, or made up) is refused
     r = cat_client.post(
         f"{CAT}/alices/versions",
         json={"version": "1.1", "weights_digest": "sha256:" + "a" * 64},
+        headers=alice,
+    )
+    assert r.status_code == 404 and "push the weights first" in r.json()["detail"]
+    pushed = cat_client.post("/api/v1/artifacts", content=b"alice's weights", headers=alice)
+    assert pushed.status_code == 201, pushed.text
+    r = cat_client.post(
+        f"{CAT}/alices/versions",
+        json={"version": "1.1", "weights_digest": pushed.json()["digest"]},
+        headers=bob,
+    )
+    assert r.status_code == 403
+    r = cat_client.post(
+        f"{CAT}/alices/versions",
+        json={"version": "1.1", "weights_digest": pushed.json()["digest"]},
         headers=alice,
     )
     assert r.status_code == 201 and r.json()["pre_trained"]
@@ -239,17 +254,14 @@ def test_cli_add_search_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert r.exit_code == 0 and "digits" in r.stdout and "category" in r.stdout
         r = runner.invoke(app, ["catalog", "show", "image-classification"])
         assert r.exit_code == 0 and "1.0" in r.stdout
+        weights = tmp_path / "weights.bin"
+        weights.write_bytes(b"trained weights")
+        r = runner.invoke(app, ["artifact", "push", str(weights), "--json"])
+        assert r.exit_code == 0, r.output
+        digest = json.loads(r.stdout)["digest"]
         r = runner.invoke(
             app,
-            [
-                "catalog",
-                "publish",
-                "image-classification",
-                "--version",
-                "1.1",
-                "--weights",
-                "sha256:" + "b" * 64,
-            ],
+            ["catalog", "publish", "image-classification", "--version", "1.1", "--weights", digest],
         )
         assert r.exit_code == 0 and "pre-trained" in r.stdout
         r = runner.invoke(app, ["catalog", "deprecate", "image-classification", "--note", "old"])

@@ -245,9 +245,22 @@ def test_a_second_user_sees_none_of_the_first_users_work(
     s.close()
 
 
+def sign_in(c: httpx.Client, token: str) -> httpx.Response:
+    """Sign in as a browser does: load the form (its CSRF cookie), post it with the token."""
+    c.get("/login")
+    csrf = c.cookies["forgehub_csrf"]
+    return c.post(
+        "/login", data={"token": token, "next": "/", "csrf": csrf}, follow_redirects=False
+    )
+
+
 def test_cookie_requests_need_the_csrf_token(server: ForgehubServer) -> None:
     with httpx.Client(base_url=server.url, follow_redirects=False) as c:
+        # the sign-in form has its own CSRF token: a post without it is refused
         r = c.post("/login", data={"token": server.admin_token, "next": "/"})
+        assert r.status_code == 403 and "expired" in r.text
+        assert "forgehub_session" not in r.cookies
+        r = sign_in(c, server.admin_token)
         assert r.status_code == 303
         cookie = r.cookies["forgehub_session"]
         assert "httponly" in r.headers.get_list("set-cookie")[0].lower()
@@ -304,7 +317,7 @@ def test_jobs_list_filters_and_pages(server: ForgehubServer) -> None:
             c.post(f"/api/v1/jobs/{j['id']}/cancel")
             ids.append(j["id"])
     with httpx.Client(base_url=server.url) as b:
-        b.post("/login", data={"token": server.admin_token, "next": "/"})
+        sign_in(b, server.admin_token)
         page1 = b.get("/jobs", params={"state": "cancelled", "compute": "workers"}).text
         assert "27 jobs" in page1 and "Page 1 of 2" in page1
         assert ids[-1][:12] in page1 and ids[0][:12] not in page1  # newest first

@@ -112,6 +112,10 @@ def test_claim_respects_resources_labels_and_owner(tmp_path: object) -> None:
         s.flush()
         assert service.claim(s, cpu_box, Resources(cpu=8), 30, "sqlite") is None
         assert service.claim(s, private_gpu, Resources(cpu=8, gpu=1), 30, "sqlite") is None
+        # a shared worker takes another user's job only if the job allows shared workers
+        assert service.claim(s, shared_gpu, Resources(cpu=8, gpu=1), 30, "sqlite") is None
+        gpu_job.spec = {**gpu_job.spec, "shared_workers": True}
+        s.flush()
         got = service.claim(s, shared_gpu, Resources(cpu=8, gpu=1), 30, "sqlite")
         assert got is not None and got[0].id == gpu_job.id
         assert got[1].startswith("fhj_") and gpu_job.token_digest not in got[1]

@@ -18,11 +18,12 @@ from forgehub.db.models import (
     User,
     utcnow,
 )
+from forgehub.errors import NotFound
 from forgehub.identity import authz
 from forgehub.storage.blobstore import DIGEST_RE
 
 
-class NoSuchArtifact(LookupError):
+class NoSuchArtifact(NotFound):
     """No artifact by that reference that the caller may see; the message is safe to show."""
 
 
