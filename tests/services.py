@@ -455,6 +455,14 @@ class Slurm:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class RayHead:
     """A local Ray head (loopback only) with its dashboard's Jobs API."""
 
@@ -494,8 +502,36 @@ class RayHead:
         wait_port(self.dash, 60)
         return f"http://127.0.0.1:{self.dash}"
 
+    def pids(self) -> list[int]:
+        """This head's processes: those whose command line names its own temp dir."""
+        mine = str(self.dir).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if mine in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
     def stop(self) -> None:
-        subprocess.run([str(self.ray), "stop", "--force"], env=self.env, capture_output=True)
+        # never `ray stop --force`: it stops every Ray process on the machine, others' too
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.2)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -74,3 +74,21 @@ def copy_file(source: Path, dest: Path) -> int:
         os.close(fd)
     shutil.copyfile(source, dest)
     return dest.stat().st_size
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700); an existing one loses group and other access."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(mode & 0o700)
+
+
+def private_file(path: Path) -> None:
+    """Make sure ``path`` exists with mode 0600 (SQLite gives its -wal and -shm files the mode of
+    the database file)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)

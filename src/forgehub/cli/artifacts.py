@@ -154,13 +154,25 @@ def _file_chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
             yield block
 
 
-def _tar_chunks(root: Path, progress: Progress, task: Any) -> Iterator[bytes]:
-    """A tar stream of ``root`` built on the fly (no temporary archive)."""
+def _links(root: Path) -> list[Path]:
+    """Symbolic links and other non-regular files under ``root``, which a push cannot store."""
+    odd = []
     for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            full = Path(dirpath) / name
+            if full.is_symlink() or not (full.is_file() or full.is_dir()):
+                odd.append(full)
+    return odd
+
+
+def _tar_chunks(root: Path, progress: Progress, task: Any, follow: bool = False) -> Iterator[bytes]:
+    """A tar stream of ``root`` built on the fly (no temporary archive); with ``follow``,
+    linked files are stored as the files they point at."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow):
         dirnames.sort()
         for fname in sorted(filenames):
             full = Path(dirpath) / fname
-            if full.is_symlink() or not full.is_file():
+            if (full.is_symlink() and not follow) or not full.is_file():
                 continue
             info = tarfile.TarInfo(full.relative_to(root).as_posix())
             st = full.stat()
@@ -172,8 +184,10 @@ def _tar_chunks(root: Path, progress: Progress, task: Any) -> Iterator[bytes]:
     yield b"\0" * 1024
 
 
-def _tree_size(root: Path) -> int:
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+def _tree_size(root: Path, follow: bool = False) -> int:
+    return sum(
+        p.stat().st_size for p in root.rglob("*") if p.is_file() and (follow or not p.is_symlink())
+    )
 
 
 @artifact_app.command("push")
@@ -181,6 +195,9 @@ def push(
     path: Path = typer.Argument(..., help="A file or a folder."),
     to: str = typer.Option(None, "--to", help="Connection name [default: your default]."),
     name: str = typer.Option(None, "--name", help="NAME or NAME:TAG for it."),
+    follow_links: bool = typer.Option(
+        False, "--follow-links", help="Store linked files as the files they point at."
+    ),
     as_json: bool = JsonOpt,
     server: str = ServerOpt,
     token: str = TokenOpt,
@@ -188,6 +205,14 @@ def push(
     """Push a file or folder as an artifact (nothing is re-sent that the store has)."""
     if not path.exists():
         fail(f"{path} does not exist")
+    if path.is_dir() and not follow_links:
+        odd = _links(path)
+        if odd:
+            fail(
+                f"{path} holds {len(odd)} symbolic link(s) or special file(s), which an artifact "
+                f"cannot hold (first: {odd[0].relative_to(path)}); push with --follow-links to "
+                "store what links point at, or remove them"
+            )
     c = Client(server, token)
     params: dict[str, Any] = {"filename": path.name}
     if to:
@@ -195,11 +220,11 @@ def push(
     if name:
         n, _, t = name.partition(":")
         params["name"], params["tag"] = n, t or "latest"
-    total = _tree_size(path) if path.is_dir() else path.stat().st_size
+    total = _tree_size(path, follow_links) if path.is_dir() else path.stat().st_size
     with _progress() as progress:
         task = progress.add_task(f"push {path.name}", total=total)
         body = (
-            _tar_chunks(path, progress, task)
+            _tar_chunks(path, progress, task, follow_links)
             if path.is_dir()
             else _file_chunks(path, progress, task)
         )

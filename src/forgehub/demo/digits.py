@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -25,7 +25,7 @@ WEIGHTS = Path(__file__).with_name("digits-weights.npz")
 
 class DigitsPredictArgs(BaseModel):
     image: File | None = Field(default=None, description="A PNG or JPEG image of one digit.")
-    pixels: list[float] | None = Field(
+    pixels: list[Annotated[float, Field(ge=0, le=16, allow_inf_nan=False)]] | None = Field(
         default=None,
         min_length=64,
         max_length=64,
@@ -65,13 +65,22 @@ def load_dataset(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     return d.data.astype(np.float64), d.target
 
 
+MAX_PIXELS = 25_000_000
+
+
 def image_to_pixels(raw: bytes) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        img = Image.open(io.BytesIO(raw)).convert("L")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError("'image' is not a PNG or JPEG image") from exc
+        opened = Image.open(io.BytesIO(raw))
+        if opened.width * opened.height > MAX_PIXELS:
+            raise ValueError(
+                f"'image' is {opened.width}x{opened.height}: more than "
+                f"{MAX_PIXELS // 1_000_000} megapixels; send a smaller picture of the digit"
+            )
+        img = opened.convert("L")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError("'image' is not a PNG or JPEG image of a sensible size") from exc
     arr = np.asarray(img.resize((8, 8), Image.Resampling.LANCZOS), dtype=np.float64)
     if arr.mean() > 127:  # dark ink on light paper → light ink on dark, like the dataset
         arr = 255.0 - arr

@@ -10,6 +10,7 @@ limit, a client gone) leaves nothing behind once its owner removes them.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import os
 import secrets
@@ -109,6 +110,10 @@ class MultipartForm:
         if not boundary:
             raise BadForm("the multipart body has no boundary")
         charset = params.get(b"charset", b"utf-8").decode("latin-1")
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            raise BadForm(f"unknown charset {charset[:40]!r} in Content-Type") from None
         # callbacks only record what happened; the async loop below acts on it per chunk
         events: list[tuple[str, Any]] = []
         header_field = bytearray()

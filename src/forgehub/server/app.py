@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -18,6 +19,7 @@ from forgehub.auth import Principal, bootstrap_admin
 from forgehub.config import Settings
 from forgehub.db import Database, upgrade
 from forgehub.db.models import Role, User
+from forgehub.fsutil import private_dir, private_file
 from forgehub.identity.policy import Policy
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.secrets import SecretBox
@@ -41,7 +43,9 @@ log = logging.getLogger("forgehub.server")
 
 def init_store(settings: Settings) -> Database:
     """Create the data directory, migrate the store and make sure a local admin exists."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
+    if settings.db_url.startswith("sqlite:///"):
+        private_file(Path(settings.db_url.removeprefix("sqlite:///")))
     upgrade(settings.db_url)
     db = Database(settings.db_url)
     if db.dialect == "sqlite":  # keep the query planner's statistics fresh
