@@ -86,4 +86,6 @@ def admin_principal(principal: Annotated[Principal, Depends(current_principal)])
 
 CurrentUser = Annotated[Principal, Depends(current_principal)]
 AdminUser = Annotated[Principal, Depends(admin_principal)]
-DbSession = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits when the endpoint returns, before the response is
+# sent, so what a client was told has happened has happened (a revoked token is revoked)
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
