@@ -21,16 +21,28 @@ class Registry:
     builtin: dict[str, str]  # kind -> "module:attr"
     error: Callable[[str], Exception]  # what an unknown or unloadable kind raises
     hints: dict[str, str] = field(default_factory=dict)  # kind -> how to install what it needs
+    # the installed packages do not change while a process runs: scanning them (every installed
+    # distribution's metadata, ~10 ms) happens once, and a class is imported once
+    _kinds: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _loaded: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def kinds(self) -> dict[str, str]:
-        found = dict(self.builtin)
-        for ep in entry_points(group=self.group):
-            if ep.name in found and found[ep.name] != ep.value:
-                continue
-            found[ep.name] = ep.value
-        return found
+        if not self._kinds:
+            found = dict(self.builtin)
+            for ep in entry_points(group=self.group):
+                if ep.name in found and found[ep.name] != ep.value:
+                    continue
+                found[ep.name] = ep.value
+            self._kinds.update(found)
+        return dict(self._kinds)
 
     def load(self, kind: str) -> Any:
+        cls = self._loaded.get(kind)
+        if cls is None:
+            cls = self._loaded[kind] = self._import(kind)
+        return cls
+
+    def _import(self, kind: str) -> Any:
         known = self.kinds()
         target = known.get(kind)
         if target is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +72,56 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
+class WriteGate:
+    """SQLite has one writer at a time; its own wait is a sleep-and-retry loop (up to 100 ms a
+    turn), which under load gives long, unfair tails and, past busy_timeout, "database is
+    locked". Sessions of this process instead queue here, from their first write to their
+    commit or rollback, so each waits only for the writes before it. Other processes still
+    meet SQLite's own lock. A session that waits longer than ``patience`` goes on without the
+    gate (SQLite's lock still keeps the data safe), so a nested session can never hang."""
+
+    def __init__(self, patience: float = 10.0) -> None:
+        self.patience = patience
+        self._cond = threading.Condition()
+        self._holder: int | None = None
+
+    def enter(self, session: Session) -> None:
+        if session.info.get("write_gate"):
+            return
+        deadline = time.monotonic() + self.patience
+        with self._cond:
+            while self._holder is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    session.info["write_gate"] = "bypassed"
+                    return
+                self._cond.wait(left)
+            self._holder = id(session)
+        session.info["write_gate"] = "held"
+
+    def leave(self, session: Session) -> None:
+        if session.info.pop("write_gate", None) != "held":
+            return
+        with self._cond:
+            if self._holder == id(session):
+                self._holder = None
+                self._cond.notify()
+
+    def install(self, factory: sessionmaker[Session]) -> None:
+        def before_flush(session: Session, *_: Any) -> None:
+            if session.new or session.dirty or session.deleted:
+                self.enter(session)
+
+        def on_execute(state: Any) -> None:
+            if state.is_insert or state.is_update or state.is_delete:
+                self.enter(state.session)
+
+        event.listen(factory, "before_flush", before_flush)
+        event.listen(factory, "do_orm_execute", on_execute)
+        for name in ("after_commit", "after_rollback", "after_soft_rollback"):
+            event.listen(factory, name, lambda session, *_: self.leave(session))
+
+
 class Database:
     """One engine and session factory per process."""
 
@@ -77,6 +129,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        if self.dialect == "sqlite":
+            WriteGate().install(self.sessionmaker)
 
     @property
     def dialect(self) -> str:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
@@ -103,7 +102,7 @@ def _adapter_with(session: Session, art: Artifact, request: Request) -> Any:
 
 
 @router.post("", status_code=201, summary="Push an artifact (a file, or a directory as tar)")
-async def push(
+def push(
     request: Request,
     principal: CurrentUser,
     session: DbSession,
@@ -114,6 +113,7 @@ async def push(
 ) -> dict[str, Any]:
     conn = _conn(session, principal, connection, request)
     adapter = conns.adapter_for(conn, _box(request))
+    session.commit()  # no transaction stays open while the bytes arrive
     limit = int(request.app.state.settings.max_artifact_mb) * 1024 * 1024
     is_tar = request.headers.get("content-type", "").startswith(TAR)
     tmp = Path(tempfile.mkdtemp(prefix="forgehub-push-", dir=request.app.state.settings.data_dir))
@@ -142,7 +142,7 @@ async def push(
         return push_path(adapter, source), ("" if is_tar else filename)
 
     try:
-        result, fname = await anyio.to_thread.run_sync(receive_and_store)
+        result, fname = receive_and_store()
     except StorageError as exc:
         raise HTTPException(502, f"storage {conn.name!r} failed: {exc}") from exc
     finally:
@@ -276,13 +276,14 @@ def add_tag(ref: str, body: TagIn, principal: CurrentUser, session: DbSession) -
 
 
 @router.post("/{ref:path}/copy", summary="Copy or move an artifact to another connection")
-async def copy(
+def copy(
     ref: str, body: CopyIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     art = resolve(session, principal, ref, "artifact.copy")
     target_conn = _conn(session, principal, body.to, request)
     source = _adapter_with(session, art, request)
     target = conns.adapter_for(target_conn, _box(request))
+    session.commit()  # no transaction stays open during the transfer
 
     def transfer() -> int:
         moved = 0
@@ -296,7 +297,7 @@ async def copy(
         return moved
 
     try:
-        copied = await anyio.to_thread.run_sync(transfer)
+        copied = transfer()
     except StorageError as exc:
         raise HTTPException(502, f"copy failed: {exc}") from exc
     if session.get(ArtifactLocation, (art.id, target_conn.id)) is None:
@@ -323,9 +324,7 @@ def delete_artifact(ref: str, principal: CurrentUser, session: DbSession) -> Res
 
 
 @router.post("/gc", summary="Garbage-collect unreferenced content of a store you own")
-async def gc(
-    body: GcIn, principal: CurrentUser, session: DbSession, request: Request
-) -> dict[str, Any]:
+def gc(body: GcIn, principal: CurrentUser, session: DbSession, request: Request) -> dict[str, Any]:
     conn = _conn(session, principal, body.connection, request)
     authz.require(principal, "store.gc", conn, f"storage connection {body.connection!r}")
     if conn.is_default and conn.kind == "local" and not principal.is_admin:
@@ -334,12 +333,9 @@ async def gc(
         )
     adapter = conns.adapter_for(conn, _box(request))
     wanted = collect.referenced(session, conn)
-
-    def sweep() -> tuple[list[str], int]:
-        return collect.sweep(adapter, wanted, body.dry_run)
-
+    session.commit()
     try:
-        keys, freed = await anyio.to_thread.run_sync(sweep)
+        keys, freed = collect.sweep(adapter, wanted, body.dry_run)
     except StorageError as exc:
         raise Upstream(f"gc failed: {exc}") from exc
     return {"connection": conn.name, "dry_run": body.dry_run, "unreferenced": keys, "bytes": freed}

@@ -124,7 +124,7 @@ async def append(upload_id: str, principal: CurrentUser, request: Request) -> Re
 
 
 @router.put("/uploads/{upload_id}", status_code=201, summary="Verify and commit an upload")
-async def commit(
+def commit(
     upload_id: str,
     principal: CurrentUser,
     session: DbSession,
@@ -133,7 +133,7 @@ async def commit(
 ) -> dict[str, Any]:
     blobs = store(request)
     try:
-        size = await anyio.to_thread.run_sync(blobs.commit, upload_id, digest)
+        size = blobs.commit(upload_id, digest)
     except (InvalidKey, ObjectNotFound, IntegrityError) as exc:
         raise _errors(exc) from exc
     _own(session, digest, size, principal)
@@ -150,25 +150,22 @@ def abort(upload_id: str, principal: CurrentUser, request: Request) -> Response:
 
 
 @router.put("/{digest}", status_code=201, summary="Upload a blob in one request")
-async def put_blob(
+def put_blob(
     digest: str, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
+    """Runs in a worker thread (a sync endpoint): no file or database work on the event loop."""
     blobs, limit = store(request), _limit(request)
     try:
         check_digest(digest)
         if blobs.exists(digest):
             # stored once per digest: nothing to write, but the bytes must be sent and match,
             # or knowing a digest would be enough to own (and read) someone else's content
-            size = await anyio.to_thread.run_sync(
-                lambda: _prove(body_chunks(request), digest, limit)
-            )
+            size = _prove(body_chunks(request), digest, limit)
         else:
             upload_id = blobs.start_upload()
             try:
-                await anyio.to_thread.run_sync(
-                    lambda: blobs.append(upload_id, 0, body_chunks(request), limit)
-                )
-                size = await anyio.to_thread.run_sync(blobs.commit, upload_id, digest)
+                blobs.append(upload_id, 0, body_chunks(request), limit)
+                size = blobs.commit(upload_id, digest)
             finally:
                 blobs.abort(upload_id)
     except (InvalidKey, ObjectNotFound, IntegrityError) as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
@@ -50,7 +49,7 @@ def list_connections(
 
 
 @router.post("/connections", status_code=201, summary="Add a connection (tested first)")
-async def add_connection(
+def add_connection(
     body: ConnectionIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     sealed_box = box(request)
@@ -68,8 +67,7 @@ async def add_connection(
             test=body.test,
         )
 
-    conn = await anyio.to_thread.run_sync(create)
-    return conns.out(conn)
+    return conns.out(create())
 
 
 @router.get("/connections/{name}", summary="One connection (secrets masked)")
@@ -78,17 +76,16 @@ def get_connection(name: str, principal: CurrentUser, session: DbSession) -> dic
 
 
 @router.post("/connections/{name}/test", summary="Test a saved connection")
-async def test_connection(
+def test_connection(
     name: str, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     conn = conns.find(session, principal, name)
     authz.require(principal, "connection.use", conn, f"storage connection {name!r}")
     adapter = conns.adapter_for(conn, box(request))
+    session.commit()
     try:
-        await anyio.to_thread.run_sync(
-            request.app.state.policy.check_egress, principal, conn.kind, conn.config
-        )
-        await anyio.to_thread.run_sync(adapter.test)
+        request.app.state.policy.check_egress(principal, conn.kind, conn.config)
+        adapter.test()
     except StorageError as exc:
         return {"name": name, "ok": False, "detail": str(exc)}
     return {"name": name, "ok": True, "detail": "reachable, credentials accepted"}
