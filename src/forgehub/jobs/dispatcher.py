@@ -1,7 +1,10 @@
 """The server's job loop: starts queued jobs on push back ends, follows them, reaps lost ones.
 
 It runs in one daemon thread of the server, wakes when a job is submitted (or every half
-second), and does four things each round, each in its own short transaction:
+second), and does four things each round, each in its own short transaction. Whatever talks to
+a back end that may be slow or unreachable (a login node over SSH, a Ray head) runs in that
+connection's own *lane* — one thread at a time per connection, in a small pool — so one user's
+unreachable cluster never holds up anyone else's jobs:
 
 1. start queued jobs on ``local`` (up to its slots), ``slurm`` and ``ray`` (their queues);
 2. ask those back ends how their jobs are doing (every few seconds) and record what the runner
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ from forgehub.secrets import SecretBox
 
 log = logging.getLogger("forgehub.jobs")
 STATUS_EVERY_S = 2.0
+LANES = 8  # connections served at once; each connection's work runs one at a time
 GRACE_S = 15.0  # a runner's own report may be in flight when its back end says it ended
 
 
@@ -57,6 +62,9 @@ class Dispatcher:
         self._ended_at: dict[str, float] = {}
         self._last_status = 0.0
         self.listeners: list[Any] = []  # callables told when jobs may be claimable
+        self._pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="forgehub-compute")
+        self._lanes: set[tuple[str, str]] = set()  # (what, connection id) with work in flight
+        self._lanes_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -70,6 +78,29 @@ class Dispatcher:
         self.wake.set()
         if self.thread is not None:
             self.thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def in_lane(self, what: str, conn_id: str, fn: Any, *args: Any) -> bool:
+        """Run ``fn(*args)`` in the connection's lane, unless its lane is busy (then the next
+        round tries again). False if it was not started."""
+        lane = (what, conn_id)
+        with self._lanes_lock:
+            if lane in self._lanes or self.stopping.is_set():
+                return False
+            self._lanes.add(lane)
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - a lane must not die silently
+                log.exception("job dispatcher: %s on connection %s failed", what, conn_id)
+            finally:
+                with self._lanes_lock:
+                    self._lanes.discard(lane)
+                self.wake.set()
+
+        self._pool.submit(run)
+        return True
 
     def grace_leases(self) -> None:
         """After a restart, give running jobs two leases to reconnect before reaping them."""
@@ -122,7 +153,7 @@ class Dispatcher:
         with self.db.session() as s:
             rows = list(
                 s.execute(
-                    select(Job.id, ComputeConnection.kind)
+                    select(Job.id, ComputeConnection.kind, ComputeConnection.id)
                     .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
                     .where(Job.state == JobState.queued, ComputeConnection.kind != "worker")
                     .order_by(Job.created_at)
@@ -130,11 +161,22 @@ class Dispatcher:
                 )
             )
             local_free = self.local_slots - service.count_active(s, "local")
-        for job_id, kind in rows:
-            if kind == "local":
+        remote: dict[str, list[str]] = {}
+        for job_id, kind, conn_id in rows:
+            if kind == "local":  # a local start is a fork: done here, within the slots
                 if local_free <= 0:
                     continue
                 local_free -= 1
+                self.start_one(job_id)
+            else:
+                remote.setdefault(conn_id, []).append(job_id)
+        for conn_id, ids in remote.items():
+            self.in_lane("submit", conn_id, self._start_many, ids)
+
+    def _start_many(self, ids: list[str]) -> None:
+        for job_id in ids:
+            if self.stopping.is_set():
+                return
             self.start_one(job_id)
 
     def start_one(self, job_id: str) -> None:
@@ -185,13 +227,16 @@ class Dispatcher:
             assert ref is not None
             by_conn.setdefault(conn.id, (conn, {}))[1][ref] = job_id
         for conn, handles in by_conn.values():
-            try:
-                statuses = self.adapter(conn).status(list(handles))
-            except ComputeError as exc:
-                log.warning("cannot get job status from %s: %s", conn.name, exc)
-                continue
-            for ref, st in statuses.items():
-                self.apply_status(handles[ref], st)
+            self.in_lane("status", conn.id, self._follow_one, conn, handles)
+
+    def _follow_one(self, conn: ComputeConnection, handles: dict[str, str]) -> None:
+        try:
+            statuses = self.adapter(conn).status(list(handles))
+        except ComputeError as exc:
+            log.warning("cannot get job status from %s: %s", conn.name, exc)
+            return
+        for ref, st in statuses.items():
+            self.apply_status(handles[ref], st)
 
     def apply_status(self, job_id: str, st: Any) -> None:
         now = time.monotonic()
@@ -236,10 +281,7 @@ class Dispatcher:
             if (job.cancel_requested_at is not None or over) and job.backend_ref:
                 if job.id not in self._cancelled and not self.adapter(conn).pull:
                     self._cancelled.add(job.id)
-                    try:
-                        self.adapter(conn).cancel(job.backend_ref)
-                    except ComputeError as exc:
-                        log.warning("cannot cancel %s on %s: %s", job.id, conn.name, exc)
+                    self._pool.submit(self._cancel_one, job.id, job.backend_ref, conn)
             if over:
                 with self.db.session() as s:
                     j = s.get(Job, job.id)
@@ -258,6 +300,12 @@ class Dispatcher:
                         who = "worker" if conn.kind == "worker" else "runner"
                         if lose(s, j, f"the {who} stopped answering (lease lapsed)"):
                             self.notify()
+
+    def _cancel_one(self, job_id: str, ref: str, conn: ComputeConnection) -> None:
+        try:
+            self.adapter(conn).cancel(ref)
+        except ComputeError as exc:
+            log.warning("cannot cancel %s on %s: %s", job_id, conn.name, exc)
 
     def notify(self) -> None:
         self.wake.set()
