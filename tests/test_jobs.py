@@ -385,6 +385,29 @@ def test_worker_jobs_keep_running_through_a_server_restart(
     assert lines == [f"line {i}" for i in range(1, 9)]  # nothing lost, nothing twice
 
 
+def test_a_server_restart_during_the_upload_loses_nothing(
+    server: ForgehubServer, api: httpx.Client, worker: Any
+) -> None:
+    """The command ends while the server is down: its output waits, then goes up."""
+    worker("uploader", "--cpus", "1")
+    wait_worker(api, "uploader")
+    job = submit(
+        api,
+        kind="command",
+        command=["sh", "-c", "sleep 2; head -c 300000 /dev/urandom > $FORGEHUB_OUTPUT_DIR/o.bin"],
+        compute="workers",
+        max_retries=0,
+    )
+    wait(api, job["id"], {"running"})
+    stop_pid(server.proc.pid)  # the upload starts while the server is away …
+    time.sleep(5)
+    server.start()  # … and completes once it is back
+    done = wait(api, job["id"], FINISHED, 90)
+    assert done["state"] == "succeeded", done
+    assert done["result"]["output"]["digest"].startswith("sha256:")
+    assert "upload interrupted" in log_text(api, job["id"])
+
+
 def test_cancel_in_every_phase(api: httpx.Client, worker: Any, tmp_path: Path) -> None:
     worker("canceller", "--cpus", "2", "--max-jobs", "2")
     wait_worker(api, "canceller")

@@ -80,6 +80,8 @@ class RelayStorage(StorageAdapter):
             raise ObjectNotFound(key)
         if r.status_code in (401, 403):
             raise AccessDenied(f"the server refused the job token for {key}")
+        if r.status_code in (502, 503, 504):  # the server, or what is in front of it, is away
+            raise Unavailable(f"the server is unavailable ({r.status_code}) for {key}")
         if r.status_code >= 400:
             raise StorageError(f"the server's storage failed for {key}: {r.status_code}")
 

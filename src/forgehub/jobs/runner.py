@@ -24,9 +24,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -38,6 +39,7 @@ FLUSH_S = 0.5
 BATCH_LINES = 2000
 BUFFER_LINES = 100_000  # beyond this, during a long outage, the oldest lines are dropped
 MAX_LINE = 16_384
+T = TypeVar("T")
 PATIENCE_S = 600.0  # how long to keep trying through a server outage
 KILL_GRACE_S = 3.0
 
@@ -336,7 +338,11 @@ class JobRun:
             target = files[0] if len(files) == 1 else output_dir
             adapter = storage_adapter(spec["output_storage"], self.api)
             say("system", f"uploading {spec['output']} to {spec['output_storage']['name']}")
-            pushed = push_path(adapter, target, progress=self.check)
+            # a store (or the server's relay) that goes away mid-upload is waited for: what was
+            # stored is not sent again, and a finished command is never lost to an outage
+            pushed = self.patiently(
+                "upload", lambda: push_path(adapter, target, progress=self.check)
+            )
             outcome["output"] = {
                 "digest": pushed.digest,
                 "kind": pushed.kind,
@@ -345,6 +351,23 @@ class JobRun:
             }
             say("system", f"output {spec['output']}: {pushed.digest} ({pushed.size} bytes)")
         return outcome
+
+    def patiently(self, what: str, fn: Callable[[], T], patience_s: float = PATIENCE_S) -> T:
+        """``fn()``, retried while its store is unreachable, for up to ``patience_s``."""
+        from forgehub.storage import Unavailable
+
+        deadline = time.monotonic() + patience_s
+        delay = 0.5
+        while True:
+            try:
+                return fn()
+            except Unavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                self.reporter.line("system", f"{what} interrupted ({exc}); trying again")
+                self.check()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _materialise(self, item: dict[str, Any], dest: Path) -> Path:
         """An input as a local path: a cached file, or a directory of links into the cache."""
