@@ -1,7 +1,13 @@
-"""CLI client: ``--server``/``FORGEHUB_URL``, ``--token``/``FORGEHUB_TOKEN``."""
+"""CLI client: ``--server``/``FORGEHUB_URL``, ``--token``/``FORGEHUB_TOKEN``.
+
+Where the token comes from, first found wins: ``--token`` or ``FORGEHUB_TOKEN``; the file that
+``forgehub login`` wrote (``~/.config/forgehub/login.json``, mode 0600, which also names the
+server); the local admin token file, when the server's data directory is on this machine.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,10 +22,55 @@ err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def login_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "forgehub" / "login.json"
+
+
+def saved_login() -> dict[str, str]:
+    """What ``forgehub login`` saved: ``{"server": …, "token": …}`` (empty if nothing)."""
+    try:
+        data = json.loads(login_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: str(v) for k, v in data.items() if k in ("server", "token")}
+        if isinstance(data, dict)
+        else {}
+    )
+
+
+def save_login(server: str, token: str) -> Path:
+    from forgehub.auth import write_secret_file
+
+    path = login_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_secret_file(path, json.dumps({"server": server, "token": token}))
+    return path
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        fail(f"cannot read the token file {path}: {exc.strerror}")
+    if not value:
+        fail(f"the token file {path} is empty")
+    return value
+
+
 class Client:
     def __init__(self, server: str | None, token: str | None) -> None:
-        self.server = (server or os.environ.get("FORGEHUB_URL") or DEFAULT_URL).rstrip("/")
-        self.token = token or os.environ.get("FORGEHUB_TOKEN") or self._local_token()
+        login = saved_login()
+        self.server = (
+            server or os.environ.get("FORGEHUB_URL") or login.get("server") or DEFAULT_URL
+        ).rstrip("/")
+        self.token = (
+            token
+            or os.environ.get("FORGEHUB_TOKEN")
+            or (login.get("token") if login.get("server", "").rstrip("/") == self.server else None)
+            or self._local_token()
+        )
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.Client(base_url=self.server, headers=headers, timeout=60.0)
 

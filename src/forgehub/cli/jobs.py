@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +49,7 @@ def _job_body(
     output: str | None = None,
     command: list[str] | None = None,
     publish: bool = False,
+    shared_workers: bool = False,
 ) -> dict[str, Any]:
     """A job spec for POST /api/v1/jobs from the command line's options."""
     data = {}
@@ -68,7 +70,16 @@ def _job_body(
         "labels": labels or [],
         "output": output,
         "publish": publish,
+        "shared_workers": shared_workers,
     }
+
+
+SharedWorkersOpt = typer.Option(
+    False,
+    "--shared-workers",
+    help="On workers compute: also let shared workers (an admin's) run it; they never get "
+    "your credentials.",
+)
 
 
 def _resources(cpu: float, gpu: int, memory: int, time_limit: int) -> dict[str, Any]:
@@ -104,6 +115,7 @@ def submit(
     output: str = OutputOpt,
     command: str = typer.Option(None, "--command", help="A command job's argv, as JSON list."),
     publish: bool = typer.Option(False, "--publish", help="Publish trained weights."),
+    shared_workers: bool = SharedWorkersOpt,
     follow: bool = FollowOpt,
     server: str = ServerOpt,
     token: str = TokenOpt,
@@ -127,6 +139,7 @@ def submit(
         output=output,
         command=argv,
         publish=publish,
+        shared_workers=shared_workers,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
@@ -380,6 +393,7 @@ def train(
     memory: int = MemOpt,
     time_limit: int = TimeOpt,
     publish: bool = typer.Option(False, "--publish", help="Publish the weights as a version."),
+    shared_workers: bool = SharedWorkersOpt,
     detach: bool = typer.Option(False, "--detach", "-d", help="Do not follow the logs."),
     server: str = ServerOpt,
     token: str = TokenOpt,
@@ -394,6 +408,7 @@ def train(
         store,
         _resources(cpu, gpu, memory, time_limit),
         publish=publish,
+        shared_workers=shared_workers,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
@@ -411,15 +426,29 @@ def train(
 
 
 def worker(
-    server: str = typer.Option(..., "--server", envvar="FORGEHUB_URL", help="Server URL."),
-    token: str = typer.Option(..., "--token", envvar="FORGEHUB_TOKEN", help="Your API token."),
+    server: str = typer.Option(
+        None, "--server", envvar="FORGEHUB_URL", help="Server URL [default: from forgehub login]."
+    ),
+    token: str = typer.Option(
+        None,
+        "--token",
+        envvar="FORGEHUB_TOKEN",
+        help="Your API token; prefer FORGEHUB_TOKEN, --token-file or `forgehub login` "
+        "(a value on the command line shows in `ps`).",
+        show_default=False,
+    ),
+    token_file: Path = typer.Option(
+        None, "--token-file", help="Read the API token from this file.", show_default=False
+    ),
     name: str = typer.Option(None, "--name", help="Worker name [default: the hostname]."),
     labels: str = typer.Option("", "--labels", help="Comma-separated labels, e.g. gpu,a100."),
     cpus: float = typer.Option(None, "--cpus", help="CPUs to offer [default: all]."),
     gpus: int = typer.Option(0, "--gpus", help="GPUs to offer."),
     memory: int = typer.Option(0, "--memory", help="Memory to offer, MiB (0: unlimited)."),
     shared: bool = typer.Option(
-        False, "--shared", help="Also run other users' module jobs (never their commands)."
+        False,
+        "--shared",
+        help="Admins: also run other users' module jobs that allow it (never commands).",
     ),
     max_jobs: int = typer.Option(0, "--max-jobs", help="Jobs at once [default: one per CPU]."),
     burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty."),
@@ -427,8 +456,24 @@ def worker(
     """Connect this machine as a worker. Only outbound connections: it long-polls for jobs."""
     import logging
 
+    from forgehub.cli.client import read_token_file, saved_login
     from forgehub.worker import WorkerAgent
 
+    if any(a == "--token" or a.startswith("--token=") for a in sys.argv):
+        err.print(
+            "[yellow]warning:[/yellow] a token on the command line is visible to every user of "
+            "this machine (ps); use FORGEHUB_TOKEN, --token-file or `forgehub login`"
+        )
+    login = saved_login()
+    if token_file is not None:
+        token = read_token_file(token_file)
+    token = token or login.get("token", "")
+    server = server or login.get("server", "")
+    if not server or not token:
+        fail(
+            "no server or token: run `forgehub login --server URL` first, or set FORGEHUB_URL "
+            "and FORGEHUB_TOKEN (or --token-file)"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     agent = WorkerAgent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -282,6 +283,36 @@ def token_revoke(token_id: str, server: str = ServerOpt, api_token: str = TokenO
     """Revoke a token by id."""
     t = Client(server, api_token).delete(f"/api/v1/tokens/{token_id}")
     out.print(f"revoked {t['id']} ({t['name']})")
+
+
+@app.command("login")
+def login(
+    server: str = typer.Option(
+        None, "--server", envvar="FORGEHUB_URL", help="Server URL [default: http://127.0.0.1:8000]"
+    ),
+    token_file: Path = typer.Option(
+        None, "--token-file", help="Read the token from this file instead of asking."
+    ),
+) -> None:
+    """Save a server and an API token for the CLI and `forgehub worker` (mode 0600), so that no
+    token has to go on a command line. The token is checked first."""
+    import getpass
+
+    from forgehub.cli.client import DEFAULT_URL, read_token_file, save_login
+
+    url = (server or DEFAULT_URL).rstrip("/")
+    if token_file is not None:
+        value = read_token_file(token_file)
+    elif sys.stdin.isatty():
+        value = getpass.getpass(f"API token for {url} (create one with `forgehub token create`): ")
+    else:
+        value = sys.stdin.readline()
+    value = value.strip()
+    if not value:
+        fail("no token given")
+    me = Client(url, value).get("/api/v1/users/me")
+    path = save_login(url, value)
+    out.print(f"signed in to {url} as {me['name']}; saved to {path}")
 
 
 app.command("train")(train)
