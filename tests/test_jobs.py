@@ -361,6 +361,45 @@ def test_kill_worker_mid_job_requeues_on_another(
     assert content.strip() == job["id"]
 
 
+def test_a_restarted_worker_cleans_up_what_a_kill_left(
+    server: ForgehubServer, api: httpx.Client, worker: Any, tmp_path: Path
+) -> None:
+    """kill -9 of a worker: the module dies with its runner, but the module's own children and
+    the work folder stay; the worker, started again, kills them and removes the folder."""
+    from forgehub.jobs import leftovers
+
+    marker = f"fh-orphan-{tmp_path.name}"
+    w1 = worker("crashy", "--cpus", "1")
+    wait_worker(api, "crashy")
+    job = submit(
+        api,
+        kind="command",
+        command=["sh", "-c", f"(sleep 300; echo {marker}) & echo started; sleep 300"],
+        compute="workers",
+        max_retries=0,
+    )
+    wait(api, job["id"], {"running"})
+    deadline = time.monotonic() + 10
+    while "started" not in log_text(api, job["id"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    root = Path(server.env["FORGEHUB_CACHE_DIR"]) / "work"
+    work = [d for d in root.iterdir() if d.name.startswith(f"job-{job['id'][:12]}")]
+    assert len(work) == 1
+    orphans = leftovers.processes_of(work[0])
+    assert orphans  # the module's children
+    os.kill(w1.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
+    w1.wait()
+    time.sleep(0.5)
+    alive = [p for p in orphans if leftovers.start_time(p)]
+    assert alive, "expected the module's background child to outlive the killed worker"
+    w2 = worker("crashy-again", "--cpus", "1")
+    wait_worker(api, "crashy-again")
+    assert not [p for p in orphans if leftovers.start_time(p)], "orphans were not reaped"
+    assert not work[0].exists()
+    os.killpg(w2.pid, signal.SIGTERM)
+    w2.wait()
+
+
 def test_worker_jobs_keep_running_through_a_server_restart(
     server: ForgehubServer, api: httpx.Client, worker: Any
 ) -> None:

@@ -24,18 +24,7 @@ from forgehub.compute.base import (
     Launch,
 )
 from forgehub.db.models import JobState
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot): with the PID, a unique handle."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":
-        return None  # a zombie has exited
-    return fields[19]
+from forgehub.jobs.leftovers import start_time
 
 
 def runner_command(launch: Launch) -> list[str]:
@@ -95,13 +84,13 @@ class LocalCompute(ComputeAdapter):
             if isinstance(log, int) and log > 0:
                 os.close(log)
         _reap_later(proc)
-        return f"{proc.pid}:{_start_time(proc.pid) or ''}:{launch.job_id}-{launch.attempt}"
+        return f"{proc.pid}:{start_time(proc.pid) or ''}:{launch.job_id}-{launch.attempt}"
 
     def status(self, handles: list[str]) -> dict[str, BackendStatus]:
         out = {}
         for h in handles:
             pid, started, name = (h.split(":") + ["", ""])[:3]
-            if pid.isdigit() and started and _start_time(int(pid)) == started:
+            if pid.isdigit() and started and start_time(int(pid)) == started:
                 out[h] = BackendStatus(None, "running on the server")
             else:
                 why = "the job runner process exited"
@@ -125,7 +114,7 @@ class LocalCompute(ComputeAdapter):
 
     def cancel(self, handle: str) -> None:
         pid, started = (handle.split(":") + [""])[:2]
-        if pid.isdigit() and started and _start_time(int(pid)) == started:
+        if pid.isdigit() and started and start_time(int(pid)) == started:
             try:
                 os.killpg(int(pid), signal.SIGTERM)  # the runner stops its module, then exits
             except ProcessLookupError:

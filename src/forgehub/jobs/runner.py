@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from forgehub.jobs import leftovers
+
 if TYPE_CHECKING:  # imported when a job has inputs or outputs: a no-op job starts faster
     from forgehub.artifacts.cache import ContentCache
 
@@ -278,6 +280,7 @@ class JobRun:
             return 2
         self.reporter.start()
         work = Path(tempfile.mkdtemp(prefix=f"job-{self.job_id[:12]}-", dir=self._work_root()))
+        leftovers.claim(work)  # a worker that restarts after a kill -9 knows it is ours
         outcome: dict[str, Any]
         try:
             if spec.get("cancel"):

@@ -23,6 +23,7 @@ import httpx
 from forgehub import __version__
 from forgehub.artifacts.cache import ContentCache
 from forgehub.compute import Resources
+from forgehub.jobs import leftovers
 from forgehub.jobs.runner import JobRun, cache_root
 
 log = logging.getLogger("forgehub.worker")
@@ -118,6 +119,9 @@ class WorkerAgent:
         return n < limit and self.free().cpu > 0.001
 
     def run(self) -> int:
+        reaped = leftovers.clean(cache_root() / "work")
+        if reaped:
+            log.info("cleaned up after %d job(s) a killed runner left: %s", len(reaped), reaped)
         self.register()
         log.info("worker %s (%s) connected to %s", self.name, self.worker_id, self.server)
         beat = threading.Thread(target=self._heartbeats, daemon=True, name="worker-heartbeat")
