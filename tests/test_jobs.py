@@ -7,6 +7,7 @@ restart the server under a running job, and cancel a job while it downloads, run
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -392,12 +393,17 @@ def test_a_restarted_worker_cleans_up_what_a_kill_left(
     time.sleep(0.5)
     alive = [p for p in orphans if leftovers.start_time(p)]
     assert alive, "expected the module's background child to outlive the killed worker"
-    w2 = worker("crashy-again", "--cpus", "1")
-    wait_worker(api, "crashy-again")
-    assert not [p for p in orphans if leftovers.start_time(p)], "orphans were not reaped"
-    assert not work[0].exists()
-    os.killpg(w2.pid, signal.SIGTERM)
-    w2.wait()
+    try:
+        w2 = worker("crashy-again", "--cpus", "1")
+        wait_worker(api, "crashy-again")
+        assert not [p for p in orphans if leftovers.start_time(p)], "orphans were not reaped"
+        assert not work[0].exists()
+        os.killpg(w2.pid, signal.SIGTERM)
+        w2.wait()
+    finally:
+        for pid in orphans:  # stop what this test started, whatever happened
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_worker_jobs_keep_running_through_a_server_restart(
