@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from forgehub.errors import Invalid
+
 CATEGORIES = ["AI4 trainable", "AI4 inference", "AI4 pre trained", "AI4 tools"]
 SHORT_CATEGORY = {
     "AI4 trainable": "trainable",
@@ -43,12 +45,12 @@ LIBRARIES = [
 DATA_TYPES = ["Image", "Text", "Time Series", "Tabular", "Graph", "Audio", "Video", "Other"]
 
 
-class MetadataError(ValueError):
-    """Invalid metadata: ``errors`` lists every bad field with its path and the reason."""
+class MetadataError(Invalid, ValueError):
+    """Invalid metadata (422): ``errors`` lists every bad field with its path and the reason."""
 
     def __init__(self, errors: list[dict[str, str]]) -> None:
-        super().__init__("; ".join(f"{e['path']}: {e['reason']}" for e in errors))
-        self.errors = errors
+        reasons = "; ".join(f"{e['path']}: {e['reason']}" for e in errors)
+        super().__init__(f"invalid metadata: {reasons}", errors=errors)
 
 
 class Resources(BaseModel):

@@ -74,21 +74,25 @@ for _name, _res, _rule, _doc in [
     ("training.cancel", "training", "owner", "cancel a model-API training"),
     ("token.read", "token", "owner", "see an API token (never its value)"),
     ("token.revoke", "token", "owner", "revoke an API token"),
-    ("token.create_for", "user", "admin", "create a token for another user"),
+    ("token.create_for", "server", "admin", "create a token for another user"),
     ("user.read", "user", "owner", "see a user"),
-    ("user.create", "user", "admin", "create users"),
+    ("user.create", "server", "admin", "create users"),
     ("connection.read", "connection", "owner", "see a connection (secrets masked)"),
     ("connection.delete", "connection", "owner", "remove a connection"),
     ("connection.use", "connection", "owner_only", "store to, run on or test a connection"),
     ("store.gc", "connection", "owner_only", "garbage-collect a store"),
     ("worker.read", "worker", "owner", "see a worker"),
     ("worker.operate", "worker", "owner_only", "claim jobs as, heartbeat or stop a worker"),
-    ("worker.share", "worker", "admin", "let a worker run other users' jobs"),
+    ("worker.share", "server", "admin", "let a worker run other users' jobs"),
+    ("blob.read", "blob", "owner", "read a blob of the blob server (owners: its uploaders)"),
+    ("blob.purge", "server", "admin", "remove a blob for every owner"),
+    ("store.gc_shared", "connection", "admin", "garbage-collect the server's default store"),
     ("module.read", "module", "public", "see a catalogue entry"),
     ("module.write", "module", "owner", "change a catalogue entry, add versions"),
-    ("module.create", "module", "user", "add a catalogue entry"),
+    ("module.create", "server", "user", "add a catalogue entry"),
     ("compute.server", "server", "server", "run on the server machine (local, Slurm w/o SSH)"),
-    ("storage.local", "server", "admin", "store in a folder of the server (within the roots)"),
+    ("egress.any", "server", "admin", "point connections at any network (egress_deny)"),
+    ("storage.local", "server", "admin", "store in any folder of the server (users: the roots)"),
 ]:
     register(_name, _res, _rule, _doc)
 
@@ -103,7 +107,19 @@ READ = {
     "worker": "worker.read",
     "module": "module.read",
 }
-OWNER_ATTR = {"token": "user_id", "user": "id"}
+OWNER_ATTR = {"token": "user_id", "user": "id", "blob": "user_id"}
+
+
+@dataclass(frozen=True)
+class _Nobodys:
+    """A resource nobody owns (only rules that need no owner allow anything on it)."""
+
+    id: str = ""
+    owner_id: None = None
+    user_id: None = None
+
+
+NOBODYS = _Nobodys()
 
 
 def owner_of(resource: Any, kind: str) -> str | None:
@@ -148,7 +164,9 @@ def require(
     a = ACTIONS[action]
     read = READ.get(a.resource)
     label = what or a.resource
-    if resource is None or (read is not None and not can(principal, read, resource)):
+    # an object the caller may not even see (or that does not exist) is "not found"; an action
+    # on the server as a whole (create a user, …) is plainly forbidden
+    if read is not None and (resource is None or not can(principal, read, resource)):
         raise NotFound(f"no {label} of yours")
     raise Forbidden(f"you may not {a.doc} ({label})" if principal else "sign in first")
 
@@ -172,6 +190,38 @@ def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) ->
     if principal.job_id is not None or not principal.user_id:
         return stmt.where(col.is_(None) & col.is_not(None))  # nothing
     return stmt.where(col == principal.user_id)
+
+
+# -- workers: whose jobs a worker may run ------------------------------------------------------
+# A worker runs its owner's jobs. A shared worker (only admins may share one: ``worker.share``)
+# also runs other users' *module* jobs, if the job allows shared workers; it never gets their
+# credentials (``jobs.access``).
+
+
+def runs_for(worker: Any, user_id: str) -> bool:
+    """Is ``worker`` its owner's, ``user_id``'s, own machine for their jobs?"""
+    return bool(user_id) and worker.owner_id == user_id
+
+
+def worker_refuses(worker: Any, job_owner_id: str, kind: str, shared_ok: bool) -> str | None:
+    """Why ``worker`` may not run a ``kind`` job of ``job_owner_id``'s, or None if it may."""
+    if runs_for(worker, job_owner_id):
+        return None
+    if not worker.shared:
+        return "belongs to another user"
+    if not shared_ok:
+        return "is shared, and the job does not allow shared workers (shared_workers)"
+    if kind == "command":
+        return "shared workers run module jobs only"
+    return None
+
+
+def claimable(stmt: Select[Any], job: Any, worker: Any) -> Select[Any]:
+    """``stmt`` (over jobs) restricted to the jobs ``worker`` may claim (the SQL side of
+    :func:`worker_refuses`; consent to shared workers is in the job's spec, checked per row)."""
+    if worker.shared:
+        return stmt.where((job.owner_id == worker.owner_id) | (job.kind != "command"))
+    return stmt.where(job.owner_id == worker.owner_id)
 
 
 def describe() -> list[dict[str, str]]:

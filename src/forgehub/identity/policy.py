@@ -60,7 +60,7 @@ class Policy:
                 else f"{kind!r} compute runs on the server machine: for admins and the users "
                 "they allow (server_compute_users)"
             )
-        if not principal.is_admin:
+        if not authz.can(principal, "egress.any", None):
             for host in cls.hosts(config):
                 self._check_host(host)
 
@@ -76,7 +76,7 @@ class Policy:
                 path = self.local_root(principal, Path(raw))
                 return {**config, "path": str(path)}
             return config
-        if not principal.is_admin:
+        if not authz.can(principal, "egress.any", None):
             from forgehub.storage import StorageError, adapter_class
 
             try:
@@ -98,7 +98,7 @@ class Policy:
                 "config.path: the server's data directory (and the folders above it) cannot be "
                 "a storage connection"
             )
-        if principal.is_admin:
+        if authz.can(principal, "storage.local", None):
             return real
         if any(real == root or root in real.parents for root in self.local_storage_roots):
             return real
@@ -111,7 +111,7 @@ class Policy:
     def check_egress(self, principal: Principal, kind: str, config: dict[str, Any]) -> None:
         """Refuse, before any connection is made, a test of a connection that points at a
         denied network (the result would reveal what listens there)."""
-        if principal.is_admin:
+        if authz.can(principal, "egress.any", None):
             return
         from forgehub.compute import ComputeError
         from forgehub.compute import adapter_class as compute_class

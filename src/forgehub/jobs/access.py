@@ -34,6 +34,7 @@ from forgehub.db.models import (
     Worker,
 )
 from forgehub.errors import Forbidden, Invalid, NotFound
+from forgehub.identity import authz
 from forgehub.secrets import SecretBox
 from forgehub.storage import StorageError
 from forgehub.storage import adapter_class as storage_class
@@ -45,7 +46,7 @@ def foreign_worker(session: Session, job: Job) -> bool:
     if not job.worker_id:
         return False
     w = session.get(Worker, job.worker_id)
-    return w is None or w.owner_id != job.owner_id
+    return w is None or not authz.runs_for(w, job.owner_id)
 
 
 def relayed(session: Session, job: Job, conn: StorageConnection) -> bool:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -38,6 +38,7 @@ from forgehub.db.models import (
 )
 from forgehub.errors import ForgehubError
 from forgehub.identity import authz
+from forgehub.identity.policy import Policy
 from forgehub.jobs import access
 from forgehub.jobs.states import transition
 from forgehub.secrets import SecretBox
@@ -178,7 +179,7 @@ def submit(
     box: SecretBox,
     data_dir: Any,
     modules: dict[str, Any],
-    policy: Any = None,
+    policy: Policy,
 ) -> Job:
     if not principal.user_id:
         raise JobError("jobs belong to a user; use a user's token", 403)
@@ -191,11 +192,7 @@ def submit(
     else:
         storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
     on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
-    if (
-        body.kind == "command"
-        and on_server
-        and not (policy.may_use_server(principal) if policy else principal.is_admin)
-    ):
+    if body.kind == "command" and on_server and not policy.may_use_server(principal):
         raise JobError(
             "command jobs on the server machine are for admins and the users they allow "
             "(server_compute_users); run them on your own workers, Slurm or Ray connection",
@@ -281,13 +278,9 @@ def fits(
     shared_ok: bool = False,
 ) -> str | None:
     """Why ``worker`` could never run such a job, or None if it could."""
-    if worker.owner_id != owner_id:
-        if not worker.shared:
-            return "belongs to another user"
-        if not shared_ok:
-            return "is shared, and the job does not allow shared workers (shared_workers)"
-        if kind == "command":
-            return "shared workers run module jobs only"
+    refused = authz.worker_refuses(worker, owner_id, kind, shared_ok)
+    if refused:
+        return refused
     if res.gpu > worker.gpus:
         return f"has {worker.gpus} GPU(s), the job needs {res.gpu}"
     if res.cpu > worker.cpus:
@@ -320,7 +313,9 @@ def check_some_worker_fits(
     """Refuse a job that no connected worker could ever run (a waiting job needs a chance)."""
     reasons = []
     workers = [
-        w for w in online_workers(session) if w.owner_id == owner_id or (w.shared and shared_ok)
+        w
+        for w in online_workers(session)
+        if authz.worker_refuses(w, owner_id, "train", shared_ok) is None
     ]
     if not workers:
         return  # nobody connected yet: the job waits for a worker
@@ -347,10 +342,7 @@ def claim(
         .order_by(Job.created_at)
         .limit(32)
     )
-    if worker.shared:
-        stmt = stmt.where(or_(Job.owner_id == worker.owner_id, Job.kind != "command"))
-    else:
-        stmt = stmt.where(Job.owner_id == worker.owner_id)
+    stmt = authz.claimable(stmt, Job, worker)
     if dialect == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
     for job in session.scalars(stmt):

@@ -130,7 +130,6 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(jobs.router)
     api.include_router(compute.router)
     api.include_router(compute.workers_router)
-    catalog.install_handlers(app)
     app.include_router(api)
     app.add_middleware(
         UploadLimit,

@@ -78,14 +78,7 @@ def optional_principal(request: Request) -> Principal | None:
     return principal_from_request(request)
 
 
-def admin_principal(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
-    if not principal.is_admin:
-        raise HTTPException(403, "this action needs the admin role")
-    return principal
-
-
 CurrentUser = Annotated[Principal, Depends(current_principal)]
-AdminUser = Annotated[Principal, Depends(admin_principal)]
 # scope="function": the transaction commits when the endpoint returns, before the response is
 # sent, so what a client was told has happened has happened (a revoked token is revoked)
 DbSession = Annotated[Session, Depends(get_session, scope="function")]

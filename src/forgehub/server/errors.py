@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from forgehub.errors import ForgehubError
+from forgehub.storage.base import StorageError
 
 log = logging.getLogger("forgehub.server")
 PROBLEM = "application/problem+json"
@@ -56,7 +57,36 @@ def _wants_page(request: Request) -> bool:
     )
 
 
+def storage_status(exc: StorageError) -> int:
+    """The one translation of storage back-end errors into HTTP statuses."""
+    from forgehub.storage.base import (
+        AccessDenied,
+        IntegrityError,
+        InvalidKey,
+        ObjectNotFound,
+        Unavailable,
+    )
+
+    if isinstance(exc, InvalidKey):
+        return 422
+    if isinstance(exc, ObjectNotFound):
+        return 404
+    if isinstance(exc, IntegrityError):
+        return 409 if "resume" in str(exc) else 400
+    if isinstance(exc, Unavailable):
+        return 503
+    if isinstance(exc, AccessDenied):
+        return 502  # the store refused the server's credentials: not the caller's fault
+    return 502
+
+
 def install(app: FastAPI) -> None:
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> Response:
+        status = storage_status(exc)
+        detail = str(exc) if status < 500 else f"storage failed: {exc}"
+        return problem(status, detail)
+
     @app.exception_handler(ForgehubError)
     async def forgehub_error(request: Request, exc: ForgehubError) -> Response:
         if _wants_page(request):

@@ -327,7 +327,11 @@ def delete_artifact(ref: str, principal: CurrentUser, session: DbSession) -> Res
 def gc(body: GcIn, principal: CurrentUser, session: DbSession, request: Request) -> dict[str, Any]:
     conn = _conn(session, principal, body.connection, request)
     authz.require(principal, "store.gc", conn, f"storage connection {body.connection!r}")
-    if conn.is_default and conn.kind == "local" and not principal.is_admin:
+    if (
+        conn.is_default
+        and conn.kind == "local"
+        and not authz.can(principal, "store.gc_shared", conn)
+    ):
         raise Forbidden(
             "the default store is the server's, shared by every user: an admin collects it"
         )

@@ -21,9 +21,10 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
 from forgehub.auth import Principal
 from forgehub.db.models import BlobOwner
+from forgehub.identity import authz
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.server.streaming import body_chunks
-from forgehub.storage.base import IntegrityError, InvalidKey, ObjectNotFound
+from forgehub.storage.base import IntegrityError
 from forgehub.storage.blobstore import BlobStore, check_digest
 
 router = APIRouter(prefix="/blobs", tags=["blobs"])
@@ -39,16 +40,10 @@ def _limit(request: Request) -> int:
 
 
 def _owned(session: Any, digest: str, principal: Principal) -> bool:
-    if principal.is_admin:
-        return True
-    return (
-        session.scalar(
-            select(BlobOwner).where(
-                BlobOwner.digest == digest, BlobOwner.user_id == principal.user_id
-            )
-        )
-        is not None
+    row = session.scalar(
+        select(BlobOwner).where(BlobOwner.digest == digest, BlobOwner.user_id == principal.user_id)
     )
+    return authz.can(principal, "blob.read", row or authz.NOBODYS)
 
 
 def _own(session: Any, digest: str, size: int, principal: Principal) -> None:
@@ -76,20 +71,7 @@ def _prove(chunks: Iterator[bytes], digest: str, limit: int) -> int:
 
 
 def _digest(digest: str) -> str:
-    try:
-        return check_digest(digest)
-    except InvalidKey as exc:
-        raise HTTPException(422, str(exc)) from exc
-
-
-def _errors(exc: Exception) -> HTTPException:
-    if isinstance(exc, InvalidKey):
-        return HTTPException(422, str(exc))
-    if isinstance(exc, ObjectNotFound):
-        return HTTPException(404, str(exc))
-    if isinstance(exc, IntegrityError):
-        return HTTPException(409 if "resume" in str(exc) else 400, str(exc))
-    raise exc
+    return check_digest(digest)  # InvalidKey: 422, by the one storage error handler
 
 
 @router.post("/uploads", status_code=201, summary="Start a resumable upload")
@@ -100,10 +82,7 @@ def start_upload(principal: CurrentUser, request: Request) -> dict[str, Any]:
 
 @router.head("/uploads/{upload_id}", summary="How many bytes an upload holds")
 def upload_status(upload_id: str, principal: CurrentUser, request: Request) -> Response:
-    try:
-        offset = store(request).upload_offset(upload_id)
-    except (InvalidKey, ObjectNotFound) as exc:
-        raise _errors(exc) from exc
+    offset = store(request).upload_offset(upload_id)
     return Response(headers={"Upload-Offset": str(offset)})
 
 
@@ -114,12 +93,9 @@ async def append(upload_id: str, principal: CurrentUser, request: Request) -> Re
     except ValueError:
         raise HTTPException(422, "Upload-Offset must be an integer") from None
     blobs, limit = store(request), _limit(request)
-    try:
-        new = await anyio.to_thread.run_sync(
-            lambda: blobs.append(upload_id, offset, body_chunks(request), limit)
-        )
-    except (InvalidKey, ObjectNotFound, IntegrityError) as exc:
-        raise _errors(exc) from exc
+    new = await anyio.to_thread.run_sync(
+        lambda: blobs.append(upload_id, offset, body_chunks(request), limit)
+    )
     return Response(status_code=204, headers={"Upload-Offset": str(new)})
 
 
@@ -132,20 +108,14 @@ def commit(
     digest: str = Query(..., description="sha256:<hex> of the whole blob"),
 ) -> dict[str, Any]:
     blobs = store(request)
-    try:
-        size = blobs.commit(upload_id, digest)
-    except (InvalidKey, ObjectNotFound, IntegrityError) as exc:
-        raise _errors(exc) from exc
+    size = blobs.commit(upload_id, digest)
     _own(session, digest, size, principal)
     return {"digest": digest, "size": size}
 
 
 @router.delete("/uploads/{upload_id}", status_code=204, summary="Abandon an upload")
 def abort(upload_id: str, principal: CurrentUser, request: Request) -> Response:
-    try:
-        store(request).abort(upload_id)
-    except InvalidKey as exc:
-        raise _errors(exc) from exc
+    store(request).abort(upload_id)
     return Response(status_code=204)
 
 
@@ -155,21 +125,18 @@ def put_blob(
 ) -> dict[str, Any]:
     """Runs in a worker thread (a sync endpoint): no file or database work on the event loop."""
     blobs, limit = store(request), _limit(request)
-    try:
-        check_digest(digest)
-        if blobs.exists(digest):
-            # stored once per digest: nothing to write, but the bytes must be sent and match,
-            # or knowing a digest would be enough to own (and read) someone else's content
-            size = _prove(body_chunks(request), digest, limit)
-        else:
-            upload_id = blobs.start_upload()
-            try:
-                blobs.append(upload_id, 0, body_chunks(request), limit)
-                size = blobs.commit(upload_id, digest)
-            finally:
-                blobs.abort(upload_id)
-    except (InvalidKey, ObjectNotFound, IntegrityError) as exc:
-        raise _errors(exc) from exc
+    check_digest(digest)
+    if blobs.exists(digest):
+        # stored once per digest: nothing to write, but the bytes must be sent and match,
+        # or knowing a digest would be enough to own (and read) someone else's content
+        size = _prove(body_chunks(request), digest, limit)
+    else:
+        upload_id = blobs.start_upload()
+        try:
+            blobs.append(upload_id, 0, body_chunks(request), limit)
+            size = blobs.commit(upload_id, digest)
+        finally:
+            blobs.abort(upload_id)
     _own(session, digest, size, principal)
     return {"digest": digest, "size": size}
 
@@ -221,10 +188,9 @@ def delete_blob(
     session.execute(
         delete(BlobOwner).where(BlobOwner.digest == digest, BlobOwner.user_id == principal.user_id)
     )
-    if principal.is_admin or not session.scalar(
-        select(BlobOwner).where(BlobOwner.digest == digest)
-    ):
-        if principal.is_admin:
+    purge = authz.can(principal, "blob.purge", None)
+    if purge or not session.scalar(select(BlobOwner).where(BlobOwner.digest == digest)):
+        if purge:
             session.execute(delete(BlobOwner).where(BlobOwner.digest == digest))
         store(request).delete(digest)
     return Response(status_code=204)

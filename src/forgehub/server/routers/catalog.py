@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -13,7 +13,6 @@ from forgehub.artifacts import records
 from forgehub.auth import Principal
 from forgehub.catalog import service
 from forgehub.catalog.metadata import (
-    MetadataError,
     ModuleMetadata,
     dump_yaml,
     from_v1,
@@ -23,7 +22,6 @@ from forgehub.db.models import CatalogModule, utcnow
 from forgehub.errors import Forbidden, NotFound
 from forgehub.identity import authz
 from forgehub.server.deps import CurrentUser, DbSession
-from forgehub.server.errors import problem
 
 router = APIRouter(prefix="/catalog", tags=["catalog"])
 
@@ -213,13 +211,3 @@ def deprecate(
     m.updated_at = utcnow()  # also invalidates cached facet counts
     session.flush()
     return _module_out(m)
-
-
-def install_handlers(app: Any) -> None:
-    @app.exception_handler(MetadataError)
-    async def metadata_error(request: Request, exc: MetadataError) -> Any:
-        return problem(422, f"invalid metadata: {exc}", errors=exc.errors)
-
-    @app.exception_handler(service.CatalogError)
-    async def catalog_error(request: Request, exc: service.CatalogError) -> Any:
-        return problem(exc.status, str(exc))

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from forgehub.auth import create_user
 from forgehub.db.models import Role, User
-from forgehub.server.deps import AdminUser, CurrentUser, DbSession
+from forgehub.identity import authz
+from forgehub.server.deps import CurrentUser, DbSession
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -42,14 +43,13 @@ def me(principal: CurrentUser, session: DbSession) -> User:
 
 @router.get("", response_model=list[UserOut])
 def list_users(principal: CurrentUser, session: DbSession) -> list[User]:
-    stmt = select(User).order_by(User.created_at)
-    if not principal.is_admin:
-        stmt = stmt.where(User.id == principal.user_id)
+    stmt = authz.visible(select(User).order_by(User.created_at), User, principal, "user.read")
     return list(session.scalars(stmt))
 
 
 @router.post("", response_model=UserOut, status_code=201)
-def add_user(body: UserCreate, _: AdminUser, session: DbSession) -> User:
+def add_user(body: UserCreate, principal: CurrentUser, session: DbSession) -> User:
+    authz.require(principal, "user.create", None)
     try:
         return create_user(session, body.name, body.role)
     except ValueError as exc:
