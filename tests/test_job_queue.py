@@ -141,3 +141,27 @@ def test_state_machine_and_retry_policy(tmp_path: object) -> None:
         assert events == ["starting", "running", "queued", "starting", "failed"]
         assert job.finished_at is not None and job.token_digest is None
     db.dispose()
+
+
+def test_trainings_go_through_the_shared_guarded_transition(tmp_path: object) -> None:
+    """Model-API trainings move like jobs: by the machine's rules, compare-and-set, and a
+    finished training never changes again (a late result cannot overwrite a cancel)."""
+    from forgehub.db.models import Training, TrainingState
+    from forgehub.runs import transition as guarded
+    from forgehub.states import TRAININGS
+
+    db, owner = _setup(f"sqlite:///{tmp_path}/t.db", 0)
+    with db.session() as s:
+        t = Training(owner_id=owner, module="digits", args={}, state=TrainingState.queued)
+        s.add(t)
+        s.flush()
+        with pytest.raises(TransitionError, match="training cannot go from queued to succeeded"):
+            guarded(s, t, TrainingState.succeeded, TRAININGS)
+        assert guarded(s, t, TrainingState.running, TRAININGS)
+        assert t.started_at is not None
+        stale = s.get(Training, t.id)
+        assert guarded(s, t, TrainingState.cancelled, TRAININGS, error="cancelled")
+        assert t.finished_at is not None
+        assert not guarded(s, t, TrainingState.succeeded, TRAININGS, result={"late": True})
+        assert stale is t and t.state == TrainingState.cancelled and not (t.result or {})
+    db.dispose()

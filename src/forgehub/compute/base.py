@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from forgehub.db.models import JobState
+from forgehub.states import JobState
 
 
 class ComputeError(Exception):

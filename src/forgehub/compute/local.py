@@ -23,8 +23,8 @@ from forgehub.compute.base import (
     ComputeError,
     Launch,
 )
-from forgehub.db.models import JobState
 from forgehub.jobs.leftovers import start_time
+from forgehub.states import JobState
 
 
 def runner_command(launch: Launch) -> list[str]:

@@ -24,7 +24,7 @@ from forgehub.compute.base import (
     ComputeError,
     Launch,
 )
-from forgehub.db.models import JobState
+from forgehub.states import JobState
 from forgehub.urls import url_host
 
 RESOURCE_RE = re.compile(r"([\d.]+)\s*(GiB)?/([\d.]+)\s*(GiB)?\s+(CPU|GPU|memory)\b")

@@ -29,7 +29,7 @@ from forgehub.compute.base import (
     ComputeError,
     Launch,
 )
-from forgehub.db.models import JobState
+from forgehub.states import JobState
 
 WAITING = {
     "PENDING",

@@ -23,6 +23,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from forgehub.states import JobState, RunState, TrainingState
+
+__all__ = ["JobState", "RunState", "TrainingState"]  # re-exported: they live in forgehub.states
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -87,22 +91,6 @@ class Token(Base):
     parent_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
-
-
-class RunState(enum.StrEnum):
-    """Base of the states of things that run (trainings, jobs): the three ends are shared."""
-
-    @property
-    def finished(self) -> bool:
-        return self.value in ("succeeded", "failed", "cancelled")
-
-
-class TrainingState(RunState):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 class Training(Base):
@@ -270,15 +258,6 @@ class ComputeConnection(ConnectionColumns, Base):
     """A user's configured compute (the server, their workers, a Slurm or Ray cluster)."""
 
     __tablename__ = "compute_connections"
-
-
-class JobState(RunState):
-    queued = "queued"
-    starting = "starting"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 class Job(Base):

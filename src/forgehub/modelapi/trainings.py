@@ -17,11 +17,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState, utcnow
 from forgehub.module.loaded import LoadedModule
+from forgehub.runs import transition
+from forgehub.states import TRAININGS
 
 log = logging.getLogger("forgehub.modelapi.train")
 CANCEL_GRACE_S = 3.0
@@ -86,18 +88,21 @@ class TrainingManager:
 
     def recover(self) -> int:
         """Mark trainings that a dead server left unfinished as failed; returns how many."""
+        n = 0
         with self.db.session() as s:
-            res = s.execute(
-                update(Training)
+            for t in s.scalars(
+                select(Training)
                 .where(Training.state.in_([TrainingState.queued, TrainingState.running]))
                 .where(Training.module.in_(list(self.modules)))
-                .values(
-                    state=TrainingState.failed,
-                    finished_at=utcnow(),
+            ):
+                n += transition(
+                    s,
+                    t,
+                    TrainingState.failed,
+                    TRAININGS,
                     error="the server stopped while this training was running; start it again",
                 )
-            )
-            return int(getattr(res, "rowcount", 0) or 0)
+        return n
 
     def start(
         self,
@@ -141,12 +146,8 @@ class TrainingManager:
 
     def _launch(self, tid: str, pending: _Pending) -> None:
         with self.db.session() as s:
-            res = s.execute(
-                update(Training)
-                .where(Training.id == tid, Training.state == TrainingState.queued)
-                .values(state=TrainingState.running, started_at=utcnow())
-            )
-            claimed = int(getattr(res, "rowcount", 0) or 0) == 1
+            t = s.get(Training, tid)
+            claimed = t is not None and transition(s, t, TrainingState.running, TRAININGS)
         if not claimed:  # cancelled through another server process while it waited
             with self.lock:
                 self.runs.pop(tid, None)
@@ -252,15 +253,13 @@ class TrainingManager:
         result: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
+        fields: dict[str, Any] = {"error": error if state != TrainingState.succeeded else None}
+        if result is not None:
+            fields["result"] = result
         with self.db.session() as s:
             t = s.get(Training, tid)
-            if t is None:
-                return
-            t.state = state
-            t.finished_at = utcnow()
-            t.error = error if state != TrainingState.succeeded else None
-            if result is not None:
-                t.result = result
+            if t is not None:
+                transition(s, t, state, TRAININGS, **fields)
 
     def cancel(self, tid: str) -> None:
         """Cancel a training and wait until its final state is stored."""
@@ -306,9 +305,9 @@ class TrainingManager:
                 return
             t.cancel_requested_at = utcnow()
             if t.state == TrainingState.queued:  # not started anywhere yet: cancel it here
-                t.state = TrainingState.cancelled
-                t.finished_at = utcnow()
-                t.error = "cancelled before it started"
+                s.flush()
+                msg = "cancelled before it started"
+                transition(s, t, TrainingState.cancelled, TRAININGS, error=msg)
                 return
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -335,10 +334,9 @@ class TrainingManager:
         for tid in ids:
             with self.db.session() as s:
                 t = s.get(Training, tid)
-                if t is not None and not t.state.finished:
-                    t.state = TrainingState.failed
-                    t.error = "the server shut down while this training was running"
-                    t.finished_at = utcnow()
+                if t is not None:
+                    msg = "the server shut down while this training was running"
+                    transition(s, t, TrainingState.failed, TRAININGS, error=msg)
 
     def list(self, module: str, owner_id: str | None) -> list[Training]:
         with self.db.session() as s:
