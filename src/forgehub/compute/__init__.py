@@ -9,7 +9,7 @@ from forgehub.compute.base import (
     Launch,
     Resources,
 )
-from forgehub.compute.registry import adapter_class, kinds
+from forgehub.compute.registry import adapter_class, kinds, kinds_with
 
 __all__ = [
     "BackendStatus",
@@ -21,4 +21,5 @@ __all__ = [
     "Resources",
     "adapter_class",
     "kinds",
+    "kinds_with",
 ]

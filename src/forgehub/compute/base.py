@@ -81,7 +81,11 @@ class Capacity:
 class ComputeAdapter(abc.ABC):
     kind: ClassVar[str]
     Config: ClassVar[type[ComputeConfig]]
+    # -- capabilities: what the platform asks instead of testing kind strings ---------------
     pull: ClassVar[bool] = False  # jobs wait in the store and are claimed (workers)
+    slots_on_server: ClassVar[bool] = False  # limited by the server's local_job_slots
+    queues_itself: ClassVar[bool] = False  # a job may wait in the back end's own queue: no
+    # lease before its runner starts (Slurm, Ray)
 
     # -- capabilities (asked by the platform instead of testing kind strings) ---------------
     @classmethod

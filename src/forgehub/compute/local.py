@@ -47,6 +47,7 @@ class LocalCompute(ComputeAdapter):
             default=0, ge=0, le=256, description="Jobs at once (0: the server's local_job_slots)."
         )
 
+    slots_on_server = True
     log_dir: Path | None = None  # where runner processes write their own diagnostics
 
     @classmethod

@@ -45,6 +45,7 @@ def map_status(status: str, message: str = "") -> BackendStatus:
 
 class RayCompute(ComputeAdapter):
     kind = "ray"
+    queues_itself = True
 
     @classmethod
     def hosts(cls, config: dict[str, Any]) -> list[str]:

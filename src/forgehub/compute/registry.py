@@ -25,3 +25,16 @@ def kinds() -> dict[str, str]:
 def adapter_class(kind: str) -> type[ComputeAdapter]:
     cls: type[ComputeAdapter] = REGISTRY.load(kind)
     return cls
+
+
+def kinds_with(capability: str) -> list[str]:
+    """The kinds that load here and declare ``capability`` (``pull``, ``slots_on_server``,
+    ``queues_itself``): for queries that pick jobs by what their back end is."""
+    found = []
+    for kind in kinds():
+        try:
+            if getattr(adapter_class(kind), capability):
+                found.append(kind)
+        except ComputeError:
+            continue
+    return sorted(found)

@@ -86,6 +86,7 @@ KNOWN_HOSTS = re.compile(r"^[A-Za-z0-9_.,:\[\]@*|=+/ -]+$")
 
 class SlurmCompute(ComputeAdapter):
     kind = "slurm"
+    queues_itself = True
 
     class Config(ComputeConfig):
         partition: str = Field(

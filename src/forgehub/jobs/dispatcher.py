@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from forgehub.compute import ComputeAdapter, ComputeError, Launch, Resources
+from forgehub.compute import ComputeAdapter, ComputeError, Launch, Resources, kinds, kinds_with
 from forgehub.db import Database
 from forgehub.db.models import ComputeConnection, Job, JobState, utcnow
 from forgehub.jobs import service
@@ -36,6 +36,12 @@ log = logging.getLogger("forgehub.jobs")
 STATUS_EVERY_S = 2.0
 LANES = 8  # connections served at once; each connection's work runs one at a time
 GRACE_S = 15.0  # a runner's own report may be in flight when its back end says it ended
+
+
+def pushed() -> list[str]:
+    """Kinds whose jobs the server starts (all but the pull ones: workers claim theirs)."""
+    pull = set(kinds_with("pull"))
+    return sorted(k for k in kinds() if k not in pull)
 
 
 class Dispatcher:
@@ -132,7 +138,7 @@ class Dispatcher:
         a = self._adapters.get(conn.id)
         if a is None:
             a = service.COMPUTE.adapter_for(conn, self.box)
-            if conn.kind == "local":
+            if a.slots_on_server:
                 a.log_dir = self.data_dir / "jobs" / "runner-logs"
             self._adapters[conn.id] = a
         return a
@@ -155,15 +161,16 @@ class Dispatcher:
                 s.execute(
                     select(Job.id, ComputeConnection.kind, ComputeConnection.id)
                     .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
-                    .where(Job.state == JobState.queued, ComputeConnection.kind != "worker")
+                    .where(Job.state == JobState.queued, ComputeConnection.kind.in_(pushed()))
                     .order_by(Job.created_at)
                     .limit(200)
                 )
             )
-            local_free = self.local_slots - service.count_active(s, "local")
+            local_free = self.local_slots - service.count_active(s, kinds_with("slots_on_server"))
         remote: dict[str, list[str]] = {}
+        on_server = kinds_with("slots_on_server")
         for job_id, kind, conn_id in rows:
-            if kind == "local":  # a local start is a fork: done here, within the slots
+            if kind in on_server:  # a local start is a fork: done here, within the slots
                 if local_free <= 0:
                     continue
                 local_free -= 1
@@ -203,7 +210,7 @@ class Dispatcher:
                 backend_ref=handle,
                 **token_columns,
                 lease_expires_at=(
-                    utcnow() + timedelta(seconds=self.lease_s) if conn.kind == "local" else None
+                    None if adapter.queues_itself else utcnow() + timedelta(seconds=self.lease_s)
                 ),
             )
 
@@ -217,7 +224,7 @@ class Dispatcher:
                     .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
                     .where(
                         Job.state.in_(service.ACTIVE),
-                        ComputeConnection.kind != "worker",
+                        ComputeConnection.kind.in_(pushed()),
                         Job.backend_ref.is_not(None),
                     )
                 )
@@ -297,7 +304,7 @@ class Dispatcher:
                         and j.lease_expires_at is not None
                         and j.lease_expires_at < now
                     ):
-                        who = "worker" if conn.kind == "worker" else "runner"
+                        who = "worker" if self.adapter(conn).pull else "runner"
                         if lose(s, j, f"the {who} stopped answering (lease lapsed)"):
                             self.notify()
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from forgehub.artifacts import connections as storage_conns
 from forgehub.artifacts import records
 from forgehub.auth import Principal
-from forgehub.compute import ComputeError, Resources, adapter_class, kinds
+from forgehub.compute import ComputeError, Resources, adapter_class, kinds, kinds_with
 from forgehub.connections import Family
 from forgehub.db.models import (
     Artifact,
@@ -338,7 +338,7 @@ def claim(
     stmt = (
         select(Job)
         .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
-        .where(Job.state == JobState.queued, ComputeConnection.kind == "worker")
+        .where(Job.state == JobState.queued, ComputeConnection.kind.in_(kinds_with("pull")))
         .order_by(Job.created_at)
         .limit(32)
     )
@@ -694,13 +694,14 @@ def job_out(job: Job, compute: str | None = None, storage: str | None = None) ->
     }
 
 
-def count_active(session: Session, kind: str) -> int:
+def count_active(session: Session, kinds_: list[str]) -> int:
+    """Jobs starting or running on compute of these kinds."""
     return int(
         session.scalar(
             select(func.count())
             .select_from(Job)
             .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
-            .where(Job.state.in_(ACTIVE), ComputeConnection.kind == kind)
+            .where(Job.state.in_(ACTIVE), ComputeConnection.kind.in_(kinds_))
         )
         or 0
     )
