@@ -127,7 +127,7 @@ def test_state_machine_and_retry_policy(tmp_path: object) -> None:
     db, _ = _setup(url, 1, max_retries=1)
     with db.session() as s:
         job = s.query(Job).one()
-        with pytest.raises(TransitionError):
+        with pytest.raises(TransitionError, match="cannot go from queued to running"):
             transition(s, job, JobState.running)  # queued cannot jump to running
         assert transition(s, job, JobState.starting, "claimed")
         assert transition(s, job, JobState.running, "running")

@@ -1,0 +1,1 @@
+"""Test suites third-party adapters can run: ``forgehub.testing.storage``."""
