@@ -51,7 +51,7 @@ def foreign_worker(session: Session, job: Job) -> bool:
 
 def relayed(session: Session, job: Job, conn: StorageConnection) -> bool:
     """Does the job's runner reach ``conn`` through the server rather than with credentials?"""
-    from forgehub.jobs.service import COMPUTE
+    from forgehub.jobs.common import COMPUTE
 
     if foreign_worker(session, job):
         return True

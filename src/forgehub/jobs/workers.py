@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from forgehub.auth import Principal
 from forgehub.db.models import Job, Worker, utcnow
 from forgehub.identity import authz
-from forgehub.jobs.service import ACTIVE, WORKER_ONLINE_S
+from forgehub.jobs.common import ACTIVE, WORKER_ONLINE_S
 
 
 def worker_out(w: Worker, running: int) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""Publishing a training's weights as a pre-trained catalogue version."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from forgehub.auth import Principal
+from forgehub.db.models import (
+    Artifact,
+    Job,
+    JobState,
+    User,
+)
+from forgehub.identity import authz
+from forgehub.jobs.common import JobError
+
+
+def publish(
+    session: Session, job: Job, art: Artifact, version: str | None = None
+) -> dict[str, str]:
+    """Add ``art`` (a training's weights) to the catalogue as a pre-trained version."""
+    from forgehub.catalog.service import CatalogError, add_version, get_module
+
+    try:
+        m = get_module(session, str(job.module))
+        owner = session.get(User, job.owner_id)
+        who = Principal(owner.id, owner.name, owner.role) if owner else None
+        if not authz.can(who, "module.write", m):
+            return {
+                "error": f"{m.name!r} belongs to someone else; only its owner or an admin can "
+                "add versions to it"
+            }
+        version = version or job.spec.get("publish_version") or f"trained-{job.id[:8]}"
+        add_version(
+            session,
+            m,
+            version,
+            source=f"job {job.id}",
+            changelog=f"trained by job {job.id} with {job.spec.get('args', {})}",
+            weights_digest=art.digest,
+        )
+    except CatalogError as exc:
+        return {"error": str(exc)}
+    return {"module": m.name, "version": version}
+
+
+def output_of(session: Session, job: Job) -> Artifact | None:
+    """The artifact a finished job produced, if any."""
+    digest = ((job.result or {}).get("output") or {}).get("digest")
+    if not digest:
+        return None
+    return session.scalar(
+        select(Artifact).where(Artifact.owner_id == job.owner_id, Artifact.digest == digest)
+    )
+
+
+def publish_later(session: Session, job: Job, version: str | None) -> dict[str, str]:
+    """Publish the weights of a training that already succeeded (the dashboard's button)."""
+    if job.state != JobState.succeeded or job.kind != "train" or not job.module:
+        raise JobError("only a succeeded training can be published", 409)
+    art = output_of(session, job)
+    if art is None:
+        raise JobError("this training produced no weights", 409)
+    out = publish(session, job, art, version)
+    if "error" in out:
+        raise JobError(out["error"], 409)
+    job.result = {**(job.result or {}), "published": out}
+    return out

@@ -1,0 +1,178 @@
+"""What a job's runner reports with its job token: the spec it runs, its events and
+heartbeats, its end and its output (recorded only if ``jobs.access`` can vouch for it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from forgehub.artifacts import records
+from forgehub.db.models import (
+    Artifact,
+    ArtifactLocation,
+    Job,
+    JobLog,
+    JobMetric,
+    JobState,
+    StorageConnection,
+    utcnow,
+)
+from forgehub.jobs import access
+from forgehub.jobs.common import JobError
+from forgehub.jobs.publishing import publish
+from forgehub.jobs.states import transition
+from forgehub.secrets import SecretBox
+
+
+def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
+    """Everything the runner needs, storage credentials included (over HTTPS, never a file)."""
+    storage = session.get(StorageConnection, job.storage_id)
+    assert storage is not None
+    inputs = []
+    for item in job.spec.get("inputs", []):
+        conn = _input_location(session, item["artifact_id"], job.storage_id)
+        if conn is None:
+            raise JobError(f"input {item['name']!r} ({item['digest']}) has no stored copy", 409)
+        inputs.append({**item, "storage": access.storage_spec(session, job, conn, box)})
+    return {
+        "id": job.id,
+        "attempt": job.attempt,
+        "kind": job.kind,
+        "module": job.module,
+        "version": job.version,
+        "args": job.spec.get("args", {}),
+        "command": job.spec.get("command", []),
+        "inputs": inputs,
+        "output": job.spec.get("output"),
+        "output_storage": access.storage_spec(session, job, storage, box),
+        "resources": job.spec.get("resources", {}),
+        "cancel": job.cancel_requested_at is not None,
+    }
+
+
+def _input_location(session: Session, artifact_id: str, prefer: str) -> StorageConnection | None:
+    rows = list(
+        session.scalars(
+            select(StorageConnection)
+            .join(ArtifactLocation, ArtifactLocation.connection_id == StorageConnection.id)
+            .where(ArtifactLocation.artifact_id == artifact_id)
+        )
+    )
+    rows.sort(key=lambda c: c.id != prefer)
+    return rows[0] if rows else None
+
+
+def runner_started(session: Session, job: Job, host: str, lease_s: float) -> None:
+    if job.state == JobState.running:
+        return  # a runner that reconnects
+    if not transition(
+        session,
+        job,
+        JobState.running,
+        f"running on {host}",
+        lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+        reason=None,
+    ):
+        raise JobError(f"job is {job.state}, it cannot start", 409)
+
+
+def runner_events(
+    session: Session,
+    job: Job,
+    seq: int,
+    lines: list[list[Any]],
+    metrics: list[list[Any]],
+    progress: float | None,
+    lease_s: float,
+) -> bool:
+    """Store one batch (once, whatever the retries), renew the lease; True if cancelled."""
+    if lines or metrics:
+        exists = session.scalar(
+            select(JobLog.id).where(
+                JobLog.job_id == job.id, JobLog.attempt == job.attempt, JobLog.seq == seq
+            )
+        )
+        if exists is None:
+            session.add(JobLog(job_id=job.id, attempt=job.attempt, seq=seq, lines=lines))
+            session.add_all(
+                JobMetric(
+                    job_id=job.id,
+                    name=str(m[1])[:128],
+                    step=None if m[2] is None else int(m[2]),
+                    value=float(m[3]),
+                    at=datetime.fromtimestamp(float(m[0]), tz=utcnow().tzinfo),
+                )
+                for m in metrics
+            )
+    # heartbeats come every half second: write the lease only once half of it is spent, and
+    # the progress only when it moved, so an idle heartbeat is a read
+    now = utcnow()
+    if job.lease_expires_at is None or job.lease_expires_at - now < timedelta(seconds=lease_s / 2):
+        job.lease_expires_at = now + timedelta(seconds=lease_s)
+    if progress is not None and (job.result or {}).get("progress") != round(float(progress), 4):
+        result = dict(job.result or {})
+        result["progress"] = round(float(progress), 4)
+        job.result = result
+    return job.cancel_requested_at is not None
+
+
+class OutputIn(BaseModel):
+    digest: str
+    kind: Literal["file", "dir"]
+    size: int = Field(ge=0)
+    filename: str = ""
+    media_type: str = "application/octet-stream"
+
+
+class FinishIn(BaseModel):
+    state: Literal["succeeded", "failed", "cancelled"]
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    output: OutputIn | None = None
+
+
+def runner_finished(
+    session: Session, job: Job, body: FinishIn, box: SecretBox | None = None
+) -> Artifact | None:
+    """Record the end of the attempt and its output artifact (once), if the server can vouch
+    for the output's content (see ``jobs.access``)."""
+    art = None
+    if job.cancel_requested_at is not None and body.state == "succeeded":
+        # the user asked to stop it: a cancel wins over a result that arrived late
+        body = FinishIn(state="cancelled", result=body.result)
+    if body.state == "succeeded" and body.output is not None:
+        if box is not None:
+            access.vouch_for_output(session, job, box, body.output.digest, body.output.kind)
+        art = record_output(session, job, body.output)
+    result = dict(job.result or {})
+    result.update(body.result or {})
+    if art is not None:
+        result["output"] = {"name": job.spec.get("output"), "digest": art.digest}
+        if job.spec.get("publish") and job.kind == "train" and job.module:
+            result["published"] = publish(session, job, art)
+    state = JobState(body.state)
+    message = {"succeeded": "succeeded", "cancelled": "cancelled"}.get(body.state, body.error)
+    if not transition(session, job, state, message, result=result, error=body.error):
+        raise JobError(f"job is already {job.state}", 409)
+    return art
+
+
+def record_output(session: Session, job: Job, out: OutputIn) -> Artifact:
+    name = str(job.spec.get("output") or "output")
+    return records.record(
+        session,
+        job.owner_id,
+        job.storage_id,
+        out.digest,
+        out.kind,
+        out.size,
+        out.filename,
+        out.media_type,
+        [(name, "latest"), (name, f"job-{job.id[:12]}")],
+        producer_job_id=job.id,
+    )

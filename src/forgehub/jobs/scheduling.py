@@ -1,0 +1,143 @@
+"""Which worker may and can run which job, and claiming one atomically (``SKIP LOCKED`` on
+PostgreSQL); giving back a job a worker never started.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from forgehub.compute import Resources, kinds_with
+from forgehub.db.models import (
+    ComputeConnection,
+    Job,
+    JobState,
+    Worker,
+    utcnow,
+)
+from forgehub.identity import authz
+from forgehub.jobs.common import WORKER_ONLINE_S, JobError
+from forgehub.jobs.states import transition
+from forgehub.jobs.tokens import new_job_token
+
+
+def fits(
+    worker: Worker,
+    kind: str,
+    owner_id: str,
+    res: Resources,
+    labels: list[str],
+    shared_ok: bool = False,
+) -> str | None:
+    """Why ``worker`` could never run such a job, or None if it could."""
+    refused = authz.worker_refuses(worker, owner_id, kind, shared_ok)
+    if refused:
+        return refused
+    if res.gpu > worker.gpus:
+        return f"has {worker.gpus} GPU(s), the job needs {res.gpu}"
+    if res.cpu > worker.cpus:
+        return f"has {worker.cpus:g} CPU(s), the job needs {res.cpu:g}"
+    if res.memory_mb and worker.memory_mb and res.memory_mb > worker.memory_mb:
+        return f"has {worker.memory_mb} MiB, the job needs {res.memory_mb}"
+    missing = set(labels) - set(worker.labels)
+    if missing:
+        return f"lacks label(s) {', '.join(sorted(missing))}"
+    return None
+
+
+def online_workers(session: Session) -> list[Worker]:
+    since = utcnow() - timedelta(seconds=WORKER_ONLINE_S)
+    return list(
+        session.scalars(
+            select(Worker).where(Worker.stopped_at.is_(None), Worker.last_seen_at >= since)
+        )
+    )
+
+
+def check_some_worker_fits(
+    session: Session,
+    owner_id: str,
+    kind: str,
+    res: Resources,
+    labels: list[str],
+    shared_ok: bool = False,
+) -> None:
+    """Refuse a job that no connected worker could ever run (a waiting job needs a chance)."""
+    reasons = []
+    workers = [
+        w
+        for w in online_workers(session)
+        if authz.worker_refuses(w, owner_id, "train", shared_ok) is None
+    ]
+    if not workers:
+        return  # nobody connected yet: the job waits for a worker
+    for w in workers:
+        why = fits(w, kind, owner_id, res, labels, shared_ok)
+        if why is None:
+            return
+        reasons.append(f"{w.name}: {why}")
+    raise JobError("no connected worker could ever run this job (" + "; ".join(reasons) + ")", 422)
+
+
+def claim(
+    session: Session,
+    worker: Worker,
+    free: Resources,
+    lease_s: float,
+    dialect: str,
+) -> tuple[Job, str] | None:
+    """Atomically take the oldest queued job this worker may and can run."""
+    stmt = (
+        select(Job)
+        .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
+        .where(Job.state == JobState.queued, ComputeConnection.kind.in_(kinds_with("pull")))
+        .order_by(Job.created_at)
+        .limit(32)
+    )
+    stmt = authz.claimable(stmt, Job, worker)
+    if dialect == "postgresql":
+        stmt = stmt.with_for_update(of=Job, skip_locked=True)
+    for job in session.scalars(stmt):
+        res = Resources.model_validate(job.spec.get("resources", {}))
+        shared_ok = bool(job.spec.get("shared_workers"))
+        if fits(worker, job.kind, job.owner_id, res, job.spec.get("labels", []), shared_ok):
+            continue
+        if (
+            res.cpu > free.cpu
+            or res.gpu > free.gpu
+            or (free.memory_mb and res.memory_mb > free.memory_mb)
+        ):
+            continue
+        value, token_columns = new_job_token(job)
+        ok = transition(
+            session,
+            job,
+            JobState.starting,
+            f"claimed by worker {worker.name}",
+            worker_id=worker.id,
+            backend_ref=f"worker:{worker.id}",
+            lease_expires_at=utcnow() + timedelta(seconds=lease_s),
+            reason=None,
+            **token_columns,
+        )
+        if ok:
+            return job, value
+    return None
+
+
+def release(session: Session, job: Job, why: str) -> bool:
+    """Give a claimed job that never started back to the queue (no attempt is used up)."""
+    if job.state != JobState.starting or job.started_at is not None:
+        return False
+    return transition(
+        session,
+        job,
+        JobState.queued,
+        why,
+        worker_id=None,
+        backend_ref=None,
+        token_digest=None,
+        lease_expires_at=None,
+    )

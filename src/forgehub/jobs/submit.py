@@ -1,0 +1,184 @@
+"""Submitting jobs (and running a finished one again): validation against the caller's
+connections, the admin's policy and the installed modules, then one queued row with its event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy.orm import Session
+
+from forgehub.artifacts import connections as storage_conns
+from forgehub.artifacts import records
+from forgehub.auth import Principal
+from forgehub.compute import Resources
+from forgehub.db.models import (
+    Job,
+    JobEvent,
+    JobState,
+)
+from forgehub.identity import authz
+from forgehub.identity.policy import Policy
+from forgehub.jobs.common import COMPUTE, JobError, ensure_default_compute
+from forgehub.jobs.scheduling import check_some_worker_fits
+from forgehub.secrets import SecretBox
+
+
+class JobIn(BaseModel):
+    """A job spec, as submitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train", "predict", "command"] = Field(
+        default="train",
+        description="train: a module training; predict: batch prediction over an input "
+        "artifact; command: run an argv (your own compute only).",
+    )
+    module: str | None = Field(default=None, description="Module name (train and predict).")
+    version: str | None = Field(default=None, description="Catalogue version of the module.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Module arguments.")
+    command: list[str] = Field(default_factory=list, description="argv of a command job.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Input name → artifact (sha256:…, name[:tag]). A training reads 'dataset'.",
+    )
+    output: str | None = Field(
+        default=None, max_length=128, description="Name of the output artifact (tagged latest)."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    compute: str = Field(default="local", description="Compute connection name.")
+    storage: str | None = Field(default=None, description="Storage connection for outputs.")
+    labels: list[str] = Field(default_factory=list, description="Worker labels required.")
+    shared_workers: bool = Field(
+        default=False,
+        description="Workers compute: also let shared workers (an admin's, for everyone) run "
+        "it. They never get your credentials; they read and write through the server.",
+    )
+    max_retries: int = Field(default=2, ge=0, le=20, description="Runs again when lost.")
+    publish: bool = Field(
+        default=False, description="Training: add the weights as a pre-trained catalogue version."
+    )
+    publish_version: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobIn:
+        if self.kind == "command":
+            if not self.command:
+                raise ValueError("a command job needs 'command' (an argv list)")
+        elif not self.module:
+            raise ValueError(f"a {self.kind} job needs 'module'")
+        if self.kind == "predict" and "data" not in self.inputs:
+            raise ValueError("a predict job needs an input artifact named 'data'")
+        return self
+
+
+def submit(
+    session: Session,
+    principal: Principal,
+    body: JobIn,
+    box: SecretBox,
+    data_dir: Any,
+    modules: dict[str, Any],
+    policy: Policy,
+) -> Job:
+    if not principal.user_id:
+        raise JobError("jobs belong to a user; use a user's token", 403)
+    ensure_default_compute(session, principal.user_id)
+    compute = COMPUTE.find(session, principal, body.compute)
+    authz.require(principal, "connection.use", compute, f"compute connection {body.compute!r}")
+    if body.storage:
+        storage = storage_conns.find(session, principal, body.storage)
+        authz.require(principal, "connection.use", storage, f"storage connection {body.storage!r}")
+    else:
+        storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
+    on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
+    if body.kind == "command" and on_server and not policy.may_use_server(principal):
+        raise JobError(
+            "command jobs on the server machine are for admins and the users they allow "
+            "(server_compute_users); run them on your own workers, Slurm or Ray connection",
+            403,
+        )
+    args = dict(body.args)
+    if body.module and body.module in modules:
+        module = modules[body.module]
+        try:
+            if body.kind == "train":
+                module.validate_train(args)
+        except Exception as exc:  # ArgErrors / ModuleError: the message names each field
+            errors = getattr(exc, "errors", None)
+            raise JobError(f"invalid arguments: {exc}", 422, errors) from exc
+    elif body.module and on_server:
+        raise JobError(
+            f"module {body.module!r} is not installed on the server (installed: "
+            f"{', '.join(sorted(modules)) or 'none'})",
+            422,
+        )
+    inputs = []
+    for name, ref in sorted(body.inputs.items()):
+        try:
+            art = records.resolve(session, principal, ref)
+        except records.NoSuchArtifact as exc:
+            raise JobError(f"input artifact {ref!r}: {exc}", 404) from exc
+        inputs.append(
+            {
+                "name": name,
+                "artifact_id": art.id,
+                "digest": art.digest,
+                "kind": art.kind,
+                "filename": art.filename,
+            }
+        )
+    labels = sorted(set(body.labels) | set(compute.config.get("labels", [])))
+    spec = body.model_dump(mode="json", exclude={"compute", "storage", "inputs", "labels"})
+    spec.update(inputs=inputs, labels=labels)
+    spec["output"] = body.output or _default_output(body)
+    if COMPUTE.adapter_class(compute.kind).pull:
+        check_some_worker_fits(
+            session, principal.user_id, body.kind, body.resources, labels, body.shared_workers
+        )
+    job = Job(
+        owner_id=principal.user_id,
+        kind=body.kind,
+        module=body.module,
+        version=body.version,
+        spec=spec,
+        compute_id=compute.id,
+        storage_id=storage.id,
+        max_retries=body.max_retries,
+    )
+    return _enqueue(session, job, "submitted")
+
+
+def _enqueue(session: Session, job: Job, message: str) -> Job:
+    """Store a new job as queued, with its first event."""
+    job.state = JobState.queued
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, state="queued", attempt=0, message=message))
+    return job
+
+
+def _default_output(body: JobIn) -> str:
+    if body.kind == "train":
+        return f"{body.module}-weights"
+    if body.kind == "predict":
+        return f"{body.module}-predictions"
+    return "output"
+
+
+def retry(session: Session, principal: Principal, job: Job) -> Job:
+    if not JobState(job.state).finished:
+        raise JobError(f"job is {job.state}; only a finished job can be retried", 409)
+    new = Job(
+        owner_id=job.owner_id,
+        kind=job.kind,
+        module=job.module,
+        version=job.version,
+        spec=dict(job.spec),
+        compute_id=job.compute_id,
+        storage_id=job.storage_id,
+        max_retries=job.max_retries,
+        retry_of=job.id,
+    )
+    return _enqueue(session, new, f"retry of {job.id}")
