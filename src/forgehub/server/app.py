@@ -32,6 +32,7 @@ from forgehub.server.routers import (
     catalog,
     compute,
     jobs,
+    runner,
     storage,
     tokens,
     users,
@@ -128,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(storage.router)
     api.include_router(artifacts.router)
     api.include_router(jobs.router)
+    api.include_router(runner.router)
     api.include_router(compute.router)
     api.include_router(compute.workers_router)
     app.include_router(api)

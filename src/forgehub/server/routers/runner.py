@@ -1,0 +1,199 @@
+"""/api/v1/jobs/{id}/runner/*: what ``forgehub job run`` reports with its job token, and the
+relay through which it reads its inputs and writes its output where it cannot reach a store.
+
+A separate router from the user's job API: another principal (a job token, scoped by the
+authorizer to its one job), another client, another failure model (the runner retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from forgehub.artifacts.connections import adapter_for
+from forgehub.db.models import Job
+from forgehub.errors import Invalid, NotFound, Upstream
+from forgehub.jobs import access, service
+from forgehub.server.deps import bearer
+from forgehub.storage import StorageError
+from forgehub.storage.base import IntegrityError
+
+router = APIRouter(prefix="/jobs", tags=["runner"])
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunnerAuth:
+    """The job id and the job token a runner call came with; :meth:`job` checks them."""
+
+    job_id: str
+    token: str
+
+    def job(self, session: Session) -> Job:
+        return service.job_for_token(session, self.job_id, self.token)
+
+
+def runner_auth(job_id: str, request: Request) -> RunnerAuth:
+    value = bearer(request)
+    if not value:
+        raise HTTPException(401, "send the job token as 'Authorization: Bearer fhj_…'")
+    return RunnerAuth(job_id, value)
+
+
+RunnerJob = Annotated[RunnerAuth, Depends(runner_auth)]
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(fn)
+
+
+class StartIn(BaseModel):
+    host: str = Field(default="", max_length=255)
+    pid: int | None = None
+
+
+class EventsIn(BaseModel):
+    seq: int = Field(ge=0)
+    lines: list[list[Any]] = Field(default_factory=list, max_length=5000)
+    metrics: list[list[Any]] = Field(default_factory=list, max_length=5000)
+    progress: float | None = None
+
+
+async def _runner_call(request: Request, auth: RunnerAuth, fn: Any) -> Any:
+    state = request.app.state
+
+    def work() -> Any:
+        with state.db.session() as s:
+            return fn(s, auth.job(s))
+
+    return await _in_thread(work)
+
+
+@router.post("/{job_id}/runner/start", summary="Runner: the attempt started; returns the spec")
+async def runner_start(job_id: str, body: StartIn, request: Request, auth: RunnerJob) -> Any:
+    state = request.app.state
+    lease = state.settings.job_lease_s
+
+    def fn(s: Session, job: Job) -> Any:
+        service.runner_started(s, job, body.host or "?", lease)
+        return service.runner_spec(s, job, state.secrets)
+
+    return await _runner_call(request, auth, fn)
+
+
+@router.post("/{job_id}/runner/events", summary="Runner: a batch of logs and metrics; heartbeat")
+async def runner_events(job_id: str, body: EventsIn, request: Request, auth: RunnerJob) -> Any:
+    lease = request.app.state.settings.job_lease_s
+
+    def fn(s: Session, job: Job) -> Any:
+        cancel = service.runner_events(
+            s, job, body.seq, body.lines, body.metrics, body.progress, lease
+        )
+        return {"cancel": cancel}
+
+    return await _runner_call(request, auth, fn)
+
+
+@router.post("/{job_id}/runner/finish", summary="Runner: the attempt ended; its output")
+async def runner_finish(
+    job_id: str, body: service.FinishIn, request: Request, auth: RunnerJob
+) -> Any:
+    box = request.app.state.secrets
+
+    def fn(s: Session, job: Job) -> Any:
+        service.runner_finished(s, job, body, box)
+        return {"state": job.state}
+
+    out = await _runner_call(request, auth, fn)
+    request.app.state.dispatcher.wake.set()  # a local slot is free
+    return out
+
+
+@router.get(
+    "/{job_id}/runner/objects/{connection}/{key:path}",
+    summary="Runner: read a blob of the job's inputs through the server (relay)",
+)
+async def relay_get(
+    job_id: str,
+    connection: str,
+    key: str,
+    request: Request,
+    auth: RunnerJob,
+    stat: bool = False,
+) -> Any:
+    state = request.app.state
+
+    def open_object() -> Any:
+        digest = access.blob_digest_of(key)
+        with state.db.session() as s:
+            job = auth.job(s)
+            conn = access.relay_connection(s, job, connection)
+            # only what the job may read; anything else is "not there", so a runner has to
+            # upload the bytes to make them its own
+            if not access.may_read(s, job, state.secrets, digest):
+                raise NotFound(f"no object {key}")
+            adapter = adapter_for(conn, state.secrets)
+        info = adapter.stat(key)
+        if info is None:
+            raise NotFound(f"no object {key}")
+        if stat:
+            return {"size": info.size}
+        return adapter.open(key), info.size
+
+    try:
+        got = await anyio.to_thread.run_sync(open_object)
+    except StorageError as exc:
+        raise Upstream(f"storage failed: {exc}") from exc
+    if stat:
+        return got
+    chunks, size = got
+    return StreamingResponse(
+        chunks,  # a sync iterator: Starlette reads it in a worker thread
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(size)},
+    )
+
+
+@router.put(
+    "/{job_id}/runner/objects/{connection}/{key:path}",
+    summary="Runner: store a blob in the job's output storage through the server (relay)",
+)
+async def relay_put(
+    job_id: str, connection: str, key: str, request: Request, auth: RunnerJob
+) -> Any:
+    from forgehub.jobs.relay import drain, verified
+    from forgehub.server.streaming import body_chunks
+
+    state = request.app.state
+    length = request.headers.get("content-length")
+
+    def store() -> None:
+        digest = access.blob_digest_of(key)
+        with state.db.session() as s:
+            job = auth.job(s)
+            conn = access.relay_connection(s, job, connection)
+            access.check_write(job, conn)
+            adapter = adapter_for(conn, state.secrets)
+        size = int(length) if length and length.isdigit() else None
+        chunks = verified(body_chunks(request), key)
+        if adapter.stat(key) is not None:
+            drain(chunks)  # stored once: the bytes only prove the runner has them
+        else:
+            adapter.put(key, chunks, size)
+        with state.db.session() as s:
+            access.remember_upload(s, auth.job(s), digest)
+
+    try:
+        await anyio.to_thread.run_sync(store)
+    except IntegrityError as exc:
+        raise Invalid(str(exc)) from exc
+    except StorageError as exc:
+        raise Upstream(str(exc)) from exc
+    return {"stored": key}
