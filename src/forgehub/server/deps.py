@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from forgehub.auth import AuthError, Principal, authenticate
 from forgehub.db import Database
 from forgehub.db.models import Role
+from forgehub.identity.sessions import SAFE_METHODS, SESSION_COOKIE, csrf_ok
 
 LOCAL = Principal(user_id="", name="local", role=Role.admin)
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -42,12 +43,10 @@ def principal_from_request(request: Request, check_csrf: bool = True) -> Princip
         return request.app.state.local_principal or LOCAL
     value = bearer(request)
     if value is None:
-        value = request.cookies.get("forgehub_session")
+        value = request.cookies.get(SESSION_COOKIE)
         if value is None:
             return None
         # a browser sends cookies on its own: unsafe requests must prove they come from our page
-        from forgehub.web.session import SAFE_METHODS, csrf_ok
-
         if (
             check_csrf
             and request.method not in SAFE_METHODS

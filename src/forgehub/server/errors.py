@@ -89,10 +89,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ForgehubError)
     async def forgehub_error(request: Request, exc: ForgehubError) -> Response:
-        if _wants_page(request):
-            from forgehub.web.app import error_page
-
-            return error_page(request, exc.status, exc.detail)
+        page = getattr(request.app.state, "error_page", None)  # the dashboard's, if mounted
+        if page is not None and _wants_page(request):
+            resp: Response = page(request, exc.status, exc.detail)
+            return resp
         extra = {"errors": exc.errors} if exc.errors else {}
         return problem(exc.status, exc.detail, **extra)
 

@@ -16,8 +16,8 @@ from markupsafe import Markup
 
 from forgehub import __version__
 from forgehub.auth import Principal
+from forgehub.identity.sessions import csrf_token
 from forgehub.server.deps import principal_from_request
-from forgehub.web.session import csrf_token
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -105,6 +105,7 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 def install(app: FastAPI) -> None:
     from forgehub.web.pages import account, jobs, market, storage
 
+    app.state.error_page = error_page  # the one error handler renders pages with it
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     for module in (market, jobs, storage, account):
         app.include_router(module.router, include_in_schema=False)

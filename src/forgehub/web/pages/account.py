@@ -13,8 +13,7 @@ from sqlalchemy import select
 from forgehub.auth import AuthError, authenticate, create_token, hash_token, revoke_token
 from forgehub.db.models import Token, User, utcnow
 from forgehub.identity import authz
-from forgehub.web.app import render, user
-from forgehub.web.session import (
+from forgehub.identity.sessions import (
     SESSION_COOKIE,
     clear_session,
     csrf_ok,
@@ -22,6 +21,7 @@ from forgehub.web.session import (
     set_csrf,
     set_session,
 )
+from forgehub.web.app import render, user
 
 router = APIRouter()
 
@@ -71,7 +71,7 @@ def login(
             return _login_page(request, next, 401, f"That token did not work: {exc}.")
         u = s.get(User, principal.user_id)
         assert u is not None
-        from forgehub.web.session import SESSION_TTL
+        from forgehub.identity.sessions import SESSION_TTL
 
         _, session_token = create_token(
             s, u, "dashboard session", SESSION_TTL, parent_id=principal.token_id

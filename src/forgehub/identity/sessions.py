@@ -1,4 +1,5 @@
-"""Dashboard sessions: sign in with an API token, get a session cookie.
+"""Dashboard sessions: sign in with an API token, get a session cookie (identity, not the web
+layer: the API accepts the same cookie, with its CSRF token, for the dashboard's own calls).
 
 The cookie holds a new, short-lived token of its own (revoked at sign-out), is HttpOnly and
 SameSite=Lax. Unsafe requests authenticated by the cookie must carry the CSRF token (a form
