@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -70,30 +71,47 @@ def local_admin(db: Database) -> Principal | None:
         return Principal(user_id=admin.id, name=admin.name, role=admin.role)
 
 
+@dataclass
+class Platform:
+    """What the running platform is made of, built by the lifespan (``app.state.platform``;
+    each part is also ``app.state.<name>`` for handlers)."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    secrets: SecretBox
+    policy: Policy
+    local_principal: Principal | None
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Platform]]:
+        """One lifespan composes the parts, in order; they stop in reverse."""
         started = time.perf_counter()
-        app.state.db = init_store(settings)
-        app.state.blobs = BlobStore(settings.data_dir / "blobstore")
-        app.state.secrets = SecretBox.for_data_dir(settings.data_dir)
-        app.state.policy = Policy.from_settings(settings)
-        if not settings.auth:
-            app.state.local_principal = local_admin(app.state.db)
-        for hook in app.state.startup_hooks:
-            await hook(app)
-        log.info(
-            "forgehub %s ready in %.0f ms (store: %s)",
-            __version__,
-            (time.perf_counter() - started) * 1000,
-            app.state.db.dialect,
-        )
-        try:
-            yield
-        finally:
-            for hook in reversed(app.state.shutdown_hooks):
-                await hook(app)
-            app.state.db.dispose()
+        async with AsyncExitStack() as stack:
+            db = init_store(settings)
+            stack.callback(db.dispose)
+            platform = Platform(
+                settings=settings,
+                db=db,
+                blobs=BlobStore(settings.data_dir / "blobstore"),
+                secrets=SecretBox.for_data_dir(settings.data_dir),
+                policy=Policy.from_settings(settings),
+                local_principal=None if settings.auth else local_admin(db),
+            )
+            app.state.platform = platform
+            for name in ("db", "blobs", "secrets", "policy", "local_principal"):
+                setattr(app.state, name, getattr(platform, name))
+            await stack.enter_async_context(_model_api_running(app))
+            await stack.enter_async_context(_jobs_running(app, settings))
+            log.info(
+                "forgehub %s ready in %.0f ms (store: %s)",
+                __version__,
+                (time.perf_counter() - started) * 1000,
+                db.dialect,
+            )
+            yield {"platform": platform}
 
     app = FastAPI(
         title="forgehub",
@@ -106,8 +124,6 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.local_principal = None
-    app.state.startup_hooks = []
-    app.state.shutdown_hooks = []
     errors.install(app)
     docs.install(app, "/api/v1/openapi.json", "/api/v1/docs")
 
@@ -161,22 +177,25 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
     model_api.add_routes(app, prefix="/api/v1/model-api")
     app.state.model_api = model_api
 
-    async def start(app: FastAPI) -> None:
-        await model_api.start()
-        from forgehub.catalog.installed import register_installed
+
+@asynccontextmanager
+async def _model_api_running(app: FastAPI) -> AsyncIterator[None]:
+    """The model API's trainings, and the installed modules in the catalogue."""
+    from forgehub.catalog.installed import register_installed
+
+    model_api = app.state.model_api
+    await model_api.start()
+    try:
 
         def register() -> int:
             with app.state.db.session() as s:
-                return register_installed(s, modules)
+                return int(register_installed(s, list(model_api.modules.values())))
 
         n = await anyio.to_thread.run_sync(register)
         log.info("catalogue: %d installed module(s) registered", n)
-
-    async def stop(app: FastAPI) -> None:
+        yield
+    finally:
         await model_api.stop()
-
-    app.state.startup_hooks.append(start)
-    app.state.shutdown_hooks.append(stop)
 
 
 class JobSignal:
@@ -216,26 +235,26 @@ class JobSignal:
 
 
 def _install_jobs(app: FastAPI, settings: Settings) -> None:
+    app.state.jobs_signal = JobSignal()
+
+
+@asynccontextmanager
+async def _jobs_running(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
     """The job dispatcher thread: local/slurm/ray submission, status, cancels, leases."""
     from forgehub.jobs.dispatcher import Dispatcher
 
-    app.state.jobs_signal = JobSignal()
-
-    async def start(app: FastAPI) -> None:
-        d = Dispatcher(
-            app.state.db,
-            app.state.secrets,
-            settings.server_url,
-            settings.data_dir,
-            settings.local_job_slots,
-            float(settings.job_lease_s),
-        )
-        d.listeners.append(app.state.jobs_signal.notify)
-        app.state.dispatcher = d
-        await anyio.to_thread.run_sync(d.start)
-
-    async def stop(app: FastAPI) -> None:
-        await anyio.to_thread.run_sync(app.state.dispatcher.stop)
-
-    app.state.startup_hooks.append(start)
-    app.state.shutdown_hooks.append(stop)
+    d = Dispatcher(
+        app.state.db,
+        app.state.secrets,
+        settings.server_url,
+        settings.data_dir,
+        settings.local_job_slots,
+        float(settings.job_lease_s),
+    )
+    d.listeners.append(app.state.jobs_signal.notify)
+    app.state.dispatcher = d
+    await anyio.to_thread.run_sync(d.start)
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(d.stop)
