@@ -25,7 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
+from forgehub.client import error_for
 
 storage_app = typer.Typer(
     help="Storage connections: bring your own S3, WebDAV, disk.", no_args_is_help=True
@@ -266,7 +267,7 @@ def pull(
             with c.http.stream("GET", f"/api/v1/artifacts/{ref}/content", timeout=None) as r:
                 if r.status_code >= 400:
                     r.read()
-                    fail(f"{r.status_code}: {r.json().get('detail', r.text)}")
+                    exit_for(error_for(r), c.server)
                 for block in r.iter_bytes(CHUNK):
                     fh.write(block)
                     h.update(block)

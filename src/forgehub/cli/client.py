@@ -12,11 +12,12 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-import httpx
 import typer
 from rich.console import Console
 
+from forgehub.client import ApiClient, Unreachable
 from forgehub.config import ConfigError, load_settings
+from forgehub.errors import ForgehubError
 
 err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -71,8 +72,8 @@ class Client:
             or (login.get("token") if login.get("server", "").rstrip("/") == self.server else None)
             or self._local_token()
         )
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=60.0)
+        self.api = ApiClient(self.server, self.token, timeout=60.0)
+        self.http = self.api.http  # for streams: knows the server and the token
 
     @staticmethod
     def _local_token() -> str | None:
@@ -87,24 +88,11 @@ class Client:
             return None
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
+        """Call the API; any error ends the command with its message (:func:`exit_for`)."""
         try:
-            r = self.http.request(method, path, **kw)
-        except httpx.ConnectError:
-            fail(
-                f"cannot reach the forgehub server at {self.server}; is `forgehub serve` "
-                "running? (set --server or FORGEHUB_URL)"
-            )
-        except httpx.HTTPError as exc:
-            fail(f"request to {self.server} failed: {exc}")
-        if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            fail(f"{r.status_code}: {detail}")
-        if r.status_code == 204 or not r.content:
-            return None
-        return r.json()
+            return self.api.call(method, path, **kw)
+        except ForgehubError as exc:
+            exit_for(exc, self.server)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -114,6 +102,16 @@ class Client:
 
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
+
+
+def exit_for(exc: ForgehubError, server: str) -> NoReturn:
+    """The one place where API errors become the CLI's messages and exit codes (1)."""
+    if isinstance(exc, Unreachable):
+        fail(
+            f"cannot reach the forgehub server at {server}; is `forgehub serve` running? "
+            "(set --server or FORGEHUB_URL)"
+        )
+    fail(f"{exc.status}: {exc}")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from forgehub.cli.artifacts import _parse_settings, connection_config
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
+from forgehub.client import error_for
 
 job_app = typer.Typer(
     help="Jobs: submit, follow, cancel, retry; and the job runner.", no_args_is_help=True
@@ -229,7 +230,7 @@ def _follow(c: Client, job_id: str) -> int:
             ) as r:
                 if r.status_code >= 400:
                     r.read()
-                    fail(f"{r.status_code}: {r.text}")
+                    exit_for(error_for(r), c.server)
                 event = ""
                 for line in r.iter_lines():
                     if line.startswith("event: "):

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from forgehub.client import ApiClient, Unreachable, error_for
+from forgehub.errors import ForgehubError
 from forgehub.storage._http import range_header, stream_get
 from forgehub.storage.base import (
     AccessDenied,
@@ -70,32 +73,31 @@ class RelayStorage(StorageAdapter):
             f"{config.url.rstrip('/')}/api/v1/jobs/{config.job_id}/runner/objects/"
             f"{config.connection}/"
         )
-        self.http = httpx.Client(
-            headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},
+        self.api = ApiClient(
+            config.url,
+            config.token.get_secret_value(),
             timeout=httpx.Timeout(120.0, connect=10.0),
         )
 
     def _check(self, r: httpx.Response, key: str) -> None:
-        if r.status_code == 404:
-            raise ObjectNotFound(key)
-        if r.status_code in (401, 403):
-            raise AccessDenied(f"the server refused the job token for {key}")
-        if r.status_code in (502, 503, 504):  # the server, or what is in front of it, is away
-            raise Unavailable(f"the server is unavailable ({r.status_code}) for {key}")
-        if r.status_code >= 400:
-            raise StorageError(f"the server's storage failed for {key}: {r.status_code}")
+        """A stream's error answer as a storage error."""
+        raise _storage_error(error_for(r), key)
+
+    def _send(self, method: str, key: str, **kw: Any) -> httpx.Response:
+        try:
+            return self.api.send(method, self.base + key, **kw)
+        except Unreachable as exc:
+            raise Unavailable(f"the server is unreachable for {key}: {exc}") from exc
+        except ForgehubError as exc:
+            raise _storage_error(exc, key) from None
 
     def _put(self, key: str, chunks: Iterable[bytes], size: int | None) -> None:
         headers = {"Content-Length": str(size)} if size is not None else {}
-        try:
-            r = self.http.put(self.base + key, content=iter(chunks), headers=headers)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"upload through the server broke off: {exc}") from exc
-        self._check(r, key)
+        self._send("PUT", key, content=iter(chunks), headers=headers)
 
     def _open(self, key: str, start: int | None, end: int | None) -> Iterator[bytes]:
         return stream_get(
-            self.http,
+            self.api.http,
             self.base + key,
             range_header(start, end),
             key,
@@ -105,12 +107,9 @@ class RelayStorage(StorageAdapter):
 
     def _stat(self, key: str) -> ObjectInfo | None:
         try:
-            r = self.http.get(self.base + key, params={"stat": "1"})
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach {self.cfg.url}: {exc}") from exc
-        if r.status_code == 404:
+            r = self._send("GET", key, params={"stat": "1"})
+        except ObjectNotFound:
             return None
-        self._check(r, key)
         return ObjectInfo(key, int(r.json()["size"]))
 
     def _delete(self, key: str) -> None:
@@ -118,3 +117,16 @@ class RelayStorage(StorageAdapter):
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         raise StorageError("the relay does not list")
+
+
+def _storage_error(exc: ForgehubError, key: str) -> StorageError:
+    """The server's answer as a storage error (the relay's error boundary)."""
+    if exc.status == 404:
+        return ObjectNotFound(key)
+    if exc.status in (401, 403):
+        return AccessDenied(f"the server refused the job token for {key}")
+    if exc.status in (502, 503, 504):  # the server, or what is in front of it, is away
+        return Unavailable(f"the server is unavailable ({exc.status}) for {key}")
+    if exc.status == 422:
+        return IntegrityError(f"the server refused {key}: {exc}")
+    return StorageError(f"the server's storage failed for {key}: {exc.status} {exc}")

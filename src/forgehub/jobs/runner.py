@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from forgehub.client import ApiClient, Patience, Unreachable
+from forgehub.errors import Conflict, Forbidden, NotFound, Unauthorized, Upstream
 from forgehub.jobs import leftovers
 
 if TYPE_CHECKING:  # imported when a job has inputs or outputs: a no-op job starts faster
@@ -55,7 +57,8 @@ class Cancelled(Exception):
 
 
 class RunnerAPI:
-    """The runner's side of /api/v1/jobs/{id}/runner/*, patient through outages."""
+    """The runner's side of /api/v1/jobs/{id}/runner/*, patient through outages (the shared
+    client, retrying 5xx too: every report is numbered, so sending one twice is harmless)."""
 
     def __init__(
         self, server: str, job_id: str, token: str, http: httpx.Client | None = None
@@ -63,43 +66,22 @@ class RunnerAPI:
         self.job_id = job_id
         self.base = server.rstrip("/")
         self.token = token
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.own_http = http is None  # a worker shares one connection pool between its jobs
-        self.http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        # a worker shares one connection pool between its jobs
+        self.api = ApiClient(self.base, token, http=http, timeout=httpx.Timeout(30.0, connect=5.0))
 
     def call(self, path: str, body: Any, patience_s: float = PATIENCE_S) -> Any:
-        deadline = time.monotonic() + patience_s
-        delay = 0.2
-        while True:
-            try:
-                r = self.http.post(
-                    f"{self.base}/api/v1/jobs/{self.job_id}/runner/{path}",
-                    json=body,
-                    headers=self.headers,
-                )
-                if r.status_code in (401, 403, 404, 409):
-                    raise Revoked(_detail(r))
-                if r.status_code < 500:
-                    r.raise_for_status()
-                    return r.json() if r.content else None
-                problem = f"server error {r.status_code}: {_detail(r)}"
-            except httpx.TransportError as exc:
-                problem = f"server unreachable: {exc}"
-            if time.monotonic() + delay > deadline:
-                raise ConnectionError(problem)
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)  # a restarted server hears from us at once
+        patience = Patience(patience_s, 0.2, 1.0, retry_statuses=(500, 502, 503, 504))
+        try:
+            return self.api.call(
+                "POST", f"/api/v1/jobs/{self.job_id}/runner/{path}", json=body, patience=patience
+            )
+        except (Unauthorized, Forbidden, NotFound, Conflict) as exc:
+            raise Revoked(str(exc)) from None
+        except (Unreachable, Upstream) as exc:
+            raise ConnectionError(f"server unreachable: {exc}") from None
 
     def close(self) -> None:
-        if self.own_http:
-            self.http.close()
-
-
-def _detail(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("detail", r.text))
-    except ValueError:
-        return r.text
+        self.api.close()
 
 
 @dataclass

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 from pydantic import Field, SecretStr
 
+from forgehub.client import ApiClient, Unreachable
+from forgehub.errors import ForgehubError
 from forgehub.storage._http import range_header, stream_get
 from forgehub.storage.base import (
     CHUNK,
@@ -24,6 +26,7 @@ from forgehub.storage.base import (
     ObjectInfo,
     ObjectNotFound,
     StorageAdapter,
+    StorageError,
     Unavailable,
 )
 from forgehub.storage.blobstore import blob_key, key_digest
@@ -55,22 +58,16 @@ class BlobStorage(StorageAdapter):
 
     def __init__(self, config: BlobConfig) -> None:
         super().__init__(config)
-        self.http = httpx.Client(
-            base_url=config.url.rstrip("/"),
-            headers={"Authorization": f"Bearer {config.token.get_secret_value()}"},
-            timeout=config.timeout_s,
-        )
+        self.api = ApiClient(config.url, config.token.get_secret_value(), timeout=config.timeout_s)
 
-    def _call(self, method: str, path: str, **kw: object) -> httpx.Response:
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A call through the shared client; its typed errors become storage errors here."""
         try:
-            r = self.http.request(method, API + path, **kw)  # type: ignore[arg-type]
-        except httpx.HTTPError as exc:
+            return self.api.send(method, API + path, **kw)
+        except Unreachable as exc:
             raise Unavailable(f"cannot reach the blob server {self.config.url}: {exc}") from exc
-        if r.status_code == 401:
-            raise AccessDenied("the blob server refused the token")
-        if r.status_code >= 500:
-            raise Unavailable(f"blob server error {r.status_code} on {method} {path}")
-        return r
+        except ForgehubError as exc:
+            raise _storage_error(exc, f"{method} {path}") from None
 
     def _put(self, key: str, chunks: Iterable[bytes], size: int | None) -> None:
         digest = key_digest(key)
@@ -105,8 +102,6 @@ class BlobStorage(StorageAdapter):
                     rest = b"".join(parts)[got - offset :]
                     parts, length, offset = [rest], len(rest), got
                     continue
-                if r.status_code >= 400:
-                    raise IntegrityError(f"blob upload refused: {r.status_code} {r.text[:200]}")
                 offset = int(r.headers["upload-offset"])
                 return
 
@@ -123,9 +118,7 @@ class BlobStorage(StorageAdapter):
             actual = f"sha256:{h.hexdigest()}"
             if actual != digest:
                 raise IntegrityError(f"content has digest {actual}, not {digest}")
-            r = self._call("PUT", f"/uploads/{upload}", params={"digest": digest})
-            if r.status_code >= 400:
-                raise IntegrityError(f"blob commit refused: {r.status_code} {r.text[:200]}")
+            self._call("PUT", f"/uploads/{upload}", params={"digest": digest})
         except BaseException:
             try:
                 self._call("DELETE", f"/uploads/{upload}")
@@ -144,16 +137,20 @@ class BlobStorage(StorageAdapter):
             raise Unavailable(f"blob server error {r.status_code}")
 
         return stream_get(
-            self.http, f"{API}/{digest}", range_header(start, end), digest, "the blob server", check
+            self.api.http,
+            f"{API}/{digest}",
+            range_header(start, end),
+            digest,
+            "the blob server",
+            check,
         )
 
     def _stat(self, key: str) -> ObjectInfo | None:
         digest = key_digest(key)
-        r = self._call("HEAD", f"/{digest}")
-        if r.status_code == 404:
+        try:
+            r = self._call("HEAD", f"/{digest}")
+        except ObjectNotFound:
             return None
-        if r.status_code >= 400:
-            raise Unavailable(f"blob server error {r.status_code}")
         return ObjectInfo(key, int(r.headers.get("content-length", 0)))
 
     def _delete(self, key: str) -> None:
@@ -167,16 +164,24 @@ class BlobStorage(StorageAdapter):
         ):
             return
         r = self._call("GET", "", params={"limit": 10_000})
-        r.raise_for_status()
         for item in r.json():
             key = blob_key(item["digest"])
             if key.startswith(prefix):
                 yield ObjectInfo(key, int(item["size"]))
 
     def test(self) -> None:
-        r = self._call("GET", "", params={"limit": 1})
-        if r.status_code >= 400:
-            raise Unavailable(f"blob server answered {r.status_code}")
+        self._call("GET", "", params={"limit": 1})
+
+
+def _storage_error(exc: ForgehubError, what: str) -> StorageError:
+    """The blob server's answer as a storage error (the adapter's error boundary)."""
+    if exc.status in (401, 403):
+        return AccessDenied("the blob server refused the token")
+    if exc.status == 404:
+        return ObjectNotFound(str(exc))
+    if exc.status < 500:
+        return IntegrityError(f"blob server refused {what}: {exc.status} {str(exc)[:200]}")
+    return Unavailable(f"blob server error {exc.status} on {what}")
 
 
 __all__ = ["BlobStorage", "BlobConfig", "InvalidKey"]

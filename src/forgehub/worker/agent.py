@@ -22,11 +22,15 @@ import httpx
 
 from forgehub import __version__
 from forgehub.artifacts.cache import ContentCache
+from forgehub.client import ApiClient, Patience, Unreachable
 from forgehub.compute import Resources
+from forgehub.errors import Conflict, ForgehubError, NotFound, Upstream
 from forgehub.jobs import leftovers
 from forgehub.jobs.runner import JobRun, cache_root
 
 log = logging.getLogger("forgehub.worker")
+# a worker waits out any server outage (until it is stopped)
+PATIENT = Patience(float("inf"), 0.5, 10.0, retry_statuses=(500, 502, 503, 504))
 HEARTBEAT_S = 5.0
 
 
@@ -52,10 +56,8 @@ class WorkerAgent:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(
-            base_url=self.server.rstrip("/"),
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=httpx.Timeout(self.poll_s + 15, connect=5.0),
+        self.api = ApiClient(
+            self.server, self.token, timeout=httpx.Timeout(self.poll_s + 15, connect=5.0)
         )
         self.runner_http = httpx.Client(
             timeout=httpx.Timeout(30.0, connect=5.0),
@@ -67,38 +69,38 @@ class WorkerAgent:
 
     # -- server calls, patient through outages -----------------------------------------------
 
-    def _post(self, path: str, body: Any = None) -> httpx.Response:
-        delay = 0.5
-        while True:
-            try:
-                r = self.http.post(path, json=body)
-                if r.status_code < 500:
-                    return r
-                problem = f"server error {r.status_code}"
-            except httpx.TransportError as exc:
-                problem = f"server unreachable ({exc})"
-            if self.stopping.is_set():
-                raise ConnectionError(problem)
-            log.warning("%s; retrying in %.0f s", problem, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    def _post(self, path: str, body: Any = None) -> Any:
+        """POST, waiting out server outages until the worker stops; 4xx answers raise their
+        typed error, an outage that outlasts the worker raises ConnectionError."""
+        try:
+            return self.api.call(
+                "POST",
+                path,
+                json=body,
+                patience=PATIENT,
+                stop=self.stopping.is_set,
+                on_retry=lambda why, delay: log.warning("%s; retrying in %.0f s", why, delay),
+            )
+        except (Unreachable, Upstream) as exc:
+            raise ConnectionError(str(exc)) from None
 
     def register(self) -> str:
-        r = self._post(
-            "/api/v1/workers",
-            {
-                "name": self.name,
-                "labels": self.labels,
-                "cpus": self.cpus,
-                "gpus": self.gpus,
-                "memory_mb": self.memory_mb,
-                "shared": self.shared,
-                "version": __version__,
-            },
-        )
-        if r.status_code >= 400:
-            raise PermissionError(_detail(r))
-        self.worker_id = str(r.json()["id"])
+        try:
+            got = self._post(
+                "/api/v1/workers",
+                {
+                    "name": self.name,
+                    "labels": self.labels,
+                    "cpus": self.cpus,
+                    "gpus": self.gpus,
+                    "memory_mb": self.memory_mb,
+                    "shared": self.shared,
+                    "version": __version__,
+                },
+            )
+        except ForgehubError as exc:
+            raise PermissionError(str(exc)) from None
+        self.worker_id = str(got["id"])
         return self.worker_id
 
     # -- the loop -----------------------------------------------------------------------------
@@ -150,22 +152,19 @@ class WorkerAgent:
 
     def claim(self, wait: float) -> dict[str, Any] | None:
         try:
-            r = self._post(
+            got: dict[str, Any] | None = self._post(
                 f"/api/v1/workers/{self.worker_id}/claim",
                 {"free": self.free().model_dump(), "wait": wait},
             )
         except ConnectionError:
             return None
-        if r.status_code == 204:
-            return None
-        if r.status_code == 404 or r.status_code == 409:
-            log.warning("the server forgot this worker (%s); registering again", _detail(r))
+        except (NotFound, Conflict) as exc:
+            log.warning("the server forgot this worker (%s); registering again", exc)
             self.register()
             return None
-        if r.status_code >= 400:
-            raise PermissionError(_detail(r))
-        got: dict[str, Any] = r.json()
-        return got
+        except ForgehubError as exc:
+            raise PermissionError(str(exc)) from None
+        return got  # None: nothing to do (204)
 
     def start(self, got: dict[str, Any]) -> None:
         job_id = got["job_id"]
@@ -191,16 +190,16 @@ class WorkerAgent:
     def _heartbeats(self) -> None:
         while not self.stopping.wait(HEARTBEAT_S):
             try:
-                self.http.post(f"/api/v1/workers/{self.worker_id}/heartbeat", json={})
-            except httpx.TransportError:
-                pass
+                self.api.send("POST", f"/api/v1/workers/{self.worker_id}/heartbeat", json={})
+            except ForgehubError:
+                pass  # the next one, or the claim loop, tells
 
     def _unregister(self) -> None:
         try:
-            self.http.delete(f"/api/v1/workers/{self.worker_id}")
-        except httpx.TransportError:
+            self.api.send("DELETE", f"/api/v1/workers/{self.worker_id}")
+        except ForgehubError:
             pass
-        self.http.close()
+        self.api.close()
         self.runner_http.close()
 
     def install_signals(self) -> None:
@@ -213,10 +212,3 @@ class WorkerAgent:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
-
-
-def _detail(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("detail", r.text))
-    except ValueError:
-        return r.text

@@ -1,0 +1,162 @@
+"""The one HTTP client of forgehub's own API. The CLI, the worker, the job runner and the blob
+storage adapter share it:
+
+* **typed errors**: a 4xx/5xx answer (problem+json) comes back as the same
+  :class:`~forgehub.errors.ForgehubError` the server raised — :class:`~forgehub.errors.NotFound`,
+  :class:`~forgehub.errors.Forbidden`, … — with its ``status``, ``detail`` and field ``errors``;
+  a server that cannot be reached is :class:`Unreachable`;
+* **one retry policy**, :class:`Patience`: how long to keep trying through transport failures
+  and 502/503/504 (a restarting server, a proxy in front of it); off unless asked for, since only
+  the caller knows whether a request may be sent twice;
+* **one connection pool** per client (a worker shares one among all its jobs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from forgehub.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    ForgehubError,
+    Invalid,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Upstream,
+)
+
+__all__ = ["ApiClient", "Patience", "Unreachable", "detail", "error_for"]
+
+AWAY = (502, 503, 504)  # the server, or what is in front of it, is away for a moment
+BY_STATUS: dict[int, type[ForgehubError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: Invalid,
+}
+
+
+class Unreachable(ForgehubError):
+    """The server could not be reached (or stayed away longer than the caller's patience)."""
+
+    default_status = 503
+
+
+@dataclass(frozen=True)
+class Patience:
+    """Keep trying for ``seconds`` through transport failures and the ``retry_statuses``,
+    waiting ``first_delay`` and doubling up to ``max_delay`` (0 seconds: one try). Only
+    idempotent calls should retry a 500 (a runner's numbered reports do)."""
+
+    seconds: float = 0.0
+    first_delay: float = 0.2
+    max_delay: float = 1.0
+    retry_statuses: tuple[int, ...] = AWAY
+
+
+ONCE = Patience()
+
+
+def detail(r: httpx.Response) -> str:
+    """The ``detail`` of a problem+json answer, else its text."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return r.text
+
+
+def error_for(r: httpx.Response) -> ForgehubError:
+    """The typed error of a 4xx/5xx answer."""
+    errors = None
+    try:
+        body = r.json()
+        if isinstance(body, dict):
+            errors = body.get("errors")
+    except ValueError:
+        pass
+    cls = BY_STATUS.get(r.status_code, Upstream if r.status_code >= 500 else ForgehubError)
+    return cls(detail(r), r.status_code, errors)
+
+
+class ApiClient:
+    """A client of one forgehub server, authenticated with one token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = httpx.Timeout(60.0, connect=5.0),
+        http: httpx.Client | None = None,
+        patience: Patience = ONCE,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.patience = patience
+        self.own_http = http is None
+        # its own pool knows the server and the token (for streams through ``http``); a
+        # shared pool serves several tokens, which go with each request
+        self.http = http or httpx.Client(
+            base_url=self.base_url, headers=self.headers, timeout=timeout
+        )
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.base_url + path
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        patience: Patience | None = None,
+        stop: Callable[[], bool] | None = None,
+        on_retry: Callable[[str, float], None] | None = None,
+        **kw: Any,
+    ) -> httpx.Response:
+        """One request; a 4xx/5xx answer raises its typed error. With ``patience``, transport
+        failures and 502/503/504 are retried (``stop()`` ends the waiting early, ``on_retry``
+        hears why and how long it waits)."""
+        p = patience or self.patience
+        deadline = time.monotonic() + p.seconds
+        delay = p.first_delay
+        headers = {**self.headers, **(kw.pop("headers", None) or {})}
+        while True:
+            try:
+                r = self.http.request(method, self.url(path), headers=headers, **kw)
+                if r.status_code not in p.retry_statuses:
+                    if r.status_code >= 400:
+                        raise error_for(r)
+                    return r
+                problem: ForgehubError = error_for(r)
+            except httpx.TransportError as exc:
+                problem = Unreachable(f"cannot reach {self.base_url}: {exc}")
+            if time.monotonic() + delay > deadline or (stop is not None and stop()):
+                raise problem
+            if on_retry is not None:
+                on_retry(str(problem), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, p.max_delay)
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        """:meth:`send`, and the JSON body of the answer (None when it has none)."""
+        r = self.send(method, path, **kw)
+        if r.status_code == 204 or not r.content:
+            return None
+        return r.json()
+
+    def close(self) -> None:
+        if self.own_http:
+            self.http.close()
