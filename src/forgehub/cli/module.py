@@ -152,7 +152,7 @@ def serve(
     upgrade(settings.db_url)
     db = Database(settings.db_url)
     TrainingManager(db, {m.name: m for m in modules}, work_dir).recover()
-    from forgehub.modelapi.app import _local_owner
+    from forgehub.modelapi.standalone import _local_owner
 
     _local_owner(db)  # once here, before N processes race to create it
     db.dispose()

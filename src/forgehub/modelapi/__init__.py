@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from forgehub.modelapi.app import ModelAPI, create_model_app
+from forgehub.modelapi.app import ModelAPI
+from forgehub.modelapi.standalone import create_model_app
 
 __all__ = ["ModelAPI", "create_model_app"]

@@ -12,30 +12,26 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
-from forgehub import __version__
 from forgehub.auth import Principal
 from forgehub.db import Database
 from forgehub.db.models import Training, TrainingState
 from forgehub.identity import authz
-from forgehub.modelapi.limits import UploadLimit
 from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
 from forgehub.modelapi.trainings import TrainingManager
 from forgehub.module.args import ArgErrors, ArgSpec, collect
 from forgehub.module.loaded import LoadedModule, ModuleError, Output, jsonable
-from forgehub.server import docs, errors
+from forgehub.server import errors
 
 log = logging.getLogger("forgehub.modelapi")
 DEEPAAS_STATUS = {
@@ -46,68 +42,7 @@ DEEPAAS_STATUS = {
     TrainingState.cancelled: "cancelled",
 }
 USAGE_FLUSH_S = 5.0
-UUID_PARAM = {
-    "parameters": [
-        {
-            "name": "uuid",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string"},
-            "description": "Training id",
-        }
-    ]
-}
 PrincipalGetter = Callable[[Request], Principal]
-
-
-def _form_parameters(specs: list[ArgSpec]) -> dict[str, Any]:
-    """OpenAPI for a predict/train route: query/header parameters plus a multipart body."""
-    params = []
-    body_props: dict[str, Any] = {}
-    for s in specs:
-        if s.is_file or s.items == "file":
-            body_props[s.name] = s.json_schema()
-            continue
-        params.append(
-            {
-                "name": s.name,
-                "in": "header" if s.location == "headers" else "query",
-                "required": s.required and s.location != "headers",
-                "schema": s.json_schema(),
-                "description": s.description,
-                **({"explode": True, "style": "form"} if s.type == "array" else {}),
-            }
-        )
-    extra: dict[str, Any] = {"parameters": params}
-    if body_props:
-        extra["requestBody"] = {
-            "required": any(s.required for s in specs if s.is_file),
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": body_props,
-                        "required": [
-                            s.name for s in specs if (s.is_file or s.items == "file") and s.required
-                        ],
-                    }
-                }
-            },
-        }
-    return extra
-
-
-class RawRoute(APIRoute):
-    """A route whose endpoint takes the request and returns the response itself.
-
-    The OpenAPI description comes from the route's ``openapi_extra`` as usual, but requests skip
-    FastAPI's dependency and body solving: the model API reads arguments from the query, form or
-    body by itself (see :meth:`ModelAPI._gather`), and that machinery was a fifth of a
-    prediction's time on the event loop.
-    """
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
 
 
 class ModelAPI:
@@ -371,235 +306,6 @@ class ModelAPI:
 
     # -- wiring -------------------------------------------------------------------------
     def add_routes(self, app: FastAPI, prefix: str = "") -> None:
-        def bind(
-            fn: Callable[..., Awaitable[Response]], **fixed: Any
-        ) -> Callable[..., Awaitable[Response]]:
-            async def endpoint(request: Request) -> Response:
-                return await fn(request, **fixed, **request.path_params)
+        from forgehub.modelapi.routes import mount_routes
 
-            return endpoint
-
-        async def v2(request: Request) -> dict[str, Any]:
-            href = f"{request.scope.get('root_path', '')}{prefix}/v2/"
-            return {
-                "version": "stable",
-                "id": "v2",
-                "links": [{"rel": "self", "type": "application/json", "href": href}],
-            }
-
-        async def versions(request: Request) -> dict[str, Any]:
-            return {"versions": [await v2(request)]}
-
-        async def models(request: Request) -> dict[str, Any]:
-            base = request.url.path
-            return {"models": [self._meta(m, f"{base}{m.name}") for m in self.modules.values()]}
-
-        app.add_api_route(
-            f"{prefix}/",
-            versions,
-            methods=["GET"],
-            tags=["versions"],
-            summary="API versions",
-        )
-        app.add_api_route(
-            f"{prefix}/v2/",
-            v2,
-            methods=["GET"],
-            tags=["versions"],
-            summary="V2 API version information",
-        )
-        app.add_api_route(
-            f"{prefix}/v2/models/",
-            models,
-            methods=["GET"],
-            tags=["models"],
-            summary="Loaded models and their metadata",
-        )
-        for m in self.modules.values():
-            base = f"{prefix}/v2/models/{m.name}"
-
-            def meta_route(m: LoadedModule) -> Callable[[Request], dict[str, Any]]:
-                def meta(request: Request) -> dict[str, Any]:
-                    return self._meta(m, request.url.path.rstrip("/"))
-
-                return meta
-
-            app.add_api_route(
-                f"{base}/",
-                meta_route(m),
-                methods=["GET"],
-                tags=["models"],
-                summary=f"Metadata of {m.name}",
-                name=f"{m.name}:meta",
-            )
-            extra = _form_parameters(m.predict_specs)
-            accept = m.accept_spec
-            responses: dict[int | str, Any] = {
-                "422": {"description": "Invalid arguments, one message per field"}
-            }
-            if accept and accept.enum:
-                responses[200] = {
-                    "description": "Prediction",
-                    "content": {str(c): {} for c in accept.enum if c != "*/*"},
-                }
-            app.router.add_api_route(
-                f"{base}/predict/",
-                bind(self.predict, name=m.name),
-                methods=["POST"],
-                tags=["models"],
-                name=f"{m.name}:predict",
-                summary=f"Predict with {m.name}",
-                openapi_extra=extra,
-                responses=responses,
-                route_class_override=RawRoute,
-            )
-            if not m.trainable:
-                continue
-            train_routes: list[tuple[str, str, Any, str, str, dict[str, Any] | None]] = [
-                (
-                    "/train/",
-                    "POST",
-                    self.train_start,
-                    "train",
-                    f"Start a training of {m.name}",
-                    _form_parameters(m.train_specs),
-                ),
-                (
-                    "/train/",
-                    "GET",
-                    self.train_list,
-                    "trainings",
-                    "Trainings (running and finished)",
-                    None,
-                ),
-                (
-                    "/train/{uuid}",
-                    "GET",
-                    self.train_get,
-                    "training",
-                    "Status of a training",
-                    UUID_PARAM,
-                ),
-                (
-                    "/train/{uuid}",
-                    "DELETE",
-                    self.train_cancel,
-                    "cancel",
-                    "Cancel a training",
-                    UUID_PARAM,
-                ),
-            ]
-            for path, method, handler, route_name, summary, openapi in train_routes:
-                app.router.add_api_route(
-                    f"{base}{path}",
-                    bind(handler, name=m.name),
-                    methods=[method],
-                    tags=["models"],
-                    name=f"{m.name}:{route_name}",
-                    summary=summary,
-                    openapi_extra=openapi,
-                    route_class_override=RawRoute,
-                )
-
-
-def create_model_app(
-    modules: list[LoadedModule],
-    db_url: str,
-    work_dir: Path,
-    *,
-    recover: bool = True,
-    base_path: str = "",
-    max_upload_mb: int = 100,
-    max_trainings: int = 2,
-    owner: Principal | None = None,
-) -> FastAPI:
-    """A standalone model API (``forgehub module serve``), DEEPaaS-style: no authentication."""
-    from forgehub.db import upgrade
-
-    state: dict[str, Any] = {}
-    base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
-
-    def principal(request: Request) -> Principal:
-        p: Principal = state["owner"]
-        return p
-
-    api = ModelAPI(
-        modules,
-        lambda: state["db"],
-        work_dir,
-        principal,
-        recover=recover,
-        max_trainings=max_trainings,
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        started = time.perf_counter()
-        work_dir.mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(upgrade, db_url)
-        state["db"] = Database(db_url)
-        state["owner"] = owner or await anyio.to_thread.run_sync(_local_owner, state["db"])
-        await api.start()
-        log.info("forgehub model API started in %.0f ms", (time.perf_counter() - started) * 1000)
-        try:
-            yield
-        finally:
-            await api.stop()
-            state["db"].dispose()
-
-    app = FastAPI(
-        title="forgehub model API",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        description="DEEPaaS v2 compatible model API served by forgehub.",
-    )
-    errors.install(app)
-    api.add_routes(app)
-
-    docs.install(app, "/openapi.json", "/docs", "/api")
-    app.state.model_api = api
-    app.add_middleware(UploadLimit, max_bytes=max_upload_mb * 1024 * 1024)
-    if base_path:
-        return _mount(app, base_path)
-    return app
-
-
-def _mount(inner: FastAPI, base_path: str) -> FastAPI:
-    """Serve ``inner`` under ``base_path`` (for a proxy that does not strip the prefix)."""
-    outer = FastAPI(
-        openapi_url=None,
-        docs_url=None,
-        redoc_url=None,
-        lifespan=lambda app: inner.router.lifespan_context(inner),  # type: ignore[arg-type]
-    )
-    outer.mount(base_path, inner)
-    outer.state.model_api = inner.state.model_api
-    return outer
-
-
-def _local_owner(db: Database) -> Principal:
-    """Standalone module servers own their trainings as a local user.
-
-    Several server processes (``--workers``) may start at once on an empty store: whichever
-    creates the user first wins, the others read it back.
-    """
-    from sqlalchemy import select
-    from sqlalchemy.exc import IntegrityError
-
-    from forgehub.auth import create_user
-    from forgehub.db.models import Role, User
-
-    for _ in range(3):
-        try:
-            with db.session() as s:
-                user = s.scalar(select(User).where(User.name == "local"))
-                if user is None:
-                    user = s.scalar(select(User).where(User.role == Role.admin))
-                if user is None:
-                    user = create_user(s, "local", Role.admin)
-                return Principal(user_id=user.id, name=user.name, role=user.role)
-        except (IntegrityError, ValueError):
-            continue  # created by another process meanwhile: read it
-    raise RuntimeError("cannot create or find the local user of the model API")
+        mount_routes(self, app, prefix)

@@ -25,7 +25,7 @@ def spec_to_env(targets: list[tuple[str, str]], db_url: str, work_dir: Path, **o
 
 
 def app_from_env() -> FastAPI:
-    from forgehub.modelapi.app import create_model_app
+    from forgehub.modelapi.standalone import create_model_app
     from forgehub.module.discovery import import_target, wrap
     from forgehub.server.gcfreeze import freeze_after_startup
 
