@@ -1,12 +1,10 @@
-"""``forgehub job``, ``forgehub compute``, ``forgehub train`` and ``forgehub worker``."""
+"""``forgehub job`` and ``forgehub train``."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,16 +12,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgehub.cli.artifacts import _parse_settings, connection_config
+from forgehub.cli.artifacts import _parse_settings
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
 from forgehub.client import error_for
 
 job_app = typer.Typer(
     help="Jobs: submit, follow, cancel, retry; and the job runner.", no_args_is_help=True
-)
-compute_app = typer.Typer(
-    help="Compute connections: the server, your workers, Slurm and Ray clusters.",
-    no_args_is_help=True,
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -302,87 +296,6 @@ def run(
     raise typer.Exit(main(["--server", server, "--job", job]))
 
 
-# -- compute ------------------------------------------------------------------------------------
-
-
-@compute_app.command("add")
-def compute_add(
-    name: str = typer.Argument(..., help="A name for the connection."),
-    kind: str = typer.Argument(..., help="worker, slurm, ray (local: admins)."),
-    set_: list[str] = typer.Option(
-        [],
-        "--set",
-        "-s",
-        help="KEY=VALUE setting (repeat), e.g. partition=gpu address=http://ray-head:8265",
-    ),
-    secret: list[str] = typer.Option(
-        [], "--secret", help="KEY=ENVVAR: read a secret (e.g. ssh_key) from the environment."
-    ),
-    no_test: bool = typer.Option(False, "--no-test", help="Save without testing it first."),
-    server: str = ServerOpt,
-    token: str = TokenOpt,
-) -> None:
-    """Add a compute connection; it is tested before it is saved."""
-    config = connection_config(set_, secret)
-    conn = Client(server, token).post(
-        "/api/v1/compute/connections",
-        json={"name": name, "kind": kind, "config": config, "test": not no_test},
-    )
-    out.print(f"added {conn['kind']} connection {conn['name']}")
-
-
-@compute_app.command("test")
-def compute_test(name: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
-    """Test a compute connection and show its capacity."""
-    r = Client(server, token).post(f"/api/v1/compute/connections/{name}/test")
-    if not r["ok"]:
-        fail(f"{name}: {r['detail']}")
-    cap = r["capacity"]
-    out.print(
-        f"{name}: ok — {cap['cpus']:g} CPUs, {cap['gpus']} GPUs, {cap['memory_mb']} MiB"
-        + (f", {cap['slots']} jobs at once" if cap["slots"] else "")
-        + ("".join(f"\n  {n}" for n in cap["notes"]))
-    )
-
-
-@compute_app.command("ls")
-def compute_ls(as_json: bool = JsonOpt, server: str = ServerOpt, token: str = TokenOpt) -> None:
-    """List your compute connections and the workers you can use."""
-    c = Client(server, token)
-    conns = c.get("/api/v1/compute/connections")
-    workers = c.get("/api/v1/workers")
-    if as_json:
-        out.print_json(json.dumps({"connections": conns, "workers": workers}))
-        return
-    table = Table("name", "kind", "config", "default")
-    for x in conns:
-        table.add_row(x["name"], x["kind"], json.dumps(x["config"]), "yes" if x["default"] else "")
-    out.print(table)
-    wt = Table("worker", "online", "cpus", "gpus", "memory", "labels", "running", "last seen")
-    for w in workers:
-        wt.add_row(
-            w["name"],
-            "yes" if w["online"] else "no",
-            f"{w['cpus']:g}",
-            str(w["gpus"]),
-            f"{w['memory_mb']} MiB",
-            ",".join(w["labels"]),
-            str(w["running_jobs"]),
-            w["last_seen_at"][:19].replace("T", " "),
-        )
-    out.print(wt)
-
-
-@compute_app.command("rm")
-def compute_rm(name: str, server: str = ServerOpt, token: str = TokenOpt) -> None:
-    """Remove a compute connection."""
-    Client(server, token).delete(f"/api/v1/compute/connections/{name}")
-    out.print(f"removed {name}")
-
-
-# -- one-liners ---------------------------------------------------------------------------------
-
-
 def train(
     module: str = typer.Argument(..., help="Module to train, e.g. digits."),
     data: str = typer.Option(None, "--data", help="Dataset artifact (sha256:…, name[:tag])."),
@@ -424,77 +337,3 @@ def train(
     if res.get("published", {}).get("version"):
         out.print(f"published {res['published']['module']} {res['published']['version']}")
     raise typer.Exit(code)
-
-
-def worker(
-    server: str = typer.Option(
-        None, "--server", envvar="FORGEHUB_URL", help="Server URL [default: from forgehub login]."
-    ),
-    token: str = typer.Option(
-        None,
-        "--token",
-        envvar="FORGEHUB_TOKEN",
-        help="Your API token; prefer FORGEHUB_TOKEN, --token-file or `forgehub login` "
-        "(a value on the command line shows in `ps`).",
-        show_default=False,
-    ),
-    token_file: Path = typer.Option(
-        None, "--token-file", help="Read the API token from this file.", show_default=False
-    ),
-    name: str = typer.Option(None, "--name", help="Worker name [default: the hostname]."),
-    labels: str = typer.Option("", "--labels", help="Comma-separated labels, e.g. gpu,a100."),
-    cpus: float = typer.Option(None, "--cpus", help="CPUs to offer [default: all]."),
-    gpus: int = typer.Option(0, "--gpus", help="GPUs to offer."),
-    memory: int = typer.Option(0, "--memory", help="Memory to offer, MiB (0: unlimited)."),
-    shared: bool = typer.Option(
-        False,
-        "--shared",
-        help="Admins: also run other users' module jobs that allow it (never commands).",
-    ),
-    max_jobs: int = typer.Option(0, "--max-jobs", help="Jobs at once [default: one per CPU]."),
-    burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty."),
-) -> None:
-    """Connect this machine as a worker. Only outbound connections: it long-polls for jobs."""
-    import logging
-
-    from forgehub.cli.client import read_token_file, saved_login
-    from forgehub.worker import WorkerAgent
-
-    if any(a == "--token" or a.startswith("--token=") for a in sys.argv):
-        err.print(
-            "[yellow]warning:[/yellow] a token on the command line is visible to every user of "
-            "this machine (ps); use FORGEHUB_TOKEN, --token-file or `forgehub login`"
-        )
-    login = saved_login()
-    if token_file is not None:
-        token = read_token_file(token_file)
-    token = token or login.get("token", "")
-    server = server or login.get("server", "")
-    if not server or not token:
-        fail(
-            "no server or token: run `forgehub login --server URL` first, or set FORGEHUB_URL "
-            "and FORGEHUB_TOKEN (or --token-file)"
-        )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    agent = WorkerAgent(
-        server=server,
-        token=token,
-        labels=[x.strip() for x in labels.split(",") if x.strip()],
-        gpus=gpus,
-        memory_mb=memory,
-        shared=shared,
-        max_jobs=max_jobs,
-        burst=burst,
-    )
-    if name:
-        agent.name = name
-    if cpus:
-        agent.cpus = cpus
-    agent.install_signals()
-    try:
-        raise typer.Exit(agent.run())
-    except PermissionError as exc:
-        fail(f"the server refused this worker: {exc}")
-    except KeyboardInterrupt:
-        sys.exit(130)

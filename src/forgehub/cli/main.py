@@ -15,8 +15,10 @@ from forgehub import __version__
 from forgehub.cli.artifacts import artifact_app, storage_app
 from forgehub.cli.catalog import app as catalog_app
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
-from forgehub.cli.jobs import compute_app, job_app, train, worker
+from forgehub.cli.compute import compute_app
+from forgehub.cli.jobs import job_app, train
 from forgehub.cli.module import app as module_app
+from forgehub.cli.worker import worker
 from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
 app = typer.Typer(
@@ -294,8 +296,9 @@ def login(
         None, "--token-file", help="Read the token from this file instead of asking."
     ),
 ) -> None:
-    """Save a server and an API token for the CLI and `forgehub worker` (mode 0600), so that no
-    token has to go on a command line. The token is checked first."""
+    """Sign in: save a server and an API token (mode 0600) for the CLI and the worker.
+
+    The token is checked first; afterwards no token has to go on a command line."""
     import getpass
 
     from forgehub.cli.client import DEFAULT_URL, read_token_file, save_login
