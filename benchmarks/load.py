@@ -1,6 +1,7 @@
 """Mixed load on a shared server: 20 clients for 30 s, 25 % of requests pushes, on SQLite and on
 PostgreSQL. Counts errors and "database is locked" in the server's log, and compares read latency
-under load with the same reads on an idle server (target: read p99 within 3x idle; 0 errors).
+under load with the same reads on an idle server, and with the same 20 clients only reading (does
+one user's push make another's read wait?). Targets: 0 errors; read p99 within 3x.
 
 Each client is one user of several (pushes by one user must not stall another's reads). The
 server is `forgehub serve` in its own process, as users run it; the clients are one asyncio
@@ -104,6 +105,10 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> dict[s
             # warm up, then idle reads: one client, no pushes
             asyncio.run(run_load(srv.url, tokens, 1, 2, 0.0))
             idle, _, _ = asyncio.run(run_load(srv.url, tokens, 1, min(10, args.seconds), 0.0))
+            # the same clients reading only: what the reads cost at this concurrency by themselves
+            reads_only, _, _ = asyncio.run(
+                run_load(srv.url, tokens, args.clients, args.seconds, 0.0)
+            )
             lat, errors, took = asyncio.run(
                 run_load(srv.url, tokens, args.clients, args.seconds, args.push_share)
             )
@@ -120,6 +125,7 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> dict[s
         "server_errors": log.count("unhandled error"),
         "idle_p99": pct(idle_reads, 99),
         "read_p99": pct(reads, 99),
+        "reads_only_p99": pct([x for v in reads_only.values() for x in v], 99),
     }
 
 
@@ -148,15 +154,16 @@ def main() -> None:
     for r in results:
         lat: dict[str, list[float]] = r["lat"]  # type: ignore[assignment]
         ratio = float(r["read_p99"]) / float(r["idle_p99"])  # type: ignore[arg-type]
+        fair = float(r["read_p99"]) / float(r["reads_only_p99"])  # type: ignore[arg-type]
         first = True
         for cls in ["push", *sorted(k for k in lat if k != "push")]:
             xs = lat.get(cls, [])
             head = f"| {r['label']} | {r['rps']:.0f} |" if first else "| | |"
             tail = (
                 f" {len(r['errors'])} | {r['locked']} | {r['idle_p99']:.1f} |"  # type: ignore[arg-type]
-                f" {r['read_p99']:.1f} | {ratio:.2f}x |"
+                f" {r['reads_only_p99']:.1f} | {r['read_p99']:.1f} | {ratio:.2f}x | {fair:.2f}x |"
                 if first
-                else " | | | | |"
+                else " | | | | | | |"
             )
             print(
                 f"{head} {cls} | {len(xs)} | {statistics.median(xs) if xs else float('nan'):.1f} |"
