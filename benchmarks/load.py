@@ -148,9 +148,9 @@ def main() -> None:
     )
     print(
         "| store | req/s | class | n | p50 ms | p99 ms | errors | db locked | idle read p99 |"
-        " read p99 under load | ratio |"
+        " read p99, same clients, no pushes | read p99 with pushes | vs idle | vs no pushes |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         lat: dict[str, list[float]] = r["lat"]  # type: ignore[assignment]
         ratio = float(r["read_p99"]) / float(r["idle_p99"])  # type: ignore[arg-type]
