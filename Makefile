@@ -5,20 +5,27 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: install run test lint typecheck pytest services bench clean
+.PHONY: install install-run run test lint typecheck pytest services bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+$(RUN_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[demo]"
+	touch $(RUN_STAMP)
+
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
+
+install-run: $(RUN_STAMP)  ## create .venv with what running the platform needs (and the demo)
 
 install: $(STAMP)  ## create .venv and install forgehub with everything to run and test
 
-run: install  ## start the platform on 127.0.0.1:8000 with embedded defaults and demo modules
+run: install-run  ## start the platform on 127.0.0.1:8000 with embedded defaults and demo modules
 	$(BIN)/forgehub serve --host $(HOST) --port $(PORT)
 
 services:  ## install the real servers the tests need (PostgreSQL, ...)

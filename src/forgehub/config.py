@@ -137,6 +137,11 @@ class Settings(BaseModel):
         return self.data_dir / "admin.token"
 
     @property
+    def server_file(self) -> Path:
+        """Where a running ``forgehub serve`` writes its URL for the CLI on the same machine."""
+        return self.data_dir / "server.json"
+
+    @property
     def server_url(self) -> str:
         host = "127.0.0.1" if self.host in {"0.0.0.0", "::"} else self.host
         if ":" in host:

@@ -29,10 +29,14 @@ from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
 from forgehub.client import error_for
 
 storage_app = typer.Typer(
-    help="Storage connections: bring your own S3, WebDAV, disk.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Storage connections: bring your own S3, WebDAV, disk.",
+    no_args_is_help=True,
 )
 artifact_app = typer.Typer(
-    help="Artifacts: content-addressed files and folders.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Artifacts: content-addressed files and folders.",
+    no_args_is_help=True,
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
 
-app = typer.Typer(help="Browse and publish the module marketplace.", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="Browse and publish the module marketplace.", no_args_is_help=True
+)
 out = Console(soft_wrap=True)
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 

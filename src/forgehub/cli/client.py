@@ -1,5 +1,8 @@
 """CLI client: ``--server``/``FORGEHUB_URL``, ``--token``/``FORGEHUB_TOKEN``.
 
+Where the server is, first found wins: ``--server`` or ``FORGEHUB_URL``; the login; the URL a
+``forgehub serve`` on this machine wrote into its data directory; ``http://127.0.0.1:8000``.
+
 Where the token comes from, first found wins: ``--token`` or ``FORGEHUB_TOKEN``; the file that
 ``forgehub login`` wrote (``~/.config/forgehub/login.json``, mode 0600, which also names the
 server); the local admin token file, when the server's data directory is on this machine.
@@ -21,6 +24,18 @@ from forgehub.errors import ForgehubError
 
 err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def local_server() -> str | None:
+    """The URL a ``forgehub serve`` on this machine wrote into its data directory (the data
+    directory as the configuration names it: ``FORGEHUB_DATA_DIR``, the config file, …)."""
+    try:
+        path = load_settings().server_file
+        data = json.loads(path.read_text())
+    except (ConfigError, OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return str(url) if url else None
 
 
 def login_file() -> Path:
@@ -64,7 +79,11 @@ class Client:
     def __init__(self, server: str | None, token: str | None) -> None:
         login = saved_login()
         self.server = (
-            server or os.environ.get("FORGEHUB_URL") or login.get("server") or DEFAULT_URL
+            server
+            or os.environ.get("FORGEHUB_URL")
+            or login.get("server")
+            or local_server()
+            or DEFAULT_URL
         ).rstrip("/")
         self.token = (
             token
@@ -123,12 +142,12 @@ ServerOpt = typer.Option(
     None,
     "--server",
     envvar="FORGEHUB_URL",
-    help="forgehub server URL [default: http://127.0.0.1:8000]",
+    help="forgehub server URL (default: the local server, else http://127.0.0.1:8000).",
 )
 TokenOpt = typer.Option(
     None,
     "--token",
     envvar="FORGEHUB_TOKEN",
-    help="API token [default: the local admin token file]",
+    help="API token (default: forgehub login's, else the local admin token file).",
     show_default=False,
 )

@@ -12,6 +12,7 @@ from forgehub.cli.artifacts import connection_config
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
 
 compute_app = typer.Typer(
+    rich_markup_mode=None,
     help="Compute connections: the server, your workers, Slurm and Ray clusters.",
     no_args_is_help=True,
 )

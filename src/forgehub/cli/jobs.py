@@ -17,7 +17,9 @@ from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
 from forgehub.client import error_for
 
 job_app = typer.Typer(
-    help="Jobs: submit, follow, cancel, retry; and the job runner.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Jobs: submit, follow, cancel, retry; and the job runner.",
+    no_args_is_help=True,
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,20 +17,24 @@ from forgehub.cli.artifacts import artifact_app, storage_app
 from forgehub.cli.catalog import app as catalog_app
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
 from forgehub.cli.compute import compute_app
+from forgehub.cli.demo import demo_app
 from forgehub.cli.jobs import job_app, train
 from forgehub.cli.module import app as module_app
 from forgehub.cli.worker import worker
 from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
 app = typer.Typer(
+    rich_markup_mode=None,
     help="forgehub: publish, try, train and run machine-learning modules.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
-db_app = typer.Typer(help="Manage the metadata store.", no_args_is_help=True)
-user_app = typer.Typer(help="Manage users (admins).", no_args_is_help=True)
-token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+config_app = typer.Typer(
+    rich_markup_mode=None, help="Show the effective configuration.", no_args_is_help=True
+)
+db_app = typer.Typer(rich_markup_mode=None, help="Manage the metadata store.", no_args_is_help=True)
+user_app = typer.Typer(rich_markup_mode=None, help="Manage users (admins).", no_args_is_help=True)
+token_app = typer.Typer(rich_markup_mode=None, help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
@@ -40,6 +45,7 @@ app.add_typer(storage_app, name="storage")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(job_app, name="job")
 app.add_typer(compute_app, name="compute")
+app.add_typer(demo_app, name="demo")
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")
@@ -111,15 +117,53 @@ def serve(
         f"  API docs: {settings.server_url}/api/v1/docs   "
         f"model API: {settings.server_url}/api/v1/model-api/v2/models/"
     )
-    uvicorn.run(
-        app_,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        server_header=False,
-    )
+    # the CLI on this machine finds this server the way it finds the admin token
+    marker = settings.server_file
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"url": settings.server_url, "pid": os.getpid()}) + "\n")
+    try:
+        uvicorn.run(
+            app_,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+    finally:
+        try:
+            if json.loads(marker.read_text()).get("pid") == os.getpid():
+                marker.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+@config_app.command("get")
+def config_get(
+    key: str = typer.Argument(
+        ..., help="A setting, or admin_token_file, server_file, server_url, secret_keys_file."
+    ),
+    config: Path = ConfigOpt,
+    data_dir: Path = DataDirOpt,
+) -> None:
+    """Print one setting's value, for scripts (server_url: the running local server's)."""
+    from forgehub.cli.client import local_server
+
+    settings = settings_or_exit(config, data_dir=data_dir)
+    derived = {
+        "admin_token_file": settings.admin_token_file,
+        "server_file": settings.server_file,
+        "secret_keys_file": settings.data_dir / "secret.keys",
+        "server_url": local_server() or settings.server_url,
+    }
+    if key in derived:
+        value: object = derived[key]
+    elif key in type(settings).model_fields:
+        value = settings.masked()[key]
+    else:
+        fail(f"no setting {key!r} (see `forgehub config show`)")
+    out.print(str(value), highlight=False, soft_wrap=True)
 
 
 @config_app.command("show")
@@ -166,7 +210,9 @@ def db_current(config: Path = ConfigOpt, data_dir: Path = DataDirOpt) -> None:
     out.print(f"current: {current_revision(settings.db_url)}  head: {head_revision()}")
 
 
-secrets_app = typer.Typer(help="Manage the key that encrypts stored secrets.", no_args_is_help=True)
+secrets_app = typer.Typer(
+    rich_markup_mode=None, help="Manage the key that encrypts stored secrets.", no_args_is_help=True
+)
 app.add_typer(secrets_app, name="secrets")
 
 

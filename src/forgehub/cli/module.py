@@ -19,7 +19,11 @@ from rich.table import Table
 from forgehub.cli.client import fail
 from forgehub.config import LOOPBACK_HOSTS
 
-app = typer.Typer(help="List, serve and run modules (native and DEEPaaS).", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="List, serve and run modules (native and DEEPaaS).",
+    no_args_is_help=True,
+)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}

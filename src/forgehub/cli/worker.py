@@ -38,7 +38,9 @@ def worker(
         "--shared",
         help="Admins: also run other users' module jobs that allow it (never commands).",
     ),
-    max_jobs: int = typer.Option(0, "--max-jobs", help="Jobs at once [default: one per CPU]."),
+    max_jobs: int = typer.Option(
+        0, "--max-jobs", help="Jobs at once [default: one per CPU].", show_default=False
+    ),
     burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty."),
 ) -> None:
     """Connect this machine as a worker. Only outbound connections: it long-polls for jobs."""

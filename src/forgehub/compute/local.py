@@ -49,6 +49,7 @@ class LocalCompute(ComputeAdapter):
 
     slots_on_server = True
     log_dir: Path | None = None  # where runner processes write their own diagnostics
+    cache_dir: Path | None = None  # the server's job cache (under its data directory)
 
     @classmethod
     def runs_on_server(cls, config: dict[str, Any]) -> bool:
@@ -64,6 +65,8 @@ class LocalCompute(ComputeAdapter):
 
     def submit(self, launch: Launch) -> str:
         env = {**os.environ, "FORGEHUB_JOB_TOKEN": launch.token}
+        if self.cache_dir is not None:
+            env.setdefault("FORGEHUB_CACHE_DIR", str(self.cache_dir))
         log = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)

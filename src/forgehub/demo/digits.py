@@ -54,15 +54,81 @@ class DigitsTrainArgs(BaseModel):
     )
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+DATASET_HELP = (
+    "a digits dataset is a folder with one sub-folder per digit (0 … 9) holding PNG or JPEG "
+    "images, or an .npz file with arrays X (n×64) and y; `forgehub demo data` writes one"
+)
+
+
 def load_dataset(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The bundled scikit-learn digits, or an ``.npz`` with arrays ``X`` (n×64) and ``y``."""
-    if path is not None:
+    """The training data: the bundled scikit-learn digits (no path), an ``.npz`` with arrays
+    ``X`` (n×64) and ``y``, or a folder of labelled images (``0/*.png`` … ``9/*.png``), the way
+    people keep image data."""
+    if path is None:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.data.astype(np.float64), d.target
+    path = Path(path)
+    if path.is_dir():
+        npz = sorted(path.rglob("*.npz"))
+        if len(npz) == 1 and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")):
+            path = npz[0]
+        else:
+            return _load_image_folder(path)
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"{path.name} is not a dataset: {DATASET_HELP}")
+    try:
         with np.load(path) as data:
             return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path.name} is not a digits .npz ({exc}): {DATASET_HELP}") from None
+
+
+def _load_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not (folder.name.isdigit() and 0 <= int(folder.name) <= 9):
+            raise ValueError(f"sub-folder {folder.name!r} is not a digit 0-9: {DATASET_HELP}")
+        for img in sorted(folder.iterdir()):
+            if img.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    xs.append(image_to_pixels(img.read_bytes()))
+                except ValueError as exc:
+                    raise ValueError(f"{folder.name}/{img.name}: {exc}") from None
+                ys.append(int(folder.name))
+    if len(set(ys)) < 2:
+        raise ValueError(f"{root.name} holds images of fewer than two digits: {DATASET_HELP}")
+    return np.stack(xs), np.asarray(ys)
+
+
+def write_samples(dest: Path, per_digit: int = 60) -> tuple[Path, Path]:
+    """A sample dataset (``dest/digits-dataset/<digit>/*.png``, from scikit-learn's digits) and
+    a sample image (``dest/digit.png``) to try and train ``digits`` with."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return d.data.astype(np.float64), d.target
+    dataset = dest / "digits-dataset"
+    counts: dict[int, int] = {}
+    for i, (x, y) in enumerate(zip(d.data, d.target, strict=True)):
+        n = counts.get(int(y), 0)
+        if n >= per_digit:
+            continue
+        counts[int(y)] = n + 1
+        folder = dataset / str(int(y))
+        folder.mkdir(parents=True, exist_ok=True)
+        _digit_image(x).save(folder / f"{i:04d}.png")
+    image = dest / "digit.png"
+    _digit_image(d.data[-1]).save(image)  # a 8 the sample dataset does not hold
+    return dataset, image
+
+
+def _digit_image(x: np.ndarray) -> Any:
+    from PIL import Image
+
+    arr = (np.clip(x.reshape(8, 8), 0, 16) / 16.0 * 255).astype(np.uint8)
+    return Image.fromarray(arr, "L").resize((32, 32), Image.Resampling.NEAREST)
 
 
 MAX_PIXELS = 25_000_000

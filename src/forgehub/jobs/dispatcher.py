@@ -140,6 +140,7 @@ class Dispatcher:
             a = service.COMPUTE.adapter_for(conn, self.box)
             if a.slots_on_server:
                 a.log_dir = self.data_dir / "jobs" / "runner-logs"
+                a.cache_dir = self.data_dir / "cache"
             self._adapters[conn.id] = a
         return a
 

@@ -72,7 +72,13 @@ def machine_cache() -> ContentCache:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("FORGEHUB_CACHE_DIR") or Path.home() / ".cache" / "forgehub")
+    """The machine's job cache: ``FORGEHUB_CACHE_DIR``; else, on a server machine, under its
+    data directory (two servers never share one); else ``~/.cache/forgehub`` (a worker)."""
+    if os.environ.get("FORGEHUB_CACHE_DIR"):
+        return Path(os.environ["FORGEHUB_CACHE_DIR"])
+    if os.environ.get("FORGEHUB_DATA_DIR"):
+        return Path(os.environ["FORGEHUB_DATA_DIR"]) / "cache"
+    return Path.home() / ".cache" / "forgehub"
 
 
 def _pdeathsig_and_limits(memory_mb: int) -> Any:

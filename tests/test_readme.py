@@ -1,0 +1,88 @@
+"""The README is the project's first test: its quick start runs as written, line by line, in a
+fresh folder, against a server on a free (non-default) port with a fresh data directory, and
+each step must succeed. The blocks it runs are the ones marked ``<!-- readme-test: … -->``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.services import ForgehubServer, started
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKED = re.compile(r"<!-- readme-test: ([^>]+) -->\s*```console\n(.*?)```", re.S)
+
+
+def marked_blocks(text: str) -> list[tuple[str, list[str]]]:
+    """(name, command lines) of every marked console block; comments and blank lines dropped,
+    backslash continuations joined."""
+    blocks = []
+    for name, body in MARKED.findall(text):
+        lines: list[str] = []
+        for raw in body.replace("\\\n", " ").splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+        blocks.append((name.strip(), lines))
+    return blocks
+
+
+def test_the_readme_marks_its_quick_start() -> None:
+    blocks = marked_blocks((ROOT / "README.md").read_text())
+    commands = [c for _, lines in blocks for c in lines]
+    assert any("demo data" in c for c in commands)
+    assert any("forgehub train digits" in c for c in commands)
+
+
+@pytest.mark.timeout(600)
+def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
+    work = tmp_path / "clone"
+    work.mkdir()
+    (work / ".venv").symlink_to(ROOT / ".venv")  # the commands say .venv/bin/forgehub
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGEHUB_")}
+    env.update(
+        FORGEHUB_DATA_DIR=str(data),  # what `make run` would use, but fresh
+        XDG_CONFIG_HOME=str(tmp_path / "config"),  # no login of the person running the tests
+        HOME=str(tmp_path / "home"),
+    )
+    srv = ForgehubServer(data)  # a free port: never the README's default 8000
+    assert srv.port != 8000
+    with started(srv):
+        for name, lines in marked_blocks((ROOT / "README.md").read_text()):
+            for line in lines:
+                r = subprocess.run(
+                    ["bash", "-c", line],
+                    cwd=work,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                assert r.returncode == 0, f"README ({name}): {line}\n{r.stdout}\n{r.stderr}"
+                assert "Traceback" not in r.stderr, line
+                if "export " in line:  # the next lines of the block use it
+                    key, _, value = line.removeprefix("export ").partition("=")
+                    env[key] = subprocess.run(
+                        ["bash", "-c", f"echo {value}"],
+                        cwd=work,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                    ).stdout.strip()
+                if "module predict digits" in line:
+                    assert '"label"' in r.stdout
+                if "/api/v1/users/me" in line:
+                    assert '"name":"admin"' in r.stdout.replace(" ", "")
+        # what the quick start promised happened
+        admin = {"Authorization": f"Bearer {srv.admin_token}"}
+        jobs = httpx.get(f"{srv.url}/api/v1/jobs", headers=admin).json()["jobs"]
+        assert [j["state"] for j in jobs] == ["succeeded"], jobs
+        versions = httpx.get(f"{srv.url}/api/v1/catalog/modules/digits").json()["versions"]
+        assert any(v["version"].startswith("trained-") for v in versions)
+    assert sorted(p.name for p in work.iterdir()) == [".venv", "digit.png", "digits-dataset"]
