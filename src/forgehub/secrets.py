@@ -38,16 +38,33 @@ def load_keys(data_dir: Path) -> list[bytes]:
 
 
 class SecretBox:
-    def __init__(self, keys: list[bytes]) -> None:
+    def __init__(self, keys: list[bytes], data_dir: Path | None = None) -> None:
         if not keys:
             raise SecretsError("no secret keys configured")
+        self.keys = list(keys)
         self.fernet = MultiFernet([Fernet(k) for k in keys])
+        self.data_dir = data_dir  # where the keys came from: reread after `secrets rotate`
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> SecretBox:
-        return cls(load_keys(data_dir))
+        return cls(load_keys(data_dir), data_dir)
+
+    def _reload(self) -> bool:
+        """Read the keys again (a `forgehub secrets rotate` while the server runs); True if
+        they changed."""
+        if self.data_dir is None:
+            return False
+        keys = load_keys(self.data_dir)
+        fresh = MultiFernet([Fernet(k) for k in keys])
+        if [f._signing_key for f in fresh._fernets] == [
+            f._signing_key for f in self.fernet._fernets
+        ]:
+            return False
+        self.fernet = fresh
+        return True
 
     def seal(self, values: dict[str, Any]) -> str:
+        self._reload()  # seal with the newest key, even one added while the server runs
         return self.fernet.encrypt(json.dumps(values).encode()).decode()
 
     def open(self, token: str | None) -> dict[str, Any]:
@@ -57,6 +74,8 @@ class SecretBox:
             out: dict[str, Any] = json.loads(self.fernet.decrypt(token.encode()))
             return out
         except InvalidToken as exc:
+            if self._reload():  # re-encrypted with a key this process has not read yet
+                return self.open(token)
             raise SecretsError(
                 "cannot decrypt stored secrets: the secret key changed or is "
                 "missing (FORGEHUB_SECRET_KEYS / secret.keys)"

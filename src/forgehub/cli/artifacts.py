@@ -9,6 +9,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +268,9 @@ def pull(
     h = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as fh, _progress() as progress:
-            task = progress.add_task(f"pull {ref}", total=art["size"])
+            # a folder comes as a tar, a little larger than its files: no total to overshoot
+            total = art["size"] if art["kind"] == "file" else None
+            task = progress.add_task(f"pull {ref}", total=total)
             with c.http.stream("GET", f"/api/v1/artifacts/{ref}/content", timeout=None) as r:
                 if r.status_code >= 400:
                     r.read()
@@ -280,6 +283,8 @@ def pull(
             actual = f"sha256:{h.hexdigest()}"
             if actual != art["digest"]:
                 fail(f"corrupted download: expected {art['digest']}, got {actual}")
+            stored = datetime.fromisoformat(art["created_at"]).timestamp()
+            os.utime(tmp, (stored, stored))  # when it was stored, not 1970 or now
             os.replace(tmp, dest)
         else:
             _extract_verified(Path(tmp), dest, {f["path"]: f["digest"] for f in art["files"]})
@@ -336,7 +341,7 @@ def ls(
             a["digest"][:19] + "…",
             a["kind"],
             _size(a["size"]),
-            a["filename"],
+            a["filename"] or (a["tags"][0].split(":")[0] if a["tags"] else ""),
             ", ".join(a["tags"]),
             ", ".join(x["connection"] for x in a["locations"]),
             a["created_at"][:16],

@@ -123,6 +123,16 @@ class Client:
         return self.request("DELETE", path, **kw)
 
 
+def unique_id(ids: list[str], prefix: str, what: str) -> str:
+    """The one id among ``ids`` that starts with ``prefix`` (ids are typed short)."""
+    if prefix in ids:
+        return prefix
+    hits = [i for i in ids if i.startswith(prefix)]
+    if len(hits) != 1:
+        fail(f"{'no' if not hits else 'more than one'} {what} matches {prefix!r}")
+    return hits[0]
+
+
 def exit_for(exc: ForgehubError, server: str) -> NoReturn:
     """The one place where API errors become the CLI's messages and exit codes (1)."""
     if isinstance(exc, Unreachable):

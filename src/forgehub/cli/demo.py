@@ -17,7 +17,9 @@ out = Console(soft_wrap=True)
 
 @demo_app.command("data")
 def data(
-    dest: Path = typer.Argument(Path("."), help="Folder to write into."),
+    dest: Path = typer.Argument(
+        Path("."), help="Folder to write into.", show_default="the current folder"
+    ),
     per_digit: int = typer.Option(60, "--per-digit", min=5, max=180, help="Images per digit."),
 ) -> None:
     """Write a sample dataset for `digits` (a folder of labelled PNG images) and a digit image.

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgehub.cli.artifacts import _parse_settings
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail, unique_id
 from forgehub.client import error_for
 
 job_app = typer.Typer(
@@ -182,10 +182,7 @@ def _find(c: Client, prefix: str) -> str:
     if len(prefix) >= 32:
         return prefix
     page = c.get("/api/v1/jobs", params={"limit": 500})
-    hits = [j["id"] for j in page["jobs"] if j["id"].startswith(prefix)]
-    if len(hits) != 1:
-        fail(f"{'no' if not hits else 'more than one'} job matches {prefix!r}")
-    return str(hits[0])
+    return unique_id([j["id"] for j in page["jobs"]], prefix, "job")
 
 
 @job_app.command("show")

@@ -15,7 +15,7 @@ from rich.table import Table
 from forgehub import __version__
 from forgehub.cli.artifacts import artifact_app, storage_app
 from forgehub.cli.catalog import app as catalog_app
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail, unique_id
 from forgehub.cli.compute import compute_app
 from forgehub.cli.demo import demo_app
 from forgehub.cli.jobs import job_app, train
@@ -313,6 +313,8 @@ def token_ls(
         out.print_json(json.dumps(tokens))
         return
     table = Table("id", "name", "user", "prefix", "expires", "last used", "revoked")
+    table.columns[0].no_wrap = True
+    table.columns[0].overflow = "ignore"  # the whole id, to copy into `token revoke`
     for t in tokens:
         table.add_row(
             t["id"],
@@ -328,8 +330,10 @@ def token_ls(
 
 @token_app.command("revoke")
 def token_revoke(token_id: str, server: str = ServerOpt, api_token: str = TokenOpt) -> None:
-    """Revoke a token by id."""
-    t = Client(server, api_token).delete(f"/api/v1/tokens/{token_id}")
+    """Revoke a token by its id, or the start of it (as `token ls` shows it)."""
+    c = Client(server, api_token)
+    mine = [t["id"] for t in c.get("/api/v1/tokens", params={"all": True})]
+    t = c.delete(f"/api/v1/tokens/{unique_id(mine, token_id, 'token')}")
     out.print(f"revoked {t['id']} ({t['name']})")
 
 

@@ -225,14 +225,19 @@ def content(
         return StreamingResponse(
             verified_stream(adapter, art.digest), media_type=art.media_type, headers=headers
         )
-    return StreamingResponse(_tar_stream(adapter, art.digest), media_type=TAR, headers=headers)
+    mtime = int(art.created_at.timestamp())
+    return StreamingResponse(
+        _tar_stream(adapter, art.digest, mtime), media_type=TAR, headers=headers
+    )
 
 
-def _tar_stream(adapter: Any, digest: str) -> Iterator[bytes]:
+def _tar_stream(adapter: Any, digest: str, mtime: int) -> Iterator[bytes]:
+    """The folder as a tar built on the fly; files carry the time the artifact was stored
+    (content addressing keeps no per-file times)."""
     entries = parse_manifest(b"".join(verified_stream(adapter, digest)))
     for e in entries:
         info = tarfile.TarInfo(e.path)
-        info.size, info.mode = e.size, e.mode
+        info.size, info.mode, info.mtime = e.size, e.mode, mtime
         yield info.tobuf(format=tarfile.PAX_FORMAT)
         yield from verified_stream(adapter, e.digest)
         if e.size % 512:
