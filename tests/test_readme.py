@@ -44,6 +44,7 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     work = tmp_path / "clone"
     work.mkdir()
     (work / ".venv").symlink_to(ROOT / ".venv")  # the commands say .venv/bin/forgehub
+    (work / "examples").symlink_to(ROOT / "examples")  # and point at the examples
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGEHUB_")}
     env.update(
@@ -85,4 +86,7 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
         assert [j["state"] for j in jobs] == ["succeeded"], jobs
         versions = httpx.get(f"{srv.url}/api/v1/catalog/modules/digits").json()["versions"]
         assert any(v["version"].startswith("trained-") for v in versions)
-    assert sorted(p.name for p in work.iterdir()) == [".venv", "digit.png", "digits-dataset"]
+        plant = httpx.get(f"{srv.url}/api/v1/catalog/modules/plant-classifier")
+        assert plant.status_code == 200 and plant.json()["title"] == "Plant classifier"
+    made = sorted(p.name for p in work.iterdir())
+    assert made == [".venv", "digit.png", "digits-dataset", "examples"]
