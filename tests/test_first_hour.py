@@ -32,6 +32,12 @@ def test_demo_data_trains_digits_from_a_folder_of_images(tmp_path: Path) -> None
         load_dataset(dataset)
     with pytest.raises(ValueError, match="not a dataset"):
         load_dataset(image)
+    import numpy as np
+
+    npz = tmp_path / "sha256-abc"  # a file input arrives under its digest, without a suffix
+    with open(npz, "wb") as fh:
+        np.savez(fh, X=X, y=y)
+    assert load_dataset(npz)[0].shape == (120, 64)
 
 
 def test_help_reads_cleanly_for_every_command() -> None:

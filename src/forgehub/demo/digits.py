@@ -77,13 +77,11 @@ def load_dataset(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
             path = npz[0]
         else:
             return _load_image_folder(path)
-    if path.suffix.lower() != ".npz":
-        raise ValueError(f"{path.name} is not a dataset: {DATASET_HELP}")
-    try:
+    try:  # a file input arrives under its digest, with no suffix: try it as an .npz
         with np.load(path) as data:
             return np.asarray(data["X"], dtype=np.float64), np.asarray(data["y"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"{path.name} is not a digits .npz ({exc}): {DATASET_HELP}") from None
+    except (OSError, KeyError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path.name} is not a dataset ({exc}): {DATASET_HELP}") from None
 
 
 def _load_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
