@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -141,3 +142,28 @@ def test_the_cli_finds_the_local_server_and_its_cache(tmp_path: Path) -> None:
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+def test_a_failed_jobs_page_shows_why(live_server: Any) -> None:
+    import httpx
+
+    from tests.test_dashboard import sign_in
+
+    admin = {"Authorization": f"Bearer {live_server.admin_token}"}
+    with httpx.Client(base_url=live_server.url, headers=admin) as api:
+        job = api.post(
+            "/api/v1/jobs",
+            json={"kind": "command", "command": ["sh", "-c", "echo the disk is full >&2; exit 3"]},
+        ).json()
+        deadline = time.monotonic() + 60
+        while api.get(f"/api/v1/jobs/{job['id']}").json()["state"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    with httpx.Client(base_url=live_server.url) as browser:
+        sign_in(browser, live_server.admin_token)
+        page = browser.get(f"/jobs/{job['id']}").text
+    head = page[: page.find("Timeline")]
+    assert "exit code 3" in head and "the disk is full" in head  # the reason, up top
+    timeline = page[page.find("Timeline") :]
+    assert "submitted to local (local)" in timeline
+    assert not re.search(r"\b\d+:\d+:[0-9a-f]{8}", timeline)  # no internal process handles

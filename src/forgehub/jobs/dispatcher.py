@@ -207,7 +207,7 @@ class Dispatcher:
                 s,
                 job,
                 JobState.starting,
-                f"submitted to {conn.name} ({conn.kind}) as {handle}",
+                f"submitted to {conn.name} ({conn.kind})",
                 backend_ref=handle,
                 **token_columns,
                 lease_expires_at=(

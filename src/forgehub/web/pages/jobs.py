@@ -3,6 +3,8 @@ and the train form of a module."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
@@ -11,6 +13,7 @@ from forgehub.db.models import (
     Artifact,
     ComputeConnection,
     JobEvent,
+    JobLog,
     JobState,
     StorageConnection,
 )
@@ -75,6 +78,7 @@ def job_page(request: Request, job_id: str) -> Response:
         compute = s.get(ComputeConnection, job.compute_id)
         storage = s.get(StorageConnection, job.storage_id)
         output = service.output_of(s, job)
+        tail = last_lines(s, job) if job.state == JobState.failed else []
     return render(
         request,
         "job.html",
@@ -84,8 +88,27 @@ def job_page(request: Request, job_id: str) -> Response:
         compute=compute.name if compute else "?",
         storage=storage.name if storage else "?",
         output=output,
+        tail=tail,
         finished=JobState(job.state).finished,
     )
+
+
+def last_lines(s: Any, job: Any, n: int = 8) -> list[str]:
+    """The last lines a failed attempt wrote to stderr or the runner's own messages: what a
+    person needs to see first."""
+    rows = s.scalars(
+        select(JobLog)
+        .where(JobLog.job_id == job.id, JobLog.attempt == job.attempt)
+        .order_by(JobLog.id.desc())
+        .limit(20)
+    )
+    lines: list[str] = []
+    for row in rows:
+        picked = [str(ln[2]) for ln in row.lines if ln[1] in ("stderr", "system")]
+        lines = picked + lines
+        if len(lines) >= n:
+            break
+    return lines[-n:]
 
 
 @router.get("/modules/{name}/train", response_class=HTMLResponse)

@@ -156,12 +156,15 @@ function drawChart(name, points) {
   const sx = (x) => pad + ((x - x0) / (x1 - x0 || 1)) * (w - 2 * pad);
   const sy = (y) => h - pad + -((y - y0) / (y1 - y0 || 1)) * (h - 2 * pad);
   const d = points.map((p, i) => `${i ? "L" : "M"}${sx(xs[i]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" ");
+  // axes labelled at a few round steps and values, not only their ends
+  const xTicks = [...new Set([0, 1, 2, 3, 4].map((k) => Math.round(x0 + (k * (x1 - x0)) / 4)))];
+  const yTicks = y1 > y0 ? [0, 1, 2].map((k) => y0 + (k * (y1 - y0)) / 2) : [y0];
   const last = ys[ys.length - 1];
   return `<div class="chart" data-metric="${name}"><h3>${name} <span class="muted">${last.toPrecision(4)} at step ${xs[xs.length - 1]}</span></h3>
     <svg viewBox="0 0 ${w} ${h}" role="img" aria-label="${name} over ${points.length} steps, last ${last.toPrecision(4)}">
       <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#ccd"/><line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#ccd"/>
-      <text x="2" y="${pad}" font-size="10">${y1.toPrecision(3)}</text><text x="2" y="${h - pad}" font-size="10">${y0.toPrecision(3)}</text>
-      <text x="${w - pad}" y="${h - 8}" font-size="10" text-anchor="end">step ${x1}</text>
+      ${yTicks.map((y) => `<line x1="${pad - 3}" y1="${sy(y).toFixed(1)}" x2="${w - pad}" y2="${sy(y).toFixed(1)}" stroke="#eef"/><text x="2" y="${(sy(y) + 3).toFixed(1)}" font-size="10">${y.toPrecision(3)}</text>`).join("")}
+      ${xTicks.map((x) => `<line x1="${sx(x).toFixed(1)}" y1="${h - pad}" x2="${sx(x).toFixed(1)}" y2="${h - pad + 3}" stroke="#99a"/><text x="${sx(x).toFixed(1)}" y="${h - 8}" font-size="10" text-anchor="middle">${x}</text>`).join("")}
       <path d="${d}" fill="none" stroke="#2456c9" stroke-width="2"/>
     </svg></div>`;
 }
