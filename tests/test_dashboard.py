@@ -325,3 +325,15 @@ def test_jobs_list_filters_and_pages(server: ForgehubServer) -> None:
         assert ids[0][:12] in page2
         assert "0 jobs" in b.get("/jobs", params={"state": "running", "compute": "workers"}).text
         assert "0 jobs" in b.get("/jobs", params={"module": "digits", "state": "cancelled"}).text
+
+
+def test_on_a_narrow_screen_the_modules_come_first(browser: Any, server: ForgehubServer) -> None:
+    s = Session(browser, server, server.admin_token, viewport={"width": 390, "height": 800})
+    page = s.page
+    page.goto("/")
+    assert page.locator("details.facets-box").evaluate("d => d.open") is False
+    card = page.locator(".card").first.bounding_box()
+    assert card is not None and card["y"] < 800  # above the fold
+    page.get_by_text("Filters").click()  # the filters are one tap away
+    assert page.locator("details.facets-box").evaluate("d => d.open") is True
+    s.close()

@@ -291,3 +291,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const u = document.getElementById("upload"); if (u) setupUpload(u);
   setupTests();
 });
+
+// on a narrow screen the filters start folded, so the modules are what one sees first
+if (window.matchMedia("(max-width: 760px)").matches) {
+  for (const d of document.querySelectorAll("details.facets-box")) d.open = false;
+}
