@@ -62,14 +62,11 @@ DATASET_HELP = (
 
 
 def load_dataset(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The training data: the bundled scikit-learn digits (no path), an ``.npz`` with arrays
-    ``X`` (n×64) and ``y``, or a folder of labelled images (``0/*.png`` … ``9/*.png``), the way
-    people keep image data."""
+    """The training data: sample digits drawn by :func:`sample_digits` (no path), an ``.npz``
+    with arrays ``X`` (n×64) and ``y``, or a folder of labelled images (``0/*.png`` …
+    ``9/*.png``), the way people keep image data."""
     if path is None:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        return d.data.astype(np.float64), d.target
+        return sample_digits()
     path = Path(path)
     if path.is_dir():
         npz = sorted(path.rglob("*.npz"))
@@ -101,32 +98,130 @@ def _load_image_folder(root: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.asarray(ys)
 
 
-def write_samples(dest: Path, per_digit: int = 60) -> tuple[Path, Path]:
-    """A sample dataset (``dest/digits-dataset/<digit>/*.png``, from scikit-learn's digits) and
-    a sample image (``dest/digit.png``) to try and train ``digits`` with."""
-    from sklearn.datasets import load_digits
+def draw_digit(digit: int, rng: np.random.Generator) -> Any:
+    """One digit drawn like a person's: a font at a random size, stroke, place and slant."""
+    from PIL import Image, ImageDraw, ImageFont
 
-    d = load_digits()
+    img = Image.new("L", (32, 32), 0)
+    font = ImageFont.load_default(size=int(rng.integers(20, 30)))
+    dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
+    ImageDraw.Draw(img).text(
+        (16 + dx, 16 + dy),
+        str(digit),
+        fill=255,
+        font=font,
+        anchor="mm",
+        stroke_width=int(rng.integers(0, 3)),
+        stroke_fill=255,
+    )
+    return img.rotate(float(rng.uniform(-14, 14)), resample=Image.Resampling.BILINEAR)
+
+
+def sample_digits(per_digit: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled sample of drawn digits as 8×8 grey levels (0-16), the demo's own data."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for _ in range(per_digit):
+        for d in range(10):
+            xs.append(_pixels(draw_digit(d, rng)))
+            ys.append(d)
+    return np.stack(xs), np.asarray(ys)
+
+
+def _pixels(img: Any) -> np.ndarray:
+    from PIL import Image
+
+    arr = np.asarray(img.resize((8, 8), Image.Resampling.LANCZOS), dtype=np.float64)
+    return np.clip(arr / 255.0 * 16.0, 0, 16).reshape(64)
+
+
+def write_samples(dest: Path, per_digit: int = 60) -> tuple[Path, Path]:
+    """A sample dataset (``dest/digits-dataset/<digit>/*.png``, drawn digits) and a sample
+    image (``dest/digit.png``) to try and train ``digits`` with."""
+    rng = np.random.default_rng(1)
     dataset = dest / "digits-dataset"
-    counts: dict[int, int] = {}
-    for i, (x, y) in enumerate(zip(d.data, d.target, strict=True)):
-        n = counts.get(int(y), 0)
-        if n >= per_digit:
-            continue
-        counts[int(y)] = n + 1
-        folder = dataset / str(int(y))
+    for d in range(10):
+        folder = dataset / str(d)
         folder.mkdir(parents=True, exist_ok=True)
-        _digit_image(x).save(folder / f"{i:04d}.png")
+        for k in range(per_digit):
+            draw_digit(d, rng).save(folder / f"{k:03d}.png")
     image = dest / "digit.png"
-    _digit_image(d.data[-1]).save(image)  # a 8 the sample dataset does not hold
+    draw_digit(8, np.random.default_rng(2)).save(image)
     return dataset, image
 
 
-def _digit_image(x: np.ndarray) -> Any:
-    from PIL import Image
+class MLP:
+    """A one-hidden-layer perceptron (ReLU, softmax) trained with Adam on minibatches: the
+    demo's trainer, in numpy alone. Its weights load into :meth:`DigitsModule.probabilities`."""
 
-    arr = (np.clip(x.reshape(8, 8), 0, 16) / 16.0 * 255).astype(np.uint8)
-    return Image.fromarray(arr, "L").resize((32, 32), Image.Resampling.NEAREST)
+    def __init__(self, hidden: int, learning_rate: float, seed: int, alpha: float = 1e-4) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.lr, self.alpha, self.t = learning_rate, alpha, 0
+        self.params = [*self._layer(64, hidden), *self._layer(hidden, 10)]
+        self.m = [np.zeros_like(p) for p in self.params]
+        self.v = [np.zeros_like(p) for p in self.params]
+        self.loss_ = float("nan")
+
+    def _layer(self, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+        bound = np.sqrt(6.0 / (n_in + n_out))
+        return (
+            self.rng.uniform(-bound, bound, (n_in, n_out)),
+            self.rng.uniform(-bound, bound, n_out),
+        )
+
+    def _forward(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        W0, b0, W1, b1 = self.params
+        h = np.maximum(X @ W0 + b0, 0.0)
+        z = h @ W1 + b1
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return h, e / e.sum(axis=1, keepdims=True)
+
+    def partial_fit(self, X: np.ndarray, y: np.ndarray, batch: int = 200) -> None:
+        """One pass over ``X`` in shuffled minibatches."""
+        order = self.rng.permutation(len(X))
+        losses = []
+        for start in range(0, len(X), batch):
+            idx = order[start : start + batch]
+            xb, yb = X[idx], y[idx]
+            h, p = self._forward(xb)
+            n = len(idx)
+            losses.append(float(-np.log(p[np.arange(n), yb] + 1e-12).mean()))
+            dz = p.copy()
+            dz[np.arange(n), yb] -= 1.0
+            dz /= n
+            W0, _, W1, _ = self.params
+            dh = (dz @ W1.T) * (h > 0)
+            grads = [xb.T @ dh, dh.sum(0), h.T @ dz, dz.sum(0)]
+            grads[0] += self.alpha * W0 / n
+            grads[2] += self.alpha * W1 / n
+            self.t += 1
+            for i, g in enumerate(grads):
+                self.m[i] = 0.9 * self.m[i] + 0.1 * g
+                self.v[i] = 0.999 * self.v[i] + 0.001 * g * g
+                m_hat = self.m[i] / (1 - 0.9**self.t)
+                v_hat = self.v[i] / (1 - 0.999**self.t)
+                self.params[i] -= self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        self.loss_ = float(np.mean(losses))
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:
+        return float((self._forward(X)[1].argmax(axis=1) == y).mean())
+
+
+def split(
+    X: np.ndarray, y: np.ndarray, seed: int, val: float = 0.2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A stratified train/validation split (each label in both, in proportion)."""
+    rng = np.random.default_rng(seed)
+    train_idx: list[int] = []
+    val_idx: list[int] = []
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        k = max(1, int(round(len(idx) * val)))
+        val_idx.extend(idx[:k])
+        train_idx.extend(idx[k:])
+    tr, va = np.asarray(sorted(train_idx)), np.asarray(sorted(val_idx))
+    return X[tr], X[va], y[tr], y[va]
 
 
 MAX_PIXELS = 25_000_000
@@ -230,29 +325,16 @@ class DigitsModule(Module):
 
     def train(self, args: DigitsTrainArgs, ctx: TrainContext) -> dict[str, Any]:
         import time
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.model_selection import train_test_split
-        from sklearn.neural_network import MLPClassifier
 
         X, y = load_dataset(ctx.inputs.get("dataset"))
-        X_train, X_val, y_train, y_val = train_test_split(
-            X / 16.0, y, test_size=0.2, random_state=args.seed, stratify=y
-        )
-        clf = MLPClassifier(
-            hidden_layer_sizes=(args.hidden_size,),
-            learning_rate_init=args.learning_rate,
-            random_state=args.seed,
-        )
-        classes = np.arange(10)
+        y = y.astype(np.int64)
+        X_train, X_val, y_train, y_val = split(X / 16.0, y, args.seed)
+        clf = MLP(args.hidden_size, args.learning_rate, args.seed)
         acc = 0.0
         for epoch in range(1, args.epochs + 1):
             ctx.check_cancelled()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.partial_fit(X_train, y_train, classes=classes)
-            acc = float(clf.score(X_val, y_val))
+            clf.partial_fit(X_train, y_train)
+            acc = clf.score(X_val, y_val)
             ctx.log_metric("loss", float(clf.loss_), epoch)
             ctx.log_metric("val_accuracy", acc, epoch)
             ctx.progress(epoch / args.epochs, f"epoch {epoch}/{args.epochs}")
@@ -263,31 +345,29 @@ class DigitsModule(Module):
             if args.epoch_delay:
                 time.sleep(args.epoch_delay)
         out = ctx.output_dir / "digits-weights.npz"
-        arrays: dict[str, Any] = {"n_layers": np.asarray(len(clf.coefs_))}
-        for i, (w, b) in enumerate(zip(clf.coefs_, clf.intercepts_, strict=True)):
-            arrays[f"W{i}"] = w
-            arrays[f"b{i}"] = b
+        W0, b0, W1, b1 = clf.params
+        arrays: dict[str, Any] = {"n_layers": np.asarray(2), "W0": W0, "b0": b0, "W1": W1, "b1": b1}
         np.savez(out, **arrays)
         return {"val_accuracy": acc, "epochs": args.epochs, "weights": str(out)}
 
 
 def _build_default_weights() -> None:
-    """Rebuild the shipped weights with this module's own training."""
-    import shutil
-    import tempfile
+    """Rebuild the shipped weights with this module's own trainer, on scikit-learn's handwritten
+    digits (a development dependency) and the drawn sample digits, so that the shipped model
+    reads both handwriting and the sample images. ``python -m forgehub.demo.digits``."""
+    from sklearn.datasets import load_digits
 
-    tmp = Path(tempfile.mkdtemp())
-    ctx = TrainContext(
-        inputs={},
-        output_dir=tmp,
-        _metric=lambda n, v, s: None,
-        _progress=lambda f, m: None,
-        _cancelled=lambda: False,
-    )
-    result = DigitsModule().train(DigitsTrainArgs(epochs=60), ctx)
-    shutil.copy(tmp / "digits-weights.npz", WEIGHTS)
-    shutil.rmtree(tmp)
-    print(f"wrote {WEIGHTS} (val_accuracy={result['val_accuracy']:.3f})")
+    hand = load_digits()
+    drawn_X, drawn_y = sample_digits(per_digit=200, seed=5)
+    X = np.concatenate([hand.data, drawn_X]) / 16.0
+    y = np.concatenate([hand.target, drawn_y]).astype(np.int64)
+    X_train, X_val, y_train, y_val = split(X, y, seed=0)
+    clf = MLP(128, 0.01, seed=0)
+    for _ in range(60):
+        clf.partial_fit(X_train, y_train)
+    W0, b0, W1, b1 = clf.params
+    np.savez(WEIGHTS, n_layers=np.asarray(2), W0=W0, b0=b0, W1=W1, b1=b1)
+    print(f"wrote {WEIGHTS} (val_accuracy={clf.score(X_val, y_val):.3f})")
 
 
 if __name__ == "__main__":
