@@ -272,7 +272,8 @@ def test_training_lifecycle_and_predictions_during_training(tmp_path: Path) -> N
         ok = c.post("/v2/models/deepaas_style/train/", params={"seconds": 0.1}).json()
         bad = c.post("/v2/models/deepaas_style/train/", params={"fail": "true"}).json()
         done = wait_state(c, f"/v2/models/deepaas_style/train/{ok['uuid']}", {"succeeded"})
-        assert done["status"] == "done" and done["result"]["output"] == {"trained_for": 0.1}
+        assert done["status"] == "done"
+        assert done["result"]["output"] == {"trained_for": 0.1, "pids": []}
         failed = wait_state(c, f"/v2/models/deepaas_style/train/{bad['uuid']}", {"failed"})
         assert failed["status"] == "error" and "asked to fail" in failed["message"]
         listed = c.get("/v2/models/deepaas_style/train/").json()

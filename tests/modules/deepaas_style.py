@@ -84,7 +84,19 @@ def get_train_args():
     return {
         "seconds": fields.Float(load_default=0.1, validate=validate.Range(min=0, max=60)),
         "fail": fields.Bool(load_default=False),
+        "children": fields.Bool(
+            load_default=False,
+            metadata={
+                "description": "Start a helper process and a subprocess, as modules do "
+                "for tensorboard (they end with the training)."
+            },
+        ),
+        "tag": fields.Int(load_default=0, validate=validate.Range(min=0, max=999)),
     }
+
+
+def _helper() -> None:  # what a module's tensorboard process does: live on
+    time.sleep(60)
 
 
 def predict(**kwargs):
@@ -126,9 +138,18 @@ def predict(**kwargs):
 
 
 def train(**kwargs):
+    pids = []
+    if kwargs.get("children"):
+        import multiprocessing
+        import subprocess
+
+        helper = multiprocessing.Process(target=_helper, daemon=True)  # the tensorboard pattern
+        helper.start()
+        sleeper = subprocess.Popen(["sleep", f"{1000 + kwargs.get('tag', 0)}.25"])
+        pids = [helper.pid, sleeper.pid]
     end = time.time() + kwargs["seconds"]
     while time.time() < end:
         time.sleep(0.02)
     if kwargs["fail"]:
         raise RuntimeError("asked to fail")
-    return {"trained_for": kwargs["seconds"]}
+    return {"trained_for": kwargs["seconds"], "pids": pids}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -33,7 +35,16 @@ _ctx = multiprocessing.get_context("spawn")
 def _child(
     target: str, name: str, args: Any, output_dir: str, conn: Connection, cancel: Any
 ) -> None:
-    """Entry point of a training process."""
+    """Entry point of a training process. It leads a process group of its own, so module code
+    may start processes (multiprocessing, subprocesses, threads) as it does under DEEPaaS, and
+    a cancel or the end of the training still ends the whole tree; it dies with the server."""
+    os.setsid()
+    try:  # Linux: die with the server process, even if that is killed outright
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
     from forgehub.module.contract import Cancelled, TrainContext
     from forgehub.module.discovery import import_target, wrap
 
@@ -55,6 +66,40 @@ def _child(
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+def end_tree(proc: Any, grace: float = CANCEL_GRACE_S) -> None:
+    """End a training process and everything it started (its process group): SIGTERM, then
+    SIGKILL after ``grace`` seconds."""
+    pgid = proc.pid
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.05)
+        if not _group_alive(pgid):
+            break
+    proc.join(grace)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # a zombie leader still counts for killpg: look for a live member
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 class _Run:
@@ -161,7 +206,7 @@ class TrainingManager:
         proc = _ctx.Process(
             target=_child,
             name=f"forgehub-train-{tid}",
-            daemon=True,
+            daemon=False,  # module code may start processes of its own
             args=(
                 pending.module.target,
                 pending.module.name,
@@ -210,7 +255,9 @@ class TrainingManager:
             if time.monotonic() - last_flush > 0.5 or outcome is not None:
                 self._update(tid, {"metrics": metrics, "progress": progress})
                 last_flush = time.monotonic()
-        run.proc.join()
+        # the module's own processes (a tensorboard, a data loader) end with its training
+        run.proc.join(CANCEL_GRACE_S if outcome is not None else None)
+        end_tree(run.proc, grace=1.0)
         if run.cancel_requested:
             outcome = (TrainingState.cancelled, None, "cancelled by request")
         elif outcome is None:
@@ -284,12 +331,7 @@ class TrainingManager:
         run.cancel_requested = True
         run.cancel.set()
         run.proc.join(CANCEL_GRACE_S)
-        if run.proc.is_alive():
-            run.proc.terminate()
-            run.proc.join(CANCEL_GRACE_S)
-        if run.proc.is_alive():
-            run.proc.kill()
-            run.proc.join()
+        end_tree(run.proc)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # wait for the watcher to store the outcome
             with self.lock:
@@ -330,7 +372,7 @@ class TrainingManager:
             with self.lock:
                 run = self.runs.get(tid)
             if run is not None and run.proc is not None:
-                run.proc.terminate()
+                end_tree(run.proc, grace=1.0)
         for tid in ids:
             with self.db.session() as s:
                 t = s.get(Training, tid)
