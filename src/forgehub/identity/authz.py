@@ -28,7 +28,7 @@ changing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,14 +222,3 @@ def claimable(stmt: Select[Any], job: Any, worker: Any) -> Select[Any]:
     if worker.shared:
         return stmt.where((job.owner_id == worker.owner_id) | (job.kind != "command"))
     return stmt.where(job.owner_id == worker.owner_id)
-
-
-def describe() -> list[dict[str, str]]:
-    """Every action, for docs/security.md and the permission-matrix test."""
-    return [
-        {"action": a.name, "resource": a.resource, "rule": a.rule, "doc": a.doc}
-        for a in ACTIONS.values()
-    ]
-
-
-Check = Callable[[Principal | None, str, Any], bool]

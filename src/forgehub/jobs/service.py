@@ -9,7 +9,6 @@ Errors are :class:`JobError` (a :class:`~forgehub.errors.ForgehubError`).
 
 from __future__ import annotations
 
-from forgehub.db.models import Artifact  # noqa: F401 - callers use service.Artifact
 from forgehub.jobs.common import (
     ACTIVE,
     COMPUTE,
