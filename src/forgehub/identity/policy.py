@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,7 @@ class Policy:
                 else f"{kind!r} compute runs on the server machine: for admins and the users "
                 "they allow (server_compute_users)"
             )
-        if not authz.can(principal, "egress.any", None):
-            for host in cls.hosts(config):
-                self._check_host(host)
+        self.check_hosts(principal, cls, config)
 
     # -- storage -------------------------------------------------------------------------------
     def storage_config(
@@ -76,15 +75,13 @@ class Policy:
                 path = self.local_root(principal, Path(raw))
                 return {**config, "path": str(path)}
             return config
-        if not authz.can(principal, "egress.any", None):
-            from forgehub.storage import StorageError, adapter_class
+        from forgehub.storage import StorageError, adapter_class
 
-            try:
-                cls = adapter_class(kind)
-            except StorageError:
-                return config
-            for host in cls.hosts(config):
-                self._check_host(host)
+        try:
+            cls = adapter_class(kind)
+        except StorageError:
+            return config  # the connection family reports unknown kinds
+        self.check_hosts(principal, cls, config)
         return config
 
     def local_root(self, principal: Principal, path: Path) -> Path:
@@ -108,29 +105,23 @@ class Policy:
         )
 
     # -- egress --------------------------------------------------------------------------------
-    def check_egress(self, principal: Principal, kind: str, config: dict[str, Any]) -> None:
-        """Refuse, before any connection is made, a test of a connection that points at a
-        denied network (the result would reveal what listens there)."""
+    def check_hosts(self, principal: Principal, adapter: Any, config: dict[str, Any]) -> None:
+        """Refuse, before any connection is made, a config of ``adapter`` (a storage or compute
+        adapter class) that points at a denied network: on adding a connection and on testing
+        it (a test's result would reveal what listens there)."""
         if authz.can(principal, "egress.any", None):
             return
-        from forgehub.compute import ComputeError
-        from forgehub.compute import adapter_class as compute_class
-        from forgehub.storage import StorageError
-        from forgehub.storage import adapter_class as storage_class
+        for host in adapter.hosts(config):
+            self._check_host(host)
 
-        for lookup, err in ((storage_class, StorageError), (compute_class, ComputeError)):
-            try:
-                cls = lookup(kind)
-            except err:
-                continue
-            for host in cls.hosts(config):
-                self._check_host(host)
-            return
+    @cached_property
+    def _denied(self) -> tuple[Any, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.egress_deny)
 
     def _check_host(self, host: str) -> None:
-        if not host or not self.egress_deny:
+        nets = self._denied
+        if not host or not nets:
             return
-        nets = [ipaddress.ip_network(n, strict=False) for n in self.egress_deny]
         try:
             infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             addrs = {ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos}

@@ -74,7 +74,7 @@ async def test_connection(name: str, principal: CurrentUser, request: Request) -
             authz.require(principal, "connection.use", conn, f"compute connection {name!r}")
             adapter = COMPUTE.adapter_for(conn, state.secrets)
         try:
-            state.policy.check_egress(principal, conn.kind, conn.config)
+            state.policy.check_hosts(principal, type(adapter), conn.config)
             adapter.test()
             cap = adapter.capacity()
         except ComputeError as exc:

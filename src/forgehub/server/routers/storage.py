@@ -84,7 +84,7 @@ def test_connection(
     adapter = conns.adapter_for(conn, box(request))
     session.commit()
     try:
-        request.app.state.policy.check_egress(principal, conn.kind, conn.config)
+        request.app.state.policy.check_hosts(principal, type(adapter), conn.config)
         adapter.test()
     except StorageError as exc:
         return {"name": name, "ok": False, "detail": str(exc)}
