@@ -19,20 +19,29 @@ import typer
 from rich.console import Console
 
 from forgehub.client import ApiClient, Unreachable
-from forgehub.config import ConfigError, load_settings
+from forgehub.config import ConfigError, Settings, load_settings
 from forgehub.errors import ForgehubError
 
 err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def local_server() -> str | None:
-    """The URL a ``forgehub serve`` on this machine wrote into its data directory (the data
-    directory as the configuration names it: ``FORGEHUB_DATA_DIR``, the config file, …)."""
+def local_settings() -> Settings | None:
+    """This machine's configuration (``FORGEHUB_DATA_DIR``, the config file, …), if valid."""
     try:
-        path = load_settings().server_file
-        data = json.loads(path.read_text())
-    except (ConfigError, OSError, ValueError):
+        return load_settings()
+    except ConfigError:
+        return None
+
+
+def local_server(settings: Settings | None = None) -> str | None:
+    """The URL a ``forgehub serve`` on this machine wrote into its data directory."""
+    settings = settings or local_settings()
+    if settings is None:
+        return None
+    try:
+        data = json.loads(settings.server_file.read_text())
+    except (OSError, ValueError):
         return None
     url = data.get("url") if isinstance(data, dict) else None
     return str(url) if url else None
@@ -78,31 +87,31 @@ def read_token_file(path: Path) -> str:
 class Client:
     def __init__(self, server: str | None, token: str | None) -> None:
         login = saved_login()
+        local = None if (server or os.environ.get("FORGEHUB_URL")) else local_settings()
         self.server = (
             server
             or os.environ.get("FORGEHUB_URL")
             or login.get("server")
-            or local_server()
+            or local_server(local)
             or DEFAULT_URL
         ).rstrip("/")
         self.token = (
             token
             or os.environ.get("FORGEHUB_TOKEN")
             or (login.get("token") if login.get("server", "").rstrip("/") == self.server else None)
-            or self._local_token()
+            or self._local_token(local)
         )
         self.api = ApiClient(self.server, self.token, timeout=60.0)
         self.http = self.api.http  # for streams: knows the server and the token
 
     @staticmethod
-    def _local_token() -> str | None:
+    def _local_token(settings: Settings | None) -> str | None:
         """The local admin token, when the server's data directory is on this machine."""
-        try:
-            path: Path = load_settings().admin_token_file
-        except ConfigError:
+        settings = settings or local_settings()
+        if settings is None:
             return None
         try:
-            return path.read_text().strip() or None
+            return settings.admin_token_file.read_text().strip() or None
         except OSError:
             return None
 
