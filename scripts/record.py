@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,21 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.services import ForgehubServer, started  # noqa: E402
-from tests.test_readme import marked_blocks  # noqa: E402
+from tests.test_dashboard import ARGS, CHROMIUM  # noqa: E402
+from tests.test_readme import marked_blocks, run_line  # noqa: E402
 
 OUT = ROOT / "docs" / "media"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 
 
 def record_terminal(work: Path, env: dict[str, str]) -> Path:
@@ -45,21 +33,10 @@ def record_terminal(work: Path, env: dict[str, str]) -> Path:
     clock = 0.0
     for _name, lines in marked_blocks((ROOT / "README.md").read_text()):
         for line in lines:
-            if line.startswith("export "):  # the next lines use it: evaluate it here
-                key, _, value = line.removeprefix("export ").partition("=")
-                env[key] = subprocess.run(
-                    ["bash", "-c", f"echo {value}"],
-                    cwd=work,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                ).stdout.strip()
             events.append([round(clock, 3), "o", f"\x1b[1m$ {line}\x1b[0m\r\n"])
             clock += 0.6
             started_at = time.monotonic()
-            r = subprocess.run(
-                ["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True
-            )
+            r = run_line(line, work, env)
             took = time.monotonic() - started_at
             text = (r.stdout + r.stderr).replace("\n", "\r\n")
             if r.returncode != 0:

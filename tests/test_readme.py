@@ -33,6 +33,20 @@ def marked_blocks(text: str) -> list[tuple[str, list[str]]]:
     return blocks
 
 
+def run_line(line: str, work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one documented command line in ``work`` as a shell would. An ``export`` line also
+    sets the variable in ``env``, since the next lines of its block use it."""
+    r = subprocess.run(
+        ["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    if line.startswith("export ") and r.returncode == 0:
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = subprocess.run(
+            ["bash", "-c", f"echo {value}"], cwd=work, env=env, capture_output=True, text=True
+        ).stdout.strip()
+    return r
+
+
 def test_the_readme_marks_its_quick_start() -> None:
     blocks = marked_blocks((ROOT / "README.md").read_text())
     commands = [c for _, lines in blocks for c in lines]
@@ -60,25 +74,9 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
     with started(srv):
         for name, lines in [b for page in pages for b in marked_blocks(page.read_text())]:
             for line in lines:
-                r = subprocess.run(
-                    ["bash", "-c", line],
-                    cwd=work,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=300,
-                )
+                r = run_line(line, work, env)
                 assert r.returncode == 0, f"README ({name}): {line}\n{r.stdout}\n{r.stderr}"
                 assert "Traceback" not in r.stderr, line
-                if "export " in line:  # the next lines of the block use it
-                    key, _, value = line.removeprefix("export ").partition("=")
-                    env[key] = subprocess.run(
-                        ["bash", "-c", f"echo {value}"],
-                        cwd=work,
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                    ).stdout.strip()
                 if "module predict digits" in line and " -o " not in line:
                     assert '"label"' in r.stdout
                 if "/api/v1/users/me" in line:
