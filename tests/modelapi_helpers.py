@@ -36,10 +36,21 @@ def digit_png(index: int) -> tuple[bytes, int]:
     return buf.getvalue(), int(d.target[index])
 
 
+def native_url(url: str) -> str:
+    """forgehub's view of a training (state, progress, metrics) for its DEEPaaS ``/v2`` URL:
+    ``/v2/models/M/train/ID`` is ``/api/v1/models/M/trainings/ID`` (under the platform's
+    ``/api/v1/model-api``, ``/api/v1/model-api/models/M/trainings/ID``)."""
+    prefix, _, rest = url.partition("/v2/models/")
+    name, _, tail = rest.partition("/train/")
+    return f"{prefix or '/api/v1'}/models/{name}/trainings/{tail}".rstrip("/")
+
+
 def wait_state(client: TestClient, url: str, states: set[str], timeout: float = 60) -> dict:
+    """Wait for the training at DEEPaaS URL ``url`` to reach one of ``states``; its
+    forgehub view."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get(url).json()
+        body = client.get(native_url(url)).json()
         if body["state"] in states:
             return body  # type: ignore[no-any-return]
         time.sleep(0.1)

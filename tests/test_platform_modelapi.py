@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from tests.conftest import make_user
-from tests.modelapi_helpers import wait_state
+from tests.modelapi_helpers import native_url, wait_state
 
 BASE = "/api/v1/model-api/v2/models/digits"
 
@@ -26,6 +26,11 @@ def test_trainings_are_private(client: TestClient) -> None:
     assert client.get(f"{BASE}/train/{tid}", headers=bob).status_code == 404
     assert client.delete(f"{BASE}/train/{tid}", headers=bob).status_code == 404
     assert client.get(f"{BASE}/train/", headers=bob).json() == []
+    view = native_url(f"{BASE}/train/{tid}")  # forgehub's own view is as private
+    assert view == f"/api/v1/model-api/models/digits/trainings/{tid}"
+    assert client.get(view, headers=bob).status_code == 404
+    assert client.delete(view, headers=bob).status_code == 404
+    assert client.get(view.rsplit("/", 1)[0], headers=bob).json() == []
     client.headers.update(alice)
     done = wait_state(client, f"{BASE}/train/{tid}", {"succeeded"})
     assert done["result"]["output"]["epochs"] == 1

@@ -18,7 +18,7 @@ URL = "/v2/models/deepaas_style/train/"
 def wait(c: httpx.Client, uuid: str, states: set[str], timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        body = c.get(f"{URL}{uuid}").json()
+        body = c.get(f"/api/v1/models/deepaas_style/trainings/{uuid}").json()
         if body["state"] in states:
             return dict(body)
         assert time.monotonic() < deadline, body

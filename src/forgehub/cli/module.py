@@ -99,8 +99,32 @@ def serve(
         help="Allow a non-loopback --host (the model API has no authentication, like deepaas-run).",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    model_name: str = typer.Option(
+        "",
+        "--model-name",
+        envvar="DEEPAAS_V2_MODEL",
+        help="With no NAME: serve only the installed module of this name, as deepaas-run "
+        "does. With one NAME (an import path, say): the name to serve it under. "
+        "[env: DEEPAAS_V2_MODEL]",
+    ),
+    no_train: bool = typer.Option(
+        False,
+        "--no-train",
+        help="Answer 402 on the train endpoints (deepaas-run --notrain-endpoint).",
+    ),
+    no_predict: bool = typer.Option(
+        False,
+        "--no-predict",
+        help="Answer 402 on the predict endpoints (deepaas-run --nopredict-endpoint).",
+    ),
+    no_doc: bool = typer.Option(
+        False, "--no-doc", help="No Swagger UI at /api and /docs; /swagger.json stays."
+    ),
 ) -> None:
-    """Serve modules through the DEEPaaS v2 model API (the `deepaas-run` equivalent)."""
+    """Serve modules through the DEEPaaS v2 model API (the `deepaas-run` equivalent).
+
+    DEEPaaS v2 routes under /v2, /swagger.json (Swagger 2.0, as DEEPaaS), OpenAPI 3 at
+    /openapi.json, Swagger UI at /api, forgehub's training views under /api/v1."""
     import uvicorn
 
     from forgehub.config import load_settings
@@ -116,7 +140,16 @@ def serve(
         )
     if workers < 1:
         fail("--workers must be 1 or more")
-    modules = [_load(n) for n in name] if name else load_all()
+    if model_name and len(name or []) > 1:
+        fail("--model-name names one module; give at most one NAME with it")
+    if name:
+        modules = [_load(n) for n in name]
+        if model_name:
+            modules[0].name = model_name
+    elif model_name:
+        modules = [_load(model_name)]
+    else:
+        modules = load_all()
     if not modules:
         fail("no modules installed; name one (package.module[:attr])")
     settings = load_settings(overrides={"data_dir": data_dir})
@@ -139,6 +172,9 @@ def serve(
         "base_path": base_path,
         "max_upload_mb": max_upload,
         "max_trainings": max_trainings,
+        "enable_train": not no_train,
+        "enable_predict": not no_predict,
+        "enable_doc": not no_doc,
     }
     if workers <= 1:
         app_ = freeze_after_startup(create_model_app(modules, settings.db_url, work_dir, **options))
@@ -198,7 +234,7 @@ def _extra_pairs(extra: list[str]) -> list[tuple[str, str]]:
 def _gather(
     module: Any, specs: list[Any], args: list[str], files: list[str], extra: list[str]
 ) -> Any:
-    from forgehub.module.args import ArgErrors, collect
+    from forgehub.module.args import ArgErrors, FlatSource, collect
     from forgehub.module.contract import UploadedFile
 
     names = {s.name for s in specs}
@@ -217,7 +253,7 @@ def _gather(
             fail(f"--file {key}: {path} is not a file")
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         values.setdefault(key, []).append(UploadedFile(key, str(path.resolve()), ctype, path.name))
-    data = collect(specs, lambda n: values.get(n, []), {})
+    data = collect(specs, FlatSource(values))
     return data, ArgErrors
 
 

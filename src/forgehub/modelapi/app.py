@@ -8,17 +8,19 @@ at ``/openapi.json``; interactive docs at ``/docs`` and ``/api``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
@@ -29,9 +31,8 @@ from forgehub.identity import authz
 from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
 from forgehub.modelapi.trainings import TrainingManager
-from forgehub.module.args import ArgErrors, ArgSpec, collect
+from forgehub.module.args import MISSING, ArgErrors, ArgSpec, collect
 from forgehub.module.loaded import LoadedModule, ModuleError, Output, jsonable
-from forgehub.server import errors
 
 log = logging.getLogger("forgehub.modelapi")
 DEEPAAS_STATUS = {
@@ -42,7 +43,85 @@ DEEPAAS_STATUS = {
     TrainingState.cancelled: "cancelled",
 }
 USAGE_FLUSH_S = 5.0
+DEEPAAS_STARTED = ("date", "uuid", "status", "args")
 PrincipalGetter = Callable[[Request], Principal]
+
+
+def deepaas_error(status: int, reason: str | None = None) -> Response:
+    """An error page as aiohttp writes it for DEEPaaS: ``404: Not Found``, in plain text."""
+    from http import HTTPStatus
+
+    return PlainTextResponse(f"{status}: {reason or HTTPStatus(status).phrase}", status)
+
+
+def deepaas_redirect(status: int, location: str) -> Response:
+    page = deepaas_error(status)
+    page.headers["Location"] = location
+    return page
+
+
+def deepaas_date(at: datetime) -> str:
+    """A time as DEEPaaS shows it: local time, ``2026-11-28 07:01:02.345678``."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def attachment(filename: str) -> str:
+    """``Content-Disposition`` for a file sent back (the name quoted, or RFC 5987 if needed)."""
+    from urllib.parse import quote
+
+    if filename.isascii() and '"' not in filename and "\\" not in filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename*=utf-8''{quote(filename)}"
+
+
+def is_json(content_type: str) -> bool:
+    """``application/json`` or ``application/*+json``, as webargs decides."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class BadJSON(Exception):
+    """A JSON body that does not parse: 400 ``{"json": ["Invalid JSON body."]}``, as webargs."""
+
+    response = {"json": ["Invalid JSON body."]}
+
+
+class RequestSource:
+    """Where a request's argument values are (see :func:`forgehub.module.args.collect`)."""
+
+    __slots__ = ("request", "form", "json")
+
+    def __init__(self, request: Request, form: MultipartForm | FormData | None, body: Any) -> None:
+        self.request = request
+        self.form = form
+        self.json = body
+
+    def get(self, location: str, name: str, multiple: bool) -> Any:
+        if location == "json":
+            if not isinstance(self.json, dict) or name not in self.json:
+                return MISSING
+            value = self.json[name]
+            if multiple and not isinstance(value, list):
+                return None if value is None else [value]
+            return value
+        if location == "query":
+            values: list[Any] = self.request.query_params.getlist(name)
+        elif location == "form":
+            values = self.form.getlist(name) if self.form is not None else []
+        elif location == "headers":
+            values = self.request.headers.getlist(name)
+        elif location == "cookies":
+            cookie = self.request.cookies.get(name)
+            values = [] if cookie is None else [cookie]
+        else:
+            values = []
+        if not values:
+            return MISSING
+        return values if multiple else values[0]
 
 
 class ModelAPI:
@@ -65,6 +144,7 @@ class ModelAPI:
         self.recover = recover
         self.max_trainings = max_trainings
         self.usage: dict[str, int] = {}
+        self.links: list[dict[str, str]] = []  # of GET / (documentation, /swagger.json)
         self._flusher: asyncio.Task[None] | None = None
         self.trainings: TrainingManager | None = None
 
@@ -128,83 +208,64 @@ class ModelAPI:
         }
 
     async def _gather(
-        self, request: Request, specs: list[ArgSpec], uploads: Uploads
+        self, request: Request, m: LoadedModule, specs: list[ArgSpec], uploads: Uploads
     ) -> dict[str, Any]:
-        """Arguments from the query string, form, multipart or JSON body.
+        """Arguments from the query string, headers, and a form, multipart or JSON body.
 
         Uploaded files are written to ``uploads`` as they arrive (see :class:`MultipartForm`).
         """
-        query = request.query_params
         ctype = request.headers.get("content-type", "")
         form: MultipartForm | FormData | None = None
-        body_json: dict[str, Any] = {}
+        body_json: Any = None
         if ctype.startswith("multipart/form-data"):
             form = MultipartForm(uploads)
-            try:
-                await form.read(ctype, request.stream())
-            except BadForm as exc:
-                raise HTTPException(400, str(exc)) from None
+            await form.read(ctype, request.stream())  # BadForm: a 400
         elif ctype.startswith("application/x-www-form-urlencoded"):
             form = await request.form(max_files=0, max_fields=MAX_FIELDS)
-        elif ctype.startswith("application/json"):
+        elif is_json(ctype):
             raw = await request.body()
             if raw:
-                import json
-
                 try:
-                    decoded = json.loads(raw)
-                except ValueError as exc:
-                    raise ArgErrors({"body": [f"invalid JSON: {exc}"]}) from None
-                if not isinstance(decoded, dict):
-                    raise ArgErrors({"body": ["expected a JSON object of arguments"]})
-                body_json = decoded
-
-        def getlist(name: str) -> list[Any]:
-            if form is not None:
-                vals = form.getlist(name)
-                if vals:
-                    return vals
-            if name in body_json:
-                v = body_json[name]
-                return v if isinstance(v, list) else [v]
-            return query.getlist(name)
-
-        data = collect(specs, getlist, request.headers)
-        for spec in specs:
-            if spec.is_file and isinstance(data.get(spec.name), str):
-                raise ArgErrors({spec.name: ["expected a file upload (multipart/form-data)"]})
+                    body_json = json.loads(raw)
+                except ValueError:
+                    raise BadJSON() from None
+        lenient = m.kind != "deepaas"
+        data = collect(specs, RequestSource(request, form, body_json), lenient=lenient)
+        if lenient:
+            for spec in specs:
+                if spec.is_file and isinstance(data.get(spec.name), str):
+                    raise ArgErrors({spec.name: ["expected a file upload (multipart/form-data)"]})
         return data
 
     @staticmethod
-    def _respond(out: Output) -> Response:
-        """The response for a prediction (uploads were already removed by the runner)."""
+    def _respond(out: Output, cleanup: Callable[[], None]) -> Response:
+        """The response for a prediction; ``cleanup`` (removing the uploads) runs once it is
+        sent, since a module may answer with one of its uploaded files."""
         if out.kind == "json":
+            cleanup()
             return JSONResponse(out.body)
         if out.kind == "bytes":
+            cleanup()
             return Response(out.body, media_type=out.media_type)
         if out.kind == "file":
             path = Path(out.body)
 
-            def cleanup_file() -> None:
+            def done() -> None:
                 if out.delete:
                     path.unlink(missing_ok=True)
+                cleanup()
 
-            headers = {}
-            if out.filename:
-                headers["Content-Disposition"] = f'attachment; filename="{out.filename}"'
             from forgehub.module.loaded import iter_file
 
             return StreamingResponse(
                 iter_file(path),
                 media_type=out.media_type,
-                headers=headers,
-                background=BackgroundTask(cleanup_file),
+                headers={"Content-Disposition": attachment(out.filename or path.name)},
+                background=BackgroundTask(done),
             )
-        return StreamingResponse(out.body, media_type=out.media_type)
-
-    @staticmethod
-    def _arg_problem(exc: ArgErrors) -> JSONResponse:
-        return errors.problem(422, f"invalid arguments: {exc}", errors=exc.errors)
+        return StreamingResponse(
+            out.body, media_type=out.media_type, background=BackgroundTask(cleanup)
+        )
 
     # -- routes -------------------------------------------------------------------------
     async def predict(self, request: Request, name: str) -> Response:
@@ -212,66 +273,101 @@ class ModelAPI:
         m = self.module(name)
         uploads = Uploads(Path(tempfile.gettempdir()))
         try:
-            data = await self._gather(request, m.predict_specs, uploads)
-        except BaseException as exc:
-            uploads.cleanup()
-            if isinstance(exc, ArgErrors):
-                return self._arg_problem(exc)
-            raise
-        try:
-            # validation and prediction run together, off the event loop; the runner removes
-            # the uploads once the module is done with them
-            out = await self.runner.predict(name, data, after=uploads.cleanup)
+            data = await self._gather(request, m, m.predict_specs, uploads)
+            # validation and prediction run together, off the event loop; should the client
+            # go away meanwhile, the runner removes the uploads once the module is done
+            out = await self.runner.predict(name, data, abandoned=uploads.cleanup)
         except ArgErrors as exc:
-            return self._arg_problem(exc)
+            uploads.cleanup()
+            return JSONResponse(exc.body, 422)
         except ModuleError as exc:
-            return errors.problem(exc.status, f"the model failed: {exc}")
+            uploads.cleanup()
+            return JSONResponse({"message": f"the model failed: {exc}"}, exc.status)
+        except BadForm as exc:
+            uploads.cleanup()
+            return JSONResponse({"message": str(exc)}, 400)
+        except BadJSON:
+            uploads.cleanup()
+            return JSONResponse(BadJSON.response, 400)
+        except BaseException:
+            uploads.cleanup()
+            raise
         self.usage[name] = self.usage.get(name, 0) + 1
-        return self._respond(out)
+        try:
+            return self._respond(out, uploads.cleanup)
+        except BaseException:
+            uploads.cleanup()
+            raise
 
-    def _training_out(self, t: Training) -> dict[str, Any]:
+    @staticmethod
+    def _deepaas_training(t: Training) -> dict[str, Any]:
+        """A training as DEEPaaS shows it: ``date``, ``uuid``, ``status``, ``args``; then
+        ``message`` for a failed one and ``result`` (``output``, ``finish_date``,
+        ``duration``) for a finished one."""
         ret: dict[str, Any] = {
-            "uuid": t.id,
-            "date": t.created_at.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "date": deepaas_date(t.created_at),
             "args": t.args,
+            "uuid": t.id,
             "status": DEEPAAS_STATUS[t.state],
-            "state": t.state.value,
-            "module": t.module,
         }
-        if t.error:
-            ret["message"] = t.error
-        result = dict(t.result or {})
-        if t.state == TrainingState.succeeded and t.finished_at is not None:
-            result["finish_date"] = t.finished_at.strftime("%Y-%m-%d %H:%M:%S.%f")
-            start = t.started_at or t.created_at
-            result["duration"] = str(t.finished_at - start)
-        ret["result"] = result
+        if t.state == TrainingState.failed:
+            ret["message"] = t.error or "failed"
+        elif t.state == TrainingState.succeeded and t.finished_at is not None:
+            ret["result"] = {
+                "output": (t.result or {}).get("output"),
+                "finish_date": deepaas_date(t.finished_at),
+                "duration": str(t.finished_at - t.created_at),
+            }
         return ret
 
-    def _owned(self, request: Request, name: str, tid: str) -> Training:
+    @staticmethod
+    def _training_out(t: Training) -> dict[str, Any]:
+        """forgehub's view of a training (``/api/v1``): its state, progress, metrics, result."""
+        return {
+            "id": t.id,
+            "module": t.module,
+            "state": t.state.value,
+            "args": t.args,
+            "error": t.error,
+            "result": t.result or {},
+            "created_at": t.created_at.isoformat() + "Z",
+            "started_at": t.started_at.isoformat() + "Z" if t.started_at else None,
+            "finished_at": t.finished_at.isoformat() + "Z" if t.finished_at else None,
+        }
+
+    def _owned(self, request: Request, name: str, tid: str) -> Training | None:
         principal = self.principal(request)
         self.module(name)
         assert self.trainings is not None
         t = self.trainings.get(tid)
         if t is None or t.module != name or not authz.can(principal, "training.read", t):
-            raise HTTPException(404, f"no training {tid!r} of model {name!r}")
+            return None
         return t
+
+    def _view(self, t: Training, deepaas: bool) -> dict[str, Any]:
+        return self._deepaas_training(t) if deepaas else self._training_out(t)
 
     async def train_start(self, request: Request, name: str) -> Response:
         principal = self.principal(request)
         m = self.module(name)
         if not m.trainable:
-            return errors.problem(405, f"model {name!r} cannot be trained")
+            return deepaas_error(501, f"Not implemented by underlying model (loaded '{name}')")
         upload_dir = self.work_dir / "uploads"
         upload_dir.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix="train-", dir=upload_dir))
         try:
             # files land in tmpdir, kept for the training and removed with it
-            data = await self._gather(request, m.train_specs, Uploads(tmpdir))
+            data = await self._gather(request, m, m.train_specs, Uploads(tmpdir))
             args = m.validate_train(data)
         except ArgErrors as exc:
             shutil.rmtree(tmpdir, ignore_errors=True)
-            return self._arg_problem(exc)
+            return JSONResponse(exc.body, 422)
+        except BadForm as exc:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            return JSONResponse({"message": str(exc)}, 400)
+        except BadJSON:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            return JSONResponse(BadJSON.response, 400)
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
@@ -282,30 +378,54 @@ class ModelAPI:
         t = await anyio.to_thread.run_sync(
             lambda: trainings.start(m, args, stored, principal.user_id, tmpdir)
         )
-        return JSONResponse(self._training_out(t))
+        return JSONResponse(
+            {k: v for k, v in self._deepaas_training(t).items() if k in DEEPAAS_STARTED}
+        )
 
-    async def train_list(self, request: Request, name: str) -> Response:
+    async def train_list(self, request: Request, name: str, deepaas: bool = True) -> Response:
         principal = self.principal(request)
         self.module(name)
         assert self.trainings is not None
         owner = None if authz.sees_all(principal, "training.read") else principal.user_id
         rows = await anyio.to_thread.run_sync(self.trainings.list, name, owner)
-        return JSONResponse([self._training_out(t) for t in rows])
+        return JSONResponse([self._view(t, deepaas) for t in rows])
 
-    async def train_get(self, request: Request, name: str, uuid: str) -> Response:
-        t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
-        return JSONResponse(self._training_out(t))
+    def _missing_training(self, name: str, uuid: str, deepaas: bool) -> Response:
+        if deepaas:
+            return deepaas_error(404)
+        raise HTTPException(404, f"no training {uuid!r} of model {name!r}")
 
-    async def train_cancel(self, request: Request, name: str, uuid: str) -> Response:
+    async def train_get(
+        self, request: Request, name: str, uuid: str, deepaas: bool = True
+    ) -> Response:
         t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
+        if t is None:
+            return self._missing_training(name, uuid, deepaas)
+        return JSONResponse(self._view(t, deepaas))
+
+    async def train_cancel(
+        self, request: Request, name: str, uuid: str, deepaas: bool = True
+    ) -> Response:
+        t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
+        if t is None:
+            return self._missing_training(name, uuid, deepaas)
         assert self.trainings is not None
         if not t.state.finished:
             await anyio.to_thread.run_sync(self.trainings.cancel, t.id)
             t = self.trainings.get(t.id) or t
-        return JSONResponse(self._training_out(t))
+        return JSONResponse(self._view(t, deepaas))
 
     # -- wiring -------------------------------------------------------------------------
-    def add_routes(self, app: FastAPI, prefix: str = "") -> None:
+    def add_routes(
+        self,
+        app: FastAPI,
+        prefix: str = "",
+        native_prefix: str = "/api/v1",
+        enable_train: bool = True,
+        enable_predict: bool = True,
+    ) -> None:
+        """DEEPaaS's routes under ``prefix`` and forgehub's training views under
+        ``native_prefix``; a disabled endpoint answers 402, as in DEEPaaS."""
         from forgehub.modelapi.routes import mount_routes
 
-        mount_routes(self, app, prefix)
+        mount_routes(self, app, prefix, native_prefix, enable_train, enable_predict)

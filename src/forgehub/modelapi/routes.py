@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
+from forgehub.modelapi.app import deepaas_error, deepaas_redirect
 from forgehub.module.args import ArgSpec
 from forgehub.module.loaded import LoadedModule
 
@@ -80,7 +81,14 @@ class RawRoute(APIRoute):
         return cast(Callable[[Request], Coroutine[Any, Any, Response]], self.endpoint)
 
 
-def mount_routes(api: ModelAPI, app: FastAPI, prefix: str = "") -> None:
+def mount_routes(
+    api: ModelAPI,
+    app: FastAPI,
+    prefix: str = "",
+    native_prefix: str = "/api/v1",
+    enable_train: bool = True,
+    enable_predict: bool = True,
+) -> None:
     def bind(
         fn: Callable[..., Awaitable[Response]], **fixed: Any
     ) -> Callable[..., Awaitable[Response]]:
@@ -88,6 +96,14 @@ def mount_routes(api: ModelAPI, app: FastAPI, prefix: str = "") -> None:
             return await fn(request, **fixed, **request.path_params)
 
         return endpoint
+
+    async def not_enabled(request: Request) -> Response:
+        return deepaas_error(402)
+
+    def route(path: str, endpoint: Any, methods: list[str], raw: bool = False, **kw: Any) -> None:
+        if raw:
+            kw["route_class_override"] = RawRoute
+        app.router.add_api_route(path, endpoint, methods=methods, **kw)
 
     async def v2(request: Request) -> dict[str, Any]:
         href = f"{request.scope.get('root_path', '')}{prefix}/v2/"
@@ -98,30 +114,26 @@ def mount_routes(api: ModelAPI, app: FastAPI, prefix: str = "") -> None:
         }
 
     async def versions(request: Request) -> dict[str, Any]:
-        return {"versions": [await v2(request)]}
+        root = request.scope.get("root_path", "")
+        links = [{**link, "href": root + link["href"]} for link in api.links]
+        return {"versions": [await v2(request)], "links": links}
 
     async def models(request: Request) -> dict[str, Any]:
         base = request.url.path
         return {"models": [api._meta(m, f"{base}{m.name}") for m in api.modules.values()]}
 
-    app.add_api_route(
-        f"{prefix}/",
-        versions,
-        methods=["GET"],
-        tags=["versions"],
-        summary="API versions",
-    )
-    app.add_api_route(
-        f"{prefix}/v2/",
-        v2,
-        methods=["GET"],
-        tags=["versions"],
-        summary="V2 API version information",
-    )
-    app.add_api_route(
+    async def debug(request: Request) -> Response:
+        # DEEPaaS's debug endpoint copies the server's whole output to anyone who asks; it
+        # stays off, and answers as DEEPaaS does when off
+        return Response(status_code=204)
+
+    route(f"{prefix}/", versions, ["GET"], tags=["versions"], summary="API versions")
+    route(f"{prefix}/v2/", v2, ["GET"], tags=["versions"], summary="V2 API version information")
+    route(f"{prefix}/v2/debug/", debug, ["GET"], tags=["debug"], include_in_schema=False)
+    route(
         f"{prefix}/v2/models/",
         models,
-        methods=["GET"],
+        ["GET"],
         tags=["models"],
         summary="Loaded models and their metadata",
     )
@@ -134,37 +146,28 @@ def mount_routes(api: ModelAPI, app: FastAPI, prefix: str = "") -> None:
 
             return meta
 
-        app.add_api_route(
-            f"{base}/",
-            meta_route(m),
-            methods=["GET"],
-            tags=["models"],
-            summary=f"Metadata of {m.name}",
-            name=f"{m.name}:meta",
-        )
-        extra = _form_parameters(m.predict_specs)
+        route(f"{base}/", meta_route(m), ["GET"], tags=["models"], summary=f"Metadata of {m.name}")
         accept = m.accept_spec
         responses: dict[int | str, Any] = {
-            "422": {"description": "Invalid arguments, one message per field"}
+            "422": {"description": "Invalid arguments: one list of messages per argument"}
         }
         if accept and accept.enum:
             responses[200] = {
                 "description": "Prediction",
                 "content": {str(c): {} for c in accept.enum if c != "*/*"},
             }
-        app.router.add_api_route(
+        route(
             f"{base}/predict/",
-            bind(api.predict, name=m.name),
-            methods=["POST"],
+            bind(api.predict, name=m.name) if enable_predict else not_enabled,
+            ["POST"],
+            raw=True,
             tags=["models"],
             name=f"{m.name}:predict",
             summary=f"Predict with {m.name}",
-            openapi_extra=extra,
+            openapi_extra=_form_parameters(m.predict_specs),
             responses=responses,
-            route_class_override=RawRoute,
+            include_in_schema=enable_predict,
         )
-        if not m.trainable:
-            continue
         train_routes: list[tuple[str, str, Any, str, str, dict[str, Any] | None]] = [
             (
                 "/train/",
@@ -174,22 +177,8 @@ def mount_routes(api: ModelAPI, app: FastAPI, prefix: str = "") -> None:
                 f"Start a training of {m.name}",
                 _form_parameters(m.train_specs),
             ),
-            (
-                "/train/",
-                "GET",
-                api.train_list,
-                "trainings",
-                "Trainings (running and finished)",
-                None,
-            ),
-            (
-                "/train/{uuid}",
-                "GET",
-                api.train_get,
-                "training",
-                "Status of a training",
-                UUID_PARAM,
-            ),
+            ("/train/", "GET", api.train_list, "trainings", "Trainings (running and ended)", None),
+            ("/train/{uuid}", "GET", api.train_get, "training", "A training", UUID_PARAM),
             (
                 "/train/{uuid}",
                 "DELETE",
@@ -200,13 +189,50 @@ def mount_routes(api: ModelAPI, app: FastAPI, prefix: str = "") -> None:
             ),
         ]
         for path, method, handler, route_name, summary, openapi in train_routes:
-            app.router.add_api_route(
+            route(
                 f"{base}{path}",
-                bind(handler, name=m.name),
-                methods=[method],
+                bind(handler, name=m.name) if enable_train else not_enabled,
+                [method],
+                raw=True,
                 tags=["models"],
                 name=f"{m.name}:{route_name}",
                 summary=summary,
                 openapi_extra=openapi,
-                route_class_override=RawRoute,
+                include_in_schema=enable_train and m.trainable,
             )
+        if not (enable_train and m.trainable):
+            continue
+        native = f"{native_prefix}/models/{m.name}/trainings"
+        for path, method, handler, summary, openapi in (
+            ("", "GET", api.train_list, "Trainings, with state, progress and metrics", None),
+            ("/{uuid}", "GET", api.train_get, "A training: state, progress, metrics", UUID_PARAM),
+            ("/{uuid}", "DELETE", api.train_cancel, "Cancel a training", UUID_PARAM),
+        ):
+            route(
+                f"{native}{path}",
+                bind(handler, name=m.name, deepaas=False),
+                [method],
+                raw=True,
+                tags=["trainings"],
+                summary=summary,
+                openapi_extra=openapi,
+            )
+    _slash_redirects(app, prefix)
+
+
+def _slash_redirects(app: FastAPI, prefix: str) -> None:
+    """``/v2/models`` answers 308 to ``/v2/models/``, as DEEPaaS's path normalization does."""
+    methods: dict[str, set[str]] = {}
+    for r in app.router.routes:
+        if isinstance(r, APIRoute) and r.path.startswith(f"{prefix}/v2") and r.path.endswith("/"):
+            methods.setdefault(r.path, set()).update(r.methods or ())
+
+    async def redirect(request: Request) -> Response:
+        target = request.url.path + "/"
+        if request.url.query:
+            target += "?" + request.url.query
+        return deepaas_redirect(308, target)
+
+    for path, allowed in sorted(methods.items()):
+        # only where the request would be served: otherwise a 404 or 405, as in aiohttp
+        app.router.add_route(path[:-1], redirect, methods=sorted(allowed), include_in_schema=False)

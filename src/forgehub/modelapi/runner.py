@@ -28,14 +28,14 @@ T = TypeVar("T")
 
 
 class _Job(Generic[T]):
-    __slots__ = ("fn", "fut", "after", "ok", "value")
+    __slots__ = ("fn", "fut", "abandoned", "ok", "value")
 
     def __init__(
-        self, fn: Callable[[], T], fut: asyncio.Future[T], after: Callable[[], None] | None
+        self, fn: Callable[[], T], fut: asyncio.Future[T], abandoned: Callable[[], None] | None
     ) -> None:
         self.fn = fn
         self.fut = fut
-        self.after = after
+        self.abandoned = abandoned
         self.ok = False
         self.value: Any = None
 
@@ -56,27 +56,23 @@ class HopPool:
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def run(self, fn: Callable[[], T], after: Callable[[], None] | None = None) -> T:
-        """``fn()`` in a worker thread; ``after()`` on the loop once ``fn`` has really finished.
+    async def run(self, fn: Callable[[], T], abandoned: Callable[[], None] | None = None) -> T:
+        """``fn()`` in a worker thread.
 
-        A cancelled request does not stop a prediction that is already running, so ``after``
-        (removing the uploads) waits for it rather than pulling files from under the module.
+        A cancelled request (a client gone) does not stop a prediction that is already running:
+        ``abandoned()`` (removing the uploads) runs on the loop once ``fn`` has really finished,
+        rather than pulling files from under the module. Otherwise the caller cleans up.
         """
         loop = self._loop = asyncio.get_running_loop()  # one loop at a time (an app's lifespan)
         if self._closed:
             raise RuntimeError("the prediction pool is shut down")
-        job: _Job[T] = _Job(fn, loop.create_future(), after)
+        job: _Job[T] = _Job(fn, loop.create_future(), abandoned)
         self._jobs.append(job)
         if not self._wake_scheduled:
             # wake workers once for all the jobs this turn of the loop submits
             self._wake_scheduled = True
             loop.call_soon(self._wake)
-        try:
-            return await job.fut
-        finally:
-            # a cancelled future means the job may still run: then _deliver runs ``after``
-            if after is not None and not job.fut.cancelled():
-                after()
+        return await job.fut  # cancelled: the job may still run, and _deliver calls abandoned
 
     def _wake(self) -> None:
         self._wake_scheduled = False
@@ -122,8 +118,8 @@ class HopPool:
         while self._done:
             job = self._done.popleft()
             if job.fut.cancelled():
-                if job.after is not None:
-                    job.after()
+                if job.abandoned is not None:
+                    job.abandoned()
             elif job.ok:
                 job.fut.set_result(job.value)
             else:
@@ -145,11 +141,11 @@ class ThreadRunner:
             await self.pool.run(m.warm)
 
     async def predict(
-        self, name: str, data: dict[str, Any], after: Callable[[], None] | None = None
+        self, name: str, data: dict[str, Any], abandoned: Callable[[], None] | None = None
     ) -> Output:
-        """Validate and predict in one worker-thread hop; then ``after()`` (on the loop)."""
+        """Validate and predict in one worker-thread hop (see :meth:`HopPool.run`)."""
         module = self.modules[name]
-        return await self.pool.run(lambda: module.predict(module.validate_predict(data)), after)
+        return await self.pool.run(lambda: module.predict(module.validate_predict(data)), abandoned)
 
     async def stop(self) -> None:
         self.pool.shutdown()

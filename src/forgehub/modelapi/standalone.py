@@ -3,6 +3,7 @@ own store, optionally under a base path."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,12 +13,15 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgehub import __version__
 from forgehub.auth import Principal
 from forgehub.db import Database
-from forgehub.modelapi.app import ModelAPI
+from forgehub.modelapi.app import ModelAPI, deepaas_error, deepaas_redirect
 from forgehub.modelapi.limits import UploadLimit
+from forgehub.modelapi.swagger import swagger_document
 from forgehub.module.loaded import LoadedModule
 from forgehub.server import docs, errors
 
@@ -34,8 +38,17 @@ def create_model_app(
     max_upload_mb: int = 100,
     max_trainings: int = 2,
     owner: Principal | None = None,
+    enable_train: bool = True,
+    enable_predict: bool = True,
+    enable_doc: bool = True,
 ) -> FastAPI:
-    """A standalone model API (``forgehub module serve``), DEEPaaS-style: no authentication."""
+    """A standalone model API (``forgehub module serve``), DEEPaaS-style: no authentication.
+
+    As deepaas-run: the DEEPaaS v2 routes, ``/swagger.json``, Swagger UI at ``/api`` (unless
+    ``enable_doc`` is off), a disabled train or predict endpoint answering 402, and aiohttp's
+    plain-text error pages. forgehub's OpenAPI 3 is at ``/openapi.json``, its training views
+    (state, progress, metrics) under ``/api/v1``.
+    """
     from forgehub.db import upgrade
 
     state: dict[str, Any] = {}
@@ -78,14 +91,50 @@ def create_model_app(
         description="DEEPaaS v2 compatible model API served by forgehub.",
     )
     errors.install(app)
-    api.add_routes(app)
+    _deepaas_error_pages(app)
+    if enable_doc:
+        api.links.append({"rel": "help", "type": "text/html", "href": "/api"})
+    api.links.append({"rel": "describedby", "type": "application/json", "href": "/swagger.json"})
+    api.add_routes(app, enable_train=enable_train, enable_predict=enable_predict)
+    swagger = swagger_document(modules, "", enable_train, enable_predict)
 
-    docs.install(app, "/openapi.json", "/docs", "/api")
+    async def swagger_json(request: Request) -> JSONResponse:
+        return JSONResponse(swagger)
+
+    app.add_api_route("/swagger.json", swagger_json, methods=["GET"], include_in_schema=False)
+    if enable_doc:
+        docs.install(app, "/openapi.json", "/docs", "/api")
+
+        async def ui(request: Request) -> Response:
+            return deepaas_redirect(302, request.scope.get("root_path", "") + "/api")
+
+        app.add_api_route("/ui", ui, methods=["GET"], include_in_schema=False)
     app.state.model_api = api
     app.add_middleware(UploadLimit, max_bytes=max_upload_mb * 1024 * 1024)
     if base_path:
         return _mount(app, base_path)
     return app
+
+
+def _deepaas_error_pages(app: FastAPI) -> None:
+    """404, 405 and the like as aiohttp writes them (``405: Method Not Allowed``), outside
+    ``/api/v1`` where forgehub's problem+json stays."""
+    problem = app.exception_handlers[StarletteHTTPException]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if request.url.path.startswith(f"{request.scope.get('root_path', '')}/api/v1/"):
+            resp = problem(request, exc)
+            return await resp if inspect.isawaitable(resp) else resp
+        headers = dict(exc.headers or {})
+        if "Allow" in headers:  # Starlette adds HEAD to every GET route; DEEPaaS does not
+            allowed = [m.strip() for m in headers["Allow"].split(",")]
+            headers["Allow"] = ", ".join(m for m in allowed if m != "HEAD")
+        page = deepaas_error(exc.status_code)
+        page.headers.update(headers)
+        return page
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
 
 
 def _mount(inner: FastAPI, base_path: str) -> FastAPI:

@@ -255,9 +255,12 @@ class TrainingManager:
             if time.monotonic() - last_flush > 0.5 or outcome is not None:
                 self._update(tid, {"metrics": metrics, "progress": progress})
                 last_flush = time.monotonic()
-        # the module's own processes (a tensorboard, a data loader) end with its training
-        run.proc.join(CANCEL_GRACE_S if outcome is not None else None)
-        end_tree(run.proc, grace=1.0)
+            if outcome is not None:
+                break  # the module's helpers may keep its process alive: do not wait for them
+        if outcome is not None:
+            run.proc.join(0.5)
+        else:
+            run.proc.join()
         if run.cancel_requested:
             outcome = (TrainingState.cancelled, None, "cancelled by request")
         elif outcome is None:
@@ -275,6 +278,8 @@ class TrainingManager:
             "output_dir": str(self.work_dir / tid / "output"),
         }
         self._finish(tid, state, result=result, error=error)
+        # the module's own processes (a tensorboard, a data loader) end with its training
+        end_tree(run.proc, grace=1.0)
         with self.lock:
             self.runs.pop(tid, None)
         if run.cleanup is not None:

@@ -8,17 +8,18 @@ document, the CLI flags and the dashboard forms (through :meth:`ArgSpec.json_sch
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 class ArgErrors(Exception):
     """Invalid arguments: one message per field."""
 
-    def __init__(self, errors: dict[str, list[str]]) -> None:
+    def __init__(self, errors: dict[str, list[str]], body: Any = None) -> None:
         super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()))
         self.errors = errors
+        self.body = errors if body is None else body  # what the model API answers
 
 
 @dataclass
@@ -36,7 +37,10 @@ class ArgSpec:
     max_length: int | None = None
     items: str | None = None  # item type of arrays
     format: str | None = None
-    location: str = "query"  # query | form | headers
+    location: str | None = None  # query | form | json | headers; None: query, form or JSON
+    nullable: bool = False
+    untyped: bool = False  # any value (marshmallow's Field and Raw)
+    item_format: str | None = None  # format of array items
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -52,6 +56,8 @@ class ArgSpec:
             s["items"] = {"type": self.items or "string"}
             if self.items == "file":
                 s["items"] = {"type": "string", "format": "binary"}
+            elif self.item_format:
+                s["items"]["format"] = self.item_format
         if self.format and not self.is_file:
             s["format"] = self.format
         if self.description:
@@ -82,12 +88,64 @@ def object_schema(specs: list[ArgSpec]) -> dict[str, Any]:
     }
 
 
-def _coerce_scalar(value: str, typ: str) -> Any:
-    """Strings from a query or form are handed over as-is; validators convert them.
+MISSING: Any = object()  # no value for an argument in a source
+ANYWHERE = ("query", "form", "json")  # where an argument without a location is looked for, in order
 
-    Objects arrive as JSON text and are decoded here, since no validator reads JSON text.
+
+class ArgSource(Protocol):
+    """Raw argument values of one request (or command line), by location."""
+
+    def get(self, location: str, name: str, multiple: bool) -> Any:
+        """The value of ``name`` at ``location`` (``query``, ``form``, ``json``, ``headers``).
+
+        With ``multiple`` (list arguments) every value given, as a list; otherwise the first one.
+        :data:`MISSING` where there is none.
+        """
+
+
+def collect(specs: list[ArgSpec], source: ArgSource, *, lenient: bool = True) -> dict[str, Any]:
+    """Gather raw values for ``specs``, the way webargs 5 (DEEPaaS's parser) does.
+
+    An argument with a location is read there only; one without is looked for in the query, then
+    the form, then a JSON body, and the first place that has it wins. A repeated scalar takes
+    its first value. Values stay as given: validators convert them.
+
+    ``lenient`` (native modules) adds forgehub's conveniences: a list or an object may arrive as
+    JSON text, and an ``accept`` argument found nowhere else negotiates the ``Accept`` header.
+    DEEPaaS modules get neither, as under DEEPaaS.
     """
-    if typ == "object":
+    data: dict[str, Any] = {}
+    for spec in specs:
+        multiple = spec.type == "array"
+        value = MISSING
+        for location in (spec.location,) if spec.location else ANYWHERE:
+            value = source.get(location, spec.name, multiple)
+            if value is not MISSING:
+                break
+        if value is MISSING and lenient and spec.name == "accept":
+            header = source.get("headers", "accept", False)
+            if header is not MISSING and spec.enum:
+                value = _match_accept(str(header), [str(c) for c in spec.enum])
+                value = MISSING if value is None else value
+        if value is MISSING:
+            continue
+        if lenient:
+            value = _decode_json_text(value, spec)
+        data[spec.name] = value
+    return data
+
+
+def _decode_json_text(value: Any, spec: ArgSpec) -> Any:
+    """A list or an object sent as JSON text (``tags=["a","b"]``, ``options={"k": 1}``)."""
+    if spec.type == "array" and isinstance(value, list) and len(value) == 1:
+        text = value[0]
+        if isinstance(text, str) and text.startswith("["):
+            try:
+                decoded = json.loads(text)
+            except ValueError:
+                return value
+            return decoded if isinstance(decoded, list) else value
+    if spec.type == "object" and isinstance(value, str):
         try:
             return json.loads(value)
         except ValueError:
@@ -95,41 +153,17 @@ def _coerce_scalar(value: str, typ: str) -> Any:
     return value
 
 
-def collect(
-    specs: list[ArgSpec],
-    getlist: Callable[[str], list[Any]],
-    headers: Mapping[str, str],
-) -> dict[str, Any]:
-    """Gather raw values for ``specs`` from query/form/multipart (``getlist``) and headers."""
-    data: dict[str, Any] = {}
-    for spec in specs:
-        values = getlist(spec.name)
-        if not values and spec.location == "headers":
-            header = headers.get(spec.name) or headers.get(spec.name.replace("_", "-"))
-            if header is not None and spec.name == "accept" and spec.enum:
-                # Content negotiation: the first listed media type the module offers.
-                choice = _match_accept(header, [str(c) for c in spec.enum])
-                values = [choice] if choice is not None else []
-            elif header is not None:
-                values = [header]
-        if not values:
-            continue
-        if spec.type == "array":
-            if len(values) == 1 and isinstance(values[0], str) and values[0].startswith("["):
-                try:
-                    decoded = json.loads(values[0])
-                    if isinstance(decoded, list):
-                        values = decoded
-                except ValueError:
-                    pass
-            data[spec.name] = [
-                _coerce_scalar(v, spec.items or "string") if isinstance(v, str) else v
-                for v in values
-            ]
-        else:
-            v = values[-1]
-            data[spec.name] = _coerce_scalar(v, spec.type) if isinstance(v, str) else v
-    return data
+class FlatSource:
+    """Values from a command line: every location is the same place."""
+
+    def __init__(self, values: Mapping[str, list[Any]]) -> None:
+        self.values = values
+
+    def get(self, location: str, name: str, multiple: bool) -> Any:
+        found = self.values.get(name)
+        if not found:
+            return MISSING
+        return list(found) if multiple else found[0]
 
 
 def _match_accept(header: str, choices: list[str]) -> str | None:

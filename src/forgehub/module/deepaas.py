@@ -31,6 +31,19 @@ except Exception:  # noqa: BLE001 - deepaas missing or broken: use a look-alike
     _ReturnedFile = None
 
 
+# webargs 5, as DEEPaaS uses it: a field's metadata (where old-style keyword arguments land too)
+# may name one location; without one, the query, the form and a JSON body are tried in turn
+WEBARGS_LOCATIONS = {
+    "querystring": "query",
+    "query": "query",
+    "form": "form",
+    "files": "form",
+    "json": "json",
+    "headers": "headers",
+    "cookies": "cookies",
+}
+
+
 def _missing(value: Any) -> bool:
     import marshmallow
 
@@ -38,34 +51,50 @@ def _missing(value: Any) -> bool:
 
 
 def _field_type(field: Any) -> tuple[str, str | None]:
+    """JSON type and format of a marshmallow field, as apispec (DEEPaaS's Swagger) maps them."""
     from marshmallow import fields as f
 
     meta = getattr(field, "metadata", {}) or {}
     if meta.get("type") == "file" or getattr(field, "type", None) == "file":
         return "file", None
+    typ: str
+    fmt: str | None = None
     if isinstance(field, f.List):
-        inner = getattr(field, "inner", None) or getattr(field, "container", None)
-        item, _ = _field_type(inner) if inner is not None else ("string", None)
-        return "array", item
-    if isinstance(field, f.Bool | f.Boolean):
-        return "boolean", None
-    if isinstance(field, f.Int | f.Integer):
-        return "integer", None
-    if isinstance(field, f.Float | f.Number | f.Decimal):
-        return "number", None
-    if isinstance(field, f.Dict | f.Nested | f.Mapping):
-        return "object", None
-    if isinstance(field, f.DateTime):
-        return "string", "date-time"
-    if isinstance(field, f.Date):
-        return "string", "date"
-    return "string", None
+        typ = "array"
+    elif isinstance(field, f.Bool | f.Boolean):
+        typ = "boolean"
+    elif isinstance(field, f.Int | f.Integer):
+        typ, fmt = "integer", "int32"
+    elif isinstance(field, f.Float):
+        typ, fmt = "number", "float"
+    elif isinstance(field, f.Number | f.Decimal):
+        typ = "number"
+    elif isinstance(field, f.Dict | f.Nested | f.Mapping):
+        typ = "object"
+    else:
+        typ = "string"
+        for cls, name in (
+            (f.DateTime, "date-time"),
+            (f.Date, "date"),
+            (f.UUID, "uuid"),
+            (f.Email, "email"),
+            (f.Url, "url"),
+        ):
+            if isinstance(field, cls):
+                fmt = name
+                break
+    return typ, meta.get("format", fmt)
 
 
 def spec_from_field(name: str, field: Any) -> ArgSpec:
+    from marshmallow import fields as f
     from marshmallow import validate as v
 
-    typ, items = _field_type(field)
+    typ, fmt = _field_type(field)
+    items = item_format = None
+    if typ == "array":
+        inner = getattr(field, "inner", None)
+        items, item_format = _field_type(inner) if inner is not None else ("string", None)
     meta = dict(getattr(field, "metadata", {}) or {})
     enum = meta.get("enum")
     minimum = maximum = min_len = max_len = None
@@ -87,17 +116,8 @@ def spec_from_field(name: str, field: Any) -> ArgSpec:
         if hasattr(type(field), "load_default") or "load_default" in vars(field)
         else getattr(field, "missing", None)
     )
-    has_default = default is not None and not _missing(default) and not callable(default)
-    location = (
-        meta.get("location")
-        or getattr(field, "location", None)
-        or ("form" if typ == "file" else "query")
-    )
-    if location in ("querystring", "json"):
-        location = "query"
-    if name == "accept":
-        location = "headers"
-    description = meta.get("description") or meta.get("descripton") or ""
+    has_default = not _missing(default) and not callable(default)
+    description = meta.get("description") or ""
     return ArgSpec(
         name=name,
         type=typ,
@@ -111,8 +131,11 @@ def spec_from_field(name: str, field: Any) -> ArgSpec:
         min_length=min_len,
         max_length=max_len,
         items=items,
-        format=_field_type(field)[1] if typ == "string" else None,
-        location=location,
+        format=fmt if typ != "file" else None,
+        location=WEBARGS_LOCATIONS.get(str(meta.get("location", "")).lower()),
+        nullable=bool(getattr(field, "allow_none", False)),
+        untyped=type(field) in (f.Field, f.Raw) and typ != "file",
+        item_format=item_format,
     )
 
 
@@ -133,10 +156,13 @@ class DeepaasModule(LoadedModule):
             if choices:
                 from marshmallow import validate as v
 
+                listed = accept.validate
                 if "*/*" not in choices:
                     choices.append("*/*")
                 accept.validators = [v.OneOf(choices)]
                 accept.validate = accept.validators[0]
+                # DEEPaaS adds "*/*" after the validator was built: its message omits it
+                accept.validate.choices_text = getattr(listed, "choices_text", "")
                 accept.load_default = choices[0]
         self._train_fields = self._fields("get_train_args")
         self._predict_specs = [spec_from_field(n, f) for n, f in self._predict_fields.items()]
@@ -221,7 +247,8 @@ class DeepaasModule(LoadedModule):
                 {
                     str(k): [str(m) for m in (v if isinstance(v, list) else [v])]
                     for k, v in messages.items()
-                }
+                },
+                body=jsonable(messages),  # as DEEPaaS answers: marshmallow's own, nested
             ) from None
 
     def validate_predict(self, data: dict[str, Any]) -> Any:
@@ -252,12 +279,10 @@ class DeepaasModule(LoadedModule):
         try:
             ret = self.obj.predict(**args)
         except Exception as exc:
+            # as under DEEPaaS: an exception that carries an HTTP status (aiohttp's) gives it,
+            # any other a 500; the message goes with it
             status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
-            code = (
-                status
-                if isinstance(status, int) and 400 <= status < 600
-                else (400 if isinstance(exc, ValueError | TypeError | KeyError) else 500)
-            )
+            code = status if isinstance(status, int) and 400 <= status < 600 else 500
             raise ModuleError(f"{type(exc).__name__}: {exc}", code) from exc
         accept = args.get("accept", "application/json")
         if accept not in JSON_TYPES:
@@ -282,6 +307,21 @@ class DeepaasModule(LoadedModule):
 
     def train(self, args: Any, ctx: TrainContext) -> Any:
         return jsonable(self.obj.train(**args))
+
+    def swagger_definitions(self) -> dict[str, Any] | None:
+        """The response schema as DEEPaaS's Swagger names it: ``ModelPredictionResponse`` and
+        one definition per nested schema, written by apispec (installed with deepaas)."""
+        if self._schema is None:
+            return None
+        try:
+            from apispec import APISpec
+            from apispec.ext.marshmallow import MarshmallowPlugin
+        except ImportError:
+            return None
+        spec = APISpec(self.name, "0", "2.0", plugins=[MarshmallowPlugin()])
+        spec.components.schema("ModelPredictionResponse", schema=self._schema)
+        definitions: dict[str, Any] = spec.to_dict().get("definitions", {})
+        return definitions
 
     def response_schema(self) -> dict[str, Any] | None:
         if self._schema is None:

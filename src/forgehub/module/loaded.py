@@ -92,6 +92,11 @@ class LoadedModule(abc.ABC):
     def response_schema(self) -> dict[str, Any] | None:
         return None
 
+    def swagger_definitions(self) -> dict[str, Any] | None:
+        """Swagger 2.0 definitions of the response (``ModelPredictionResponse`` and what it
+        refers to), where the module can say better than :meth:`response_schema`."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         from forgehub.module.args import object_schema
 

@@ -55,9 +55,6 @@ def specs_from_model(model: type[BaseModel] | None) -> list[ArgSpec]:
         field = model.model_fields[name]
         has_default = not field.is_required()
         default = jsonable(field.get_default(call_default_factory=True)) if has_default else None
-        location = "form" if typ == "file" or items == "file" else "query"
-        if name == "accept":
-            location = "headers"
         specs.append(
             ArgSpec(
                 name=name,
@@ -73,7 +70,6 @@ def specs_from_model(model: type[BaseModel] | None) -> list[ArgSpec]:
                 max_length=prop.get("maxLength", prop.get("maxItems")),
                 items=items,
                 format=None if typ == "file" else fmt,
-                location=location,
                 extra={k: prop[k] for k in ("examples", "title") if k in prop},
             )
         )

@@ -174,7 +174,7 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
         current_principal,
         max_trainings=settings.max_trainings,
     )
-    model_api.add_routes(app, prefix="/api/v1/model-api")
+    model_api.add_routes(app, prefix="/api/v1/model-api", native_prefix="/api/v1/model-api")
     app.state.model_api = model_api
 
 

@@ -9,7 +9,14 @@ async function api(path, opts = {}) {
 }
 
 async function problem(resp) {
-  try { return await resp.json(); } catch { return { detail: resp.statusText }; }
+  let body;
+  try { body = await resp.json(); } catch { return { detail: resp.statusText }; }
+  // the model API's /v2 routes answer as DEEPaaS does: {"field": ["message"]} or {"message": …}
+  if (body && typeof body === "object" && !body.detail && !body.errors) {
+    if (typeof body.message === "string") return { detail: body.message };
+    if (resp.status === 422) return { detail: "Invalid arguments.", errors: body };
+  }
+  return body;
 }
 
 function el(tag, attrs = {}, ...children) {
