@@ -129,3 +129,31 @@ def test_train_digits_from_cli(tmp_path: Path) -> None:
 
     m = DigitsModule(out / "digits-weights.npz")
     assert m.probabilities(d.data[:5]).shape == (5, 10)
+
+
+def test_deepaas_cli_syntax(tmp_path: Path) -> None:
+    """deepaas-cli users type --demo_image PATH: a file argument's value is the file to send;
+    hyphens and underscores both work, and a binary result goes to -o."""
+    image = tmp_path / "cat.png"
+    image.write_bytes(bytes(range(256)) * 4)
+    old = "tests.modules.deepaas_old"
+    r = runner.invoke(
+        app,
+        ["module", "predict", old, "--demo_image", str(image), "--demo-int", "3"]
+        + ["--demo_list", "4", "--demo_list", "5"],
+    )
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)["predictions"]
+    assert got["demo_image"] == {"name": "cat.png", "size": 1024}
+    assert got["demo_int"] == 3 and got["demo_list"] == [4, 5]
+    out = tmp_path / "out.bin"
+    r = runner.invoke(
+        app,
+        ["module", "predict", old, "--demo_image", str(image), "--demo_int", "1"]
+        + ["--accept", "image/*", "-o", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes() == image.read_bytes()  # the module answered with the upload
+    r = runner.invoke(app, ["module", "predict", old, "--demo_image", "/no/such.png"])
+    assert r.exit_code != 0 and "--demo_image: /no/such.png is not a file" in r.output
+    assert "Traceback" not in r.output

@@ -68,3 +68,57 @@ def test_train_may_start_processes_and_they_end_with_it(tmp_path: Path) -> None:
             assert c.delete(f"{URL}{t['uuid']}").status_code == 200
             assert wait(c, t["uuid"], {"cancelled"})["state"] == "cancelled"
             assert gone(started), "a cancelled training left its subprocess running"
+
+
+def test_platform_job_trains_an_old_style_module_with_tensorboard(tmp_path: Path) -> None:
+    """Inside the platform too: a training job of a module whose train() starts a
+    multiprocessing.Process and a subprocess finishes without waiting for them, and they end
+    with it."""
+    from tests.services import ForgehubServer, started
+
+    srv = ForgehubServer(
+        tmp_path / "data",
+        FORGEHUB_MODULES="tests.modules.deepaas_old",
+        FORGEHUB_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    with (
+        started(srv),
+        httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"}, timeout=30
+        ) as api,
+    ):
+        r = api.post(
+            "/api/v1/jobs",
+            json={"module": "deepaas_old", "args": {"epochs": 7, "seconds": 0.5}},
+        )
+        assert r.status_code == 201, r.text
+        started_at = time.monotonic()
+        deadline = started_at + 60
+        while (job := api.get(f"/api/v1/jobs/{r.json()['id']}").json())["state"] not in {
+            "succeeded",
+            "failed",
+            "cancelled",
+        }:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        assert job["state"] == "succeeded", (
+            job,
+            api.get(f"/api/v1/jobs/{job['id']}/logs").text[-2000:],
+        )
+        assert job["result"] == {"epochs": 7, "children": 2}
+        # the helpers sleep 30 s: the job did not wait for them, and they ended with it
+        assert time.monotonic() - started_at < 25
+        needle = b"sleep\x0037.5"
+        assert not [
+            p
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and needle in _cmdline(p) and start_time(int(p.name))
+        ]
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -87,6 +87,6 @@ def train(**kwargs):
         board = multiprocessing.Process(target=_tensorboard)
         board.start()
         procs.append(board.pid)
-        procs.append(subprocess.Popen(["sleep", "30.5"]).pid)
+        procs.append(subprocess.Popen(["sleep", f"{30 + kwargs['epochs']}.5"]).pid)
     time.sleep(kwargs["seconds"])
     return {"epochs": kwargs["epochs"], "children": len(procs)}

@@ -234,25 +234,41 @@ def _extra_pairs(extra: list[str]) -> list[tuple[str, str]]:
 def _gather(
     module: Any, specs: list[Any], args: list[str], files: list[str], extra: list[str]
 ) -> Any:
+    """Argument values from ``--arg NAME=VALUE``, ``--file NAME=PATH`` and deepaas-cli's own
+    ``--NAME VALUE`` (where a file argument's value is the path of the file to send)."""
     from forgehub.module.args import ArgErrors, FlatSource, collect
     from forgehub.module.contract import UploadedFile
 
-    names = {s.name for s in specs}
+    by_name = {s.name: s for s in specs}
     values: dict[str, list[Any]] = {}
-    for key, value in _parse_pairs(args, "--arg") + _extra_pairs(extra):
-        key = key if key in names else key.replace("-", "_")
-        if key not in names:
+
+    def known(key: str) -> str:
+        key = key if key in by_name else key.replace("-", "_")
+        if key not in by_name:
             fail(
                 f"module {module.name!r} has no argument {key!r} "
-                f"(arguments: {', '.join(sorted(names)) or 'none'})"
+                f"(arguments: {', '.join(sorted(by_name)) or 'none'})"
             )
-        values.setdefault(key, []).append(value)
-    for key, value in _parse_pairs(files, "--file"):
+        return key
+
+    def add_file(key: str, value: str, how: str) -> None:
         path = Path(value).expanduser()
         if not path.is_file():
-            fail(f"--file {key}: {path} is not a file")
+            fail(f"{how}: {path} is not a file")
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         values.setdefault(key, []).append(UploadedFile(key, str(path.resolve()), ctype, path.name))
+
+    for key, value in _parse_pairs(args, "--arg"):
+        values.setdefault(known(key), []).append(value)
+    for key, value in _extra_pairs(extra):
+        key = known(key)
+        spec = by_name[key]
+        if spec.is_file or spec.items == "file":
+            add_file(key, value, f"--{key}")  # deepaas-cli: --demo_image PATH
+        else:
+            values.setdefault(key, []).append(value)
+    for key, value in _parse_pairs(files, "--file"):
+        add_file(known(key), value, f"--file {key}")
     data = collect(specs, FlatSource(values))
     return data, ArgErrors
 
@@ -265,8 +281,11 @@ def predict(
     file: list[str] = typer.Option([], "--file", "-f", help="FIELD=PATH to upload."),
     output: Path = typer.Option(None, "-o", "--output", help="Write the result here."),
 ) -> None:
-    """Predict without a server: calls warm(), then predict. Extra --NAME VALUE options work
-    too (e.g. --top-k 3)."""
+    """Predict without a server: calls warm(), then predict.
+
+    deepaas-cli's syntax works too: --NAME VALUE for any argument (--top-k 3 or --top_k 3),
+    and --NAME PATH sends that file for a file argument (--demo_image cat.png). A binary
+    result goes to -o FILE (or a pipe)."""
     from forgehub.module import ModuleError
 
     module = _load(name)
@@ -325,7 +344,9 @@ def train(
         help="Directory for the training's outputs (weights).",
     ),
 ) -> None:
-    """Train without a server, showing progress and metrics. Ctrl-C cancels cleanly."""
+    """Train without a server, showing progress and metrics. Ctrl-C cancels cleanly.
+
+    deepaas-cli's --NAME VALUE syntax works as for predict."""
     from forgehub.module.contract import Cancelled, TrainContext
 
     module = _load(name)

@@ -26,11 +26,24 @@ def _emitter() -> Any:
     return emit
 
 
+def _module(spec: dict[str, Any]) -> Any:
+    """The module by its installed name, or else where the server found it (an import path)."""
+    from forgehub.module import ModuleNotFound, load
+
+    try:
+        return load(spec["module"])
+    except ModuleNotFound:
+        if not spec.get("module_target"):
+            raise
+    module = load(spec["module_target"])
+    module.name = spec["module"]
+    return module
+
+
 def train(spec: dict[str, Any], emit: Any) -> Any:
-    from forgehub.module import load
     from forgehub.module.contract import TrainContext
 
-    module = load(spec["module"])
+    module = _module(spec)
     args = module.validate_train(spec["args"])
     ctx = TrainContext(
         inputs={k: Path(v) for k, v in spec["inputs"].items()},
@@ -44,11 +57,10 @@ def train(spec: dict[str, Any], emit: Any) -> Any:
 
 def predict(spec: dict[str, Any], emit: Any) -> Any:
     """Batch prediction: every file of the ``data`` input, one JSON line each."""
-    from forgehub.module import load
     from forgehub.module.contract import UploadedFile
     from forgehub.module.loaded import jsonable
 
-    module = load(spec["module"])
+    module = _module(spec)
     file_args = [s.name for s in module.predict_specs if s.type == "file"]
     if not file_args:
         raise SystemExit(f"module {module.name!r} takes no file argument to predict on")
@@ -84,6 +96,11 @@ def main() -> None:
         type="result",
         result=jsonable(result) if isinstance(result, dict) else {"value": jsonable(result)},
     )
+    # done: a module's helpers (a tensorboard started with multiprocessing) would hold the exit
+    # until they end; the runner ends them with the process group instead
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

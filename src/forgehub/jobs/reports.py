@@ -44,6 +44,7 @@ def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
         "attempt": job.attempt,
         "kind": job.kind,
         "module": job.module,
+        "module_target": job.spec.get("module_target"),
         "version": job.version,
         "args": job.spec.get("args", {}),
         "command": job.spec.get("command", []),

@@ -279,6 +279,7 @@ class JobRun:
                     {
                         "kind": spec["kind"],
                         "module": spec["module"],
+                        "module_target": spec.get("module_target"),
                         "args": spec["args"],
                         "inputs": {k: str(v) for k, v in inputs.items()},
                         "output_dir": str(output_dir),
@@ -322,6 +323,12 @@ class JobRun:
                 self.proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 pass
+        # what the module started (a tensorboard, a data loader) ends with it; they would
+        # otherwise hold the log pipes open
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         for t in readers:
             t.join(timeout=5)
         code = self.proc.returncode

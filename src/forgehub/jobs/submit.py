@@ -132,6 +132,9 @@ def submit(
     labels = sorted(set(body.labels) | set(compute.config.get("labels", [])))
     spec = body.model_dump(mode="json", exclude={"compute", "storage", "inputs", "labels"})
     spec.update(inputs=inputs, labels=labels)
+    if body.module and body.module in modules:
+        # where the server found it: a module loaded by import path has no entry-point name
+        spec["module_target"] = modules[body.module].target
     spec["output"] = body.output or _default_output(body)
     if COMPUTE.adapter_class(compute.kind).pull:
         check_some_worker_fits(
