@@ -64,3 +64,54 @@ def test_cancelled_request_keeps_files_until_the_prediction_ends() -> None:
         pool.shutdown()
 
     asyncio.run(main())
+
+
+class _Paced:
+    """A stand-in module whose predictions take ``delay`` seconds, noting the thread."""
+
+    name = "paced"
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.threads: list[str] = []
+
+    def validate_predict(self, data: dict) -> dict:
+        return data
+
+    def predict(self, args: dict) -> object:
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        return args
+
+
+def test_quick_modules_run_inline_and_a_slow_call_sends_them_back_to_threads() -> None:
+    from forgehub.modelapi.runner import INLINE_AFTER, ThreadRunner
+
+    async def main() -> None:
+        module = _Paced()
+        runner = ThreadRunner({"paced": module}, threads=1)  # type: ignore[dict-item]
+        loop_thread = threading.current_thread().name
+        for _ in range(INLINE_AFTER):
+            await runner.predict("paced", {})
+        assert loop_thread not in module.threads  # proving itself: in the pool
+        await runner.predict("paced", {})
+        assert module.threads[-1] == loop_thread  # quick: on the loop
+        module.delay = 0.05  # now it blocks: once on the loop, then back to the pool
+        await runner.predict("paced", {})
+        assert module.threads[-1] == loop_thread
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        beat = asyncio.create_task(ticker())
+        await runner.predict("paced", {})
+        beat.cancel()
+        assert module.threads[-1] != loop_thread
+        assert ticks >= 3  # the loop kept serving meanwhile
+        await runner.stop()
+
+    asyncio.run(main())

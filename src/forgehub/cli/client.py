@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 
+from forgehub.cli.messages import fail
 from forgehub.client import ApiClient, Unreachable
 from forgehub.config import ConfigError, Settings, load_settings
 from forgehub.errors import ForgehubError
@@ -150,11 +151,6 @@ def exit_for(exc: ForgehubError, server: str) -> NoReturn:
             "(set --server or FORGEHUB_URL)"
         )
     fail(f"{exc.status}: {exc}")
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 ServerOpt = typer.Option(

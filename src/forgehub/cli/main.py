@@ -373,4 +373,6 @@ app.command("worker")(worker)
 
 
 def main() -> None:
-    app()
+    from forgehub.cli.entry import main as entry
+
+    entry()

@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from forgehub.cli.client import fail
-from forgehub.config import LOOPBACK_HOSTS
+from forgehub.cli.messages import fail
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -127,7 +126,7 @@ def serve(
     /openapi.json, Swagger UI at /api, forgehub's training views under /api/v1."""
     import uvicorn
 
-    from forgehub.config import load_settings
+    from forgehub.config import LOOPBACK_HOSTS, load_settings
     from forgehub.modelapi import create_model_app
     from forgehub.module import load_all
     from forgehub.server.accesslog import setup

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
@@ -24,15 +24,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
-from forgehub.auth import Principal
-from forgehub.db import Database
-from forgehub.db.models import Training, TrainingState
-from forgehub.identity import authz
 from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
-from forgehub.modelapi.trainings import TrainingManager
 from forgehub.module.args import MISSING, ArgErrors, ArgSpec, collect
 from forgehub.module.loaded import LoadedModule, ModuleError, Output, jsonable
+from forgehub.states import TrainingState
+
+if TYPE_CHECKING:  # the store's modules load in the background, off the start-up path
+    from forgehub.auth import Principal
+    from forgehub.db import Database
+    from forgehub.db.models import Training
+    from forgehub.modelapi.trainings import TrainingManager
 
 log = logging.getLogger("forgehub.modelapi")
 DEEPAAS_STATUS = {
@@ -44,7 +46,7 @@ DEEPAAS_STATUS = {
 }
 USAGE_FLUSH_S = 5.0
 DEEPAAS_STARTED = ("date", "uuid", "status", "args")
-PrincipalGetter = Callable[[Request], Principal]
+PrincipalGetter = Callable[[Request], "Principal"]
 
 
 def deepaas_error(status: int, reason: str | None = None) -> Response:
@@ -135,7 +137,12 @@ class ModelAPI:
         principal: PrincipalGetter,
         recover: bool = True,
         max_trainings: int = 2,
+        prepare: Callable[[], None] | None = None,
+        open_predict: bool = False,
     ) -> None:
+        """``prepare`` (run in the background at start-up, before trainings open) readies the
+        store; with ``open_predict`` (a standalone server, which has no users) predictions do
+        not ask who is calling."""
         self.modules = {m.name: m for m in modules}
         self.db_getter = db_getter
         self.work_dir = work_dir
@@ -143,27 +150,50 @@ class ModelAPI:
         self.runner = ThreadRunner(self.modules)
         self.recover = recover
         self.max_trainings = max_trainings
+        self.prepare = prepare
+        self.open_predict = open_predict
         self.usage: dict[str, int] = {}
         self.links: list[dict[str, str]] = []  # of GET / (documentation, /swagger.json)
         self._flusher: asyncio.Task[None] | None = None
+        self._opening: asyncio.Future[TrainingManager] | None = None
         self.trainings: TrainingManager | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
+        """Warm the modules, then serve: the training store (a database, its migrations, the
+        recovery of trainings a stopped server left) opens in the background, and training
+        requests wait for it. Predictions and metadata need none of it."""
         started = time.perf_counter()
         await self.runner.start()
-        self.trainings = TrainingManager(
-            self.db_getter(), self.modules, self.work_dir, self.max_trainings
-        )
-        lost = self.trainings.recover() if self.recover else 0
-        if lost:
-            log.warning("%d training(s) were running when the server stopped; marked failed", lost)
+        self._opening = asyncio.ensure_future(anyio.to_thread.run_sync(self._open_trainings))
         self._flusher = asyncio.create_task(self._flush_usage_forever())
         log.info(
             "model API ready in %.0f ms: %s",
             (time.perf_counter() - started) * 1000,
             ", ".join(self.modules) or "no modules",
         )
+
+    def _open_trainings(self) -> TrainingManager:
+        started = time.perf_counter()
+        if self.prepare is not None:
+            self.prepare()
+        from forgehub.modelapi import trainings as store
+
+        trainings = store.TrainingManager(
+            self.db_getter(), self.modules, self.work_dir, self.max_trainings
+        )
+        lost = trainings.recover() if self.recover else 0
+        if lost:
+            log.warning("%d training(s) were running when the server stopped; marked failed", lost)
+        self.trainings = trainings
+        log.info("trainings open in %.0f ms", (time.perf_counter() - started) * 1000)
+        return trainings
+
+    async def _trainings(self) -> TrainingManager:
+        """The training store, once open (a failure to open it is each request's error)."""
+        if self._opening is None:
+            raise RuntimeError("the model API has not started")
+        return await asyncio.shield(self._opening)
 
     async def _flush_usage_forever(self) -> None:
         while True:
@@ -172,9 +202,9 @@ class ModelAPI:
 
     def flush_usage(self) -> None:
         """Add predictions and trainings counted since the last flush to the catalogue."""
+        if self.trainings is None or not self.usage:
+            return  # nothing counted, or the store is not open yet: keep counting
         counts, self.usage = self.usage, {}
-        if not counts:
-            return
         from forgehub.catalog.service import record_use
 
         try:
@@ -186,6 +216,11 @@ class ModelAPI:
     async def stop(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._opening is not None:
+            try:
+                await asyncio.shield(self._opening)
+            except Exception:  # noqa: BLE001 - already reported to the requests that waited
+                log.exception("the training store did not open")
         await anyio.to_thread.run_sync(self.flush_usage)
         if self.trainings is not None:
             await anyio.to_thread.run_sync(self.trainings.shutdown)
@@ -269,7 +304,8 @@ class ModelAPI:
 
     # -- routes -------------------------------------------------------------------------
     async def predict(self, request: Request, name: str) -> Response:
-        self.principal(request)
+        if not self.open_predict:
+            self.principal(request)
         m = self.module(name)
         uploads = Uploads(Path(tempfile.gettempdir()))
         try:
@@ -336,6 +372,8 @@ class ModelAPI:
         }
 
     def _owned(self, request: Request, name: str, tid: str) -> Training | None:
+        from forgehub.identity import authz
+
         principal = self.principal(request)
         self.module(name)
         assert self.trainings is not None
@@ -348,6 +386,7 @@ class ModelAPI:
         return self._deepaas_training(t) if deepaas else self._training_out(t)
 
     async def train_start(self, request: Request, name: str) -> Response:
+        trainings = await self._trainings()
         principal = self.principal(request)
         m = self.module(name)
         if not m.trainable:
@@ -371,8 +410,6 @@ class ModelAPI:
         except BaseException:
             shutil.rmtree(tmpdir, ignore_errors=True)
             raise
-        assert self.trainings is not None
-        trainings = self.trainings
         self.usage[name] = self.usage.get(name, 0) + 1
         stored = jsonable(args if isinstance(args, dict) else args.model_dump())
         t = await anyio.to_thread.run_sync(
@@ -383,11 +420,13 @@ class ModelAPI:
         )
 
     async def train_list(self, request: Request, name: str, deepaas: bool = True) -> Response:
+        from forgehub.identity import authz
+
+        trainings = await self._trainings()
         principal = self.principal(request)
         self.module(name)
-        assert self.trainings is not None
         owner = None if authz.sees_all(principal, "training.read") else principal.user_id
-        rows = await anyio.to_thread.run_sync(self.trainings.list, name, owner)
+        rows = await anyio.to_thread.run_sync(trainings.list, name, owner)
         return JSONResponse([self._view(t, deepaas) for t in rows])
 
     def _missing_training(self, name: str, uuid: str, deepaas: bool) -> Response:
@@ -398,6 +437,7 @@ class ModelAPI:
     async def train_get(
         self, request: Request, name: str, uuid: str, deepaas: bool = True
     ) -> Response:
+        await self._trainings()
         t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
         if t is None:
             return self._missing_training(name, uuid, deepaas)
@@ -406,13 +446,13 @@ class ModelAPI:
     async def train_cancel(
         self, request: Request, name: str, uuid: str, deepaas: bool = True
     ) -> Response:
+        trainings = await self._trainings()
         t = await anyio.to_thread.run_sync(self._owned, request, name, uuid)
         if t is None:
             return self._missing_training(name, uuid, deepaas)
-        assert self.trainings is not None
         if not t.state.finished:
-            await anyio.to_thread.run_sync(self.trainings.cancel, t.id)
-            t = self.trainings.get(t.id) or t
+            await anyio.to_thread.run_sync(trainings.cancel, t.id)
+            t = trainings.get(t.id) or t
         return JSONResponse(self._view(t, deepaas))
 
     # -- wiring -------------------------------------------------------------------------

@@ -9,21 +9,22 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgehub import __version__
-from forgehub.auth import Principal
-from forgehub.db import Database
 from forgehub.modelapi.app import ModelAPI, deepaas_error, deepaas_redirect
 from forgehub.modelapi.limits import UploadLimit
 from forgehub.modelapi.swagger import swagger_document
 from forgehub.module.loaded import LoadedModule
 from forgehub.server import docs, errors
+
+if TYPE_CHECKING:
+    from forgehub.auth import Principal
+    from forgehub.db import Database
 
 log = logging.getLogger("forgehub.modelapi")
 
@@ -49,14 +50,20 @@ def create_model_app(
     plain-text error pages. forgehub's OpenAPI 3 is at ``/openapi.json``, its training views
     (state, progress, metrics) under ``/api/v1``.
     """
-    from forgehub.db import upgrade
-
     state: dict[str, Any] = {}
     base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
 
     def principal(request: Request) -> Principal:
-        p: Principal = state["owner"]
+        p: Principal = state["owner"]  # trainings only, which wait for prepare()
         return p
+
+    def prepare() -> None:
+        from forgehub.db import Database, upgrade
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(db_url)
+        state["db"] = Database(db_url)
+        state["owner"] = owner or _local_owner(state["db"])
 
     api = ModelAPI(
         modules,
@@ -65,22 +72,21 @@ def create_model_app(
         principal,
         recover=recover,
         max_trainings=max_trainings,
+        prepare=prepare,
+        open_predict=True,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
-        work_dir.mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(upgrade, db_url)
-        state["db"] = Database(db_url)
-        state["owner"] = owner or await anyio.to_thread.run_sync(_local_owner, state["db"])
         await api.start()
         log.info("forgehub model API started in %.0f ms", (time.perf_counter() - started) * 1000)
         try:
             yield
         finally:
             await api.stop()
-            state["db"].dispose()
+            if "db" in state:
+                state["db"].dispose()
 
     app = FastAPI(
         title="forgehub model API",
@@ -159,7 +165,7 @@ def _local_owner(db: Database) -> Principal:
     from sqlalchemy import select
     from sqlalchemy.exc import IntegrityError
 
-    from forgehub.auth import create_user
+    from forgehub.auth import Principal, create_user
     from forgehub.db.models import Role, User
 
     for _ in range(3):
