@@ -8,6 +8,12 @@ import sys
 
 def main() -> None:
     args = sys.argv[1:]
+    if args[:2] == ["module", "serve"]:
+        import gc
+
+        # start-up is mostly imports: the collector's passes over them are a tenth of it; the
+        # server turns it back on once it has started (see forgehub.server.gcfreeze)
+        gc.disable()
     if args[:1] == ["module"]:
         from forgehub.cli.module import app as module_app
 

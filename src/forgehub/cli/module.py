@@ -195,6 +195,9 @@ def serve(
 
     _local_owner(db)  # once here, before N processes race to create it
     db.dispose()
+    import gc
+
+    gc.enable()  # this process only supervises the servers (see forgehub.cli.entry)
     os.environ[ENV] = spec_to_env(
         [(m.name, m.target) for m in modules], settings.db_url, work_dir, **options
     )

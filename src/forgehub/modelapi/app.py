@@ -46,6 +46,7 @@ DEEPAAS_STATUS = {
 }
 USAGE_FLUSH_S = 5.0
 DEEPAAS_STARTED = ("date", "uuid", "status", "args")
+OPEN_STORE_AFTER_S = 1.0  # the training store opens this long after start-up, or when first asked
 PrincipalGetter = Callable[[Request], "Principal"]
 
 
@@ -156,16 +157,21 @@ class ModelAPI:
         self.links: list[dict[str, str]] = []  # of GET / (documentation, /swagger.json)
         self._flusher: asyncio.Task[None] | None = None
         self._opening: asyncio.Future[TrainingManager] | None = None
+        self._open_timer: asyncio.TimerHandle | None = None
         self.trainings: TrainingManager | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         """Warm the modules, then serve: the training store (a database, its migrations, the
-        recovery of trainings a stopped server left) opens in the background, and training
-        requests wait for it. Predictions and metadata need none of it."""
+        recovery of trainings a stopped server left) opens in the background a moment later or
+        at the first training request, and training requests wait for it. Predictions and
+        metadata need none of it."""
         started = time.perf_counter()
         await self.runner.start()
-        self._opening = asyncio.ensure_future(anyio.to_thread.run_sync(self._open_trainings))
+        # not at once: its imports would share the interpreter with the first requests
+        self._open_timer = asyncio.get_running_loop().call_later(
+            OPEN_STORE_AFTER_S, self._begin_opening
+        )
         self._flusher = asyncio.create_task(self._flush_usage_forever())
         log.info(
             "model API ready in %.0f ms: %s",
@@ -189,11 +195,14 @@ class ModelAPI:
         log.info("trainings open in %.0f ms", (time.perf_counter() - started) * 1000)
         return trainings
 
+    def _begin_opening(self) -> asyncio.Future[TrainingManager]:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(anyio.to_thread.run_sync(self._open_trainings))
+        return self._opening
+
     async def _trainings(self) -> TrainingManager:
         """The training store, once open (a failure to open it is each request's error)."""
-        if self._opening is None:
-            raise RuntimeError("the model API has not started")
-        return await asyncio.shield(self._opening)
+        return await asyncio.shield(self._begin_opening())
 
     async def _flush_usage_forever(self) -> None:
         while True:
@@ -216,6 +225,8 @@ class ModelAPI:
     async def stop(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._open_timer is not None:
+            self._open_timer.cancel()
         if self._opening is not None:
             try:
                 await asyncio.shield(self._opening)

@@ -103,7 +103,9 @@ def mount_routes(
     def route(path: str, endpoint: Any, methods: list[str], raw: bool = False, **kw: Any) -> None:
         if raw:
             kw["route_class_override"] = RawRoute
-        app.router.add_api_route(path, endpoint, methods=methods, **kw)
+        # no response model: answers are written as they are (and FastAPI, asked to infer one,
+        # loads pydantic.v1 to check the annotation, a tenth of the start-up)
+        app.router.add_api_route(path, endpoint, methods=methods, response_model=None, **kw)
 
     async def v2(request: Request) -> dict[str, Any]:
         href = f"{request.scope.get('root_path', '')}{prefix}/v2/"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+
+SWEEP_AFTER_S = 2.0
+
+
+def _sweep() -> None:
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def freeze_after_startup(app: FastAPI) -> FastAPI:
@@ -23,8 +32,15 @@ def freeze_after_startup(app: FastAPI) -> FastAPI:
     @asynccontextmanager
     async def lifespan(a: Any) -> AsyncIterator[Any]:
         async with started(a) as state:
-            gc.collect()
-            gc.freeze()
+            if gc.isenabled():
+                gc.collect()
+                gc.freeze()
+            else:
+                # started with the collector off (forgehub module serve): serve first, and
+                # sweep what start-up left a moment later
+                gc.freeze()
+                gc.enable()
+                asyncio.get_running_loop().call_later(SWEEP_AFTER_S, _sweep)
             yield state
 
     app.router.lifespan_context = lifespan
