@@ -99,6 +99,7 @@ def test_quick_modules_run_inline_and_a_slow_call_sends_them_back_to_threads() -
         module.delay = 0.05  # now it blocks: once on the loop, then back to the pool
         await runner.predict("paced", {})
         assert module.threads[-1] == loop_thread
+        assert runner.pace["paced"].needed == 2 * INLINE_AFTER  # and longer to come back
         ticks = 0
 
         async def ticker() -> None:

@@ -134,45 +134,75 @@ class HopPool:
 
 
 INLINE_S = 0.0005  # a prediction quicker than this costs less than the hop to a thread
-INLINE_AFTER = 32  # quick predictions in a row before a module's run on the event loop
+BLOCKED_S = 0.005  # a prediction on the loop that takes this long was blocking it
+INLINE_AFTER = 32  # quick predictions (net of slow ones) before a module runs on the loop
+MOST_AFTER = INLINE_AFTER << 12
+
+
+class _Pace:
+    """How a module's recent predictions went: a score of ``quick`` ones (a slow one halves it),
+    and the score ``needed`` to run on the loop."""
+
+    __slots__ = ("quick", "needed")
+
+    def __init__(self) -> None:
+        self.quick = 0
+        self.needed = INLINE_AFTER
+
+    @property
+    def inline(self) -> bool:
+        return self.quick >= self.needed
 
 
 class ThreadRunner:
     """Runs predictions in a :class:`HopPool`, except where a module has shown it is quick.
 
     Handing a prediction to a thread and its result back costs tens of microseconds and two
-    wake-ups; for a module whose last :data:`INLINE_AFTER` predictions each took under
-    :data:`INLINE_S`, the next runs on the event loop instead (a few times the throughput at
-    low concurrency). One slower call sends the module back to the threads until it has been
-    quick that many times again, so a model that can block holds the loop at most once.
+    wake-ups; once a module's predictions have each used under :data:`INLINE_S` of CPU, about
+    :data:`INLINE_AFTER` times (a slower one halves the count), the next run on the event loop
+    instead: a few times the throughput at low concurrency. In a thread, CPU time is what counts
+    (wall time there is mostly waiting for the interpreter while the loop is busy). On the loop,
+    one call that holds it :data:`BLOCKED_S` or more (a model that waited on something) sends
+    the module back to the threads, and it must then prove quick twice as long before it comes
+    back: a model that can block holds the loop a handful of times in all.
     """
 
     def __init__(self, modules: dict[str, LoadedModule], threads: int | None = None) -> None:
         self.modules = modules
         self.pool = HopPool(threads or os.cpu_count() or 1)
-        self.quick = dict.fromkeys(modules, 0)  # quick predictions in a row, per module
+        self.pace = {name: _Pace() for name in modules}
 
     async def start(self) -> None:
         for m in self.modules.values():
             await self.pool.run(m.warm)
 
-    def _timed(self, name: str, module: LoadedModule, data: dict[str, Any]) -> Output:
+    def _in_thread(self, module: LoadedModule, pace: _Pace, data: dict[str, Any]) -> Output:
+        started = time.thread_time()
+        out = module.predict(module.validate_predict(data))
+        if time.thread_time() - started < INLINE_S:
+            pace.quick += 1
+        else:
+            pace.quick //= 2
+        return out
+
+    def _inline(self, module: LoadedModule, pace: _Pace, data: dict[str, Any]) -> Output:
         started = time.perf_counter()
         try:
             return module.predict(module.validate_predict(data))
         finally:
-            quick = time.perf_counter() - started < INLINE_S
-            self.quick[name] = self.quick[name] + 1 if quick else 0
+            if time.perf_counter() - started >= BLOCKED_S:
+                pace.quick = 0
+                pace.needed = min(pace.needed * 2, MOST_AFTER)
 
     async def predict(
         self, name: str, data: dict[str, Any], abandoned: Callable[[], None] | None = None
     ) -> Output:
         """Validate and predict: inline for a module that has been quick, otherwise in one
         worker-thread hop (see :meth:`HopPool.run` for ``abandoned``)."""
-        module = self.modules[name]
-        if self.quick[name] >= INLINE_AFTER:
-            return self._timed(name, module, data)
-        return await self.pool.run(lambda: self._timed(name, module, data), abandoned)
+        module, pace = self.modules[name], self.pace[name]
+        if pace.inline:
+            return self._inline(module, pace, data)
+        return await self.pool.run(lambda: self._in_thread(module, pace, data), abandoned)
 
     async def stop(self) -> None:
         self.pool.shutdown()
