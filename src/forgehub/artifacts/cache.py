@@ -106,3 +106,38 @@ class ContentCache:
                 total -= size
                 removed.append(f"sha256:{p.name}")
             return removed
+
+
+def materialise(
+    cache: ContentCache,
+    adapter: StorageAdapter,
+    digest: str,
+    kind: str,
+    dest: Path,
+    check: Callable[[], None] | None = None,
+) -> Path:
+    """An artifact as a local path: its cached file, or for a folder (``kind`` ``dir``) a
+    directory at ``dest`` of links into the cache. ``check`` is called along the way; raising
+    from it abandons the work."""
+    from forgehub.artifacts.content import parse_manifest
+
+    def progress(_n: int = 0) -> None:
+        if check is not None:
+            check()
+
+    top = cache.fetch(adapter, digest, progress=progress)
+    if kind != "dir":
+        return top
+    dest.mkdir(parents=True, exist_ok=True)
+    for e in parse_manifest(top.read_bytes()):
+        progress()
+        blob = cache.fetch(adapter, e.digest, progress=progress)
+        path = dest / e.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            continue
+        try:
+            os.link(blob, path)
+        except OSError:
+            copy_file(blob, path)
+    return dest

@@ -82,6 +82,9 @@ def weights_digest(m: LoadedModule) -> str | None:
     return f"sha256:{h.hexdigest()}"
 
 
+INSTALLED = "python: "  # the source of a version that is the module as installed
+
+
 def register_installed(session: Session, modules: list[LoadedModule]) -> int:
     """Create or refresh the entries of installed modules; returns how many."""
     admin = session.scalar(select(User).where(User.role == Role.admin).order_by(User.created_at))
@@ -100,7 +103,7 @@ def register_installed(session: Session, modules: list[LoadedModule]) -> int:
                 session,
                 entry,
                 version,
-                source=f"python: {m.target}",
+                source=f"{INSTALLED}{m.target}",
                 predict_schema=object_schema(m.predict_specs),
                 train_schema=object_schema(m.train_specs) if m.trainable else None,
                 weights_digest=weights_digest(m),

@@ -117,6 +117,9 @@ def save_module(
     return m
 
 
+versions_changed = 0  # counts add_version calls in this process (see forgehub.catalog.weights)
+
+
 def add_version(
     session: Session,
     m: CatalogModule,
@@ -130,6 +133,8 @@ def add_version(
     replace: bool = False,
 ) -> CatalogVersion:
     """Add a version; a version with weights makes the module pre-trained."""
+    global versions_changed
+    versions_changed += 1  # in this process, cached "which version" answers are stale now
     if not version or len(version) > 64:
         raise CatalogError("a version is 1-64 characters", 422)
     v = session.scalar(

@@ -278,6 +278,16 @@ class DigitsModule(Module):
         self.weights_path = weights or WEIGHTS
         self.layers: list[tuple[np.ndarray, np.ndarray]] = []
 
+    def load(self, path: Path) -> None:
+        """A trained version's weights: the ``digits-weights.npz`` a training wrote (the file,
+        or the output folder holding it)."""
+        if path.is_dir():
+            path = path / WEIGHTS.name
+        if not path.is_file():
+            raise ValueError(f"no {WEIGHTS.name} in the trained version's weights")
+        self.weights_path = path
+        self.layers = []
+
     def warm(self) -> None:
         if self.layers:
             return

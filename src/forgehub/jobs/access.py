@@ -55,6 +55,8 @@ def relayed(session: Session, job: Job, conn: StorageConnection) -> bool:
 
     if foreign_worker(session, job):
         return True
+    if conn.owner_id is not None and conn.owner_id != job.owner_id:
+        return True  # someone else's store (a pre-trained version's weights): never their keys
     try:
         on_server = storage_class(conn.kind).on_server
     except StorageError:

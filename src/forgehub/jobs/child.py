@@ -26,17 +26,24 @@ def _emitter() -> Any:
     return emit
 
 
+WEIGHTS_INPUT = "+weights"  # as forgehub.jobs.common names it (not imported: this starts fast)
+
+
 def _module(spec: dict[str, Any]) -> Any:
     """The module by its installed name, or else where the server found it (an import path)."""
     from forgehub.module import ModuleNotFound, load
 
     try:
-        return load(spec["module"])
+        module = load(spec["module"])
     except ModuleNotFound:
         if not spec.get("module_target"):
             raise
-    module = load(spec["module_target"])
-    module.name = spec["module"]
+        module = load(spec["module_target"])
+        module.name = spec["module"]
+    weights = spec["inputs"].pop(WEIGHTS_INPUT, None)
+    if weights is not None:  # a pre-trained version: its weights, not the shipped ones
+        module.load_weights(Path(weights))
+        print(f"using the weights of {spec['module']} {spec.get('version')}", flush=True)
     return module
 
 

@@ -233,24 +233,10 @@ class JobRun:
 
     def _materialise(self, item: dict[str, Any], dest: Path) -> Path:
         """An input as a local path: a cached file, or a directory of links into the cache."""
-        from forgehub.artifacts.content import parse_manifest
-        from forgehub.fsutil import copy_file
+        from forgehub.artifacts.cache import materialise
 
         adapter = storage_adapter(item["storage"], self.api)
-        top = self.cache.fetch(adapter, item["digest"], progress=self.check)
-        if item["kind"] != "dir":
-            return top
-        dest.mkdir(parents=True)
-        for e in parse_manifest(top.read_bytes()):
-            self.check()
-            blob = self.cache.fetch(adapter, e.digest, progress=self.check)
-            path = dest / e.path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(blob, path)
-            except OSError:
-                copy_file(blob, path)
-        return dest
+        return materialise(self.cache, adapter, item["digest"], item["kind"], dest, self.check)
 
     def _execute(
         self, spec: dict[str, Any], inputs: dict[str, Path], output_dir: Path, work: Path
@@ -280,6 +266,7 @@ class JobRun:
                         "kind": spec["kind"],
                         "module": spec["module"],
                         "module_target": spec.get("module_target"),
+                        "version": spec.get("version"),
                         "args": spec["args"],
                         "inputs": {k: str(v) for k, v in inputs.items()},
                         "output_dir": str(output_dir),

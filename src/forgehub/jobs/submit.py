@@ -4,6 +4,7 @@ connections, the admin's policy and the installed modules, then one queued row w
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -20,9 +21,11 @@ from forgehub.db.models import (
 )
 from forgehub.identity import authz
 from forgehub.identity.policy import Policy
-from forgehub.jobs.common import COMPUTE, JobError, ensure_default_compute
+from forgehub.jobs.common import COMPUTE, WEIGHTS_INPUT, JobError, ensure_default_compute
 from forgehub.jobs.scheduling import check_some_worker_fits
 from forgehub.secrets import SecretBox
+
+INPUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 class JobIn(BaseModel):
@@ -68,6 +71,11 @@ class JobIn(BaseModel):
                 raise ValueError("a command job needs 'command' (an argv list)")
         elif not self.module:
             raise ValueError(f"a {self.kind} job needs 'module'")
+        for name in self.inputs:
+            if not INPUT_NAME.fullmatch(name):
+                raise ValueError(
+                    f"input name {name[:80]!r}: letters, digits, '_', '-' and '.' (1-64)"
+                )
         if self.kind == "predict" and "data" not in self.inputs:
             raise ValueError("a predict job needs an input artifact named 'data'")
         return self
@@ -114,7 +122,7 @@ def submit(
             f"{', '.join(sorted(modules)) or 'none'})",
             422,
         )
-    inputs = []
+    inputs: list[dict[str, Any]] = []
     for name, ref in sorted(body.inputs.items()):
         try:
             art = records.resolve(session, principal, ref)
@@ -129,9 +137,27 @@ def submit(
                 "filename": art.filename,
             }
         )
+    if body.kind == "predict" and body.module:
+        # a pre-trained version predicts with its own weights: asked for, else the newest
+        from forgehub.catalog.weights import pretrained
+
+        trained = pretrained(session, principal, body.module, body.version)
+        if trained is not None:
+            inputs.append(
+                {
+                    "name": WEIGHTS_INPUT,
+                    "artifact_id": trained.artifact_id,
+                    "digest": trained.digest,
+                    "kind": trained.kind,
+                    "filename": trained.filename,
+                    "version": trained.version,
+                }
+            )
     labels = sorted(set(body.labels) | set(compute.config.get("labels", [])))
     spec = body.model_dump(mode="json", exclude={"compute", "storage", "inputs", "labels"})
     spec.update(inputs=inputs, labels=labels)
+    if inputs and inputs[-1]["name"] == WEIGHTS_INPUT:
+        spec["version"] = inputs[-1]["version"]
     if body.module and body.module in modules:
         # where the server found it: a module loaded by import path has no entry-point name
         spec["module_target"] = modules[body.module].target
@@ -144,7 +170,7 @@ def submit(
         owner_id=principal.user_id,
         kind=body.kind,
         module=body.module,
-        version=body.version,
+        version=spec.get("version", body.version),
         spec=spec,
         compute_id=compute.id,
         storage_id=storage.id,

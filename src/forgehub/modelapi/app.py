@@ -12,7 +12,9 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
+from forgehub.errors import ForgehubError
 from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
 from forgehub.module.args import MISSING, ArgErrors, ArgSpec, collect
@@ -32,6 +35,7 @@ from forgehub.states import TrainingState
 
 if TYPE_CHECKING:  # the store's modules load in the background, off the start-up path
     from forgehub.auth import Principal
+    from forgehub.catalog.weights import Trained, WeightsOnServer
     from forgehub.db import Database
     from forgehub.db.models import Training
     from forgehub.modelapi.trainings import TrainingManager
@@ -46,6 +50,7 @@ DEEPAAS_STATUS = {
 }
 USAGE_FLUSH_S = 5.0
 DEEPAAS_STARTED = ("date", "uuid", "status", "args")
+KEEP_VERSIONS = 4  # pre-trained versions kept loaded (the least recently used goes)
 OPEN_STORE_AFTER_S = 1.0  # the training store opens this long after start-up, or when first asked
 PrincipalGetter = Callable[[Request], "Principal"]
 
@@ -140,6 +145,7 @@ class ModelAPI:
         max_trainings: int = 2,
         prepare: Callable[[], None] | None = None,
         open_predict: bool = False,
+        weights: Callable[[], WeightsOnServer] | None = None,
     ) -> None:
         """``prepare`` (run in the background at start-up, before trainings open) readies the
         store; with ``open_predict`` (a standalone server, which has no users) predictions do
@@ -153,6 +159,10 @@ class ModelAPI:
         self.max_trainings = max_trainings
         self.prepare = prepare
         self.open_predict = open_predict
+        self._weights_factory = weights  # the platform's pre-trained versions, if any
+        self._weights: WeightsOnServer | None = None
+        self._versions: OrderedDict[tuple[str, str], LoadedModule] = OrderedDict()
+        self._versions_lock = threading.Lock()
         self.usage: dict[str, int] = {}
         self.links: list[dict[str, str]] = []  # of GET / (documentation, /swagger.json)
         self._flusher: asyncio.Task[None] | None = None
@@ -314,16 +324,74 @@ class ModelAPI:
         )
 
     # -- routes -------------------------------------------------------------------------
+    def _trained(self, principal: Principal, m: LoadedModule, trained: Trained) -> LoadedModule:
+        """A module instance with a pre-trained version's weights loaded (a few kept)."""
+        key = (m.name, trained.digest)
+        with self._versions_lock:
+            found = self._versions.get(key)
+            if found is not None:
+                self._versions.move_to_end(key)
+                return found
+        if m.kind == "deepaas":
+            raise ModuleError(
+                f"{m.name} is a DEEPaaS module: one process holds one version of it, so its "
+                "pre-trained versions predict in batch jobs (forgehub job submit --kind predict "
+                f"--version {trained.version}), not here",
+                501,
+            )
+        from forgehub.module.discovery import import_target, wrap
+
+        assert self._weights is not None
+        path = self._weights.fetch(trained)
+        instance = wrap(import_target(m.target), m.target, m.name)
+        instance.load_weights(path)
+        instance.warm()
+        with self._versions_lock:
+            self._versions[key] = instance
+            while len(self._versions) > KEEP_VERSIONS:
+                self._versions.popitem(last=False)
+        return instance
+
+    async def _version_for(
+        self, request: Request, principal: Principal, m: LoadedModule
+    ) -> tuple[LoadedModule, str | None]:
+        """The module to predict with: ``?version=`` (a pre-trained version), else the newest
+        pre-trained version, else the module as shipped."""
+        if self._weights_factory is None:
+            return m, None
+        if self._weights is None:
+            self._weights = self._weights_factory()
+        weights = self._weights
+        takes_version = any(s.name == "version" for s in m.predict_specs)
+        asked = None if takes_version else request.query_params.get("version") or None
+        hit, trained = weights.cached(principal, m.name, asked)
+        if not hit:
+            trained = await anyio.to_thread.run_sync(weights.resolve, principal, m.name, asked)
+        if trained is None:
+            return m, None
+        with self._versions_lock:
+            ready = self._versions.get((m.name, trained.digest))
+        if ready is None:
+            ready = await anyio.to_thread.run_sync(self._trained, principal, m, trained)
+        return ready, trained.version
+
     async def predict(self, request: Request, name: str) -> Response:
-        if not self.open_predict:
-            self.principal(request)
+        principal = None if self.open_predict else self.principal(request)
         m = self.module(name)
+        version = None
+        if principal is not None:
+            try:
+                m, version = await self._version_for(request, principal, m)
+            except ForgehubError as exc:
+                return JSONResponse({"message": exc.detail}, exc.status)
+            except ModuleError as exc:
+                return JSONResponse({"message": str(exc)}, exc.status)
         uploads = Uploads(Path(tempfile.gettempdir()))
         try:
             data = await self._gather(request, m, m.predict_specs, uploads)
             # validation and prediction run together, off the event loop; should the client
             # go away meanwhile, the runner removes the uploads once the module is done
-            out = await self.runner.predict(name, data, abandoned=uploads.cleanup)
+            out = await self.runner.predict(name, data, abandoned=uploads.cleanup, module=m)
         except ArgErrors as exc:
             uploads.cleanup()
             return JSONResponse(exc.body, 422)
@@ -341,10 +409,13 @@ class ModelAPI:
             raise
         self.usage[name] = self.usage.get(name, 0) + 1
         try:
-            return self._respond(out, uploads.cleanup)
+            response = self._respond(out, uploads.cleanup)
         except BaseException:
             uploads.cleanup()
             raise
+        if version is not None:
+            response.headers["X-Forgehub-Version"] = version
+        return response
 
     @staticmethod
     def _deepaas_training(t: Training) -> dict[str, Any]:

@@ -195,11 +195,16 @@ class ThreadRunner:
                 pace.needed = min(pace.needed * 2, MOST_AFTER)
 
     async def predict(
-        self, name: str, data: dict[str, Any], abandoned: Callable[[], None] | None = None
+        self,
+        name: str,
+        data: dict[str, Any],
+        abandoned: Callable[[], None] | None = None,
+        module: LoadedModule | None = None,
     ) -> Output:
         """Validate and predict: inline for a module that has been quick, otherwise in one
-        worker-thread hop (see :meth:`HopPool.run` for ``abandoned``)."""
-        module, pace = self.modules[name], self.pace[name]
+        worker-thread hop (see :meth:`HopPool.run` for ``abandoned``). ``module`` is another
+        instance of module ``name`` (one with a pre-trained version's weights)."""
+        module, pace = module or self.modules[name], self.pace[name]
         if pace.inline:
             return self._inline(module, pace, data)
         return await self.pool.run(lambda: self._in_thread(module, pace, data), abandoned)

@@ -152,6 +152,12 @@ class Module:
     def warm(self) -> None:
         """Load weights and get ready for the first prediction."""
 
+    def load(self, path: Path) -> None:
+        """Use the weights at ``path`` (what a training of this module wrote to its output
+        directory: one file, or a folder) instead of the shipped ones. forgehub calls it before
+        :meth:`warm` when a trained version is asked for."""
+        raise NotImplementedError(f"module {self.name!r} cannot load trained weights")
+
     def predict(self, args: Any) -> Any:
         raise NotImplementedError(f"module {self.name!r} does not predict")
 

@@ -219,6 +219,22 @@ class DeepaasModule(LoadedModule):
     def trainable(self) -> bool:
         return callable(getattr(self.obj, "train", None))
 
+    def load_weights(self, path: Path) -> None:
+        """DEEPaaS modules say in their metadata where their weights go:
+        ``"weights": {"env": "NAME"}`` (forgehub sets that variable to the weights' path before
+        ``warm()``). A process holds one DEEPaaS module's state: one version per process."""
+        where = (self.metadata().get("weights") or {}) if isinstance(self.metadata(), dict) else {}
+        env = where.get("env") if isinstance(where, dict) else None
+        if not isinstance(env, str) or not env:
+            raise ModuleError(
+                f"module {self.name!r} does not say where its weights go (metadata "
+                '"weights": {"env": "VARIABLE"})',
+                501,
+            )
+        import os
+
+        os.environ[env] = str(path)
+
     def warm(self) -> None:
         fn = getattr(self.obj, "warm", None)
         if fn is None:

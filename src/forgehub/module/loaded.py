@@ -75,6 +75,12 @@ class LoadedModule(abc.ABC):
     @abc.abstractmethod
     def warm(self) -> None: ...
 
+    def load_weights(self, path: Path) -> None:
+        """Use a trained version's weights (a file or a folder) from now on; then :meth:`warm`.
+
+        Raises :class:`ModuleError` (501) for a module that cannot."""
+        raise ModuleError(f"module {self.name!r} cannot load trained weights", 501)
+
     @abc.abstractmethod
     def validate_predict(self, data: dict[str, Any]) -> Any:
         """Validate raw values; raises :class:`ArgErrors` with a message per field."""

@@ -124,6 +124,13 @@ class NativeModule(LoadedModule):
     def warm(self) -> None:
         self.obj.warm()
 
+    def load_weights(self, path: Path) -> None:
+        if type(self.obj).load is Module.load:
+            raise ModuleError(
+                f"module {self.name!r} cannot load trained weights (it has no load(path))", 501
+            )
+        self.obj.load(path)
+
     def validate_predict(self, data: dict[str, Any]) -> Any:
         try:
             return self.obj.PredictArgs.model_validate(data)

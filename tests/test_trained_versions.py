@@ -1,0 +1,142 @@
+"""A trained, published version predicts with its own weights (#16): in the model API (by
+default the newest pre-trained version, or ``?version=``) and in batch prediction jobs, for its
+trainer and for another user. The training is deliberately bad (every label is 3), so its
+answers cannot be mistaken for the shipped weights'."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.modelapi_helpers import digit_png
+from tests.services import ForgehubServer, started
+
+PREDICT = "/api/v1/model-api/v2/models/digits/predict/"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForgehubServer]:
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("trained") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+    )
+    with started(srv):
+        yield srv
+
+
+def _client(srv: ForgehubServer, token: str) -> httpx.Client:
+    return httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _wait(api: httpx.Client, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while (job := api.get(f"/api/v1/jobs/{job_id}").json())["state"] not in {
+        "succeeded",
+        "failed",
+        "cancelled",
+    }:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    return dict(job)
+
+
+def _user_token(admin: httpx.Client, name: str) -> str:
+    r = admin.post("/api/v1/users", json={"name": name})
+    assert r.status_code == 201, r.text
+    r = admin.post("/api/v1/tokens", json={"name": "t", "user": name})
+    assert r.status_code == 201, r.text
+    return str(r.json()["token"])
+
+
+def _label(r: httpx.Response) -> int:
+    assert r.status_code == 200, r.text
+    return int(r.json()["predictions"]["labels"][0]["label"])
+
+
+def test_a_published_training_predicts_with_its_weights(server: ForgehubServer) -> None:
+    png, truth = digit_png(0)  # a 0, which the shipped weights read right
+    assert truth != 3
+    files = {"image": ("zero.png", png, "image/png")}
+    with _client(server, server.admin_token) as admin:
+        shipped = _label(admin.post(PREDICT, files=files))
+        assert shipped == truth
+        # a deliberately bad training: every label is 3
+        buf = io.BytesIO()
+        rng = np.random.default_rng(0)
+        np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
+        r = admin.post(
+            "/api/v1/artifacts",
+            params={"filename": "threes.npz", "name": "threes"},
+            content=buf.getvalue(),
+        )
+        assert r.status_code == 201, r.text
+        r = admin.post(
+            "/api/v1/jobs",
+            json={
+                "module": "digits",
+                "args": {"epochs": 5},
+                "inputs": {"dataset": "threes"},
+                "publish": True,
+                "publish_version": "all-threes",
+            },
+        )
+        assert r.status_code == 201, r.text
+        done = _wait(admin, r.json()["id"])
+        assert done["state"] == "succeeded", done
+        assert done["result"]["published"] == {"module": "digits", "version": "all-threes"}
+
+        # the model API: the newest pre-trained version by default, and by name
+        r = admin.post(PREDICT, files=files)
+        assert _label(r) == 3 and r.headers["x-forgehub-version"] == "all-threes"
+        r = admin.post(PREDICT, params={"version": "all-threes"}, files=files)
+        assert _label(r) == 3
+        # the version as installed still answers with the shipped weights
+        installed = next(
+            v["version"]
+            for v in admin.get("/api/v1/catalog/modules/digits").json()["versions"]
+            if v["version"] != "all-threes"
+        )
+        r = admin.post(PREDICT, params={"version": installed}, files=files)
+        assert _label(r) == shipped and "x-forgehub-version" not in r.headers
+        r = admin.post(PREDICT, params={"version": "no-such"}, files=files)
+        assert r.status_code == 404 and "no version" in r.json()["message"]
+
+        # another user predicts with it too, and a batch job uses the same weights
+        bob_token = _user_token(admin, "bob")
+    with _client(server, bob_token) as bob:
+        assert _label(bob.post(PREDICT, files=files)) == 3
+        r = bob.post(
+            "/api/v1/artifacts",
+            params={"filename": "zero.png", "name": "one-image"},
+            content=png,
+        )
+        assert r.status_code == 201, r.text
+        r = bob.post(
+            "/api/v1/jobs",
+            json={"kind": "predict", "module": "digits", "inputs": {"data": "one-image"}},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["version"] == "all-threes"
+        job = _wait(bob, r.json()["id"])
+        assert job["state"] == "succeeded", job
+        out = bob.get(f"/api/v1/artifacts/{job['result']['output']['digest']}/content")
+        assert out.status_code == 200, out.text
+        line = out.text.splitlines()[0]
+        assert json.loads(line)["output"]["labels"][0]["label"] == 3, line
+        # a job may not smuggle its own "weights" input
+        r = bob.post(
+            "/api/v1/jobs",
+            json={
+                "kind": "predict",
+                "module": "digits",
+                "inputs": {"data": "one-image", "+weights": "one-image"},
+            },
+        )
+        assert r.status_code == 422
