@@ -9,6 +9,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import pytest
 
 from tests.modelapi_helpers import digit_png
 from tests.services import ForgehubServer, started
+from tests.test_dashboard import browser  # noqa: F401 - the fixture
 
 PREDICT = "/api/v1/model-api/v2/models/digits/predict/"
 
@@ -60,14 +62,10 @@ def _label(r: httpx.Response) -> int:
     return int(r.json()["predictions"]["labels"][0]["label"])
 
 
-def test_a_published_training_predicts_with_its_weights(server: ForgehubServer) -> None:
-    png, truth = digit_png(0)  # a 0, which the shipped weights read right
-    assert truth != 3
-    files = {"image": ("zero.png", png, "image/png")}
+@pytest.fixture(scope="module")
+def all_threes(server: ForgehubServer) -> str:
+    """A deliberately bad training of digits (every label is 3), published as "all-threes"."""
     with _client(server, server.admin_token) as admin:
-        shipped = _label(admin.post(PREDICT, files=files))
-        assert shipped == truth
-        # a deliberately bad training: every label is 3
         buf = io.BytesIO()
         rng = np.random.default_rng(0)
         np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
@@ -91,13 +89,23 @@ def test_a_published_training_predicts_with_its_weights(server: ForgehubServer) 
         done = _wait(admin, r.json()["id"])
         assert done["state"] == "succeeded", done
         assert done["result"]["published"] == {"module": "digits", "version": "all-threes"}
+    return "all-threes"
 
+
+def test_a_published_training_predicts_with_its_weights(
+    server: ForgehubServer, all_threes: str
+) -> None:
+    png, truth = digit_png(0)  # a 0, which the shipped weights read right
+    assert truth != 3
+    files = {"image": ("zero.png", png, "image/png")}
+    with _client(server, server.admin_token) as admin:
         # the model API: the newest pre-trained version by default, and by name
         r = admin.post(PREDICT, files=files)
         assert _label(r) == 3 and r.headers["x-forgehub-version"] == "all-threes"
         r = admin.post(PREDICT, params={"version": "all-threes"}, files=files)
         assert _label(r) == 3
-        # the version as installed still answers with the shipped weights
+        # the version as installed still answers with the shipped weights, which read it right
+        shipped = truth
         installed = next(
             v["version"]
             for v in admin.get("/api/v1/catalog/modules/digits").json()["versions"]
@@ -140,3 +148,36 @@ def test_a_published_training_predicts_with_its_weights(server: ForgehubServer) 
             },
         )
         assert r.status_code == 422
+
+
+def test_the_dashboard_tries_the_trained_version_and_the_installed_one(
+    browser: Any,  # noqa: F811 - the fixture imported above
+    server: ForgehubServer,
+    all_threes: str,
+    tmp_path: Path,
+) -> None:
+    from tests.test_dashboard import Session
+    from tests.test_dashboard import digit_png as digit_file
+
+    s = Session(browser, server, server.admin_token)
+    page = s.page
+    page.goto("/modules/digits")
+    image, label = digit_file(tmp_path)
+    assert label != 3
+    page.get_by_label("Image").set_input_files(str(image))
+
+    def predicted() -> str:
+        page.get_by_role("button", name="Predict").click()
+        page.locator("#result-json").wait_for()
+        text = page.locator("#result-json").inner_text()
+        return text.split('"label":', 1)[1].split()[0]
+
+    assert page.get_by_label("Version").input_value() == all_threes  # the default
+    assert predicted() == "3"
+    assert f"Answered by version {all_threes}" in page.locator("#result").inner_text()
+    installed = page.locator('#p-version option[value]:not([value="all-threes"])').first
+    page.get_by_label("Version").select_option(installed.get_attribute("value"))
+    assert predicted() == str(label)
+    assert "Answered by version" not in page.locator("#result").inner_text()
+    assert "training" in page.locator("table").first.inner_text()  # where the version came from
+    assert s.errors == []

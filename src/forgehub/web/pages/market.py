@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from forgehub.catalog import service
+from forgehub.catalog.installed import INSTALLED
 from forgehub.catalog.service import CatalogError
 from forgehub.web.app import render, user
 
@@ -104,7 +105,15 @@ def module_page(request: Request, name: str) -> Response:
         except CatalogError as exc:
             return render(request, "error.html", 404, principal=p, message=str(exc))
         owner = service.owner_name(s, m)
-        versions = list(reversed(m.versions))
+        versions = sorted(m.versions, key=lambda v: v.created_at, reverse=True)
+        trained_versions = [
+            v
+            for v in versions
+            if v.weights_digest and not v.deprecated and not v.source.startswith(INSTALLED)
+        ]
+        installed_version = next(
+            (v.version for v in versions if v.source.startswith(INSTALLED)), None
+        )
         meta = m.meta
         categories = service.short_categories(meta)
     loaded = request.app.state.model_api.modules.get(name)
@@ -121,4 +130,6 @@ def module_page(request: Request, name: str) -> Response:
         served=loaded is not None,
         trainable=bool(loaded is not None and loaded.trainable),
         predict_fields=predict_fields,
+        trained_versions=trained_versions,
+        installed_version=installed_version,
     )

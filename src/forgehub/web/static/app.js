@@ -109,12 +109,16 @@ function setupPredict(form) {
     }
     form.querySelectorAll('input[type="file"]').forEach((i) => { if (i.files[0]) data.append(i.name, i.files[0]); });
     const accept = form.querySelector('[name="accept"]')?.value || "application/json";
-    const resp = await api(`/api/v1/model-api/v2/models/${form.getAttribute("data-module")}/predict/`, {
+    const version = form.querySelector('select[name="version"]')?.value;
+    const query = version ? `?version=${encodeURIComponent(version)}` : "";
+    const resp = await api(`/api/v1/model-api/v2/models/${form.getAttribute("data-module")}/predict/${query}`, {
       method: "POST", body: data, headers: { Accept: accept },
     });
     out.textContent = "";
     if (!resp.ok) { showErrors(form, await problem(resp)); return; }
     const type = resp.headers.get("content-type") || "";
+    const used = resp.headers.get("x-forgehub-version");
+    if (used) out.append(el("p", { class: "muted" }, `Answered by version ${used}.`));
     if (type.includes("json")) {
       out.append(el("h3", {}, "Result"), el("div", { class: "json", id: "result-json" }, jsonTree(await resp.json())));
     } else if (type.startsWith("image/")) {
