@@ -33,6 +33,13 @@ def _state(s: str) -> str:
     return f"[{c}]{s}[/{c}]" if c else s
 
 
+PublishVersionOpt = typer.Option(
+    None,
+    "--publish-version",
+    help="With --publish: the version's name [default: trained-<job id>].",
+)
+
+
 def _job_body(
     kind: str,
     module: str | None,
@@ -47,6 +54,8 @@ def _job_body(
     command: list[str] | None = None,
     publish: bool = False,
     shared_workers: bool = False,
+    version: str | None = None,
+    publish_version: str | None = None,
 ) -> dict[str, Any]:
     """A job spec for POST /api/v1/jobs from the command line's options."""
     data = {}
@@ -64,6 +73,8 @@ def _job_body(
         "compute": compute,
         "storage": storage,
         "resources": resources,
+        "version": version,
+        "publish_version": publish_version,
         "labels": labels or [],
         "output": output,
         "publish": publish,
@@ -112,6 +123,12 @@ def submit(
     output: str = OutputOpt,
     command: str = typer.Option(None, "--command", help="A command job's argv, as JSON list."),
     publish: bool = typer.Option(False, "--publish", help="Publish trained weights."),
+    version: str = typer.Option(
+        None,
+        "--version",
+        help="Predict: the module's pre-trained version to use [default: the newest].",
+    ),
+    publish_version: str = PublishVersionOpt,
     shared_workers: bool = SharedWorkersOpt,
     follow: bool = FollowOpt,
     server: str = ServerOpt,
@@ -137,6 +154,8 @@ def submit(
         command=argv,
         publish=publish,
         shared_workers=shared_workers,
+        version=version,
+        publish_version=publish_version,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
@@ -306,6 +325,7 @@ def train(
     memory: int = MemOpt,
     time_limit: int = TimeOpt,
     publish: bool = typer.Option(False, "--publish", help="Publish the weights as a version."),
+    publish_version: str = PublishVersionOpt,
     shared_workers: bool = SharedWorkersOpt,
     detach: bool = typer.Option(False, "--detach", "-d", help="Do not follow the logs."),
     server: str = ServerOpt,
@@ -322,6 +342,7 @@ def train(
         _resources(cpu, gpu, memory, time_limit),
         publish=publish,
         shared_workers=shared_workers,
+        publish_version=publish_version,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
