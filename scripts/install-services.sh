@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install (from Debian) the real servers the test suite starts: PostgreSQL, Ceph RGW (S3),
 # Slurm (slurmctld, slurmd and the client tools), OpenSSH (a Slurm login node),
-# libnss-myhostname (*.localhost for S3 virtual-host addressing tests),
+# libnss-myhostname (*.localhost for S3 virtual-host addressing tests), bubblewrap (the sandbox
+# module jobs run in on the server and on workers that ask for it),
 # Chromium (the dashboard's end-to-end tests drive it with Playwright; never `playwright install`). WebDAV (wsgidav) and Ray are Python packages
 # installed by `make install`.
 # Each test session starts them on free loopback ports and stops them by PID.
@@ -14,6 +15,7 @@ for tool in slurmctld slurmd sbatch; do
   command -v "$tool" >/dev/null 2>&1 || { need+=(slurm-wlm slurm-client); break; }
 done
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 getent hosts forgehub-probe.localhost >/dev/null 2>&1 || need+=(libnss-myhostname)
 [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 || need+=(openssh-server openssh-client)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)

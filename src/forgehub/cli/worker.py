@@ -42,6 +42,12 @@ def worker(
         0, "--max-jobs", help="Jobs at once [default: one per CPU].", show_default=False
     ),
     burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty."),
+    sandbox: bool = typer.Option(
+        False,
+        "--sandbox",
+        help="Run module code in a bubblewrap sandbox: no network, only its work directory "
+        "writable, nothing of this machine's users visible (needs bubblewrap).",
+    ),
 ) -> None:
     """Connect this machine as a worker. Only outbound connections: it long-polls for jobs."""
     import logging
@@ -64,6 +70,13 @@ def worker(
             "no server or token: run `forgehub login --server URL` first, or set FORGEHUB_URL "
             "and FORGEHUB_TOKEN (or --token-file)"
         )
+    if sandbox:
+        import os
+        import shutil
+
+        if shutil.which("bwrap") is None:
+            fail("--sandbox needs bubblewrap: apt install bubblewrap")
+        os.environ["FORGEHUB_SANDBOX"] = "on"  # the runners this worker starts read it
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     agent = WorkerAgent(

@@ -65,6 +65,8 @@ class LocalCompute(ComputeAdapter):
 
     def submit(self, launch: Launch) -> str:
         env = {**os.environ, "FORGEHUB_JOB_TOKEN": launch.token}
+        # module code on the server's machine runs in the sandbox wherever bubblewrap is here
+        env["FORGEHUB_SANDBOX"] = os.environ.get("FORGEHUB_SANDBOX", "auto")
         if self.cache_dir is not None:
             env.setdefault("FORGEHUB_CACHE_DIR", str(self.cache_dir))
         log = subprocess.DEVNULL

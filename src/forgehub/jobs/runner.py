@@ -275,6 +275,7 @@ class JobRun:
             )
             argv = [sys.executable, "-m", "forgehub.jobs.child", str(child_spec)]
             env["FORGEHUB_EVENTS_FD"] = str(write_fd)
+            argv, env = self._sandboxed(argv, env, work, inputs)
         self.reporter.line("system", f"starting {spec['kind']}: {' '.join(argv[:6])}")
         try:
             self.proc = subprocess.Popen(
@@ -327,6 +328,31 @@ class JobRun:
                 what += " (out of memory?)"
             raise RuntimeError(f"the {spec['kind']} process ended with {what}")
         return result.get("result", {"exit_code": code})
+
+    def _sandboxed(
+        self, argv: list[str], env: dict[str, str], work: Path, inputs: dict[str, Path]
+    ) -> tuple[list[str], dict[str, str]]:
+        """The module's command inside the sandbox where this runner must use one (see
+        :mod:`forgehub.jobs.sandbox`), with a clean environment; as it is otherwise."""
+        from forgehub.jobs import sandbox
+
+        how = sandbox.mode()
+        if how == "off":
+            return argv, env
+        tool = sandbox.bwrap()
+        if tool is None:
+            if how == "on":
+                raise sandbox.SandboxMissing(
+                    "this machine runs module code in a sandbox, but bubblewrap is not "
+                    "installed (apt install bubblewrap)"
+                )
+            self.reporter.line(
+                "system", "no sandbox: bubblewrap is not installed (apt install bubblewrap)"
+            )
+            return argv, env
+        readable = [*sandbox.python_paths(), *inputs.values()]
+        self.reporter.line("system", "in a sandbox: no network, only its work directory writable")
+        return sandbox.wrap(argv, work, readable, tool), sandbox.clean_env(env, work)
 
     def _pump(self, stream: Any, name: str) -> None:
         for raw in iter(stream.readline, b""):

@@ -221,8 +221,8 @@ class ModelAPI:
 
     def flush_usage(self) -> None:
         """Add predictions and trainings counted since the last flush to the catalogue."""
-        if self.trainings is None or not self.usage:
-            return  # nothing counted, or the store is not open yet: keep counting
+        if not self.usage or (self.prepare is not None and self.trainings is None):
+            return  # nothing counted, or the store is not ready yet: keep counting
         counts, self.usage = self.usage, {}
         from forgehub.catalog.service import record_use
 
