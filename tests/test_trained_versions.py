@@ -181,3 +181,53 @@ def test_the_dashboard_tries_the_trained_version_and_the_installed_one(
     assert "Answered by version" not in page.locator("#result").inner_text()
     assert "training" in page.locator("table").first.inner_text()  # where the version came from
     assert s.errors == []
+
+
+def test_a_trained_version_records_where_it_came_from_and_can_be_reproduced(
+    server: ForgehubServer, all_threes: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with _client(server, server.admin_token) as admin:
+        entry = admin.get("/api/v1/catalog/modules/digits").json()
+        v = next(v for v in entry["versions"] if v["version"] == all_threes)
+        prov = v["provenance"]
+        threes = admin.get("/api/v1/artifacts/threes").json()
+        assert prov["args"] == {"epochs": 5}
+        assert prov["inputs"] == [{"name": "dataset", "digest": threes["digest"], "kind": "file"}]
+        assert prov["weights"] == v["weights_digest"]
+        assert "val_accuracy" in prov["metrics"] and prov["trained_by"] == "admin"
+        job = admin.get(f"/api/v1/jobs/{prov['job']}").json()
+        assert job["result"]["published"]["version"] == all_threes
+
+        env = {**os.environ, "FORGEHUB_URL": server.url, "FORGEHUB_TOKEN": server.admin_token}
+        forgehub = [str(Path(sys.executable).parent / "forgehub")]
+        shown = subprocess.run(
+            [*forgehub, "catalog", "show", "digits"], env=env, capture_output=True, text=True
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert f"in job {prov['job']}" in shown.stdout and "val_accuracy=" in shown.stdout
+        again = subprocess.run(
+            [*forgehub, "module", "reproduce", "digits", all_threes],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert again.returncode == 0, again.stderr
+        new_id = again.stdout.split()[1]
+        rerun = admin.get(f"/api/v1/jobs/{new_id}").json()
+        assert rerun["kind"] == "train" and rerun["module"] == "digits"
+        assert rerun["spec"]["args"] == {"epochs": 5}
+        assert [i["digest"] for i in rerun["spec"]["inputs"]] == [threes["digest"]]
+        missing_version = subprocess.run(
+            [*forgehub, "module", "reproduce", "digits", "nope"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert missing_version.returncode != 0
+        assert "no version 'nope'" in missing_version.stderr
+        assert "Traceback" not in missing_version.stderr
+        _wait(admin, new_id)

@@ -131,6 +131,7 @@ def add_version(
     train_schema: dict[str, Any] | None = None,
     weights_digest: str | None = None,
     replace: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> CatalogVersion:
     """Add a version; a version with weights makes the module pre-trained."""
     global versions_changed
@@ -150,6 +151,7 @@ def add_version(
     v.source, v.changelog = source, changelog
     v.predict_schema, v.train_schema = predict_schema, train_schema
     v.weights_digest = weights_digest
+    v.provenance = provenance
     if weights_digest:
         meta = ModuleMetadata.model_validate(m.meta)
         if "AI4 pre trained" not in meta.categories:

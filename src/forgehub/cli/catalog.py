@@ -107,6 +107,20 @@ def show(
             (v["changelog"] or "")[:60],
         )
     out.print(table)
+    for v in m["versions"]:
+        prov = v.get("provenance")
+        if not prov:
+            continue
+        metrics = ", ".join(f"{k}={val:.4g}" for k, val in (prov.get("metrics") or {}).items())
+        inputs = ", ".join(f"{i['name']}={i['digest'][:19]}…" for i in prov.get("inputs") or [])
+        out.print(
+            f"{v['version']}: trained by {prov.get('trained_by') or '?'} in job {prov['job']}"
+            f" from {prov.get('module_source') or prov.get('module')}"
+            f"\n  args {json.dumps(prov.get('args') or {})}"
+            f"\n  inputs {inputs or '-'}\n  metrics {metrics or '-'}"
+            f"\n  reproduce: forgehub module reproduce {m['name']} {v['version']}",
+            highlight=False,
+        )
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:

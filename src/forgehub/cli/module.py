@@ -400,3 +400,44 @@ def train(
         finally:
             signal.signal(signal.SIGINT, previous)
     out.print_json(json.dumps({"result": result, "output_dir": str(output)}))
+
+
+@app.command("reproduce")
+def reproduce(
+    name: str = typer.Argument(..., help="Module name in the catalogue."),
+    version: str = typer.Argument(..., help="A trained version of it."),
+    on: str = typer.Option(None, "--on", help="Compute connection [default: the version's]."),
+    publish_version: str = typer.Option(
+        None, "--publish-version", help="Publish the new weights under this version name."
+    ),
+    server: str = typer.Option(None, "--server", envvar="FORGEHUB_URL", help="Server URL."),
+    token: str = typer.Option(None, "--token", envvar="FORGEHUB_TOKEN", help="API token."),
+) -> None:
+    """Run the training that made a trained version again: the same module, arguments and
+    input data (by digest), on your compute; prints the new job."""
+    from forgehub.cli.client import Client
+
+    c = Client(server, token)
+    entry = c.get(f"/api/v1/catalog/modules/{name}")
+    found = next((v for v in entry["versions"] if v["version"] == version), None)
+    if found is None:
+        fail(f"{name} has no version {version!r}")
+    prov = found.get("provenance")
+    if not prov:
+        fail(f"{name} {version} was not made by a training here: there is nothing to re-run")
+    body: dict[str, Any] = {
+        "kind": "train",
+        "module": name,
+        "args": prov.get("args") or {},
+        "inputs": {i["name"]: i["digest"] for i in prov.get("inputs") or []},
+    }
+    if on:
+        body["compute"] = on
+    if publish_version:
+        body["publish"] = True
+        body["publish_version"] = publish_version
+    job = c.post("/api/v1/jobs", json=body)
+    out.print(
+        f"job {job['id']} re-runs the training of {name} {version} (job {prov['job']}) "
+        f"on {job['compute']}; follow it with: forgehub job logs -f {job['id']}"
+    )

@@ -153,6 +153,8 @@ class CatalogVersion(Base):
     predict_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     train_schema: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     weights_digest: Mapped[str | None] = mapped_column(String(80), default=None)
+    # a trained version: the job, module source, args, inputs and final metrics that made it
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     deprecated: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

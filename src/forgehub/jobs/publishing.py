@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -9,6 +11,7 @@ from forgehub.auth import Principal
 from forgehub.db.models import (
     Artifact,
     Job,
+    JobMetric,
     JobState,
     User,
 )
@@ -39,10 +42,35 @@ def publish(
             source=f"job {job.id}",
             changelog=f"trained by job {job.id} with {job.spec.get('args', {})}",
             weights_digest=art.digest,
+            provenance=provenance(session, job, art),
         )
     except CatalogError as exc:
         return {"error": str(exc)}
     return {"module": m.name, "version": version}
+
+
+def provenance(session: Session, job: Job, art: Artifact) -> dict[str, Any]:
+    """What made a trained version, enough to run its training again."""
+    last: dict[str, float] = {}
+    for row in session.scalars(
+        select(JobMetric).where(JobMetric.job_id == job.id).order_by(JobMetric.id)
+    ):
+        last[row.name] = row.value
+    return {
+        "job": job.id,
+        "module": job.module,
+        "module_source": job.spec.get("module_target"),
+        "module_version": job.version,
+        "args": job.spec.get("args", {}),
+        "inputs": [
+            {"name": i["name"], "digest": i["digest"], "kind": i["kind"]}
+            for i in job.spec.get("inputs", [])
+        ],
+        "metrics": last,
+        "weights": art.digest,
+        "trained_by": owner.name if (owner := session.get(User, job.owner_id)) else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
 
 
 def output_of(session: Session, job: Job) -> Artifact | None:

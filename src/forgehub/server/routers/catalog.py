@@ -60,6 +60,7 @@ def _version_out(v: Any) -> dict[str, Any]:
         "changelog": v.changelog,
         "weights_digest": v.weights_digest,
         "pre_trained": v.weights_digest is not None,
+        "provenance": v.provenance,
         "deprecated": v.deprecated,
         "created_at": v.created_at.isoformat(),
         "predict_schema": v.predict_schema,
