@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import threading
 import time
 from collections import deque
@@ -139,6 +140,18 @@ INLINE_AFTER = 32  # quick predictions (net of slow ones) before a module runs o
 MOST_AFTER = INLINE_AFTER << 12
 
 
+def _waits() -> int:
+    """Voluntary context switches of this thread so far (-1 where the system cannot say, which
+    makes every long call count as a wait)."""
+    try:
+        return resource.getrusage(RUSAGE_THREAD).ru_nvcsw
+    except (OSError, ValueError):
+        return -1
+
+
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
 class _Pace:
     """How a module's recent predictions went: a score of ``quick`` ones (a slow one halves it),
     and the score ``needed`` to run on the loop."""
@@ -162,8 +175,9 @@ class ThreadRunner:
     :data:`INLINE_AFTER` times (a slower one halves the count), the next run on the event loop
     instead: a few times the throughput at low concurrency. In a thread, CPU time is what counts
     (wall time there is mostly waiting for the interpreter while the loop is busy). On the loop,
-    one call that holds it :data:`BLOCKED_S` or more (a model that waited on something) sends
-    the module back to the threads, and it must then prove quick twice as long before it comes
+    one call that holds it :data:`BLOCKED_S` or more and waited meanwhile (a voluntary context
+    switch: I/O, a sleep, a lock; not mere preemption on a busy machine) sends the module back
+    to the threads, and it must then prove quick twice as long before it comes
     back: a model that can block holds the loop a handful of times in all.
     """
 
@@ -186,11 +200,13 @@ class ThreadRunner:
         return out
 
     def _inline(self, module: LoadedModule, pace: _Pace, data: dict[str, Any]) -> Output:
-        started = time.perf_counter()
+        started, waits = time.perf_counter(), _waits()
         try:
             return module.predict(module.validate_predict(data))
         finally:
-            if time.perf_counter() - started >= BLOCKED_S:
+            # long, and it waited (a voluntary switch: I/O, a sleep, a lock), not merely
+            # preempted by another process on a busy machine
+            if time.perf_counter() - started >= BLOCKED_S and (waits < 0 or _waits() != waits):
                 pace.quick = 0
                 pace.needed = min(pace.needed * 2, MOST_AFTER)
 
