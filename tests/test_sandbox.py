@@ -4,7 +4,9 @@ on the network, or see the server's secrets; it may write only its own work dire
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLANTED = ROOT / "tests" / "modules" / "planted"  # where the module tries to write its code
 
 
-def _run_escape(tmp_path: Path, sandbox: str) -> dict[str, Any]:
+def _run_escape(tmp_path: Path, sandbox: str, on_worker: bool = False) -> dict[str, Any]:
     srv = ForgehubServer(
         tmp_path / "data",
         FORGEHUB_MODULES="tests.modules.escape:Escape",
@@ -35,9 +37,18 @@ def _run_escape(tmp_path: Path, sandbox: str) -> dict[str, Any]:
     ):
         secret = srv.data_dir / "server.json"
         assert secret.is_file()
+        extra: dict[str, Any] = {}
+        worker = None
+        if on_worker:  # the worker's owner asks for the sandbox; the server's own is off
+            from tests.test_jobs import start_worker, wait_worker
+
+            worker = start_worker(srv, srv.admin_token, "boxed", "--sandbox")
+            wait_worker(api, "boxed")
+            extra["compute"] = "workers"
         r = api.post(
             "/api/v1/jobs",
             json={
+                **extra,
                 "module": "escape",
                 "args": {
                     "data_dir": str(srv.data_dir),
@@ -54,6 +65,9 @@ def _run_escape(tmp_path: Path, sandbox: str) -> dict[str, Any]:
         }:
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
         log = api.get(f"/api/v1/jobs/{job['id']}/logs").json()["lines"]
         assert job["state"] == "succeeded", (job, log[-10:])
         planted = [p for p in (srv.data_dir / "planted", PLANTED) if p.exists()]
@@ -78,6 +92,17 @@ def test_a_hostile_module_stays_in_its_sandbox(tmp_path: Path) -> None:
     assert report["env_secrets"] == []
     assert run["planted"] == []
     assert run["result"]["output"]["digest"].startswith("sha256:")  # it wrote its work dir
+    assert any("sandbox" in line for line in run["log"])
+
+
+def test_a_worker_that_asks_for_the_sandbox_runs_module_code_in_it(tmp_path: Path) -> None:
+    if shutil.which("bwrap") is None:
+        missing("bubblewrap (apt install bubblewrap)")
+    run = _run_escape(tmp_path, "off", on_worker=True)
+    report = run["result"]
+    for attempt in ("read_data_dir", "read_secret", "write_code", "connect_server"):
+        assert report[attempt].startswith("blocked"), (attempt, report[attempt])
+    assert report["env_secrets"] == [] and run["planted"] == []
     assert any("sandbox" in line for line in run["log"])
 
 

@@ -129,7 +129,10 @@ class NativeModule(LoadedModule):
             raise ModuleError(
                 f"module {self.name!r} cannot load trained weights (it has no load(path))", 501
             )
-        self.obj.load(path)
+        try:
+            self.obj.load(path)
+        except Exception as exc:  # noqa: BLE001 - the module's message, not a traceback
+            raise ModuleError(f"cannot load the weights: {type(exc).__name__}: {exc}") from exc
 
     def validate_predict(self, data: dict[str, Any]) -> Any:
         try:
