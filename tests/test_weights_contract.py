@@ -33,7 +33,8 @@ def test_native_module_loads_weights(tmp_path: Path) -> None:
 def test_deepaas_module_gets_its_weights_through_its_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("DEEPAAS_WEIGHTS_TEST_PATH", raising=False)
+    monkeypatch.setenv("DEEPAAS_WEIGHTS_TEST_PATH", "")  # restored (removed) after the test
+    monkeypatch.delenv("DEEPAAS_WEIGHTS_TEST_PATH")
     m = load("tests.modules.deepaas_weights")
     assert m.predict(m.validate_predict({})).body["predictions"]["weights"] == "shipped"
     weights = tmp_path / "w.txt"
@@ -48,3 +49,30 @@ def test_a_module_that_cannot_take_weights_says_so() -> None:
     with pytest.raises(ModuleError) as err:
         style.load_weights(Path("/nonexistent"))
     assert err.value.status == 501 and "where its weights go" in str(err.value)
+
+
+def test_the_platform_model_api_keeps_deepaas_modules_as_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DEEPaaS module's trained version cannot share the server's process: ?version= is a 501
+    with the reason, and without it the module answers as installed."""
+    from fastapi.testclient import TestClient
+
+    from forgehub.catalog.service import add_version, get_module
+    from forgehub.config import Settings
+    from forgehub.server import create_app
+
+    monkeypatch.delenv("DEEPAAS_WEIGHTS_TEST_PATH", raising=False)
+    settings = Settings(data_dir=tmp_path / "data", modules=["tests.modules.deepaas_weights"])
+    with TestClient(create_app(settings)) as client:
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        client.headers["Authorization"] = f"Bearer {token}"
+        with client.app.state.db.session() as s:  # type: ignore[attr-defined]
+            m = get_module(s, "deepaas_weights")
+            add_version(s, m, "trained-1", source="job x", weights_digest="sha256:" + "0" * 64)
+        url = "/api/v1/model-api/v2/models/deepaas_weights/predict/"
+        r = client.post(url)
+        assert r.status_code == 200 and r.json()["predictions"]["weights"] == "shipped"
+        r = client.post(url, params={"version": "trained-1"})
+        assert r.status_code == 501, r.text
+        assert "batch jobs" in r.json()["message"]

@@ -332,13 +332,6 @@ class ModelAPI:
             if found is not None:
                 self._versions.move_to_end(key)
                 return found
-        if m.kind == "deepaas":
-            raise ModuleError(
-                f"{m.name} is a DEEPaaS module: one process holds one version of it, so its "
-                "pre-trained versions predict in batch jobs (forgehub job submit --kind predict "
-                f"--version {trained.version}), not here",
-                501,
-            )
         from forgehub.module.discovery import import_target, wrap
 
         assert self._weights is not None
@@ -364,6 +357,15 @@ class ModelAPI:
         weights = self._weights
         takes_version = any(s.name == "version" for s in m.predict_specs)
         asked = None if takes_version else request.query_params.get("version") or None
+        if m.kind == "deepaas":  # one process holds one version of it: as installed here
+            if asked is None:
+                return m, None
+            raise ModuleError(
+                f"{m.name} is a DEEPaaS module: one process holds one version of it, so its "
+                "pre-trained versions predict in batch jobs (forgehub job submit --kind predict "
+                f"--version {asked}), not here",
+                501,
+            )
         hit, trained = weights.cached(principal, m.name, asked)
         if not hit:
             trained = await anyio.to_thread.run_sync(weights.resolve, principal, m.name, asked)
