@@ -9,8 +9,12 @@ _PLAIN = re.compile(r"[^A-Za-z0-9 ._()+,=-]")
 
 
 def content_disposition(filename: str, disposition: str = "attachment") -> str:
-    """``attachment; filename="…"; filename*=UTF-8''…`` (RFC 6266): the plain name has every
-    quote, backslash, control or non-ASCII character replaced; the full name is percent-encoded."""
+    """``attachment; filename="…"`` (RFC 6266): the plain name has every quote, backslash,
+    control or non-ASCII character replaced; where that changed it, ``filename*=UTF-8''…``
+    follows with the full name percent-encoded (a plain name goes as it is, as aiohttp and so
+    DEEPaaS write it)."""
     name = filename.replace("\\", "/").rsplit("/", 1)[-1] or "download"
     plain = _PLAIN.sub("_", name)[:200] or "download"
+    if plain == name:
+        return f'{disposition}; filename="{plain}"'
     return f"{disposition}; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"

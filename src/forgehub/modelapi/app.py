@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
 
 from forgehub.errors import ForgehubError
+from forgehub.http_headers import content_disposition
 from forgehub.modelapi.multipart import MAX_FIELDS, BadForm, MultipartForm, Uploads
 from forgehub.modelapi.runner import ThreadRunner
 from forgehub.module.args import MISSING, ArgErrors, ArgSpec, collect
@@ -69,19 +70,9 @@ def deepaas_redirect(status: int, location: str) -> Response:
 
 
 def deepaas_date(at: datetime) -> str:
-    """A time as DEEPaaS shows it: local time, ``2026-11-28 07:01:02.345678``."""
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
+    """A time (the store's are aware, in UTC) as DEEPaaS shows it: local time,
+    ``2026-11-28 07:01:02.345678``."""
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def attachment(filename: str) -> str:
-    """``Content-Disposition`` for a file sent back (the name quoted, or RFC 5987 if needed)."""
-    from urllib.parse import quote
-
-    if filename.isascii() and '"' not in filename and "\\" not in filename:
-        return f'attachment; filename="{filename}"'
-    return f"attachment; filename*=utf-8''{quote(filename)}"
 
 
 def is_json(content_type: str) -> bool:
@@ -316,15 +307,27 @@ class ModelAPI:
             return StreamingResponse(
                 iter_file(path),
                 media_type=out.media_type,
-                headers={"Content-Disposition": attachment(out.filename or path.name)},
+                headers={"Content-Disposition": content_disposition(out.filename or path.name)},
                 background=BackgroundTask(done),
             )
         return StreamingResponse(
             out.body, media_type=out.media_type, background=BackgroundTask(cleanup)
         )
 
+    @staticmethod
+    def _refusal(exc: BaseException) -> Response:
+        """The answer to arguments that cannot be used, as DEEPaaS gives it; any other
+        exception goes on up."""
+        if isinstance(exc, ArgErrors):
+            return JSONResponse(exc.body, 422)
+        if isinstance(exc, BadJSON):
+            return JSONResponse(BadJSON.response, 400)
+        if isinstance(exc, BadForm):
+            return JSONResponse({"message": str(exc)}, 400)
+        raise exc
+
     # -- routes -------------------------------------------------------------------------
-    def _trained(self, principal: Principal, m: LoadedModule, trained: Trained) -> LoadedModule:
+    def _trained(self, m: LoadedModule, trained: Trained) -> LoadedModule:
         """A module instance with a pre-trained version's weights loaded (a few kept)."""
         key = (m.name, trained.digest)
         with self._versions_lock:
@@ -374,7 +377,7 @@ class ModelAPI:
         with self._versions_lock:
             ready = self._versions.get((m.name, trained.digest))
         if ready is None:
-            ready = await anyio.to_thread.run_sync(self._trained, principal, m, trained)
+            ready = await anyio.to_thread.run_sync(self._trained, m, trained)
         return ready, trained.version
 
     async def predict(self, request: Request, name: str) -> Response:
@@ -394,21 +397,11 @@ class ModelAPI:
             # validation and prediction run together, off the event loop; should the client
             # go away meanwhile, the runner removes the uploads once the module is done
             out = await self.runner.predict(name, data, abandoned=uploads.cleanup, module=m)
-        except ArgErrors as exc:
+        except BaseException as exc:
             uploads.cleanup()
-            return JSONResponse(exc.body, 422)
-        except ModuleError as exc:
-            uploads.cleanup()
-            return JSONResponse({"message": f"the model failed: {exc}"}, exc.status)
-        except BadForm as exc:
-            uploads.cleanup()
-            return JSONResponse({"message": str(exc)}, 400)
-        except BadJSON:
-            uploads.cleanup()
-            return JSONResponse(BadJSON.response, 400)
-        except BaseException:
-            uploads.cleanup()
-            raise
+            if isinstance(exc, ModuleError):
+                return JSONResponse({"message": f"the model failed: {exc}"}, exc.status)
+            return self._refusal(exc)
         self.usage[name] = self.usage.get(name, 0) + 1
         try:
             response = self._respond(out, uploads.cleanup)
@@ -450,9 +443,9 @@ class ModelAPI:
             "args": t.args,
             "error": t.error,
             "result": t.result or {},
-            "created_at": t.created_at.isoformat() + "Z",
-            "started_at": t.started_at.isoformat() + "Z" if t.started_at else None,
-            "finished_at": t.finished_at.isoformat() + "Z" if t.finished_at else None,
+            "created_at": t.created_at.isoformat(),
+            "started_at": t.started_at.isoformat() if t.started_at else None,
+            "finished_at": t.finished_at.isoformat() if t.finished_at else None,
         }
 
     def _owned(self, request: Request, name: str, tid: str) -> Training | None:
@@ -482,18 +475,9 @@ class ModelAPI:
             # files land in tmpdir, kept for the training and removed with it
             data = await self._gather(request, m, m.train_specs, Uploads(tmpdir))
             args = m.validate_train(data)
-        except ArgErrors as exc:
+        except BaseException as exc:
             shutil.rmtree(tmpdir, ignore_errors=True)
-            return JSONResponse(exc.body, 422)
-        except BadForm as exc:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            return JSONResponse({"message": str(exc)}, 400)
-        except BadJSON:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            return JSONResponse(BadJSON.response, 400)
-        except BaseException:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise
+            return self._refusal(exc)
         self.usage[name] = self.usage.get(name, 0) + 1
         stored = jsonable(args if isinstance(args, dict) else args.model_dump())
         t = await anyio.to_thread.run_sync(
@@ -540,16 +524,8 @@ class ModelAPI:
         return JSONResponse(self._view(t, deepaas))
 
     # -- wiring -------------------------------------------------------------------------
-    def add_routes(
-        self,
-        app: FastAPI,
-        prefix: str = "",
-        native_prefix: str = "/api/v1",
-        enable_train: bool = True,
-        enable_predict: bool = True,
-    ) -> None:
-        """DEEPaaS's routes under ``prefix`` and forgehub's training views under
-        ``native_prefix``; a disabled endpoint answers 402, as in DEEPaaS."""
+    def add_routes(self, app: FastAPI, prefix: str = "", **options: Any) -> None:
+        """Mount the routes (see :func:`forgehub.modelapi.routes.mount_routes` for ``options``)."""
         from forgehub.modelapi.routes import mount_routes
 
-        mount_routes(self, app, prefix, native_prefix, enable_train, enable_predict)
+        mount_routes(self, app, prefix, **options)
