@@ -18,7 +18,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from forgehub import __version__
 from forgehub.modelapi.app import ModelAPI, deepaas_error, deepaas_redirect
 from forgehub.modelapi.limits import UploadLimit
-from forgehub.modelapi.swagger import swagger_document
 from forgehub.module.loaded import LoadedModule
 from forgehub.server import docs, errors
 
@@ -102,9 +101,14 @@ def create_model_app(
         api.links.append({"rel": "help", "type": "text/html", "href": "/api"})
     api.links.append({"rel": "describedby", "type": "application/json", "href": "/swagger.json"})
     api.add_routes(app, enable_train=enable_train, enable_predict=enable_predict)
-    swagger = swagger_document(modules, "", enable_train, enable_predict)
+    swagger: dict[str, Any] = {}
 
     async def swagger_json(request: Request) -> JSONResponse:
+        # written when first asked for, not at start-up (apispec loads for DEEPaaS modules)
+        if not swagger:
+            from forgehub.modelapi import swagger as doc
+
+            swagger.update(doc.swagger_document(modules, "", enable_train, enable_predict))
         return JSONResponse(swagger)
 
     app.add_api_route("/swagger.json", swagger_json, methods=["GET"], include_in_schema=False)
