@@ -108,6 +108,13 @@ class ContentCache:
             return removed
 
 
+def machine_cache(root: Path) -> ContentCache:
+    """The content cache under ``root`` (``<root>/content``), capped at ``FORGEHUB_CACHE_MB``:
+    the one every job of a machine, and the server's model API, share."""
+    mb = int(os.environ.get("FORGEHUB_CACHE_MB", "10240"))
+    return ContentCache(root / "content", mb << 20)
+
+
 def materialise(
     cache: ContentCache,
     adapter: StorageAdapter,

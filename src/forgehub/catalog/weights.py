@@ -29,6 +29,11 @@ from forgehub.identity import authz
 RESOLVE_TTL_S = 5.0  # how long an answer is reused (a version added elsewhere shows after it)
 
 
+def is_trained(v: CatalogVersion) -> bool:
+    """A version with weights of its own (not the module as installed, with its shipped ones)."""
+    return v.weights_digest is not None and not v.source.startswith(INSTALLED)
+
+
 @dataclass(frozen=True)
 class Trained:
     """A pre-trained version and its weights artifact."""
@@ -60,7 +65,7 @@ def pretrained(
         )
         if v is None:
             raise NotFound(f"{module} has no version {version!r}")
-        if v.weights_digest is None or v.source.startswith(INSTALLED):
+        if not is_trained(v):
             return None  # the module as installed, with its shipped weights
     else:
         v = session.scalar(
@@ -90,11 +95,11 @@ class WeightsOnServer:
     """Resolves versions (briefly cached) and fetches weights into the server's cache."""
 
     def __init__(self, db: Database, box: Any, cache_root: Path) -> None:
-        from forgehub.artifacts.cache import ContentCache
+        from forgehub.artifacts.cache import machine_cache
 
         self.db = db
         self.box = box
-        self.cache = ContentCache(cache_root / "content", 4 << 30)
+        self.cache = machine_cache(cache_root)  # the one the server's local jobs use too
         self.root = cache_root / "weights"
         self._resolved: dict[tuple[str, str, str], tuple[float, Trained | None]] = {}
         self._lock = threading.Lock()
@@ -125,7 +130,8 @@ class WeightsOnServer:
         return found
 
     def fetch(self, trained: Trained) -> Path:
-        """The weights as a local path (a file, or a folder of links into the cache)."""
+        """The weights as a local path (the cached file, or a folder of links into the cache),
+        as a batch job gets them."""
         from forgehub.artifacts import connections as conns
         from forgehub.artifacts.cache import materialise
         from forgehub.db.models import StorageConnection
@@ -139,17 +145,4 @@ class WeightsOnServer:
                 raise NotFound(f"the weights of {trained.module} {trained.version} are gone")
             adapter = conns.adapter_for(conn, self.box)
         dest = self.root / trained.digest.replace(":", "-")
-        path = materialise(self.cache, adapter, trained.digest, trained.kind, dest)
-        if trained.kind != "dir" and trained.filename:
-            # a file keeps the name the training gave it: modules look for it by name
-            named = dest / trained.filename
-            if not named.exists():
-                named.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    named.hardlink_to(path)
-                except OSError:
-                    import shutil
-
-                    shutil.copyfile(path, named)
-            return named
-        return path
+        return materialise(self.cache, adapter, trained.digest, trained.kind, dest)

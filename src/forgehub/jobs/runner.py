@@ -65,10 +65,9 @@ def storage_adapter(spec: dict[str, Any], api: RunnerAPI) -> Any:
 
 def machine_cache() -> ContentCache:
     """This machine's content cache, shared by every job that runs here."""
-    from forgehub.artifacts.cache import ContentCache
+    from forgehub.artifacts import cache
 
-    mb = int(os.environ.get("FORGEHUB_CACHE_MB", "10240"))
-    return ContentCache(cache_root() / "content", mb << 20)
+    return cache.machine_cache(cache_root())
 
 
 def cache_root() -> Path:

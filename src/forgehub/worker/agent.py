@@ -21,12 +21,11 @@ from typing import Any
 import httpx
 
 from forgehub import __version__
-from forgehub.artifacts.cache import ContentCache
 from forgehub.client import ApiClient, Patience, Unreachable
 from forgehub.compute import Resources
 from forgehub.errors import Conflict, ForgehubError, NotFound, Upstream
 from forgehub.jobs import leftovers
-from forgehub.jobs.runner import JobRun, cache_root
+from forgehub.jobs.runner import JobRun, cache_root, machine_cache
 
 log = logging.getLogger("forgehub.worker")
 # a worker waits out any server outage (until it is stopped)
@@ -63,9 +62,7 @@ class WorkerAgent:
             timeout=httpx.Timeout(30.0, connect=5.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
-        self.cache = ContentCache(
-            cache_root() / "content", int(os.environ.get("FORGEHUB_CACHE_MB", "10240")) << 20
-        )
+        self.cache = machine_cache()
 
     # -- server calls, patient through outages -----------------------------------------------
 
