@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
-from rich.console import Console
 
 from forgehub.cli.messages import fail
 from forgehub.client import ApiClient, Unreachable
 from forgehub.config import ConfigError, Settings, load_settings
 from forgehub.errors import ForgehubError
 
-err = Console(stderr=True)
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 

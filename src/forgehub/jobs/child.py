@@ -26,7 +26,7 @@ def _emitter() -> Any:
     return emit
 
 
-WEIGHTS_INPUT = "+weights"  # as forgehub.jobs.common names it (not imported: this starts fast)
+WEIGHTS_INPUT = "+weights"  # the input a pre-trained version's weights arrive as (no user name)
 
 
 def _module(spec: dict[str, Any]) -> Any:

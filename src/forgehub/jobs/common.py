@@ -22,7 +22,6 @@ COMPUTE: Family[ComputeConnection] = Family(
 
 
 JOB_TOKEN_PREFIX = "fhj_"
-WEIGHTS_INPUT = "+weights"  # the input a pre-trained version's weights arrive as (no user name)
 
 
 WORKER_ONLINE_S = 30.0

@@ -21,7 +21,8 @@ from forgehub.db.models import (
 )
 from forgehub.identity import authz
 from forgehub.identity.policy import Policy
-from forgehub.jobs.common import COMPUTE, WEIGHTS_INPUT, JobError, ensure_default_compute
+from forgehub.jobs.child import WEIGHTS_INPUT
+from forgehub.jobs.common import COMPUTE, JobError, ensure_default_compute
 from forgehub.jobs.scheduling import check_some_worker_fits
 from forgehub.secrets import SecretBox
 

@@ -223,7 +223,7 @@ class DeepaasModule(LoadedModule):
         """DEEPaaS modules say in their metadata where their weights go:
         ``"weights": {"env": "NAME"}`` (forgehub sets that variable to the weights' path before
         ``warm()``). A process holds one DEEPaaS module's state: one version per process."""
-        where = (self.metadata().get("weights") or {}) if isinstance(self.metadata(), dict) else {}
+        where = self.metadata().get("weights")
         env = where.get("env") if isinstance(where, dict) else None
         if not isinstance(env, str) or not env:
             raise ModuleError(

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from forgehub.catalog import service
 from forgehub.catalog.installed import INSTALLED
 from forgehub.catalog.service import CatalogError
+from forgehub.catalog.weights import is_trained
 from forgehub.web.app import render, user
 
 router = APIRouter()
@@ -106,11 +107,7 @@ def module_page(request: Request, name: str) -> Response:
             return render(request, "error.html", 404, principal=p, message=str(exc))
         owner = service.owner_name(s, m)
         versions = sorted(m.versions, key=lambda v: v.created_at, reverse=True)
-        trained_versions = [
-            v
-            for v in versions
-            if v.weights_digest and not v.deprecated and not v.source.startswith(INSTALLED)
-        ]
+        trained_versions = [v for v in versions if is_trained(v) and not v.deprecated]
         installed_version = next(
             (v.version for v in versions if v.source.startswith(INSTALLED)), None
         )
