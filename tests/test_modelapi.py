@@ -269,6 +269,13 @@ def test_training_lifecycle_and_predictions_during_training(tmp_path: Path) -> N
         assert r.status_code == 200
         assert r.json()["status"] == "cancelled"
         assert c.get(view).json()["state"] == "cancelled"
+        from datetime import datetime
+
+        stamps = c.get(view).json()
+        assert datetime.fromisoformat(stamps["created_at"]).utcoffset() is not None
+        assert datetime.fromisoformat(stamps["finished_at"]) >= datetime.fromisoformat(
+            stamps["created_at"]
+        )
         assert c.get(url).json()["status"] == "cancelled"
         # a short one succeeds and leaves weights; a failing one reports why
         ok = c.post("/v2/models/deepaas_style/train/", params={"seconds": 0.1}).json()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.services import ForgehubServer, missing, started
+from tests.test_jobs import wait
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = ROOT / "tests" / "modules" / "planted"  # where the module tries to write its code
@@ -58,13 +58,7 @@ def _run_escape(tmp_path: Path, sandbox: str, on_worker: bool = False) -> dict[s
             },
         )
         assert r.status_code == 201, r.text
-        deadline = time.monotonic() + 60
-        while (job := api.get(f"/api/v1/jobs/{r.json()['id']}").json())["state"] not in {
-            "succeeded",
-            "failed",
-        }:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job = wait(api, r.json()["id"], {"succeeded", "failed"}, timeout=60)
         if worker is not None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()

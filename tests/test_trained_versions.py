@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from tests.modelapi_helpers import digit_png
 from tests.services import ForgehubServer, started
 from tests.test_dashboard import browser  # noqa: F401 - the fixture
+from tests.test_jobs import FINISHED, wait
 
 PREDICT = "/api/v1/model-api/v2/models/digits/predict/"
 
@@ -38,15 +38,7 @@ def _client(srv: ForgehubServer, token: str) -> httpx.Client:
 
 
 def _wait(api: httpx.Client, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 120
-    while (job := api.get(f"/api/v1/jobs/{job_id}").json())["state"] not in {
-        "succeeded",
-        "failed",
-        "cancelled",
-    }:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.2)
-    return dict(job)
+    return wait(api, job_id, FINISHED, timeout=120)
 
 
 def _user_token(admin: httpx.Client, name: str) -> str:
@@ -231,3 +223,26 @@ def test_a_trained_version_records_where_it_came_from_and_can_be_reproduced(
         assert "no version 'nope'" in missing_version.stderr
         assert "Traceback" not in missing_version.stderr
         _wait(admin, new_id)
+        carol_token = _user_token(admin, "carol")
+
+    # the catalogue is public, provenance included: knowing the digests and the job id gives
+    # a second user neither the data, nor the job, nor a re-run on someone else's data
+    with _client(server, carol_token) as carol:
+        seen = next(
+            v
+            for v in carol.get("/api/v1/catalog/modules/digits").json()["versions"]
+            if v["version"] == all_threes
+        )["provenance"]
+        assert seen["inputs"][0]["digest"] == threes["digest"]
+        assert carol.get(f"/api/v1/artifacts/{threes['digest']}").status_code == 404
+        assert carol.get(f"/api/v1/artifacts/{threes['digest']}/content").status_code == 404
+        assert carol.get(f"/api/v1/jobs/{prov['job']}").status_code == 404
+        theirs = subprocess.run(
+            [*forgehub, "module", "reproduce", "digits", all_threes],
+            env={**env, "FORGEHUB_TOKEN": carol_token},
+            capture_output=True,
+            text=True,
+        )
+        assert theirs.returncode != 0 and "Traceback" not in theirs.stderr
+        assert threes["digest"] in theirs.stderr or "input" in theirs.stderr, theirs.stderr
+        assert [j for j in carol.get("/api/v1/jobs").json()["jobs"] if j["kind"] == "train"] == []

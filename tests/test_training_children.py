@@ -75,6 +75,7 @@ def test_platform_job_trains_an_old_style_module_with_tensorboard(tmp_path: Path
     multiprocessing.Process and a subprocess finishes without waiting for them, and they end
     with it."""
     from tests.services import ForgehubServer, started
+    from tests.test_jobs import FINISHED, wait
 
     srv = ForgehubServer(
         tmp_path / "data",
@@ -94,14 +95,7 @@ def test_platform_job_trains_an_old_style_module_with_tensorboard(tmp_path: Path
         )
         assert r.status_code == 201, r.text
         started_at = time.monotonic()
-        deadline = started_at + 60
-        while (job := api.get(f"/api/v1/jobs/{r.json()['id']}").json())["state"] not in {
-            "succeeded",
-            "failed",
-            "cancelled",
-        }:
-            assert time.monotonic() < deadline, job
-            time.sleep(0.2)
+        job = wait(api, r.json()["id"], FINISHED, timeout=60)
         assert job["state"] == "succeeded", (
             job,
             api.get(f"/api/v1/jobs/{job['id']}/logs").text[-2000:],
