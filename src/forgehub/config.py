@@ -93,6 +93,12 @@ class Settings(BaseModel):
         description="Users (besides admins) who may run their own code on the server machine: "
         "command jobs on 'local', Slurm connections without ssh_host.",
     )
+    own_code_users: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Users (besides admins) who may run modules from their own source (git, "
+        "wheel, pip) on the server machine, always inside the bubblewrap sandbox; '*' is "
+        "everyone, an empty list admins only. Their own workers, Slurm and Ray need no leave.",
+    )
     local_storage_roots: list[Path] = Field(
         default_factory=list,
         description="Folders in which users may add 'local' storage connections (admins may use "

@@ -117,6 +117,19 @@ def save_module(
     return m
 
 
+def source_metadata(name: str, source: str) -> ModuleMetadata:
+    """The metadata of an entry made from a module's source alone (its owner can add more)."""
+    url = source.removeprefix("git+").rsplit("@", 1)[0]
+    return ModuleMetadata.model_validate(
+        {
+            "title": name,
+            "summary": f"Module from {source}"[:400],
+            "categories": ["AI4 trainable", "AI4 inference"],
+            "links": {"source_code": url} if url.startswith(("https://", "http://")) else {},
+        }
+    )
+
+
 versions_changed = 0  # counts add_version calls in this process (see forgehub.catalog.weights)
 
 

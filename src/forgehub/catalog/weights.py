@@ -44,6 +44,51 @@ class Trained:
     kind: str  # file | dir
     artifact_id: str
     filename: str | None
+    source: str | None = None  # the module's code, where it is not the installed module
+    environment: dict[str, Any] | None = None  # the lock the training ran with
+
+
+@dataclass(frozen=True)
+class Code:
+    """A catalogue version whose code comes from a source (git, wheel, pip), and the lock of
+    the environment it was trained in, if it was."""
+
+    version: str
+    source: str
+    environment: dict[str, Any] | None
+
+
+def runnable(source: str) -> bool:
+    """A version's ``source`` that names code forgehub can build (not free text)."""
+    from forgehub.envs.sources import SourceError, parse
+
+    try:
+        return parse(source) is not None
+    except SourceError:
+        return False
+
+
+def lock_of(v: CatalogVersion) -> dict[str, Any] | None:
+    env = (v.provenance or {}).get("environment") or {}
+    lock = env.get("lock")
+    return lock if isinstance(lock, dict) else None
+
+
+def code_of(
+    session: Session, principal: Principal | None, module: str, version: str | None
+) -> Code | None:
+    """The code of ``module``'s version ``version`` (else its newest live version with code);
+    None where the module has none (an installed module, a metadata-only entry)."""
+    m = session.scalar(select(CatalogModule).where(CatalogModule.name == module))
+    if m is None or not authz.can(principal, "module.read", m):
+        return None
+    for v in sorted(m.versions, key=lambda v: v.created_at, reverse=True):
+        if version is not None and v.version != version:
+            continue
+        if (version is None and v.deprecated) or not runnable(v.source):
+            continue
+        return Code(v.version, v.source, lock_of(v))
+    return None
 
 
 def pretrained(
@@ -88,7 +133,16 @@ def pretrained(
     )
     if art is None:
         raise NotFound(f"the weights of {module} {v.version} are no longer stored anywhere")
-    return Trained(module, v.version, art.digest, art.kind, art.id, art.filename)
+    return Trained(
+        module,
+        v.version,
+        art.digest,
+        art.kind,
+        art.id,
+        art.filename,
+        v.source if runnable(v.source) else None,
+        lock_of(v),
+    )
 
 
 class WeightsOnServer:

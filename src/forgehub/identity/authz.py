@@ -20,6 +20,7 @@ Rules (see docs/security.md for the whole model):
 ``admin``       admins
 ``job``         the token of that one job (a job-scoped principal); nothing else
 ``server``      admins, and users the admin lists in ``server_compute_users``
+``own_code``    admins, and users the admin lists in ``own_code_users`` (``*``: everyone)
 
 A job token is a :class:`~forgehub.auth.Principal` with ``job_id`` set: it may only do ``job``
 actions on its own job. Groups will slot in by widening :func:`_owns`, with no call site
@@ -37,7 +38,7 @@ from sqlalchemy import Select
 from forgehub.auth import Principal
 from forgehub.errors import Forbidden, NotFound
 
-RULES = ("public", "user", "owner", "owner_only", "admin", "job", "server")
+RULES = ("public", "user", "owner", "owner_only", "admin", "job", "server", "own_code")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ for _name, _res, _rule, _doc in [
     ("module.write", "module", "owner", "change a catalogue entry, add versions"),
     ("module.create", "server", "user", "add a catalogue entry"),
     ("compute.server", "server", "server", "run on the server machine (local, Slurm w/o SSH)"),
+    (
+        "compute.own_code",
+        "server",
+        "own_code",
+        "run a module from your own source on the server machine (in the sandbox)",
+    ),
     ("egress.any", "server", "admin", "point connections at any network (egress_deny)"),
     ("storage.local", "server", "admin", "store in any folder of the server (users: the roots)"),
 ]:
@@ -149,6 +156,9 @@ def can(principal: Principal | None, action: str, resource: Any = None) -> bool:
     if a.rule == "server":
         allowed: Iterable[str] = getattr(resource, "server_compute_users", ())
         return principal.is_admin or principal.name in allowed
+    if a.rule == "own_code":
+        listed: Iterable[str] = getattr(resource, "own_code_users", ())
+        return principal.is_admin or "*" in listed or principal.name in listed
     if a.rule == "owner_only":
         return _owns(principal, resource, a.resource)
     return principal.is_admin or _owns(principal, resource, a.resource)  # owner

@@ -29,6 +29,7 @@ from forgehub.identity import authz
 class Policy:
     data_dir: Path
     server_compute_users: tuple[str, ...] = ()
+    own_code_users: tuple[str, ...] = ("*",)
     local_storage_roots: tuple[Path, ...] = ()
     egress_deny: tuple[str, ...] = ()
 
@@ -37,6 +38,7 @@ class Policy:
         return cls(
             data_dir=Path(settings.data_dir).resolve(),
             server_compute_users=tuple(settings.server_compute_users),
+            own_code_users=tuple(settings.own_code_users),
             local_storage_roots=tuple(Path(p).resolve() for p in settings.local_storage_roots),
             egress_deny=tuple(settings.egress_deny),
         )
@@ -44,6 +46,18 @@ class Policy:
     # -- compute -------------------------------------------------------------------------------
     def may_use_server(self, principal: Principal) -> bool:
         return authz.can(principal, "compute.server", self)
+
+    def may_run_own_code(self, principal: Principal) -> bool:
+        """A module from the user's own source (git, wheel, pip) on the server machine; it
+        always runs in the sandbox there."""
+        return authz.can(principal, "compute.own_code", self)
+
+    def check_url(self, principal: Principal, url: str) -> None:
+        """Refuse a URL the server would fetch for a user (a git source) on a denied network."""
+        from urllib.parse import urlsplit
+
+        if not authz.can(principal, "egress.any", None):
+            self._check_host(urlsplit(url).hostname or "")
 
     def compute_config(self, principal: Principal, kind: str, config: dict[str, Any]) -> None:
         """Refuse a compute connection the caller may not add."""

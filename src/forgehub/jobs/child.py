@@ -27,18 +27,30 @@ def _emitter() -> Any:
 
 
 WEIGHTS_INPUT = "+weights"  # the input a pre-trained version's weights arrive as (no user name)
+SOURCE_INPUT = "+source"  # the input a module's wheel or sdist arrives as (no user name)
 
 
 def _module(spec: dict[str, Any]) -> Any:
-    """The module by its installed name, or else where the server found it (an import path)."""
-    from forgehub.module import ModuleNotFound, load
+    """The module by its installed name; else where the server found it (an import path); else,
+    in a module's own environment, the one module its source installed."""
+    from forgehub.module import ModuleNotFound, discover, load
 
     try:
         module = load(spec["module"])
     except ModuleNotFound:
-        if not spec.get("module_target"):
+        if spec.get("module_target"):
+            module = load(spec["module_target"])
+        elif spec.get("module_source"):
+            found = sorted(discover())
+            if len(found) != 1:
+                raise SystemExit(
+                    f"{spec['module_source']} provides "
+                    + (f"the modules {', '.join(found)}" if found else "no module")
+                    + f"; name one of them (there is no {spec['module']!r})"
+                ) from None
+            module = load(found[0])
+        else:
             raise
-        module = load(spec["module_target"])
         module.name = spec["module"]
     weights = spec["inputs"].pop(WEIGHTS_INPUT, None)
     if weights is not None:  # a pre-trained version: its weights, not the shipped ones

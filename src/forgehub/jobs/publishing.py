@@ -23,10 +23,24 @@ def publish(
     session: Session, job: Job, art: Artifact, version: str | None = None
 ) -> dict[str, str]:
     """Add ``art`` (a training's weights) to the catalogue as a pre-trained version."""
-    from forgehub.catalog.service import CatalogError, add_version, get_module
+    from forgehub.catalog.service import (
+        CatalogError,
+        add_version,
+        get_module,
+        save_module,
+        source_metadata,
+    )
 
     try:
-        m = get_module(session, str(job.module))
+        try:
+            m = get_module(session, str(job.module))
+        except CatalogError:
+            source = job.spec.get("module_source")
+            if not source:
+                raise
+            # a module trained from its own source: its first version makes its entry, theirs
+            meta = source_metadata(str(job.module), source)
+            m = save_module(session, str(job.module), meta, job.owner_id)
         owner = session.get(User, job.owner_id)
         who = Principal(owner.id, owner.name, owner.role) if owner else None
         if not authz.can(who, "module.write", m):
@@ -39,7 +53,8 @@ def publish(
             session,
             m,
             version,
-            source=f"job {job.id}",
+            # a module from a source: this version runs that exact code, in the training's lock
+            source=job.spec.get("module_source") or f"job {job.id}",
             changelog=f"trained by job {job.id} with {job.spec.get('args', {})}",
             weights_digest=art.digest,
             provenance=provenance(session, job, art),
@@ -59,7 +74,8 @@ def provenance(session: Session, job: Job, art: Artifact) -> dict[str, Any]:
     return {
         "job": job.id,
         "module": job.module,
-        "module_source": job.spec.get("module_target"),
+        "module_source": job.spec.get("module_source") or job.spec.get("module_target"),
+        "environment": (job.result or {}).get("environment"),
         "module_version": job.version,
         "args": job.spec.get("args", {}),
         "inputs": [

@@ -45,6 +45,9 @@ def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
         "kind": job.kind,
         "module": job.module,
         "module_target": job.spec.get("module_target"),
+        "module_source": job.spec.get("module_source"),
+        "environment": job.spec.get("environment"),  # a version's own lock, when it has one
+        "sandbox": job.spec.get("sandbox"),
         "version": job.version,
         "args": job.spec.get("args", {}),
         "command": job.spec.get("command", []),
@@ -130,11 +133,25 @@ class OutputIn(BaseModel):
     media_type: str = "application/octet-stream"
 
 
+class LockIn(BaseModel):
+    """A module environment's lock (see :mod:`forgehub.envs.environments`)."""
+
+    python: str = Field(max_length=16)
+    module: dict[str, str]
+    packages: list[str] = Field(max_length=5000)
+
+
+class EnvironmentIn(BaseModel):
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$")
+    lock: LockIn
+
+
 class FinishIn(BaseModel):
     state: Literal["succeeded", "failed", "cancelled"]
     error: str | None = None
     result: dict[str, Any] | None = None
     output: OutputIn | None = None
+    environment: EnvironmentIn | None = None
 
 
 def runner_finished(
@@ -152,6 +169,12 @@ def runner_finished(
         art = record_output(session, job, body.output)
     result = dict(job.result or {})
     result.update(body.result or {})
+    if body.environment is not None:  # the lock the module ran with: kept with the job
+        from forgehub.envs.environments import digest
+
+        lock = body.environment.lock.model_dump()
+        result["environment"] = {"digest": digest(lock), "lock": lock}
+        job.result = result  # what a published version's provenance records
     if art is not None:
         result["output"] = {"name": job.spec.get("output"), "digest": art.digest}
         if job.spec.get("publish") and job.kind == "train" and job.module:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from forgehub.jobs import leftovers
+from forgehub.jobs.child import SOURCE_INPUT
 from forgehub.jobs.reporting import PATIENCE_S, Reporter, Revoked, RunnerAPI
 
 if TYPE_CHECKING:  # imported when a job has inputs or outputs: a no-op job starts faster
@@ -113,6 +114,7 @@ class JobRun:
         self._cache = cache
         self.job_id = job_id
         self.proc: subprocess.Popen[bytes] | None = None
+        self.environment: dict[str, Any] | None = None  # the module's lock, once resolved
 
     @property
     def cache(self) -> ContentCache:
@@ -159,6 +161,8 @@ class JobRun:
             }
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if self.environment is not None:
+            outcome["environment"] = self.environment
         if outcome["state"] == "failed":
             self.reporter.line("system", f"failed: {outcome['error']}")
         self.reporter.close()
@@ -254,6 +258,15 @@ class JobRun:
         env.pop("FORGEHUB_JOB_TOKEN", None)  # the module never sees the job's credentials
         for name, path in inputs.items():
             env[f"FORGEHUB_INPUT_{name.upper()}"] = str(path)
+        python, readable = sys.executable, None
+        built = self._environment(spec, inputs, work)
+        inputs = {k: v for k, v in inputs.items() if k != SOURCE_INPUT}
+        if built is not None:
+            from forgehub.envs import environments as envs
+
+            env_dir, overlay = built
+            python, env = envs.interpreter(env_dir), envs.module_env(env_dir, overlay, env)
+            readable = [Path(sys.base_prefix), Path(sys.base_exec_prefix), env_dir, overlay]
         read_fd, write_fd = os.pipe()
         if spec["kind"] == "command":
             argv = list(spec["command"])
@@ -265,6 +278,7 @@ class JobRun:
                         "kind": spec["kind"],
                         "module": spec["module"],
                         "module_target": spec.get("module_target"),
+                        "module_source": spec.get("module_source"),
                         "version": spec.get("version"),
                         "args": spec["args"],
                         "inputs": {k: str(v) for k, v in inputs.items()},
@@ -272,9 +286,14 @@ class JobRun:
                     }
                 )
             )
-            argv = [sys.executable, "-m", "forgehub.jobs.child", str(child_spec)]
+            argv = [python, "-m", "forgehub.jobs.child", str(child_spec)]
             env["FORGEHUB_EVENTS_FD"] = str(write_fd)
-            argv, env = self._sandboxed(argv, env, work, inputs)
+            try:
+                argv, env = self._sandboxed(argv, env, work, inputs, spec, readable)
+            except BaseException:
+                os.close(read_fd)
+                os.close(write_fd)
+                raise
         self.reporter.line("system", f"starting {spec['kind']}: {' '.join(argv[:6])}")
         try:
             self.proc = subprocess.Popen(
@@ -328,14 +347,67 @@ class JobRun:
             raise RuntimeError(f"the {spec['kind']} process ended with {what}")
         return result.get("result", {"exit_code": code})
 
+    def _environment(
+        self, spec: dict[str, Any], inputs: dict[str, Path], work: Path
+    ) -> tuple[Path, Path] | None:
+        """A module with a source runs in its own environment (see :mod:`forgehub.envs`): the
+        lock the job names (a reproduction) or one resolved now, built once per machine."""
+        text = spec.get("module_source")
+        if not text or spec["kind"] == "command":
+            return None
+        from forgehub.envs import environments as envs
+        from forgehub.envs import sources
+
+        def say(message: str) -> None:
+            self.reporter.line("system", message)
+
+        src = sources.parse(text)
+        if src is None:
+            raise RuntimeError(f"not a module source: {text!r}")
+        local = None
+        if src.kind == "git" and not self._env_ready(spec):
+            local = envs.checkout(src, work / "source" / "repo", say)
+        elif src.kind == "wheel":
+            item = next((i for i in spec["inputs"] if i["name"] == SOURCE_INPUT), None)
+            if item is None or SOURCE_INPUT not in inputs:
+                raise RuntimeError("the module's archive was not among the job's inputs")
+            local = work / "source" / sources.archive_name(item.get("filename") or "")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(inputs[SOURCE_INPUT], local)
+        self.check()
+        lock = spec.get("environment") or envs.lock(src, say, local)
+        self.environment = {"digest": envs.digest(lock), "lock": lock}
+        self.check()
+        root = cache_root() / "envs"
+        env_dir = envs.ensure(lock, root, say, local)
+        return env_dir, envs.host_overlay(root)
+
+    @staticmethod
+    def _env_ready(spec: dict[str, Any]) -> bool:
+        """The environment a pinned lock names is already built here (no checkout needed)."""
+        from forgehub.envs import environments as envs
+
+        lock = spec.get("environment")
+        if not lock:
+            return False
+        return (cache_root() / "envs" / envs.digest(lock) / envs.READY).is_file()
+
     def _sandboxed(
-        self, argv: list[str], env: dict[str, str], work: Path, inputs: dict[str, Path]
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        work: Path,
+        inputs: dict[str, Path],
+        spec: dict[str, Any],
+        readable: list[Path] | None = None,
     ) -> tuple[list[str], dict[str, str]]:
         """The module's command inside the sandbox where this runner must use one (see
-        :mod:`forgehub.jobs.sandbox`), with a clean environment; as it is otherwise."""
+        :mod:`forgehub.jobs.sandbox`), with a clean environment; as it is otherwise. A user's
+        own code on the server's machine is always sandboxed (the server asks with
+        ``sandbox: on``); ``readable`` is the module's environment where it has its own."""
         from forgehub.jobs import sandbox
 
-        how = sandbox.mode()
+        how = "on" if spec.get("sandbox") == "on" else sandbox.mode()
         if how == "off":
             return argv, env
         tool = sandbox.bwrap()
@@ -349,7 +421,7 @@ class JobRun:
                 "system", "no sandbox: bubblewrap is not installed (apt install bubblewrap)"
             )
             return argv, env
-        readable = [*sandbox.python_paths(), *inputs.values()]
+        readable = [*(readable or sandbox.python_paths()), *inputs.values()]
         self.reporter.line("system", "in a sandbox: no network, only its work directory writable")
         return sandbox.wrap(argv, work, readable, tool), sandbox.clean_env(env, work)
 

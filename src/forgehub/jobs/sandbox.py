@@ -36,7 +36,17 @@ ETC = (
     "/etc/passwd",
     "/etc/ssl",
 )
-KEEP_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "PYTHONUNBUFFERED", "TERM")
+KEEP_ENV = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+    "PYTHONNOUSERSITE",
+    "VIRTUAL_ENV",
+    "TERM",
+)
 KEEP_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "MKL_", "CUDA_", "NVIDIA_")
 
 

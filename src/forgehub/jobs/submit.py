@@ -19,9 +19,10 @@ from forgehub.db.models import (
     JobEvent,
     JobState,
 )
+from forgehub.envs import sources
 from forgehub.identity import authz
 from forgehub.identity.policy import Policy
-from forgehub.jobs.child import WEIGHTS_INPUT
+from forgehub.jobs.child import SOURCE_INPUT, WEIGHTS_INPUT
 from forgehub.jobs.common import COMPUTE, JobError, ensure_default_compute
 from forgehub.jobs.scheduling import check_some_worker_fits
 from forgehub.secrets import SecretBox
@@ -39,7 +40,19 @@ class JobIn(BaseModel):
         description="train: a module training; predict: batch prediction over an input "
         "artifact; command: run an argv (your own compute only).",
     )
-    module: str | None = Field(default=None, description="Module name (train and predict).")
+    module: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Module name (train and predict); with a source, the name it runs as "
+        "[default: the repository's or package's].",
+    )
+    source: str | None = Field(
+        default=None,
+        max_length=500,
+        description="Where the module's code comes from: git+URL@ref, pip:REQUIREMENT or "
+        "wheel:ARTIFACT. It runs in its own environment. Default: the installed module, or "
+        "the source of the catalogue version.",
+    )
     version: str | None = Field(default=None, description="Catalogue version of the module.")
     args: dict[str, Any] = Field(default_factory=dict, description="Module arguments.")
     command: list[str] = Field(default_factory=list, description="argv of a command job.")
@@ -70,8 +83,8 @@ class JobIn(BaseModel):
         if self.kind == "command":
             if not self.command:
                 raise ValueError("a command job needs 'command' (an argv list)")
-        elif not self.module:
-            raise ValueError(f"a {self.kind} job needs 'module'")
+        elif not self.module and not self.source:
+            raise ValueError(f"a {self.kind} job needs 'module' or 'source'")
         for name in self.inputs:
             if not INPUT_NAME.fullmatch(name):
                 raise ValueError(
@@ -109,40 +122,14 @@ def submit(
             403,
         )
     args = dict(body.args)
-    if body.module and body.module in modules:
-        module = modules[body.module]
-        try:
-            if body.kind == "train":
-                module.validate_train(args)
-        except Exception as exc:  # ArgErrors / ModuleError: the message names each field
-            errors = getattr(exc, "errors", None)
-            raise JobError(f"invalid arguments: {exc}", 422, errors) from exc
-    elif body.module and on_server:
-        raise JobError(
-            f"module {body.module!r} is not installed on the server (installed: "
-            f"{', '.join(sorted(modules)) or 'none'})",
-            422,
-        )
-    inputs: list[dict[str, Any]] = []
-    for name, ref in sorted(body.inputs.items()):
-        try:
-            art = records.resolve(session, principal, ref)
-        except records.NoSuchArtifact as exc:
-            raise JobError(f"input artifact {ref!r}: {exc}", 404) from exc
-        inputs.append(
-            {
-                "name": name,
-                "artifact_id": art.id,
-                "digest": art.digest,
-                "kind": art.kind,
-                "filename": art.filename,
-            }
-        )
-    if body.kind == "predict" and body.module:
+    inputs = _inputs(session, principal, body.inputs)
+    module = body.module
+    trained = None
+    if body.kind == "predict" and module and not body.source:
         # a pre-trained version predicts with its own weights: asked for, else the newest
         from forgehub.catalog.weights import pretrained
 
-        trained = pretrained(session, principal, body.module, body.version)
+        trained = pretrained(session, principal, module, body.version)
         if trained is not None:
             inputs.append(
                 {
@@ -154,15 +141,47 @@ def submit(
                     "version": trained.version,
                 }
             )
+    code = _code(session, principal, body, modules, trained)
+    if code is not None:
+        if on_server and not policy.may_run_own_code(principal):
+            raise JobError(
+                "modules from your own source run on the server machine only for the users an "
+                "admin allows (own_code_users); run it on your own worker, Slurm or Ray",
+                403,
+            )
+        src, lock = _exact(session, principal, policy, code[0], inputs), code[1]
+        module = module or src.default_name
+    elif module and module in modules:
+        try:
+            if body.kind == "train":
+                modules[module].validate_train(args)
+        except Exception as exc:  # ArgErrors / ModuleError: the message names each field
+            errors = getattr(exc, "errors", None)
+            raise JobError(f"invalid arguments: {exc}", 422, errors) from exc
+    elif module and on_server:
+        raise JobError(
+            f"module {module!r} is not installed on the server (installed: "
+            f"{', '.join(sorted(modules)) or 'none'}) and has no source in the catalogue; "
+            "give its source (git+URL@ref, pip:REQUIREMENT, wheel:ARTIFACT)",
+            422,
+        )
     labels = sorted(set(body.labels) | set(compute.config.get("labels", [])))
-    spec = body.model_dump(mode="json", exclude={"compute", "storage", "inputs", "labels"})
-    spec.update(inputs=inputs, labels=labels)
-    if inputs and inputs[-1]["name"] == WEIGHTS_INPUT:
-        spec["version"] = inputs[-1]["version"]
-    if body.module and body.module in modules:
+    spec = body.model_dump(
+        mode="json", exclude={"compute", "storage", "inputs", "labels", "source"}
+    )
+    spec.update(inputs=inputs, labels=labels, module=module)
+    if trained is not None:
+        spec["version"] = trained.version
+    if code is not None:
+        spec["module_source"] = str(src)
+        if lock is not None:
+            spec["environment"] = lock  # the version's own: the same packages, not newer ones
+        if on_server:
+            spec["sandbox"] = "on"  # a user's code on the server's machine: never without
+    elif module and module in modules:
         # where the server found it: a module loaded by import path has no entry-point name
-        spec["module_target"] = modules[body.module].target
-    spec["output"] = body.output or _default_output(body)
+        spec["module_target"] = modules[module].target
+    spec["output"] = body.output or _default_output(body.kind, module)
     if COMPUTE.adapter_class(compute.kind).pull:
         check_some_worker_fits(
             session, principal.user_id, body.kind, body.resources, labels, body.shared_workers
@@ -170,7 +189,7 @@ def submit(
     job = Job(
         owner_id=principal.user_id,
         kind=body.kind,
-        module=body.module,
+        module=module,
         version=spec.get("version", body.version),
         spec=spec,
         compute_id=compute.id,
@@ -189,12 +208,78 @@ def _enqueue(session: Session, job: Job, message: str) -> Job:
     return job
 
 
-def _default_output(body: JobIn) -> str:
-    if body.kind == "train":
-        return f"{body.module}-weights"
-    if body.kind == "predict":
-        return f"{body.module}-predictions"
+def _default_output(kind: str, module: str | None) -> str:
+    if kind == "train":
+        return f"{module}-weights"
+    if kind == "predict":
+        return f"{module}-predictions"
     return "output"
+
+
+def _inputs(session: Session, principal: Principal, refs: dict[str, str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, ref in sorted(refs.items()):
+        try:
+            art = records.resolve(session, principal, ref)
+        except records.NoSuchArtifact as exc:
+            raise JobError(f"input artifact {ref!r}: {exc}", 404) from exc
+        out.append(
+            {
+                "name": name,
+                "artifact_id": art.id,
+                "digest": art.digest,
+                "kind": art.kind,
+                "filename": art.filename,
+            }
+        )
+    return out
+
+
+def _code(
+    session: Session, principal: Principal, body: JobIn, modules: dict[str, Any], trained: Any
+) -> tuple[str, dict[str, Any] | None] | None:
+    """The module's source and pinned lock: the one given; a trained version's (its code and
+    the environment it was trained in); a catalogue version's; None for an installed module."""
+    if body.source:
+        return body.source, None
+    if trained is not None and trained.source:
+        return trained.source, trained.environment
+    if body.kind == "command" or not body.module or body.module in modules:
+        return None
+    from forgehub.catalog.weights import code_of
+
+    found = code_of(session, principal, body.module, body.version)
+    return (found.source, found.environment) if found is not None else None
+
+
+def _exact(
+    session: Session,
+    principal: Principal,
+    policy: Policy,
+    text: str,
+    inputs: list[dict[str, Any]],
+) -> sources.Source:
+    """The source ``text`` names as exact code; a wheel joins the job's inputs (the runner
+    fetches it like any input)."""
+    from forgehub.envs.resolve import exact
+
+    try:
+        found = exact(session, principal, policy, text)
+    except sources.SourceError as exc:
+        raise JobError(str(exc), 422) from exc
+    except records.NoSuchArtifact as exc:
+        raise JobError(f"module archive {text[:100]!r}: {exc}", 404) from exc
+    if found.archive is not None:
+        inputs.append(
+            {
+                "name": SOURCE_INPUT,
+                "artifact_id": found.archive.id,
+                "digest": found.archive.digest,
+                "kind": found.archive.kind,
+                "filename": found.source.filename,
+            }
+        )
+    return found.source
 
 
 def retry(session: Session, principal: Principal, job: Job) -> Job:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # the store's modules load in the background, off the start-u
     from forgehub.catalog.weights import Trained, WeightsOnServer
     from forgehub.db import Database
     from forgehub.db.models import Training
+    from forgehub.envs.hosted import Hosting
     from forgehub.modelapi.trainings import TrainingManager
 
 log = logging.getLogger("forgehub.modelapi")
@@ -137,6 +138,7 @@ class ModelAPI:
         prepare: Callable[[], None] | None = None,
         open_predict: bool = False,
         weights: Callable[[], WeightsOnServer] | None = None,
+        hosting: Callable[[WeightsOnServer], Hosting] | None = None,
     ) -> None:
         """``prepare`` (run in the background at start-up, before trainings open) readies the
         store; with ``open_predict`` (a standalone server, which has no users) predictions do
@@ -152,6 +154,8 @@ class ModelAPI:
         self.open_predict = open_predict
         self._weights_factory = weights  # the platform's pre-trained versions, if any
         self._weights: WeightsOnServer | None = None
+        self._hosting_factory = hosting  # modules from a source, in their own environments
+        self._hosting: Hosting | None = None
         self._versions: OrderedDict[tuple[str, str], LoadedModule] = OrderedDict()
         self._versions_lock = threading.Lock()
         self.usage: dict[str, int] = {}
@@ -237,8 +241,15 @@ class ModelAPI:
         if self.trainings is not None:
             await anyio.to_thread.run_sync(self.trainings.shutdown)
         await self.runner.stop()
+        if self._hosting is not None:
+            await anyio.to_thread.run_sync(self._hosting.close)
 
     # -- helpers ------------------------------------------------------------------------
+    @property
+    def hosts_sources(self) -> bool:
+        """Serves catalogue modules from a source too (the platform's model API)."""
+        return self._hosting_factory is not None
+
     def module(self, name: str) -> LoadedModule:
         m = self.modules.get(name)
         if m is None:
@@ -380,18 +391,42 @@ class ModelAPI:
             ready = await anyio.to_thread.run_sync(self._trained, m, trained)
         return ready, trained.version
 
+    async def _hosted(
+        self, request: Request, principal: Principal, name: str
+    ) -> tuple[LoadedModule, str | None]:
+        """A catalogue module from a source: its host process, started if need be."""
+        if self._hosting is None:
+            assert self._hosting_factory is not None
+            if self._weights is None:
+                assert self._weights_factory is not None
+                self._weights = self._weights_factory()
+            self._hosting = self._hosting_factory(self._weights)
+        hosting = self._hosting
+        asked = request.query_params.get("version") or None
+        plan = await anyio.to_thread.run_sync(hosting.plan, principal, name, asked)
+        if plan is None:
+            raise HTTPException(404, f"no model named {name!r}; GET /v2/models/ lists them")
+        m = await anyio.to_thread.run_sync(hosting.module, plan)
+        return m, plan.trained.version if plan.trained else None
+
     async def predict(self, request: Request, name: str) -> Response:
         principal = None if self.open_predict else self.principal(request)
-        m = self.module(name)
+        hosted = name not in self.modules and self.hosts_sources
+        m = None if hosted else self.module(name)
         version = None
         if principal is not None:
             try:
-                m, version = await self._version_for(request, principal, m)
+                if m is None:
+                    m, version = await self._hosted(request, principal, name)
+                else:
+                    m, version = await self._version_for(request, principal, m)
             except ForgehubError as exc:
                 return JSONResponse({"message": exc.detail}, exc.status)
             except ModuleError as exc:
                 return JSONResponse({"message": str(exc)}, exc.status)
-        uploads = Uploads(Path(tempfile.gettempdir()))
+        if m is None:
+            m = self.module(name)
+        uploads = Uploads(m.upload_dir or Path(tempfile.gettempdir()))
         try:
             data = await self._gather(request, m, m.predict_specs, uploads)
             # validation and prediction run together, off the event loop; should the client

@@ -219,6 +219,18 @@ def mount_routes(
                 summary=summary,
                 openapi_extra=openapi,
             )
+    if api.hosts_sources:
+        # any other catalogue module with code (git, wheel, pip): hosted in its own environment
+        route(
+            f"{prefix}/v2/models/{{name}}/predict/",
+            bind(api.predict) if enable_predict else not_enabled,
+            ["POST"],
+            raw=True,
+            tags=["models"],
+            name="hosted:predict",
+            summary="Predict with a catalogue module from its source (run in its own environment)",
+            include_in_schema=enable_predict,
+        )
     _slash_redirects(app, prefix)
 
 

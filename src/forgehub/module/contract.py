@@ -21,11 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
+if TYPE_CHECKING:  # the contract imports nothing outside the standard library: it also runs
+    # in a module's own environment, where a DEEPaaS module may bring an old pydantic or none
+    from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
+    from pydantic.json_schema import JsonSchemaValue
+    from pydantic_core import core_schema
 
 
 class UploadedFile:
@@ -62,6 +64,8 @@ class UploadedFile:
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
+        from pydantic_core import core_schema
+
         def check(value: Any) -> Any:
             if all(hasattr(value, a) for a in ("filename", "content_type")):
                 return value
@@ -137,16 +141,12 @@ class TrainContext:
             raise Cancelled("training cancelled")
 
 
-class NoArgs(BaseModel):
-    pass
-
-
 class Module:
     """Base class of native modules; subclasses override what they support."""
 
     name: ClassVar[str] = ""
     metadata: ClassVar[dict[str, Any]] = {}
-    PredictArgs: ClassVar[type[BaseModel]] = NoArgs
+    PredictArgs: ClassVar[type[BaseModel] | None] = None  # None: predict takes no arguments
     TrainArgs: ClassVar[type[BaseModel] | None] = None
 
     def warm(self) -> None:

@@ -48,6 +48,9 @@ class LoadedModule(abc.ABC):
     name: str
     target: str  # import path to load it again in another process
     kind: str
+    # a module in a process of its own (see forgehub.envs.hosted): predictions wait on it, so
+    # never on the event loop; uploads go to its folder
+    upload_dir: Path | None = None
 
     @abc.abstractmethod
     def metadata(self) -> dict[str, Any]:

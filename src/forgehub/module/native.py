@@ -24,6 +24,10 @@ def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+class NoArgs(BaseModel):
+    """The arguments of a module whose ``predict`` takes none."""
+
+
 def specs_from_model(model: type[BaseModel] | None) -> list[ArgSpec]:
     """ArgSpecs from a pydantic model's JSON Schema (Optional, enums and ranges included)."""
     if model is None:
@@ -136,7 +140,7 @@ class NativeModule(LoadedModule):
 
     def validate_predict(self, data: dict[str, Any]) -> Any:
         try:
-            return self.obj.PredictArgs.model_validate(data)
+            return (self.obj.PredictArgs or NoArgs).model_validate(data)
         except ValidationError as exc:
             raise ArgErrors(errors_by_field(exc)) from None
 

@@ -163,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
 def _mount_model_api(app: FastAPI, settings: Settings) -> None:
     """Every installed module, behind authentication, at /api/v1/model-api/v2/..."""
     from forgehub.catalog.weights import WeightsOnServer
+    from forgehub.envs.hosted import Hosting
     from forgehub.modelapi import ModelAPI
     from forgehub.module import load_all
     from forgehub.server.deps import current_principal
@@ -176,6 +177,9 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
         max_trainings=settings.max_trainings,
         weights=lambda: WeightsOnServer(
             app.state.db, app.state.secrets, settings.data_dir / "cache"
+        ),
+        hosting=lambda weights: Hosting(
+            app.state.db, app.state.policy, weights, settings.data_dir / "cache"
         ),
     )
     model_api.add_routes(app, prefix="/api/v1/model-api", native_prefix="/api/v1/model-api")

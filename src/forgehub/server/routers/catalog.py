@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from forgehub.catalog.metadata import (
     from_v1,
     validate,
 )
+from forgehub.catalog.weights import runnable
 from forgehub.db.models import CatalogModule, utcnow
 from forgehub.errors import Forbidden, NotFound
 from forgehub.identity import authz
@@ -28,7 +29,12 @@ router = APIRouter(prefix="/catalog", tags=["catalog"])
 
 class VersionIn(BaseModel):
     version: str = Field(min_length=1, max_length=64)
-    source: str = Field(default="", max_length=500, description="Where the code comes from.")
+    source: str = Field(
+        default="",
+        max_length=500,
+        description="Where the code comes from. A module source (git+URL@ref, pip:REQUIREMENT, "
+        "wheel:ARTIFACT) makes the version runnable: a ref is recorded as its commit.",
+    )
     changelog: str = Field(default="", max_length=20_000)
     weights_digest: str | None = Field(
         default=None,
@@ -162,9 +168,27 @@ def export_metadata(name: str, session: DbSession) -> PlainTextResponse:
     )
 
 
+def _exact_source(
+    session: Session, principal: Principal, request: Request, body: VersionIn | None
+) -> None:
+    """A version whose ``source`` is module code (git+URL@ref, pip:…, wheel:…) records it
+    exactly: the commit a ref points at now, the archive's digest. Free text stays as it is."""
+    if body is None or not runnable(body.source):
+        return
+    from forgehub.envs.resolve import exact
+    from forgehub.envs.sources import SourceError
+
+    try:
+        body.source = str(exact(session, principal, request.app.state.policy, body.source).source)
+    except SourceError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except records.NoSuchArtifact as exc:
+        raise HTTPException(404, f"module archive {body.source!r}: {exc}") from exc
+
+
 @router.put("/modules/{name}", summary="Publish or update an entry (owner or admin)")
 def publish(
-    name: str, body: PublishIn, principal: CurrentUser, session: DbSession
+    name: str, body: PublishIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     meta = _meta_or_422(body.metadata)
     existing = session.query(CatalogModule).filter_by(name=name).one_or_none()
@@ -173,6 +197,7 @@ def publish(
             f"{name!r} belongs to someone else; only its owner or an admin can change it"
         )
     _check_weights(session, principal, body.version)
+    _exact_source(session, principal, request, body.version)
     m = service.save_module(
         session,
         name,
@@ -189,10 +214,11 @@ def publish(
 
 @router.post("/modules/{name}/versions", status_code=201, summary="Add a version")
 def add_version(
-    name: str, body: VersionIn, principal: CurrentUser, session: DbSession
+    name: str, body: VersionIn, principal: CurrentUser, session: DbSession, request: Request
 ) -> dict[str, Any]:
     m = _writable(session, name, principal)
     _check_weights(session, principal, body)
+    _exact_source(session, principal, request, body)
     return _version_out(service.add_version(session, m, **body.model_dump()))
 
 

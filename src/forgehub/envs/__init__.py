@@ -1,0 +1,1 @@
+"""Module sources and their isolated environments (see docs/modules.md)."""

@@ -1,0 +1,145 @@
+"""Your own module, from anywhere (#16): a module from a git repository (served by a real
+``git daemon``) or a wheel pushed with ``forgehub module push``, trained in its own ``uv``
+environment, published, and predicting with its trained weights in the model API and batch
+jobs; two modules pinning different versions of one package at the same time; and the attacks
+(file URLs, option injection, the egress policy, the admin's own-code setting)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.module_sources import GitDaemon, git_repo, module_folder, pinned_wheels
+from tests.services import ForgehubServer, started
+from tests.test_jobs import FINISHED, log_text, wait
+
+FORGEHUB = str(Path(sys.executable).parent / "forgehub")
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two modules in git repositories, pinning pinned-dep 1.0 and 2.0, behind git daemon."""
+    base = tmp_path_factory.mktemp("repos")
+    commits = {}
+    for name, pin in (("leafnet", "1.0"), ("rootnet", "2.0")):
+        commits[name] = git_repo(module_folder(base / name, name, pin))
+    with started(GitDaemon(base)) as url:
+        yield {"url": url, "commits": commits, "base": base}
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, repos: dict[str, Any]
+) -> Iterator[ForgehubServer]:
+    links = pinned_wheels(tmp_path_factory.mktemp("index"))
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("sources") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+        UV_FIND_LINKS=str(links),
+        FORGEHUB_EGRESS_DENY="169.254.0.0/16",  # the git daemon listens on loopback
+        FORGEHUB_LOCAL_JOB_SLOTS="2",
+    )
+    with started(srv):
+        yield srv
+
+
+def _client(srv: ForgehubServer, token: str) -> httpx.Client:
+    return httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
+
+
+def _user(srv: ForgehubServer, name: str) -> httpx.Client:
+    with _client(srv, srv.admin_token) as admin:
+        assert admin.post("/api/v1/users", json={"name": name}).status_code == 201
+        r = admin.post("/api/v1/tokens", json={"name": "t", "user": name})
+        assert r.status_code == 201, r.text
+    return _client(srv, r.json()["token"])
+
+
+@pytest.fixture(scope="module")
+def ada(server: ForgehubServer) -> Iterator[httpx.Client]:
+    with _user(server, "ada") as c:
+        yield c
+
+
+def _done(api: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
+    j = wait(api, job["id"], FINISHED, timeout=300)
+    assert j["state"] == "succeeded", log_text(api, job["id"])
+    return j
+
+
+def _predict(api: httpx.Client, name: str, version: str | None = None) -> dict[str, Any]:
+    """The model API's answer, with the version that gave it."""
+    r = api.post(
+        f"/api/v1/model-api/v2/models/{name}/predict/",
+        params={"version": version} if version else {},
+        files={"data": ("leaf.txt", b"four", "text/plain")},
+    )
+    assert r.status_code == 200, r.text
+    return {**r.json()["predictions"], "version": r.headers.get("x-forgehub-version")}
+
+
+def test_a_git_module_trains_publishes_and_predicts_with_its_weights(
+    server: ForgehubServer, ada: httpx.Client, repos: dict[str, Any]
+) -> None:
+    url = f"{repos['url']}/leafnet@v1"
+    r = ada.post(
+        "/api/v1/jobs",
+        json={
+            "source": f"git+{url}",
+            "args": {"label": "oak"},
+            "publish": True,
+            "publish_version": "oak",
+        },
+    )
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["module"] == "leafnet"
+    j = _done(ada, job)
+    commit = repos["commits"]["leafnet"]
+    assert j["spec"]["module_source"] == f"git+{repos['url']}/leafnet@{commit}"  # the tag's commit
+    env = j["result"]["environment"]
+    assert env["lock"]["module"] == {"name": "leafnet", "source": j["spec"]["module_source"]}
+    assert "pinned-dep==1.0" in env["lock"]["packages"]
+    assert any(p.startswith("pydantic==") for p in env["lock"]["packages"])
+    logs = log_text(ada, job["id"])
+    assert "building environment" in logs and "in a sandbox" in logs
+    assert j["result"]["published"] == {"module": "leafnet", "version": "oak"}
+
+    # the version records its exact code, lock, data, args and metrics
+    m = ada.get("/api/v1/catalog/modules/leafnet").json()
+    (v,) = [v for v in m["versions"] if v["version"] == "oak"]
+    assert v["source"] == j["spec"]["module_source"]
+    prov = v["provenance"]
+    assert prov["environment"]["digest"] == env["digest"]
+    assert prov["args"] == {"label": "oak"} and prov["metrics"] == {"loss": 0.25}
+
+    # the model API hosts it in its own environment with the trained weights
+    answer = _predict(ada, "leafnet")
+    assert answer == {
+        "label": "oak",
+        "pinned": "1.0",
+        "pydantic": answer["pydantic"],
+        "bytes": 4,
+        "version": "oak",
+    }
+    # a batch job predicts with the same version, in the same environment (cached)
+    r = ada.post(
+        "/api/v1/artifacts", params={"filename": "leaf.txt", "name": "leaves"}, content=b"xyz"
+    )
+    assert r.status_code == 201, r.text
+    r = ada.post(
+        "/api/v1/jobs", json={"kind": "predict", "module": "leafnet", "inputs": {"data": "leaves"}}
+    )
+    assert r.status_code == 201, r.text
+    batch = _done(ada, r.json())
+    assert batch["version"] == "oak"
+    assert batch["result"]["environment"]["digest"] == env["digest"]
+    assert "is cached on this machine" in log_text(ada, batch["id"])
+    art = batch["result"]["output"]["digest"]
+    lines = ada.get(f"/api/v1/artifacts/{art}/content").text.splitlines()
+    assert '"label": "oak"' in lines[0] and '"pinned": "1.0"' in lines[0]
