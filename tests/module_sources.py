@@ -60,6 +60,7 @@ class PredictArgs(BaseModel):
 
 class TrainArgs(BaseModel):
     label: str = "trained"
+    seconds: float = 0.0  # to hold a training open while another runs
 
 
 class Model(Module):
@@ -81,6 +82,9 @@ class Model(Module):
         }}
 
     def train(self, args: TrainArgs, ctx) -> dict:
+        import time
+
+        time.sleep(args.seconds)
         ctx.log_metric("loss", 0.25, 1)
         (ctx.output_dir / "label.txt").write_text(args.label)
         return {{"label": args.label, "pinned": pinned_dep.VERSION}}

@@ -6,7 +6,10 @@ jobs; two modules pinning different versions of one package at the same time; an
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +146,62 @@ def test_a_git_module_trains_publishes_and_predicts_with_its_weights(
     art = batch["result"]["output"]["digest"]
     lines = ada.get(f"/api/v1/artifacts/{art}/content").text.splitlines()
     assert '"label": "oak"' in lines[0] and '"pinned": "1.0"' in lines[0]
+
+
+def _cli(srv: ForgehubServer, token: str, *args: str, cache: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        **srv.env,
+        "FORGEHUB_URL": srv.url,
+        "FORGEHUB_TOKEN": token,
+        "FORGEHUB_CACHE_DIR": str(cache),
+    }
+    return subprocess.run([FORGEHUB, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def _token(api: httpx.Client) -> str:
+    return str(api.headers["Authorization"].split()[1])
+
+
+def test_two_modules_pinning_one_package_differently_run_at_once(
+    server: ForgehubServer, ada: httpx.Client, repos: dict[str, Any], tmp_path: Path
+) -> None:
+    # rootnet enters the catalogue from its repository alone, by the CLI, at the tag's commit
+    p = _cli(
+        server,
+        _token(ada),
+        "catalog",
+        "add",
+        "--source",
+        f"git+{repos['url']}/rootnet@v1",
+        cache=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    assert f"version v1: git+{repos['url']}/rootnet@{repos['commits']['rootnet']}" in p.stdout
+    jobs = [
+        ada.post(
+            "/api/v1/jobs",
+            json={"source": f"git+{repos['url']}/leafnet@v1", "args": {"seconds": 4}},
+        ).json(),
+        ada.post("/api/v1/jobs", json={"module": "rootnet", "args": {"seconds": 4}}).json(),
+    ]
+    done = [_done(ada, j) for j in jobs]
+    assert [d["result"]["pinned"] for d in done] == ["1.0", "2.0"]
+    assert done[0]["result"]["environment"]["digest"] != done[1]["result"]["environment"]["digest"]
+    # they overlapped: each started before the other finished
+    assert done[0]["started_at"] < done[1]["finished_at"]
+    assert done[1]["started_at"] < done[0]["finished_at"]
+
+    # and both answer at once in the model API, each in its own environment
+    answers: dict[str, dict[str, Any]] = {}
+
+    def ask(name: str) -> None:
+        answers[name] = _predict(ada, name)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in ("leafnet", "rootnet")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers["leafnet"]["pinned"] == "1.0" and answers["rootnet"]["pinned"] == "2.0"
+    assert answers["rootnet"]["label"] == "shipped"  # never trained: its own weights

@@ -142,32 +142,81 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 @app.command("add")
 def add(
     path: Path = typer.Argument(
-        ...,
+        None,
         help="A module's source folder, or its ai4-metadata.yml / "
-        "metadata.json (v1 is converted to v2).",
+        "metadata.json (v1 is converted to v2). Optional with --source.",
     ),
     name: str = typer.Option(None, "--name", help="Module name [default: folder name or title]."),
     version: str = typer.Option(None, "--version", help="Also record this version."),
+    source: str = typer.Option(
+        None,
+        "--source",
+        help="The module's code: git+URL@ref (recorded as its commit), pip:REQUIREMENT or "
+        "wheel:ARTIFACT. It can then be trained, predicted with and served from the catalogue.",
+    ),
     changelog: str = typer.Option("", "--changelog"),
     server: str = ServerOpt,
     token: str = TokenOpt,
 ) -> None:
-    """Add (or update) a module from its metadata."""
-    if not path.exists():
-        fail(f"{path} does not exist")
-    doc = _read_metadata(path)
-    if name is None:
-        folder = path if path.is_dir() else path.resolve().parent
-        name = folder.name or str(doc.get("title", "module")).lower().replace(" ", "-")
+    """Add (or update) a module from its metadata, its source, or both."""
+    src = _source(source) if source else None
+    if path is None and src is None:
+        fail("give the module's folder or metadata file, or --source")
+    if path is not None:
+        if not path.exists():
+            fail(f"{path} does not exist")
+        doc = _read_metadata(path)
+        if name is None:
+            folder = path if path.is_dir() else path.resolve().parent
+            name = folder.name or str(doc.get("title", "module")).lower().replace(" ", "-")
+    else:
+        assert src is not None
+        name = name or src.default_name
+        doc = {
+            "title": name,
+            "summary": f"Module from {source}"[:400],
+            "categories": ["AI4 trainable", "AI4 inference"],
+        }
     body: dict[str, Any] = {"metadata": doc}
-    if version:
+    if src is not None:
+        body["version"] = {
+            "version": version or _version_of(src),
+            "changelog": changelog,
+            "source": source,
+        }
+    elif version:
         body["version"] = {
             "version": version,
             "changelog": changelog,
-            "source": str(path.resolve()),
+            "source": str(path.resolve()) if path else "",
         }
     m = Client(server, token).request("PUT", f"/api/v1/catalog/modules/{name}", json=body)
     out.print(f"{m['name']}: {m['title']} ({', '.join(m['categories']) or 'no category'})")
+    for v in m.get("versions", [])[:1] if src is not None else []:  # newest first
+        out.print(f"version {v['version']}: {v['source']}")
+
+
+def _source(text: str) -> Any:
+    from forgehub.envs.sources import SourceError, parse
+
+    try:
+        src = parse(text)
+    except SourceError as exc:
+        fail(str(exc))
+    if src is None:
+        fail(f"{text!r} is not a module source: git+URL@ref, pip:REQUIREMENT or wheel:ARTIFACT")
+    return src
+
+
+def _version_of(src: Any) -> str:
+    """A version name for a source when none is given: the git ref, the pin, the digest."""
+    if src.kind == "git":
+        return str(src.ref or "main")[:64]
+    if src.kind == "pip" and "==" in src.value:
+        return str(src.value.split("==", 1)[1]).strip()[:64]
+    if src.kind == "wheel" and src.value.startswith("sha256:"):
+        return f"wheel-{src.value[7:19]}"
+    return "latest"
 
 
 @app.command("publish")

@@ -33,6 +33,13 @@ def _state(s: str) -> str:
     return f"[{c}]{s}[/{c}]" if c else s
 
 
+ModuleHelp = (
+    "Module: an installed or catalogued name, or its source: git+URL@ref (a branch, tag or "
+    "commit), pip:REQUIREMENT, wheel:ARTIFACT (see forgehub module push)."
+)
+NameOpt = typer.Option(
+    None, "--name", help="With a source: the module's name [default: the repository's]."
+)
 PublishVersionOpt = typer.Option(
     None,
     "--publish-version",
@@ -56,8 +63,16 @@ def _job_body(
     shared_workers: bool = False,
     version: str | None = None,
     publish_version: str | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """A job spec for POST /api/v1/jobs from the command line's options."""
+    """A job spec for POST /api/v1/jobs from the command line's options. ``module`` may be a
+    module's source (git+URL@ref, pip:REQUIREMENT, wheel:ARTIFACT); ``name`` then names it."""
+    from forgehub.envs.sources import SourceError, parse
+
+    try:
+        source = module if module and parse(module) is not None else None
+    except SourceError as exc:
+        fail(str(exc))
     data = {}
     for pair in inputs:
         name, sep, ref = pair.partition("=")
@@ -66,7 +81,8 @@ def _job_body(
         data[name] = ref
     return {
         "kind": kind,
-        "module": module,
+        "module": name if source else module,
+        "source": source,
         "args": _parse_settings(args),
         "command": command or [],
         "inputs": data,
@@ -109,7 +125,8 @@ FollowOpt = typer.Option(False, "--follow", "-f", help="Stream the logs until th
 
 @job_app.command("submit")
 def submit(
-    module: str = typer.Argument(None, help="Module (train/predict jobs)."),
+    module: str = typer.Argument(None, help=ModuleHelp),
+    name: str = NameOpt,
     kind: str = typer.Option("train", "--kind", help="train, predict or command."),
     arg: list[str] = ArgOpt,
     input_: list[str] = InputOpt,
@@ -156,6 +173,7 @@ def submit(
         shared_workers=shared_workers,
         version=version,
         publish_version=publish_version,
+        name=name,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)
@@ -315,7 +333,12 @@ def run(
 
 
 def train(
-    module: str = typer.Argument(..., help="Module to train, e.g. digits."),
+    module: str = typer.Argument(
+        ...,
+        help="Module to train: a name (digits) or its source (git+https://…@v1, "
+        "pip:mymodule==1.2, wheel:ARTIFACT).",
+    ),
+    name: str = NameOpt,
     data: str = typer.Option(None, "--data", help="Dataset artifact (sha256:…, name[:tag])."),
     on: str = ComputeOpt,
     store: str = StorageOpt,
@@ -343,6 +366,7 @@ def train(
         publish=publish,
         shared_workers=shared_workers,
         publish_version=publish_version,
+        name=name,
     )
     c = Client(server, token)
     job = c.post("/api/v1/jobs", json=body)

@@ -428,8 +428,13 @@ def reproduce(
     body: dict[str, Any] = {
         "kind": "train",
         "module": name,
+        "version": version,  # a module from a source: that code, in that environment's lock
         "args": prov.get("args") or {},
-        "inputs": {i["name"]: i["digest"] for i in prov.get("inputs") or []},
+        "inputs": {
+            i["name"]: i["digest"]
+            for i in prov.get("inputs") or []
+            if not i["name"].startswith("+")  # the module's own archive: part of its source
+        },
     }
     if on:
         body["compute"] = on
@@ -441,3 +446,104 @@ def reproduce(
         f"job {job['id']} re-runs the training of {name} {version} (job {prov['job']}) "
         f"on {job['compute']}; follow it with: forgehub job logs -f {job['id']}"
     )
+
+
+@app.command("push")
+def push(
+    folder: Path = typer.Argument(..., help="The module's folder (with pyproject.toml)."),
+    name: str = typer.Option(
+        None, "--name", help="Module name to check for [default: the one module it has]."
+    ),
+    server: str = typer.Option(None, "--server", envvar="FORGEHUB_URL", help="Server URL."),
+    token: str = typer.Option(None, "--token", envvar="FORGEHUB_TOKEN", help="API token."),
+) -> None:
+    """Build a module's folder into a wheel, check that it loads in an environment of its own,
+    and push the wheel as an artifact; prints its source (wheel:sha256:…) to train, predict or
+    add to the catalogue with."""
+    import hashlib
+    import tempfile
+
+    from forgehub.envs import environments as envs
+    from forgehub.envs.sources import Source
+    from forgehub.jobs.runner import cache_root
+
+    if not (folder / "pyproject.toml").is_file() and not (folder / "setup.py").is_file():
+        fail(f"{folder} has no pyproject.toml or setup.py: it is not a Python package")
+
+    def say(message: str) -> None:
+        err.print(message, markup=False, highlight=False)
+
+    with tempfile.TemporaryDirectory(prefix="forgehub-push-") as tmp:
+        try:
+            wheel = _build_wheel(folder, Path(tmp), say)
+            digest = "sha256:" + hashlib.sha256(wheel.read_bytes()).hexdigest()
+            src = Source("wheel", digest, filename=wheel.name)
+            root = cache_root() / "envs"
+            lock = envs.lock(src, say, wheel)
+            env = envs.ensure(lock, root, say, wheel)
+            desc = _describe(env, envs.host_overlay(root), name or lock["module"]["name"])
+        except envs.EnvironmentFailed as exc:
+            fail(str(exc))
+        say(
+            f"loads: {desc['name']} ({desc['kind']}"
+            + (", trainable" if desc["trainable"] else "")
+            + f"), predict arguments: {', '.join(s['name'] for s in desc['predict_specs'])}"
+        )
+        from forgehub.cli.client import Client
+
+        art = Client(server, token).request(
+            "POST",
+            "/api/v1/artifacts",
+            params={"filename": wheel.name, "name": f"{desc['name']}-source", "tag": "latest"},
+            content=wheel.read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    source = f"wheel:{art['digest']}"
+    out.print(source)
+    say(
+        f"train it:  forgehub train {source} --name {desc['name']} --data DATASET\n"
+        f"list it:   forgehub catalog add --source {source} --name {desc['name']}"
+    )
+
+
+def _build_wheel(folder: Path, dest: Path, say: Any) -> Path:
+    import subprocess
+
+    from forgehub.envs.environments import EnvironmentFailed, uv_bin
+
+    say(f"building a wheel of {folder}")
+    proc = subprocess.run(
+        [uv_bin(), "build", "--wheel", "--quiet", "--out-dir", str(dest), str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise EnvironmentFailed(f"cannot build {folder}: {proc.stderr.strip()[-500:]}")
+    return wheels[0]
+
+
+def _describe(env: Path, overlay: Path, name: str) -> dict[str, Any]:
+    """Load the module in its environment with the module host, as the platform will."""
+    import os
+    import subprocess
+
+    from forgehub.envs import environments as envs
+
+    proc = subprocess.run(
+        [envs.interpreter(env), "-m", "forgehub.module.host"],
+        input=json.dumps({"op": "open", "name": name}) + "\n",
+        capture_output=True,
+        text=True,
+        env=envs.module_env(env, overlay, dict(os.environ)),
+        timeout=300,
+        check=False,
+    )
+    try:
+        answer: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    except (IndexError, ValueError):
+        answer = {"error": "module", "message": proc.stderr.strip()[-500:]}
+    if answer.get("error"):
+        raise envs.EnvironmentFailed(f"the module does not load: {answer.get('message')}")
+    return answer
