@@ -89,11 +89,13 @@ def log_text(api: httpx.Client, job_id: str) -> str:
     return "\n".join(line[2] for line in api.get(f"/api/v1/jobs/{job_id}/logs").json()["lines"])
 
 
-def start_worker(server: ForgehubServer, token: str, name: str, *args: str) -> subprocess.Popen:
+def start_worker(
+    server: ForgehubServer, token: str, name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     log = open(server.data_dir / f"worker-{name}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
         [FORGEHUB, "worker", "--server", server.url, "--name", name, *args],
-        env={**os.environ, "FORGEHUB_TOKEN": token, **server.env},
+        env={**os.environ, "FORGEHUB_TOKEN": token, **server.env, **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -19,6 +19,7 @@ import pytest
 
 from tests.module_sources import GitDaemon, git_repo, module_folder, pinned_wheels
 from tests.services import ForgehubServer, started
+from tests.test_dashboard import browser  # noqa: F401 - the fixture
 from tests.test_jobs import FINISHED, log_text, wait
 
 FORGEHUB = str(Path(sys.executable).parent / "forgehub")
@@ -46,6 +47,7 @@ def server(
         UV_FIND_LINKS=str(links),
         FORGEHUB_EGRESS_DENY="169.254.0.0/16",  # the git daemon listens on loopback
         FORGEHUB_LOCAL_JOB_SLOTS="2",
+        FORGEHUB_SERVER_COMPUTE_USERS="ada",  # she may use the cluster the server submits to
     )
     with started(srv):
         yield srv
@@ -205,3 +207,87 @@ def test_two_modules_pinning_one_package_differently_run_at_once(
         t.join()
     assert answers["leafnet"]["pinned"] == "1.0" and answers["rootnet"]["pinned"] == "2.0"
     assert answers["rootnet"]["label"] == "shipped"  # never trained: its own weights
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[str]:
+    from tests.services import Slurm
+
+    with started(Slurm()) as conf:
+        yield conf
+
+
+def test_a_user_trains_from_git_on_their_worker_and_on_slurm_and_serves_the_result(
+    server: ForgehubServer,
+    ada: httpx.Client,
+    repos: dict[str, Any],
+    slurm: str,
+    tmp_path: Path,
+    browser: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The loop of #16 for a user who is not an admin: `forgehub train git+…@v1` on her own
+    worker, then on a Slurm cluster; each publishes; the model API and the dashboard answer
+    with the trained weights of the version asked for."""
+    from tests.test_dashboard import Session
+    from tests.test_jobs import start_worker, wait_worker
+
+    token = _token(ada)
+    laptop = {"FORGEHUB_CACHE_DIR": str(tmp_path / "laptop-cache")}  # her machine, not the server's
+    worker = start_worker(server, token, "ada-laptop", env=laptop)
+    try:
+        wait_worker(ada, "ada-laptop")
+        p = _cli(
+            server,
+            token,
+            "train",
+            f"git+{repos['url']}/leafnet@v1",
+            "--on",
+            "workers",
+            "-a",
+            "label=birch",
+            "--publish",
+            "--publish-version",
+            "birch",
+            cache=tmp_path,
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "published leafnet birch" in p.stdout
+        assert "building environment" in p.stdout  # the worker's machine builds its own
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait()
+
+    r = ada.post(
+        "/api/v1/compute/connections",
+        json={"name": "hpc", "kind": "slurm", "config": {"slurm_conf": slurm}},
+    )
+    assert r.status_code == 201, r.text
+    r = ada.post(
+        "/api/v1/jobs",
+        json={
+            "source": f"git+{repos['url']}/leafnet@v1",
+            "compute": "hpc",
+            "args": {"label": "pine"},
+            "publish": True,
+            "publish_version": "pine",
+            "resources": {"cpu": 1, "memory_mb": 2000, "time_limit_s": 300},
+        },
+    )
+    assert r.status_code == 201, r.text
+    on_slurm = _done(ada, r.json())
+    assert "(slurm)" in ada.get(f"/api/v1/jobs/{on_slurm['id']}").json()["events"][1]["message"]
+
+    assert _predict(ada, "leafnet")["label"] == "pine"  # the newest trained version
+    assert _predict(ada, "leafnet", "birch")["label"] == "birch"
+
+    s = Session(browser, server, token)
+    page = s.page
+    page.goto("/modules/leafnet")
+    assert "environment" in page.locator("table").first.inner_text()
+    (tmp_path / "leaf.txt").write_text("four")
+    page.get_by_label("data").set_input_files(str(tmp_path / "leaf.txt"))
+    page.get_by_label("Version").select_option("birch")
+    page.get_by_role("button", name="Predict").click()
+    page.locator("#result-json").wait_for()
+    assert '"label": "birch"' in page.locator("#result-json").inner_text()
+    assert s.errors == []

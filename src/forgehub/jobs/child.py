@@ -59,10 +59,24 @@ def _module(spec: dict[str, Any]) -> Any:
     return module
 
 
+def _described(module: Any, emit: Any) -> None:
+    """The module's arguments, for the catalogue (a module from a source is never loaded by
+    the server itself: its page's form comes from here)."""
+    from forgehub.module.args import object_schema
+    from forgehub.module.loaded import jsonable
+
+    emit(
+        type="describe",
+        predict_args=jsonable(object_schema(module.predict_specs)),
+        train_args=jsonable(object_schema(module.train_specs)),
+    )
+
+
 def train(spec: dict[str, Any], emit: Any) -> Any:
     from forgehub.module.contract import TrainContext
 
     module = _module(spec)
+    _described(module, emit)
     args = module.validate_train(spec["args"])
     ctx = TrainContext(
         inputs={k: Path(v) for k, v in spec["inputs"].items()},
@@ -80,6 +94,7 @@ def predict(spec: dict[str, Any], emit: Any) -> Any:
     from forgehub.module.loaded import jsonable
 
     module = _module(spec)
+    _described(module, emit)
     file_args = [s.name for s in module.predict_specs if s.type == "file"]
     if not file_args:
         raise SystemExit(f"module {module.name!r} takes no file argument to predict on")

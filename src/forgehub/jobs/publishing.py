@@ -58,6 +58,9 @@ def publish(
             changelog=f"trained by job {job.id} with {job.spec.get('args', {})}",
             weights_digest=art.digest,
             provenance=provenance(session, job, art),
+            # the arguments its run reported (a module from a source; the server never loads it)
+            predict_schema=((job.result or {}).get("described") or {}).get("predict_args"),
+            train_schema=((job.result or {}).get("described") or {}).get("train_args"),
         )
     except CatalogError as exc:
         return {"error": str(exc)}

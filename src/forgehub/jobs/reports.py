@@ -4,10 +4,11 @@ heartbeats, its end and its output (recorded only if ``jobs.access`` can vouch f
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -146,12 +147,26 @@ class EnvironmentIn(BaseModel):
     lock: LockIn
 
 
+class DescribedIn(BaseModel):
+    """The module's arguments as JSON Schemas (what its catalogue page's forms are made of)."""
+
+    predict_args: dict[str, Any] | None = None
+    train_args: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _small(self) -> DescribedIn:
+        if len(json.dumps(self.model_dump())) > 200_000:
+            raise ValueError("a module's argument schemas are at most 200 kB")
+        return self
+
+
 class FinishIn(BaseModel):
     state: Literal["succeeded", "failed", "cancelled"]
     error: str | None = None
     result: dict[str, Any] | None = None
     output: OutputIn | None = None
     environment: EnvironmentIn | None = None
+    described: DescribedIn | None = None
 
 
 def runner_finished(
@@ -175,6 +190,10 @@ def runner_finished(
         lock = body.environment.lock.model_dump()
         result["environment"] = {"digest": digest(lock), "lock": lock}
         job.result = result  # what a published version's provenance records
+    if body.described is not None and job.spec.get("module_source"):
+        result["described"] = body.described.model_dump()
+        job.result = result
+        describe_versions(session, job, result["described"])
     if art is not None:
         result["output"] = {"name": job.spec.get("output"), "digest": art.digest}
         if job.spec.get("publish") and job.kind == "train" and job.module:
@@ -184,6 +203,28 @@ def runner_finished(
     if not transition(session, job, state, message, result=result, error=body.error):
         raise JobError(f"job is already {job.state}", 409)
     return art
+
+
+def describe_versions(session: Session, job: Job, described: dict[str, Any]) -> None:
+    """Catalogue versions of the job's exact code that have no argument schemas yet get the
+    ones its run reported, where the job's owner may change the module."""
+    from forgehub.auth import Principal
+    from forgehub.catalog.service import CatalogError, get_module
+    from forgehub.db.models import User
+    from forgehub.identity import authz
+
+    try:
+        m = get_module(session, str(job.module))
+    except CatalogError:
+        return
+    owner = session.get(User, job.owner_id)
+    who = Principal(owner.id, owner.name, owner.role) if owner else None
+    if not authz.can(who, "module.write", m):
+        return
+    for v in m.versions:
+        if v.source == job.spec.get("module_source") and v.predict_schema is None:
+            v.predict_schema = described.get("predict_args")
+            v.train_schema = described.get("train_args")
 
 
 def record_output(session: Session, job: Job, out: OutputIn) -> Artifact:

@@ -115,6 +115,7 @@ class JobRun:
         self.job_id = job_id
         self.proc: subprocess.Popen[bytes] | None = None
         self.environment: dict[str, Any] | None = None  # the module's lock, once resolved
+        self.described: dict[str, Any] | None = None  # the module's arguments, as it said
 
     @property
     def cache(self) -> ContentCache:
@@ -163,6 +164,8 @@ class JobRun:
             shutil.rmtree(work, ignore_errors=True)
         if self.environment is not None:
             outcome["environment"] = self.environment
+        if self.described is not None:
+            outcome["described"] = self.described
         if outcome["state"] == "failed":
             self.reporter.line("system", f"failed: {outcome['error']}")
         self.reporter.close()
@@ -444,6 +447,11 @@ class JobRun:
                     self.reporter.progress = ev.get("fraction")
                 elif kind == "result":
                     result["result"] = ev.get("result")
+                elif kind == "describe":
+                    self.described = {
+                        "predict_args": ev.get("predict_args"),
+                        "train_args": ev.get("train_args"),
+                    }
 
     def _kill(self) -> None:
         """End the child's whole process group: SIGTERM, then SIGKILL after a grace period."""

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from forgehub.catalog import service
 from forgehub.catalog.installed import INSTALLED
 from forgehub.catalog.service import CatalogError
-from forgehub.catalog.weights import is_trained
+from forgehub.catalog.weights import is_trained, runnable
 from forgehub.web.app import render, user
 
 router = APIRouter()
@@ -113,8 +113,19 @@ def module_page(request: Request, name: str) -> Response:
         )
         meta = m.meta
         categories = service.short_categories(meta)
-    loaded = request.app.state.model_api.modules.get(name)
-    predict_fields = arg_form(loaded.predict_specs) if loaded is not None else []
+        loaded = request.app.state.model_api.modules.get(name)
+        predict_fields = arg_form(loaded.predict_specs) if loaded is not None else []
+        shipped = "as installed"
+        if loaded is None and request.app.state.model_api.hosts_sources:
+            # a module from its source: hosted in its own environment, its form from what its
+            # runs reported (the server never loads it)
+            code = [v for v in versions if runnable(v.source) and not v.deprecated]
+            described = next((v for v in code if v.predict_schema), None)
+            if described is not None:
+                predict_fields = schema_fields(described.predict_schema or {})
+                installed_version = next((v.version for v in code if not is_trained(v)), None)
+                shipped = "its own weights"
+    served = loaded is not None or bool(predict_fields)
     return render(
         request,
         "module.html",
@@ -124,7 +135,8 @@ def module_page(request: Request, name: str) -> Response:
         owner=owner,
         versions=versions,
         categories=categories,
-        served=loaded is not None,
+        served=served,
+        shipped=shipped,
         trainable=bool(loaded is not None and loaded.trainable),
         predict_fields=predict_fields,
         trained_versions=trained_versions,
