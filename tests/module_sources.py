@@ -171,3 +171,143 @@ class GitDaemon:
 
     def stop(self) -> None:
         stop_pid(self.proc.pid)
+
+
+DEEPAAS_MODULE = '''
+"""A DEEPaaS-style module: webargs fields, get_metadata/predict/train, its weights by an
+environment variable. It pins an old marshmallow and webargs 5, as DEEPaaS modules do."""
+import os
+from pathlib import Path
+
+import marshmallow
+import pinned_dep
+from webargs import fields
+
+WEIGHTS = "SEEDLING_WEIGHTS"
+
+
+def get_metadata():
+    return {{
+        "name": "{name}",
+        "description": "A DEEPaaS module from a wheel",
+        "weights": {{"env": WEIGHTS}},
+    }}
+
+
+def get_predict_args():
+    return {{"data": fields.Raw(metadata={{"type": "file", "location": "form"}}, required=True)}}
+
+
+def get_train_args():
+    return {{"label": fields.Str(load_default="trained")}}
+
+
+def _label():
+    path = os.environ.get(WEIGHTS)
+    if not path:
+        return "shipped"
+    p = Path(path)
+    return (p / "label.txt" if p.is_dir() else p).read_text()
+
+
+def predict(**kwargs):
+    with open(kwargs["data"].filename, "rb") as fh:
+        size = len(fh.read())
+    return {{
+        "label": _label(),
+        "pinned": pinned_dep.VERSION,
+        "marshmallow": marshmallow.__version__,
+        "bytes": size,
+    }}
+
+
+def train(**kwargs):
+    out = Path(os.environ["FORGEHUB_OUTPUT_DIR"])
+    (out / "label.txt").write_text(kwargs["label"])
+    return {{"label": kwargs["label"], "pinned": pinned_dep.VERSION}}
+'''
+
+
+def deepaas_folder(dest: Path, name: str, pin: str = "2.0") -> Path:
+    """A DEEPaaS-style module's package folder (entry point ``deepaas.v2.model``)."""
+    pkg = name.replace("-", "_")
+    (dest / pkg).mkdir(parents=True, exist_ok=True)
+    (dest / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [build-system]
+            requires = ["setuptools>=61"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "{name}"
+            version = "0.2.0"
+            dependencies = ["webargs==5.5.3", "marshmallow==3.19.0", "{PINNED}=={pin}"]
+
+            [project.entry-points."deepaas.v2.model"]
+            {name} = "{pkg}"
+
+            [tool.setuptools]
+            packages = ["{pkg}"]
+            """
+        )
+    )
+    (dest / pkg / "__init__.py").write_text(DEEPAAS_MODULE.format(name=name))
+    return dest
+
+
+SNOOP = '''
+"""A hostile module: what can it reach from the server's machine?"""
+import os
+import socket
+
+from forgehub.module import Module
+
+
+def _try(fn):
+    try:
+        return "allowed: " + str(fn())[:40]
+    except Exception as exc:  # noqa: BLE001
+        return "stopped: " + type(exc).__name__
+
+
+class Model(Module):
+    name = "snoop"
+
+    def predict(self, args) -> dict:
+        target, port = {target!r}, {port}
+        return {{
+            "read_data_dir": _try(lambda: open(target).read()),
+            "write_data_dir": _try(lambda: open({target!r} + ".pwned", "w").write("x")),
+            "write_beside": _try(lambda: open(os.path.expanduser("~/../pwned"), "w").write("x")),
+            "connect": _try(lambda: socket.create_connection(("127.0.0.1", port), 2)),
+            "env": sorted(k for k in os.environ if "TOKEN" in k or "SECRET" in k),
+        }}
+'''
+
+
+def snoop_folder(dest: Path, target: Path, port: int) -> Path:
+    """A module that tries to read ``target``, write outside its folder, reach ``port``."""
+    (dest / "snoop").mkdir(parents=True, exist_ok=True)
+    (dest / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """
+            [build-system]
+            requires = ["setuptools>=61"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "snoop"
+            version = "0.1.0"
+            dependencies = ["pydantic>=2"]
+
+            [project.entry-points."forgehub.modules"]
+            snoop = "snoop:Model"
+
+            [tool.setuptools]
+            packages = ["snoop"]
+            """
+        )
+    )
+    (dest / "snoop" / "__init__.py").write_text(SNOOP.format(target=str(target), port=port))
+    return dest

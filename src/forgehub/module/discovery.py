@@ -52,12 +52,15 @@ def import_target(target: str) -> Any:
 
 
 def wrap(obj: Any, target: str, name: str | None = None) -> LoadedModule:
-    """Wrap a native module (class or instance) or a DEEPaaS model (module, class, instance)."""
-    from forgehub.module.native import NativeModule
-
+    """Wrap a native module (class or instance) or a DEEPaaS model (module, class, instance).
+    Only a native module needs pydantic (a DEEPaaS module's environment may have none)."""
     if inspect.isclass(obj) and issubclass(obj, Module):
+        from forgehub.module.native import NativeModule
+
         return NativeModule(obj(), target, name)
     if isinstance(obj, Module):
+        from forgehub.module.native import NativeModule
+
         return NativeModule(obj, target, name)
     from forgehub.module.deepaas import DeepaasModule
 

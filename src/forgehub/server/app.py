@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -169,18 +170,16 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
     from forgehub.server.deps import current_principal
 
     modules = load_all(settings.modules)
+    # the machine's cache, shared with the jobs the server runs (weights, environments)
+    cache = Path(os.environ.get("FORGEHUB_CACHE_DIR") or settings.data_dir / "cache")
     model_api = ModelAPI(
         modules,
         lambda: app.state.db,
         settings.data_dir / "modelapi",
         current_principal,
         max_trainings=settings.max_trainings,
-        weights=lambda: WeightsOnServer(
-            app.state.db, app.state.secrets, settings.data_dir / "cache"
-        ),
-        hosting=lambda weights: Hosting(
-            app.state.db, app.state.policy, weights, settings.data_dir / "cache"
-        ),
+        weights=lambda: WeightsOnServer(app.state.db, app.state.secrets, cache),
+        hosting=lambda weights: Hosting(app.state.db, app.state.policy, weights, cache),
     )
     model_api.add_routes(app, prefix="/api/v1/model-api", native_prefix="/api/v1/model-api")
     app.state.model_api = model_api
