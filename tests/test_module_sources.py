@@ -444,3 +444,42 @@ def test_a_wheel_another_user_pushed_is_not_yours_to_run(
     with _user(server, "mallory") as mallory:
         r = mallory.post("/api/v1/jobs", json={"source": f"wheel:{digest}"})
         assert r.status_code == 404, r.text
+
+
+def test_a_module_from_the_package_index_and_its_reproduction(
+    server: ForgehubServer, ada: httpx.Client, tmp_path: Path
+) -> None:
+    """pip:NAME==VERSION from the index uv uses (here a local one); a trained version made from
+    it is re-run by `forgehub module reproduce` with the same lock (the environment is reused)."""
+    from forgehub.envs.environments import uv_bin
+
+    folder = module_folder(tmp_path / "petalnet", "petalnet", "2.0")
+    links = Path(server.env["UV_FIND_LINKS"])
+    subprocess.run(
+        [uv_bin(), "build", "--wheel", "--quiet", "--out-dir", str(links), str(folder)],
+        check=True,
+        capture_output=True,
+    )
+    r = ada.post(
+        "/api/v1/jobs",
+        json={
+            "source": "pip:petalnet==0.1.0",
+            "args": {"label": "rose"},
+            "publish": True,
+            "publish_version": "rose",
+        },
+    )
+    assert r.status_code == 201, r.text
+    first = _done(ada, r.json())
+    lock = first["result"]["environment"]["lock"]
+    assert lock["module"] == {"name": "petalnet", "source": "pip:petalnet==0.1.0"}
+    assert "petalnet==0.1.0" in lock["packages"] and "pinned-dep==2.0" in lock["packages"]
+    assert _predict(ada, "petalnet")["label"] == "rose"
+
+    p = _cli(server, _token(ada), "module", "reproduce", "petalnet", "rose", cache=tmp_path)
+    assert p.returncode == 0, p.stderr
+    again = _done(ada, {"id": p.stdout.split()[1]})
+    assert again["spec"]["environment"] == lock  # the version's own lock, not a new resolution
+    assert again["result"]["environment"]["digest"] == first["result"]["environment"]["digest"]
+    assert "is cached on this machine" in log_text(ada, again["id"])
+    assert again["result"]["label"] == "rose"

@@ -127,8 +127,8 @@ def checkout(src: Source, dest: Path, log: Log) -> Path:
 def lock(src: Source, log: Log, local: Path | None = None) -> dict[str, Any]:
     """Resolve ``src`` with ``uv pip compile``: the module's name and exact source, and the exact
     versions of everything it needs, for this machine's Python."""
-    if not src.exact:
-        raise EnvironmentFailed(f"{src} is not exact (resolve it to a commit or a pin first)")
+    if not src.exact and src.kind != "pip":  # a requirement's range is pinned by the lock
+        raise EnvironmentFailed(f"{src} is not exact (resolve it to a commit or a digest first)")
     t0 = time.monotonic()
     out = _uv(
         [
@@ -148,7 +148,9 @@ def lock(src: Source, log: Log, local: Path | None = None) -> dict[str, Any]:
     packages = []
     for line in out.splitlines():
         line = line.strip()
-        if not line or line.startswith(("#", "-")) or line == own:
+        if not line or line.startswith(("#", "-")):
+            continue
+        if src.kind != "pip" and line == own:
             continue  # the module itself is recorded by its exact source, not its local copy
         if " @ " in line and line.split(" @ ", 1)[1].strip() in (own, Path(own).as_uri()):
             continue
