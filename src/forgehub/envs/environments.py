@@ -180,6 +180,47 @@ def _dist_name(src: Source, local: Path | None) -> str:
     return src.default_name
 
 
+LOCK_REUSE_S = 24 * 3600  # how long a machine reuses its resolution of one exact source
+
+
+def _lock_file(src: Source, root: Path) -> Path:
+    """Where this machine keeps its resolution of ``src``: by the source, the Python and the
+    index settings uv resolves against."""
+    index = [os.environ.get(k, "") for k in ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX")]
+    index += [os.environ.get(k, "") for k in ("UV_EXTRA_INDEX_URL", "UV_FIND_LINKS")]
+    key = hashlib.sha256("\0".join([str(src), python_version(), *index]).encode())
+    return root / "locks" / f"{key.hexdigest()}.json"
+
+
+def cached_lock(src: Source, root: Path) -> dict[str, Any] | None:
+    """The lock this machine resolved for ``src`` in the last day (exact sources only: the
+    same code then runs in the same environment, with no checkout and no resolution)."""
+    if not src.exact:
+        return None
+    path = _lock_file(src, root)
+    try:
+        if time.time() - path.stat().st_mtime > LOCK_REUSE_S:
+            return None
+        found: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if found.get("module", {}).get("source") == str(src) else None
+
+
+def remember_lock(src: Source, root: Path, lock_: dict[str, Any]) -> None:
+    if not src.exact:
+        return
+    path = _lock_file(src, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(lock_))
+    tmp.replace(path)
+
+
+def is_built(lock_: dict[str, Any], root: Path) -> bool:
+    return (root / digest(lock_) / READY).is_file()
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -289,13 +289,17 @@ class Hosting:
             def say(message: str) -> None:
                 log.info("%s: %s", plan.name, message)
 
+            root = self._dir("envs")
+            lock = plan.lock or envs.cached_lock(src, root)
             local = None
-            if src.kind == "wheel":
-                local = self._archive(plan, src, home)
-            elif src.kind == "git":
-                local = envs.checkout(src, home / "repo", say)
-
-            lock = plan.lock or envs.lock(src, say, local)
+            if lock is None or not envs.is_built(lock, root):  # the code is needed to build
+                if src.kind == "wheel":
+                    local = self._archive(plan, src, home)
+                elif src.kind == "git":
+                    local = envs.checkout(src, home / "repo", say)
+            if lock is None:
+                lock = envs.lock(src, say, local)
+                envs.remember_lock(src, root, lock)
             env_dir = envs.ensure(lock, self._dir("envs"), say, local)
             if local is not None:  # the sandboxed module sees its own folder only
                 shutil.rmtree(local) if local.is_dir() else local.unlink()

@@ -367,33 +367,41 @@ class JobRun:
         src = sources.parse(text)
         if src is None:
             raise RuntimeError(f"not a module source: {text!r}")
+        root = cache_root() / "envs"
+        lock = spec.get("environment") or envs.cached_lock(src, root)
+        if lock is not None and not spec.get("environment"):
+            say(f"environment of {src}: as resolved on this machine before")
         local = None
-        if src.kind == "git" and not self._env_ready(spec):
-            local = envs.checkout(src, work / "source" / "repo", say)
-        elif src.kind == "wheel":
-            item = next((i for i in spec["inputs"] if i["name"] == SOURCE_INPUT), None)
-            if item is None or SOURCE_INPUT not in inputs:
-                raise RuntimeError("the module's archive was not among the job's inputs")
-            local = work / "source" / sources.archive_name(item.get("filename") or "")
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(inputs[SOURCE_INPUT], local)
+        if lock is None or not envs.is_built(lock, root):  # the code is needed to build
+            local = self._fetch_source(spec, src, inputs, work, say)
         self.check()
-        lock = spec.get("environment") or envs.lock(src, say, local)
+        if lock is None:
+            lock = envs.lock(src, say, local)
+            envs.remember_lock(src, root, lock)
         self.environment = {"digest": envs.digest(lock), "lock": lock}
         self.check()
-        root = cache_root() / "envs"
         env_dir = envs.ensure(lock, root, say, local)
         return env_dir, envs.host_overlay(root)
 
     @staticmethod
-    def _env_ready(spec: dict[str, Any]) -> bool:
-        """The environment a pinned lock names is already built here (no checkout needed)."""
+    def _fetch_source(
+        spec: dict[str, Any], src: Any, inputs: dict[str, Path], work: Path, say: Any
+    ) -> Path | None:
+        """The module's code on this machine: a git checkout, or its archive under its name."""
         from forgehub.envs import environments as envs
+        from forgehub.envs import sources
 
-        lock = spec.get("environment")
-        if not lock:
-            return False
-        return (cache_root() / "envs" / envs.digest(lock) / envs.READY).is_file()
+        if src.kind == "git":
+            return envs.checkout(src, work / "source" / "repo", say)
+        if src.kind != "wheel":
+            return None
+        item = next((i for i in spec["inputs"] if i["name"] == SOURCE_INPUT), None)
+        if item is None or SOURCE_INPUT not in inputs:
+            raise RuntimeError("the module's archive was not among the job's inputs")
+        local = work / "source" / sources.archive_name(item.get("filename") or "")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(inputs[SOURCE_INPUT], local)
+        return local
 
     def _sandboxed(
         self,
