@@ -475,6 +475,10 @@ def test_a_module_from_the_package_index_and_its_reproduction(
     assert lock["module"] == {"name": "petalnet", "source": "pip:petalnet==0.1.0"}
     assert "petalnet==0.1.0" in lock["packages"] and "pinned-dep==2.0" in lock["packages"]
     assert _predict(ada, "petalnet")["label"] == "rose"
+    p = _cli(server, _token(ada), "catalog", "show", "petalnet", cache=tmp_path)
+    assert p.returncode == 0, p.stderr
+    digest = first["result"]["environment"]["digest"]
+    assert f"environment {digest[:12]}: Python 3." in p.stdout and "pinned-dep==2.0" in p.stdout
 
     p = _cli(server, _token(ada), "module", "reproduce", "petalnet", "rose", cache=tmp_path)
     assert p.returncode == 0, p.stderr

@@ -97,12 +97,13 @@ def show(
     )
     for key, value in (m["metadata"].get("links") or {}).items():
         out.print(f"  {key}: {value}", highlight=False)
-    table = Table("version", "pre-trained", "weights", "created", "changelog")
+    table = Table("version", "pre-trained", "weights", "source", "created", "changelog")
     for v in m["versions"]:
         table.add_row(
             v["version"] + (" (deprecated)" if v["deprecated"] else ""),
             "yes" if v["pre_trained"] else "no",
             (v["weights_digest"] or "-")[:19],
+            v["source"] or "-",
             v["created_at"][:10],
             (v["changelog"] or "")[:60],
         )
@@ -113,10 +114,18 @@ def show(
             continue
         metrics = ", ".join(f"{k}={val:.4g}" for k, val in (prov.get("metrics") or {}).items())
         inputs = ", ".join(f"{i['name']}={i['digest'][:19]}…" for i in prov.get("inputs") or [])
+        env = prov.get("environment") or {}
+        lock = env.get("lock") or {}
         out.print(
             f"{v['version']}: trained by {prov.get('trained_by') or '?'} in job {prov['job']}"
             f" from {prov.get('module_source') or prov.get('module')}"
-            f"\n  args {json.dumps(prov.get('args') or {})}"
+            + (
+                f"\n  environment {env['digest'][:12]}: Python {lock.get('python')}, "
+                f"{', '.join(lock.get('packages') or []) or 'no packages'}"
+                if env.get("digest")
+                else ""
+            )
+            + f"\n  args {json.dumps(prov.get('args') or {})}"
             f"\n  inputs {inputs or '-'}\n  metrics {metrics or '-'}"
             f"\n  reproduce: forgehub module reproduce {m['name']} {v['version']}",
             highlight=False,
