@@ -18,6 +18,29 @@ from forgehub.module.loaded import LoadedModule
 if TYPE_CHECKING:
     from forgehub.modelapi.app import ModelAPI
 
+HOSTED_PREDICT = {
+    "parameters": [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "A catalogue module with a source (git, wheel, pip)",
+        },
+        {
+            "name": "version",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "A version of it [default: the newest pre-trained one]",
+        },
+    ],
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "additionalProperties": True}}
+        }
+    },
+}
 UUID_PARAM = {
     "parameters": [
         {
@@ -229,6 +252,7 @@ def mount_routes(
             tags=["models"],
             name="hosted:predict",
             summary="Predict with a catalogue module from its source (run in its own environment)",
+            openapi_extra=HOSTED_PREDICT,
             include_in_schema=enable_predict,
         )
     _slash_redirects(app, prefix)
