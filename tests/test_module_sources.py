@@ -265,15 +265,10 @@ def test_a_user_trains_from_git_on_their_worker_and_on_slurm_and_serves_the_resu
         worker.wait()
 
     r = ada.post(
-        "/api/v1/compute/connections",
-        json={"name": "hpc", "kind": "slurm", "config": {"slurm_conf": slurm}},
-    )
-    assert r.status_code == 201, r.text
-    r = ada.post(
         "/api/v1/jobs",
         json={
             "source": f"git+{repos['url']}/leafnet@v1",
-            "compute": "hpc",
+            "compute": _hpc(ada, slurm),
             "args": {"label": "pine"},
             "publish": True,
             "publish_version": "pine",
@@ -300,37 +295,63 @@ def test_a_user_trains_from_git_on_their_worker_and_on_slurm_and_serves_the_resu
     assert s.errors == []
 
 
-def test_a_deepaas_module_pushed_as_a_wheel_trains_and_predicts_with_its_weights(
-    server: ForgehubServer, ada: httpx.Client, tmp_path: Path
+def _hpc(api: httpx.Client, slurm: str) -> str:
+    """Her Slurm connection (the admin lets her use the server's cluster)."""
+    if "hpc" not in [c["name"] for c in api.get("/api/v1/compute/connections").json()]:
+        r = api.post(
+            "/api/v1/compute/connections",
+            json={"name": "hpc", "kind": "slurm", "config": {"slurm_conf": slurm}},
+        )
+        assert r.status_code == 201, r.text
+    return "hpc"
+
+
+def test_a_deepaas_module_pushed_as_a_wheel_trains_on_a_worker_and_slurm(
+    server: ForgehubServer, ada: httpx.Client, slurm: str, tmp_path: Path
 ) -> None:
     """`forgehub module push ./folder` builds the wheel, loads it in its own environment and
-    pushes it; it then trains on the server (sandboxed) and answers in the model API with its
-    trained weights, its old marshmallow beside the server's own."""
+    pushes it; it trains on her worker and on Slurm, and the model API answers with each
+    version's weights, its old marshmallow beside the server's own."""
+    from tests.test_jobs import start_worker, wait_worker
+
     folder = deepaas_folder(tmp_path / "seedling", "seedling")
     cache = tmp_path / "cache"
-    p = _cli(server, _token(ada), "module", "push", str(folder), cache=cache)
+    token = _token(ada)
+    p = _cli(server, token, "module", "push", str(folder), cache=cache)
     assert p.returncode == 0, p.stderr
     source = p.stdout.strip().splitlines()[-1]
     assert source.startswith("wheel:sha256:")
     assert "loads: seedling (deepaas, trainable), predict arguments: data" in p.stderr
 
-    p = _cli(
-        server,
-        _token(ada),
-        "train",
-        source,
-        "--name",
-        "seedling",
-        "-a",
-        "label=sprout",
-        "--publish",
-        cache=cache,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "published seedling trained-" in p.stdout
+    laptop = {"FORGEHUB_CACHE_DIR": str(tmp_path / "laptop")}
+    worker = start_worker(server, token, "ada-desk", env=laptop)
+    try:
+        wait_worker(ada, "ada-desk")
+        for on, label in (("workers", "sprout"), (_hpc(ada, slurm), "shoot")):
+            p = _cli(
+                server,
+                token,
+                "train",
+                source,
+                "--name",
+                "seedling",
+                "--on",
+                on,
+                "-a",
+                f"label={label}",
+                "--publish-version",
+                label,
+                cache=cache,
+            )
+            assert p.returncode == 0, p.stdout + p.stderr
+            assert f"published seedling {label}" in p.stdout
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait()
     answer = _predict(ada, "seedling")
-    assert answer["label"] == "sprout" and answer["pinned"] == "2.0" and answer["bytes"] == 4
+    assert answer["label"] == "shoot" and answer["pinned"] == "2.0" and answer["bytes"] == 4
     assert answer["marshmallow"] == "3.19.0"  # its own, not the server's
+    assert _predict(ada, "seedling", "sprout")["label"] == "sprout"
     v = ada.get("/api/v1/catalog/modules/seedling").json()["versions"][0]
     assert v["source"] == source  # recorded by digest
 
@@ -487,3 +508,33 @@ def test_a_module_from_the_package_index_and_its_reproduction(
     assert again["result"]["environment"]["digest"] == first["result"]["environment"]["digest"]
     assert "is cached on this machine" in log_text(ada, again["id"])
     assert again["result"]["label"] == "rose"
+
+
+def test_module_serve_serves_a_source_from_its_environment_with_trained_weights(
+    repos: dict[str, Any], tmp_path: Path
+) -> None:
+    """`forgehub module serve git+…@v1 --weights FILE`: the DEEPaaS v2 API of a module that is
+    not installed, from its own environment, predicting with the weights given."""
+    from tests.services import module_server
+
+    weights = tmp_path / "label.txt"
+    weights.write_text("willow")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.environ["UV_FIND_LINKS"] = str(pinned_wheels(tmp_path / "links"))
+    try:
+        source = f"git+file://{repos['base']}/leafnet@v1"
+        with module_server(data, source, "--weights", str(weights)) as port:
+            base = f"http://127.0.0.1:{port}"
+            models = httpx.get(f"{base}/v2/models/").json()["models"]
+            assert [m["name"] for m in models] == ["leafnet"]
+            r = httpx.post(
+                f"{base}/v2/models/leafnet/predict/",
+                files={"data": ("a.txt", b"abc", "text/plain")},
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["predictions"]["label"] == "willow"
+            assert r.json()["predictions"]["pinned"] == "1.0"
+    finally:
+        del os.environ["UV_FIND_LINKS"]

@@ -43,7 +43,7 @@ NameOpt = typer.Option(
 PublishVersionOpt = typer.Option(
     None,
     "--publish-version",
-    help="With --publish: the version's name [default: trained-<job id>].",
+    help="Publish the weights under this version name [with --publish alone: trained-<job id>].",
 )
 
 
@@ -93,7 +93,7 @@ def _job_body(
         "publish_version": publish_version,
         "labels": labels or [],
         "output": output,
-        "publish": publish,
+        "publish": publish or bool(publish_version),  # naming the version asks for it
         "shared_workers": shared_workers,
     }
 

@@ -75,7 +75,12 @@ def show(name: str = typer.Argument(..., help="Module name or package.module[:at
 def serve(
     name: list[str] = typer.Argument(
         None,
-        help="Module names or package.module[:attr] paths; none serves every installed module.",
+        help="Module names or package.module[:attr] paths; none serves every installed module. "
+        "Or one module's source (git+URL@ref, pip:REQUIREMENT, a wheel file): served from its "
+        "own environment.",
+    ),
+    weights: Path = typer.Option(
+        None, "--weights", help="With a source: trained weights (a file or folder) to use."
     ),
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(5000, help="Port."),
@@ -141,7 +146,15 @@ def serve(
         fail("--workers must be 1 or more")
     if model_name and len(name or []) > 1:
         fail("--model-name names one module; give at most one NAME with it")
-    if name:
+    hosted = _hosted(name[0], model_name, weights) if name and len(name) == 1 else None
+    if weights is not None and hosted is None:
+        fail("--weights goes with a module's source (git+URL@ref, pip:REQUIREMENT, a wheel)")
+    if hosted is not None:
+        if workers > 1:
+            hosted.close()
+            fail("a module from its source is served by one process (its own runs beside it)")
+        modules = [hosted]
+    elif name:
         modules = [_load(n) for n in name]
         if model_name:
             modules[0].name = model_name
@@ -504,6 +517,70 @@ def push(
         f"train it:  forgehub train {source} --name {desc['name']} --data DATASET\n"
         f"list it:   forgehub catalog add --source {source} --name {desc['name']}"
     )
+
+
+def _hosted(text: str, name: str, weights: Path | None) -> Any:
+    """``text`` as a module source served from its own environment on this machine (built or
+    found in the cache); None when it is a module name."""
+    import hashlib
+    import tempfile
+
+    from forgehub.envs import environments as envs
+    from forgehub.envs import sources
+    from forgehub.envs.hosted import HostedModule
+    from forgehub.jobs import sandbox
+    from forgehub.jobs.runner import cache_root
+
+    import os
+
+    # this is the user's own machine: a repository on its disk is theirs to serve
+    os.environ.setdefault("FORGEHUB_ALLOW_FILE_SOURCES", "1")
+    local: Path | None = None
+    try:
+        if text.endswith((".whl", ".tar.gz")) and Path(text).is_file():
+            local = Path(text)
+            digest = "sha256:" + hashlib.sha256(local.read_bytes()).hexdigest()
+            src = sources.Source("wheel", digest, filename=sources.archive_name(local.name))
+        else:
+            found = sources.parse(text)
+            if found is None:
+                return None
+            if found.kind == "wheel":
+                fail("a wheel artifact is served by the platform; here, give the wheel's file")
+            src = sources.resolve(found)
+    except sources.SourceError as exc:
+        fail(str(exc))
+    if weights is not None and not weights.exists():
+        fail(f"{weights} does not exist")
+
+    def say(message: str) -> None:
+        err.print(message, markup=False, highlight=False)
+
+    root = cache_root() / "envs"
+    work = Path(tempfile.mkdtemp(prefix="forgehub-serve-"))
+
+    def fetch() -> Path | None:
+        if src.kind == "git":
+            return envs.checkout(src, work / "repo", say)
+        return local
+
+    try:
+        env = envs.prepare(src, root, say, fetch)
+        shutil.rmtree(work / "repo", ignore_errors=True)
+        return HostedModule(
+            name or src.default_name,
+            env,
+            envs.host_overlay(root),
+            work,
+            weights.resolve() if weights else None,
+            sandboxed=sandbox.mode() == "on",
+        )
+    except (envs.EnvironmentFailed, sources.SourceError) as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        fail(str(exc))
+    except Exception as exc:  # ModuleError: the module did not load
+        shutil.rmtree(work, ignore_errors=True)
+        fail(f"cannot serve {src}: {exc}")
 
 
 def _build_wheel(folder: Path, dest: Path, say: Any) -> Path:

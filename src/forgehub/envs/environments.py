@@ -258,6 +258,30 @@ def ensure(lock_: dict[str, Any], root: Path, log: Log, local: Path | None = Non
     return env
 
 
+def prepare(
+    src: Source,
+    root: Path,
+    log: Log,
+    fetch: Callable[[], Path | None],
+    pinned: dict[str, Any] | None = None,
+    on_lock: Callable[[dict[str, Any]], None] | None = None,
+) -> Path:
+    """The environment ``src`` runs in on this machine: in the ``pinned`` lock (a version's),
+    else the one resolved here before (:func:`cached_lock`), else resolved now. ``fetch``
+    brings the code (a checkout, the archive) only when it must be resolved or built; ``on_lock``
+    hears the lock before the build starts (so a failed build still reports it)."""
+    lock_ = pinned or cached_lock(src, root)
+    if lock_ is not None and pinned is None:
+        log(f"environment of {src}: as resolved on this machine before")
+    local = fetch() if lock_ is None or not is_built(lock_, root) else None
+    if lock_ is None:
+        lock_ = lock(src, log, local)
+        remember_lock(src, root, lock_)
+    if on_lock is not None:
+        on_lock(lock_)
+    return ensure(lock_, root, log, local)
+
+
 def _build(lock_: dict[str, Any], env: Path, log: Log, local: Path | None) -> None:
     from forgehub.envs.sources import parse
 

@@ -49,7 +49,10 @@ class HostedModule(LoadedModule):
         home: Path,
         weights: Path | None = None,
         memory_mb: int = HOST_MEMORY_MB,
+        sandboxed: bool = True,
     ) -> None:
+        """``sandboxed``: in bubblewrap (always on the server's machine); without, on the
+        user's own machine (``forgehub module serve SOURCE``)."""
         from forgehub.jobs import sandbox
         from forgehub.jobs.runner import _pdeathsig_and_limits
 
@@ -60,7 +63,7 @@ class HostedModule(LoadedModule):
         self._lock = threading.Lock()
         self._n = itertools.count()
         tool = sandbox.bwrap()
-        if tool is None:
+        if tool is None and sandboxed:
             raise ModuleError(
                 "modules from a source run on the server only in a sandbox, and bubblewrap is "
                 "not installed here (apt install bubblewrap)",
@@ -72,10 +75,12 @@ class HostedModule(LoadedModule):
         if weights is not None:
             readable.append(weights)
         argv = [envs.interpreter(env_dir), "-m", "forgehub.module.host"]
+        if sandboxed and tool is not None:
+            argv, env = sandbox.wrap(argv, home, readable, tool), sandbox.clean_env(env, home)
         self.proc = subprocess.Popen(
-            sandbox.wrap(argv, home, readable, tool),
+            argv,
             cwd=home,
-            env=sandbox.clean_env(env, home),
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -290,23 +295,18 @@ class Hosting:
                 log.info("%s: %s", plan.name, message)
 
             root = self._dir("envs")
-            lock = plan.lock or envs.cached_lock(src, root)
-            local = None
-            if lock is None or not envs.is_built(lock, root):  # the code is needed to build
+
+            def fetch() -> Path | None:
                 if src.kind == "wheel":
-                    local = self._archive(plan, src, home)
-                elif src.kind == "git":
-                    local = envs.checkout(src, home / "repo", say)
-            if lock is None:
-                lock = envs.lock(src, say, local)
-                envs.remember_lock(src, root, lock)
-            env_dir = envs.ensure(lock, self._dir("envs"), say, local)
-            if local is not None:  # the sandboxed module sees its own folder only
-                shutil.rmtree(local) if local.is_dir() else local.unlink()
+                    return self._archive(plan, src, home)
+                return envs.checkout(src, home / "repo", say) if src.kind == "git" else None
+
+            env_dir = envs.prepare(src, root, say, fetch, plan.lock)
+            for leftover in (home / "repo", *home.glob("*.whl"), *home.glob("*.tar.gz")):
+                # the sandboxed module sees its own folder: not its build's leftovers
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             weights = self.weights.fetch(plan.trained) if plan.trained else None
-            return HostedModule(
-                plan.name, env_dir, envs.host_overlay(self._dir("envs")), home, weights
-            )
+            return HostedModule(plan.name, env_dir, envs.host_overlay(root), home, weights)
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
             raise

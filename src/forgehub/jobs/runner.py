@@ -368,19 +368,19 @@ class JobRun:
         if src is None:
             raise RuntimeError(f"not a module source: {text!r}")
         root = cache_root() / "envs"
-        lock = spec.get("environment") or envs.cached_lock(src, root)
-        if lock is not None and not spec.get("environment"):
-            say(f"environment of {src}: as resolved on this machine before")
-        local = None
-        if lock is None or not envs.is_built(lock, root):  # the code is needed to build
-            local = self._fetch_source(spec, src, inputs, work, say)
-        self.check()
-        if lock is None:
-            lock = envs.lock(src, say, local)
-            envs.remember_lock(src, root, lock)
-        self.environment = {"digest": envs.digest(lock), "lock": lock}
-        self.check()
-        env_dir = envs.ensure(lock, root, say, local)
+
+        def heard(lock: dict[str, Any]) -> None:
+            self.environment = {"digest": envs.digest(lock), "lock": lock}
+            self.check()
+
+        env_dir = envs.prepare(
+            src,
+            root,
+            say,
+            lambda: self._fetch_source(spec, src, inputs, work, say),
+            spec.get("environment"),
+            heard,
+        )
         return env_dir, envs.host_overlay(root)
 
     @staticmethod

@@ -243,6 +243,10 @@ class ModelAPI:
         await self.runner.stop()
         if self._hosting is not None:
             await anyio.to_thread.run_sync(self._hosting.close)
+        for m in self.modules.values():  # modules served in a process of their own
+            close = getattr(m, "close", None)
+            if m.upload_dir is not None and close is not None:
+                await anyio.to_thread.run_sync(close)
 
     # -- helpers ------------------------------------------------------------------------
     @property

@@ -220,10 +220,10 @@ class ThreadRunner:
         """Validate and predict: inline for a module that has been quick, otherwise in one
         worker-thread hop (see :meth:`HopPool.run` for ``abandoned``). ``module`` is another
         instance of module ``name`` (one with a pre-trained version's weights)."""
-        if module is not None and module.upload_dir is not None:  # another process: it waits
-            m = module
+        m = module or self.modules[name]
+        if m.upload_dir is not None:  # a module in another process: a prediction waits on it
             return await self.pool.run(lambda: m.predict(m.validate_predict(data)), abandoned)
-        module, pace = module or self.modules[name], self.pace[name]
+        module, pace = m, self.pace[name]
         if pace.inline:
             return self._inline(module, pace, data)
         return await self.pool.run(lambda: self._in_thread(module, pace, data), abandoned)
