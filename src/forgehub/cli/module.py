@@ -523,6 +523,7 @@ def _hosted(text: str, name: str, weights: Path | None) -> Any:
     """``text`` as a module source served from its own environment on this machine (built or
     found in the cache); None when it is a module name."""
     import hashlib
+    import os
     import tempfile
 
     from forgehub.envs import environments as envs
@@ -530,8 +531,6 @@ def _hosted(text: str, name: str, weights: Path | None) -> Any:
     from forgehub.envs.hosted import HostedModule
     from forgehub.jobs import sandbox
     from forgehub.jobs.runner import cache_root
-
-    import os
 
     # this is the user's own machine: a repository on its disk is theirs to serve
     os.environ.setdefault("FORGEHUB_ALLOW_FILE_SOURCES", "1")
