@@ -221,7 +221,7 @@ class ThreadRunner:
         worker-thread hop (see :meth:`HopPool.run` for ``abandoned``). ``module`` is another
         instance of module ``name`` (one with a pre-trained version's weights)."""
         m = module or self.modules[name]
-        if m.upload_dir is not None:  # a module in another process: a prediction waits on it
+        if getattr(m, "upload_dir", None) is not None:  # in another process: a call waits
             return await self.pool.run(lambda: m.predict(m.validate_predict(data)), abandoned)
         module, pace = m, self.pace[name]
         if pace.inline:
