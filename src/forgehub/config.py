@@ -82,6 +82,15 @@ class Settings(BaseModel):
         le=256,
         description="Jobs the 'local' compute runs at once on the server machine; more queue.",
     )
+    max_deployments: int = Field(
+        default=5,
+        ge=0,
+        le=10_000,
+        description="Deployments a user (not an admin) may have running or starting at once.",
+    )
+    max_deployment_gpus: int = Field(
+        default=4, ge=0, le=10_000, description="GPUs a user's deployments may hold in all."
+    )
     job_lease_s: int = Field(
         default=30,
         ge=2,

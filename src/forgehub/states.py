@@ -11,6 +11,9 @@ pipeline runs — each declare their machine here.
                   ▲           │            │
                   └───────────┴────────────┘   lost: again, until the retry limit
     training:  queued ──► running ──► succeeded | failed | cancelled
+    deployment: pending ──► starting ──► running ──► stopping ──► stopped | failed
+                   ▲            │           │   (its host lost, restart asked: pending again)
+                   └────────────┴───────────┘
 """
 
 from __future__ import annotations
@@ -46,6 +49,19 @@ class TrainingState(RunState):
     cancelled = "cancelled"
 
 
+class DeploymentState(RunState):
+    pending = "pending"
+    starting = "starting"
+    running = "running"
+    stopping = "stopping"
+    stopped = "stopped"
+    failed = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self.value in ("stopped", "failed")
+
+
 @dataclass(frozen=True)
 class Machine:
     """The allowed moves of one kind of run. A finished run never moves again."""
@@ -67,6 +83,15 @@ JOBS = Machine(
         "queued": frozenset({"starting", "failed", "cancelled"}),
         "starting": _ends("queued", "running"),
         "running": _ends("queued"),
+    },
+)
+DEPLOYMENTS = Machine(
+    "deployment",
+    {
+        "pending": frozenset({"starting", "running", "stopping", "stopped", "failed"}),
+        "starting": frozenset({"pending", "running", "stopping", "stopped", "failed"}),
+        "running": frozenset({"pending", "starting", "stopping", "stopped", "failed"}),
+        "stopping": frozenset({"stopped", "failed"}),
     },
 )
 TRAININGS = Machine(

@@ -80,8 +80,9 @@ def serve(
         "own environment.",
     ),
     weights: Path = typer.Option(
-        None, "--weights", help="With a source: trained weights (a file or folder) to use."
+        None, "--weights", help="Trained weights (a file or folder) for the one module served."
     ),
+    lock: Path = typer.Option(None, "--lock", hidden=True, help="A source's environment lock."),
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(5000, help="Port."),
     workers: int = typer.Option(
@@ -146,9 +147,7 @@ def serve(
         fail("--workers must be 1 or more")
     if model_name and len(name or []) > 1:
         fail("--model-name names one module; give at most one NAME with it")
-    hosted = _hosted(name[0], model_name, weights) if name and len(name) == 1 else None
-    if weights is not None and hosted is None:
-        fail("--weights goes with a module's source (git+URL@ref, pip:REQUIREMENT, a wheel)")
+    hosted = _hosted(name[0], model_name, weights, lock) if name and len(name) == 1 else None
     if hosted is not None:
         if workers > 1:
             hosted.close()
@@ -164,6 +163,15 @@ def serve(
         modules = load_all()
     if not modules:
         fail("no modules installed; name one (package.module[:attr])")
+    if weights is not None and hosted is None:
+        if len(modules) != 1:
+            fail("--weights goes with one module")
+        if not weights.exists():
+            fail(f"{weights} does not exist")
+        try:
+            modules[0].load_weights(weights.resolve())
+        except Exception as exc:  # noqa: BLE001 - ModuleError: the module cannot
+            fail(f"cannot load {weights}: {exc}")
     settings = load_settings(overrides={"data_dir": data_dir})
     setup(log_level)
     work_dir = settings.data_dir / "modelapi"
@@ -519,7 +527,7 @@ def push(
     )
 
 
-def _hosted(text: str, name: str, weights: Path | None) -> Any:
+def _hosted(text: str, name: str, weights: Path | None, lock: Path | None = None) -> Any:
     """``text`` as a module source served from its own environment on this machine (built or
     found in the cache); None when it is a module name."""
     import hashlib
@@ -564,7 +572,8 @@ def _hosted(text: str, name: str, weights: Path | None) -> Any:
         return local
 
     try:
-        env = envs.prepare(src, root, say, fetch)
+        pinned = json.loads(lock.read_text()) if lock is not None else None
+        env = envs.prepare(src, root, say, fetch, pinned)
         shutil.rmtree(work / "repo", ignore_errors=True)
         return HostedModule(
             name or src.default_name,

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from forgehub.states import JobState, RunState, TrainingState
+from forgehub.states import DeploymentState, JobState, RunState, TrainingState
 
 __all__ = ["JobState", "RunState", "TrainingState"]  # re-exported: they live in forgehub.states
 
@@ -369,3 +369,54 @@ class Worker(Base):
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Deployment(Base):
+    """A module served for as long as its owner wants: a model API or a JupyterLab, run by a job
+    of kind ``service`` on any compute and reached through the platform at
+    ``/deployments/{id}/`` (see :mod:`forgehub.deployments`)."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (Index("ix_deployments_owner_created", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    module: Mapped[str | None] = mapped_column(String(128), default=None)
+    version: Mapped[str | None] = mapped_column(String(64), default=None)
+    service: Mapped[str] = mapped_column(String(16))  # api | jupyterlab
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)  # resources, inputs, ttl, …
+    compute_id: Mapped[str] = mapped_column(
+        ForeignKey("compute_connections.id", ondelete="CASCADE")
+    )
+    state: Mapped[DeploymentState] = mapped_column(
+        Enum(DeploymentState, native_enum=False, length=16), default=DeploymentState.pending
+    )
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    address: Mapped[str | None] = mapped_column(String(255), default=None)  # host:port
+    ready_attempt: Mapped[int | None] = mapped_column(default=None)
+    token_sealed: Mapped[str] = mapped_column(Text)  # the service's own token, sealed
+    restart: Mapped[bool] = mapped_column(default=False)
+    restarts: Mapped[int] = mapped_column(default=0)
+    save_request: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    saved: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    stop_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DeploymentEvent(Base):
+    """One state change of a deployment, with its time."""
+
+    __tablename__ = "deployment_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

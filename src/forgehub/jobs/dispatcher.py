@@ -130,7 +130,21 @@ class Dispatcher:
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()
             self.follow()
+            self.sync_deployments()
         self.enforce()
+
+    def sync_deployments(self) -> None:
+        """Deployments follow their jobs (a lost host fails one, or restarts it)."""
+        from forgehub.db.models import Deployment
+        from forgehub.deployments import service as deployments
+
+        with self.db.session() as s:
+            ids = deployments.active_ids(s)
+        for dep_id in ids:
+            with self.db.session() as s:
+                d = s.get(Deployment, dep_id)
+                if d is not None:
+                    deployments.sync(s, d)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -160,7 +174,7 @@ class Dispatcher:
         with self.db.session() as s:
             rows = list(
                 s.execute(
-                    select(Job.id, ComputeConnection.kind, ComputeConnection.id)
+                    select(Job.id, ComputeConnection.kind, ComputeConnection.id, Job.kind)
                     .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
                     .where(Job.state == JobState.queued, ComputeConnection.kind.in_(pushed()))
                     .order_by(Job.created_at)
@@ -170,8 +184,11 @@ class Dispatcher:
             local_free = self.local_slots - service.count_active(s, kinds_with("slots_on_server"))
         remote: dict[str, list[str]] = {}
         on_server = kinds_with("slots_on_server")
-        for job_id, kind, conn_id in rows:
+        for job_id, kind, conn_id, job_kind in rows:
             if kind in on_server:  # a local start is a fork: done here, within the slots
+                if job_kind == "service":  # a deployment: its own limits, not a job slot
+                    self.start_one(job_id)
+                    continue
                 if local_free <= 0:
                     continue
                 local_free -= 1

@@ -57,7 +57,21 @@ def runner_spec(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
         "output_storage": access.storage_spec(session, job, storage, box),
         "resources": job.spec.get("resources", {}),
         "cancel": job.cancel_requested_at is not None,
+        **_service(session, job, box),
     }
+
+
+def _service(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
+    """A service job's deployment: what to serve, where, with which token (sent like storage
+    credentials, over HTTPS in this answer, never in a file or on a command line)."""
+    if job.kind != "service":
+        return {}
+    from forgehub.deployments.service import for_job, token
+
+    d = for_job(session, job.id)
+    if d is None:
+        raise JobError("this service job has no deployment", 409)
+    return {"service": {**job.spec.get("service", {}), "token": token(box, d)}}
 
 
 def _input_location(session: Session, artifact_id: str, prefer: str) -> StorageConnection | None:

@@ -264,6 +264,10 @@ class JobRun:
         python, readable = sys.executable, None
         built = self._environment(spec, inputs, work)
         inputs = {k: v for k, v in inputs.items() if k != SOURCE_INPUT}
+        if spec["kind"] == "service":  # a deployment: up until it is stopped; forgehub's own
+            from forgehub.deployments.serving import serve  # server, the module in its env
+
+            return serve(self, spec, inputs, work, env)
         if built is not None:
             from forgehub.envs import environments as envs
 

@@ -35,10 +35,11 @@ class JobIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["train", "predict", "command"] = Field(
+    kind: Literal["train", "predict", "command", "service"] = Field(
         default="train",
         description="train: a module training; predict: batch prediction over an input "
-        "artifact; command: run an argv (your own compute only).",
+        "artifact; command: run an argv (your own compute only); service: what carries a "
+        "deployment (made by POST /api/v1/deployments).",
     )
     module: str | None = Field(
         default=None,
@@ -103,7 +104,12 @@ def submit(
     data_dir: Any,
     modules: dict[str, Any],
     policy: Policy,
+    service: dict[str, Any] | None = None,
 ) -> Job:
+    if not principal.user_id:
+        raise JobError("jobs belong to a user; use a user's token", 403)
+    if (body.kind == "service") != (service is not None):
+        raise JobError("a service job is made by deploying (POST /api/v1/deployments)", 422)
     if not principal.user_id:
         raise JobError("jobs belong to a user; use a user's token", 403)
     ensure_default_compute(session, principal.user_id)
@@ -125,7 +131,7 @@ def submit(
     inputs = _inputs(session, principal, body.inputs)
     module = body.module
     trained = None
-    if body.kind == "predict" and module and not body.source:
+    if body.kind in ("predict", "service") and module and not body.source:
         # a pre-trained version predicts with its own weights: asked for, else the newest
         from forgehub.catalog.weights import pretrained
 
@@ -182,6 +188,8 @@ def submit(
         # where the server found it: a module loaded by import path has no entry-point name
         spec["module_target"] = modules[module].target
     spec["output"] = body.output or _default_output(body.kind, module)
+    if service is not None:
+        spec["service"] = service
     if COMPUTE.adapter_class(compute.kind).pull:
         check_some_worker_fits(
             session, principal.user_id, body.kind, body.resources, labels, body.shared_workers
@@ -213,6 +221,8 @@ def _default_output(kind: str, module: str | None) -> str:
         return f"{module}-weights"
     if kind == "predict":
         return f"{module}-predictions"
+    if kind == "service":
+        return f"{module}-files"
     return "output"
 
 

@@ -102,13 +102,14 @@ def job_out(job: Job, compute: str | None = None, storage: str | None = None) ->
 
 
 def count_active(session: Session, kinds_: list[str]) -> int:
-    """Jobs starting or running on compute of these kinds."""
+    """Jobs starting or running on compute of these kinds; services (deployments, which the
+    deployment limits count) never hold a job slot."""
     return int(
         session.scalar(
             select(func.count())
             .select_from(Job)
             .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
-            .where(Job.state.in_(ACTIVE), ComputeConnection.kind.in_(kinds_))
+            .where(Job.state.in_(ACTIVE), ComputeConnection.kind.in_(kinds_), Job.kind != "service")
         )
         or 0
     )

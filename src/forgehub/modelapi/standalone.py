@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -121,9 +122,39 @@ def create_model_app(
         app.add_api_route("/ui", ui, methods=["GET"], include_in_schema=False)
     app.state.model_api = api
     app.add_middleware(UploadLimit, max_bytes=max_upload_mb * 1024 * 1024)
-    if base_path:
-        return _mount(app, base_path)
-    return app
+    outer = _mount(app, base_path) if base_path else app
+    token = os.environ.get("FORGEHUB_SERVICE_TOKEN")
+    if token:  # a deployment: only the platform's proxy, which has the token, gets in
+        outer.add_middleware(ServiceToken, token=token)
+    return outer
+
+
+class ServiceToken:
+    """Refuses (401) every request without the deployment's ``X-Forgehub-Service-Token``."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            import hmac
+
+            sent = dict(scope.get("headers") or []).get(b"x-forgehub-service-token", b"")
+            if not hmac.compare_digest(sent, self.token):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 4401})
+                    return
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 401,
+                        "headers": [(b"content-type", b"text/plain")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b"401: Unauthorized"})
+                return
+        await self.app(scope, receive, send)
 
 
 def _deepaas_error_pages(app: FastAPI) -> None:

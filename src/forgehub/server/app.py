@@ -33,6 +33,7 @@ from forgehub.server.routers import (
     blobs,
     catalog,
     compute,
+    deployments,
     jobs,
     runner,
     storage,
@@ -42,6 +43,12 @@ from forgehub.server.routers import (
 from forgehub.storage.blobstore import BlobStore
 
 log = logging.getLogger("forgehub.server")
+
+
+async def _close_proxy(app: FastAPI) -> None:
+    client = getattr(app.state, "proxy_client", None)
+    if client is not None:
+        await client.aclose()
 
 
 def init_store(settings: Settings) -> Database:
@@ -106,6 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
                 setattr(app.state, name, getattr(platform, name))
             await stack.enter_async_context(_model_api_running(app))
             await stack.enter_async_context(_jobs_running(app, settings))
+            stack.push_async_callback(_close_proxy, app)
             log.info(
                 "forgehub %s ready in %.0f ms (store: %s)",
                 __version__,
@@ -149,7 +157,11 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(runner.router)
     api.include_router(compute.router)
     api.include_router(compute.workers_router)
+    api.include_router(deployments.router)
     app.include_router(api)
+    from forgehub.deployments import proxy
+
+    app.include_router(proxy.router)
     app.add_middleware(
         UploadLimit,
         max_bytes=settings.max_upload_mb * 1024 * 1024,

@@ -197,3 +197,49 @@ async def relay_put(
     except StorageError as exc:
         raise Upstream(str(exc)) from exc
     return {"stored": key}
+
+
+class ServiceIn(BaseModel):
+    address: str = Field(pattern=r"^127\.0\.0\.1:[0-9]{1,5}$", description="Where it listens.")
+
+
+@router.post(
+    "/{job_id}/runner/service",
+    summary="Runner: the deployment's service answers at this address; heartbeat, save requests",
+)
+async def runner_service(job_id: str, body: ServiceIn, request: Request, auth: RunnerJob) -> Any:
+    from forgehub.deployments import service as deployments
+
+    def fn(s: Session, job: Job) -> Any:
+        d = deployments.for_job(s, job.id)
+        if d is None or job.kind != "service":
+            raise NotFound("this job carries no deployment")
+        deployments.ready(s, d, job, body.address)
+        return {"save": d.save_request}
+
+    return await _runner_call(request, auth, fn)
+
+
+class SavedIn(BaseModel):
+    request: str = Field(max_length=32)
+    name: str | None = Field(default=None, max_length=128)
+    digest: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+    kind: str | None = Field(default=None, pattern=r"^(file|dir)$")
+    size: int | None = Field(default=None, ge=0)
+    filename: str | None = Field(default=None, max_length=255)
+    error: str | None = Field(default=None, max_length=500)
+
+
+@router.post("/{job_id}/runner/saved", summary="Runner: a deployment's folder was saved")
+async def runner_saved(job_id: str, body: SavedIn, request: Request, auth: RunnerJob) -> Any:
+    from forgehub.deployments import service as deployments
+
+    box = request.app.state.secrets
+
+    def fn(s: Session, job: Job) -> Any:
+        d = deployments.for_job(s, job.id)
+        if d is None:
+            raise NotFound("this job carries no deployment")
+        return deployments.saved(s, d, job, body.model_dump(), box)
+
+    return await _runner_call(request, auth, fn)

@@ -1,0 +1,1 @@
+"""Deployments: modules served as a model API or a JupyterLab, behind the platform."""

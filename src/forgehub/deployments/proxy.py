@@ -1,0 +1,202 @@
+"""``/deployments/{id}/…``: the platform is the only way into a deployment.
+
+Every request, HTTP or WebSocket, is checked first: who is asking (the dashboard's session or
+an API token) and whether they may use that deployment (``deployment.use``: others get 404).
+Then it is forwarded to the service with the service's own token, which only the server and the
+runner know; the caller's credentials (forgehub's cookies, its ``Authorization``) never reach
+the service. Bodies and answers stream both ways; WebSocket messages are relayed as they come.
+
+A browser's session cookie is ``SameSite=Lax``, so another site cannot make a browser send it
+with a POST or a WebSocket; requests that carry an ``Origin`` must come from this server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+import httpx
+from fastapi import APIRouter, HTTPException, Request, WebSocket
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from forgehub.db.models import Deployment
+from forgehub.deployments import service
+from forgehub.identity import authz
+from forgehub.identity.sessions import CSRF_COOKIE, SESSION_COOKIE
+from forgehub.server.deps import principal_from_request
+from forgehub.states import DeploymentState
+
+router = APIRouter(tags=["deployments"], include_in_schema=False)
+HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"host",
+}
+PRIVATE = {b"authorization", b"x-forgehub-service-token", b"x-csrf-token"}
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _target(request: Any, dep_id: str) -> tuple[str, str, str]:
+    """(address, service, token) of a running deployment the caller may use."""
+    principal = principal_from_request(request, check_csrf=False)
+    if principal is None:
+        raise HTTPException(401, "sign in, or send 'Authorization: Bearer <token>'")
+    state = request.app.state
+    with state.db.session() as s:
+        d = s.get(Deployment, dep_id)
+        authz.require(principal, "deployment.use", d, f"deployment {dep_id!r}")
+        assert d is not None
+        if d.state != DeploymentState.running or not d.address:
+            service.sync(s, d)
+        if d.state != DeploymentState.running or not d.address:
+            raise HTTPException(503, f"the deployment is {d.state}: {d.reason or 'not ready'}")
+        return d.address, d.service, service.token(state.secrets, d)
+
+
+def _same_origin(request: Any) -> None:
+    origin = request.headers.get("origin")
+    if not origin or origin == "null":
+        return
+    if urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise HTTPException(403, "a request from another site")
+
+
+def _auth_header(kind: str, token: str) -> tuple[bytes, bytes]:
+    if kind == "jupyterlab":
+        return b"authorization", f"token {token}".encode()
+    return b"x-forgehub-service-token", token.encode()
+
+
+def _cookies(raw: bytes) -> bytes:
+    """The caller's cookies minus forgehub's own (the service may have set the others)."""
+    keep = []
+    for part in raw.split(b";"):
+        name = part.strip().split(b"=", 1)[0]
+        if name not in (SESSION_COOKIE.encode(), CSRF_COOKIE.encode()):
+            keep.append(part.strip())
+    return b"; ".join(keep)
+
+
+def _forwarded(raw: list[tuple[bytes, bytes]], kind: str, token: str) -> list[tuple[bytes, bytes]]:
+    out = []
+    for k, v in raw:
+        key = k.lower()
+        if key in HOP or key in PRIVATE:
+            continue
+        if key == b"cookie":
+            v = _cookies(v)
+            if not v:
+                continue
+        out.append((key, v))
+    out.append(_auth_header(kind, token))
+    return out
+
+
+def _client(request: Request) -> httpx.AsyncClient:
+    client: httpx.AsyncClient | None = getattr(request.app.state, "proxy_client", None)
+    if client is None:
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=10.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+        request.app.state.proxy_client = client
+    return client
+
+
+@router.api_route("/deployments/{dep_id}/{path:path}", methods=METHODS)
+async def forward(request: Request, dep_id: str, path: str) -> Response:
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        _same_origin(request)
+    address, kind, token = await anyio.to_thread.run_sync(_target, request, dep_id)
+    url = f"http://{address}{request.url.path}"
+    if request.url.query:
+        url += "?" + request.url.query
+    client = _client(request)
+    headers = _forwarded(request.headers.raw, kind, token)
+    body = request.stream() if request.method not in ("GET", "HEAD") else None
+    upstream = client.build_request(request.method, url, headers=headers, content=body)
+    try:
+        resp = await client.send(upstream, stream=True)
+    except httpx.HTTPError as exc:
+        raise HTTPException(502, f"the deployment did not answer: {type(exc).__name__}") from exc
+    out = StreamingResponse(
+        resp.aiter_raw(), status_code=resp.status_code, background=BackgroundTask(resp.aclose)
+    )
+    out.raw_headers = [(k, v) for k, v in resp.headers.raw if k.lower() not in HOP]
+    return out
+
+
+@router.websocket("/deployments/{dep_id}/{path:path}")
+async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        _same_origin(websocket)
+        address, kind, token = await anyio.to_thread.run_sync(_target, websocket, dep_id)
+    except HTTPException as exc:
+        await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
+        return
+    url = f"ws://{address}{websocket.url.path}"
+    if websocket.url.query:
+        url += "?" + websocket.url.query
+    name, value = _auth_header(kind, token)
+    protocols = [
+        p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p
+    ]
+    cookie = _cookies(websocket.headers.get("cookie", "").encode())
+    extra = [(name.decode(), value.decode())]
+    if cookie:
+        extra.append(("Cookie", cookie.decode()))
+    try:
+        upstream = await connect(
+            url,
+            additional_headers=extra,
+            subprotocols=protocols or None,  # type: ignore[arg-type]
+            max_size=None,
+            open_timeout=10,
+        )
+    except Exception:  # noqa: BLE001 - the service refused or is gone
+        await websocket.close(code=1011)
+        return
+    await websocket.accept(subprotocol=upstream.subprotocol)
+
+    async def down() -> None:
+        async for message in upstream:
+            if isinstance(message, bytes):
+                await websocket.send_bytes(message)
+            else:
+                await websocket.send_text(message)
+
+    async def up() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("bytes") is not None:
+                await upstream.send(msg["bytes"])
+            elif msg.get("text") is not None:
+                await upstream.send(msg["text"])
+
+    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    except ConnectionClosed:
+        pass
+    finally:
+        for t in tasks:
+            t.cancel()
+        await upstream.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()

@@ -1,0 +1,409 @@
+"""Deployments: a module served as a model API or a JupyterLab for as long as its owner wants.
+
+A deployment is carried by a job of kind ``service`` on any compute connection: the same runner
+as every job fetches the module (and its environment, its weights, the seed files), starts the
+service on a free loopback port with a token forgehub made (never shown), and tells the server
+where it listens. The platform is the only way in: ``/deployments/{id}/`` (see
+:mod:`forgehub.deployments.proxy`) checks who is asking, then forwards with the service's token.
+
+A deployment's state follows its job and what its runner reported::
+
+    job queued                          → pending
+    job starting/running, not yet ready → starting
+    runner reported ready (this attempt) → running
+    stop asked, job not ended           → stopping
+    job ended: asked to stop, or the service ended → stopped; failed otherwise (restarted with a
+    new job when its owner asked for that)
+
+:func:`sync` applies it with the guarded transition and an event; the API, the proxy and the
+dispatcher's tick call it, so a server that restarts finds each deployment where its job is: a
+running job keeps its runner, and no second copy starts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from forgehub.auth import Principal
+from forgehub.db.models import Deployment, DeploymentEvent, Job, JobState, new_id, utcnow
+from forgehub.errors import Forbidden, ForgehubError
+from forgehub.identity import authz
+from forgehub.runs import transition as guarded
+from forgehub.secrets import SecretBox
+from forgehub.states import DEPLOYMENTS, DeploymentState
+
+SERVICES = ("api", "jupyterlab")
+ACTIVE = (
+    DeploymentState.pending,
+    DeploymentState.starting,
+    DeploymentState.running,
+    DeploymentState.stopping,
+)
+SAVE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,254}")
+
+
+class DeploymentError(ForgehubError):
+    """A deployment that cannot be made or changed; the message says why."""
+
+
+class DeployResources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False, description="CPU cores.")
+    gpu: int = Field(default=0, ge=0, le=64, description="GPUs.")
+    gpu_model: str | None = Field(
+        default=None, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$", description="GPU model."
+    )
+    memory_mb: int = Field(default=0, ge=0, le=1 << 40, description="Memory in MiB (0: any).")
+    disk_mb: int = Field(default=0, ge=0, le=1 << 40, description="Disk in MiB (0: any).")
+
+
+class DeployIn(BaseModel):
+    """A deployment, as asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    module: str = Field(
+        max_length=500,
+        description="A module name, or its source (git+URL@ref, pip:REQUIREMENT, wheel:ARTIFACT).",
+    )
+    version: str | None = Field(
+        default=None, max_length=64, description="Catalogue version [default: the newest trained]."
+    )
+    service: Literal["api", "jupyterlab"] = Field(
+        default="api", description="api: the module's model API (DEEPaaS v2); jupyterlab."
+    )
+    title: str | None = Field(default=None, max_length=200)
+    description: str = Field(default="", max_length=20_000)
+    compute: str = Field(default="local", description="Compute connection name.")
+    storage: str | None = Field(default=None, description="Where saved folders go [default].")
+    resources: DeployResources = Field(default_factory=DeployResources)
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="Name → artifact, copied into the working folder."
+    )
+    ttl_s: int | None = Field(
+        default=None, ge=60, le=30 * 86400, description="Stop after this many seconds."
+    )
+    restart: bool = Field(default=False, description="Start again when its host is lost.")
+    labels: list[str] = Field(default_factory=list, description="Worker labels required.")
+
+
+def create(
+    session: Session,
+    principal: Principal,
+    body: DeployIn,
+    box: SecretBox,
+    data_dir: Any,
+    modules: dict[str, Any],
+    policy: Any,
+    limits: tuple[int, int],
+) -> Deployment:
+    """Store the deployment and queue the job that serves it."""
+    from forgehub.compute import Resources
+    from forgehub.jobs.common import COMPUTE
+    from forgehub.jobs.submit import JobIn, submit
+
+    if not principal.user_id:
+        raise DeploymentError("deployments belong to a user; use a user's token", 403)
+    _check_limits(session, principal, body, limits)
+    if body.service == "jupyterlab":
+        compute = COMPUTE.find(session, principal, body.compute)
+        on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
+        if on_server and not policy.may_use_server(principal):
+            # a notebook runs whatever its user types: on the server's machine only for the
+            # users an admin trusts with it
+            raise Forbidden(
+                "JupyterLab on the server machine is for admins and the users they allow "
+                "(server_compute_users); deploy it on your own worker, Slurm or Ray"
+            )
+    dep_id = new_id()
+    from forgehub.envs.sources import SourceError, parse
+
+    try:
+        is_source = parse(body.module) is not None
+    except SourceError as exc:
+        raise DeploymentError(str(exc), 422) from exc
+    ttl = body.ttl_s or 30 * 86400
+    job_in = JobIn(
+        kind="service",
+        module=None if is_source else body.module,
+        source=body.module if is_source else None,
+        version=body.version,
+        inputs=body.inputs,
+        compute=body.compute,
+        storage=body.storage,
+        labels=body.labels,
+        max_retries=0,  # a lost service is restarted by its deployment, when asked
+        resources=Resources(
+            cpu=body.resources.cpu,
+            gpu=body.resources.gpu,
+            memory_mb=body.resources.memory_mb,
+            time_limit_s=ttl,
+        ),
+    )
+    service = {"kind": body.service, "deployment": dep_id, "base_path": f"/deployments/{dep_id}/"}
+    job = submit(session, principal, job_in, box, data_dir, modules, policy, service=service)
+    d = Deployment(
+        id=dep_id,
+        owner_id=principal.user_id,
+        title=(body.title or f"{job.module} ({body.service})")[:200],
+        description=body.description,
+        module=job.module,
+        version=job.version,
+        service=body.service,
+        spec={
+            "resources": body.resources.model_dump(),
+            "inputs": body.inputs,
+            "ttl_s": body.ttl_s,
+            "compute": body.compute,
+        },
+        compute_id=job.compute_id,
+        job_id=job.id,
+        token_sealed=box.seal({"token": secrets.token_urlsafe(32)}),
+        restart=body.restart,
+        state=DeploymentState.pending,
+    )
+    session.add(d)
+    session.flush()
+    session.add(DeploymentEvent(deployment_id=d.id, state="pending", message="deployed"))
+    return d
+
+
+def _check_limits(
+    session: Session, principal: Principal, body: DeployIn, limits: tuple[int, int]
+) -> None:
+    most, gpus = limits
+    if principal.is_admin:
+        return
+    mine = select(Deployment).where(
+        Deployment.owner_id == principal.user_id, Deployment.state.in_(ACTIVE)
+    )
+    active = list(session.scalars(mine))
+    if len(active) >= most:
+        raise DeploymentError(
+            f"you have {len(active)} deployments running (the limit is {most}); stop one first",
+            409,
+        )
+    used = sum(int(d.spec.get("resources", {}).get("gpu", 0)) for d in active)
+    if used + body.resources.gpu > gpus:
+        raise DeploymentError(
+            f"your deployments would use {used + body.resources.gpu} GPUs (the limit is {gpus})",
+            409,
+        )
+
+
+def token(box: SecretBox, d: Deployment) -> str:
+    """The service's own token (the proxy sends it; nobody else sees it)."""
+    return str(box.open(d.token_sealed)["token"])
+
+
+def derived(d: Deployment, job: Job | None) -> tuple[DeploymentState, str | None]:
+    """The state ``d`` is in, from its job and what its runner reported."""
+    if job is None:
+        return DeploymentState.failed, "its job is gone"
+    js = JobState(job.state)
+    if js.finished:
+        if d.stop_requested_at is not None or js == JobState.cancelled:
+            return DeploymentState.stopped, "stopped"
+        if js == JobState.succeeded:
+            return DeploymentState.stopped, "the service ended"
+        if d.spec.get("ttl_s") and "time limit" in (job.error or ""):
+            return DeploymentState.stopped, "its time to live ended"
+        return DeploymentState.failed, job.error or "its job failed"
+    if d.stop_requested_at is not None:
+        return DeploymentState.stopping, "stopping"
+    if js == JobState.running and d.ready_attempt == job.attempt and d.address:
+        return DeploymentState.running, None
+    if js in (JobState.starting, JobState.running):
+        return DeploymentState.starting, "starting the service"
+    return DeploymentState.pending, job.reason or "waiting for compute"
+
+
+def sync(session: Session, d: Deployment) -> Deployment:
+    """Bring ``d``'s stored state to where its job is (with an event); restart it where its
+    owner asked and its host was lost."""
+    if DeploymentState(d.state).finished:
+        return d
+    job = session.get(Job, d.job_id) if d.job_id else None
+    new, reason = derived(d, job)
+    if new == DeploymentState.failed and d.restart and job is not None:
+        from forgehub.jobs.submit import retry
+
+        again = retry(session, _owner_principal(session, d), job)
+        d.job_id, d.address, d.ready_attempt = again.id, None, None
+        d.restarts += 1
+        _move(session, d, DeploymentState.pending, f"restarted after: {reason}")
+        return d
+    if new != d.state or reason != d.reason:
+        if new != d.state:
+            _move(session, d, new, reason)
+        d.reason = reason
+    return d
+
+
+def _move(session: Session, d: Deployment, new: DeploymentState, message: str | None) -> None:
+    def event(now: datetime) -> None:
+        session.add(DeploymentEvent(deployment_id=d.id, state=new.value, message=message, at=now))
+
+    guarded(session, d, new, DEPLOYMENTS, on_change=event)
+
+
+def _owner_principal(session: Session, d: Deployment) -> Principal:
+    from forgehub.db.models import User
+
+    owner = session.get(User, d.owner_id)
+    assert owner is not None
+    return Principal(owner.id, owner.name, owner.role)
+
+
+def stop(session: Session, d: Deployment) -> Deployment:
+    """Ask its job to end (the runner saves a JupyterLab's folder first)."""
+    from forgehub.jobs.views import cancel
+
+    if DeploymentState(d.state).finished:
+        return d
+    if d.stop_requested_at is None:
+        d.stop_requested_at = utcnow()
+    job = session.get(Job, d.job_id) if d.job_id else None
+    if job is not None and not JobState(job.state).finished:
+        cancel(session, job)
+    return sync(session, d)
+
+
+def ready(session: Session, d: Deployment, job: Job, address: str) -> None:
+    """Its runner says the service answers at ``address`` (a runner on the server's machine:
+    a loopback port; compute the server cannot dial gets no address)."""
+    from forgehub.db.models import ComputeConnection
+    from forgehub.jobs.common import COMPUTE
+
+    conn = session.get(ComputeConnection, job.compute_id)
+    if conn is None or not COMPUTE.adapter_class(conn.kind).runs_on_server(conn.config):
+        raise DeploymentError(
+            "this compute runs away from the server; its services are reached through a "
+            "tunnel, which this server does not offer yet",
+            409,
+        )
+    if d.address != address or d.ready_attempt != job.attempt:
+        d.address, d.ready_attempt = address, job.attempt
+    sync(session, d)
+
+
+def saved(
+    session: Session, d: Deployment, job: Job, body: dict[str, Any], box: SecretBox
+) -> dict[str, Any]:
+    """Record a folder the runner pushed (the server vouches for its content first)."""
+    from forgehub.artifacts import records
+    from forgehub.jobs import access
+
+    if d.save_request and d.save_request.get("id") == body["request"]:
+        d.save_request = None
+    if body.get("error") or not body.get("digest"):
+        entry = {"request": body["request"], "error": body.get("error") or "nothing saved"}
+    else:
+        access.vouch_for_output(session, job, box, body["digest"], body["kind"])
+        name = body.get("name") or default_save_name(d)
+        art = records.record(
+            session,
+            job.owner_id,
+            job.storage_id,
+            body["digest"],
+            body["kind"],
+            body.get("size") or 0,
+            body.get("filename") or "files",
+            "application/x-tar" if body["kind"] == "dir" else "application/octet-stream",
+            [(name, "latest"), (name, f"deployment-{d.id[:12]}")],
+            producer_job_id=job.id,
+        )
+        entry = {
+            "request": body["request"],
+            "name": name,
+            "digest": art.digest,
+            "at": utcnow().isoformat(),
+        }
+    d.saved = [*(d.saved or []), entry][-50:]
+    return entry
+
+
+def request_save(d: Deployment, path: str, name: str | None) -> dict[str, Any]:
+    """Ask the runner to push the working folder (or ``path`` in it) as an artifact."""
+    if d.state != DeploymentState.running:
+        raise DeploymentError(f"the deployment is {d.state}; only a running one can save", 409)
+    path = path.strip("/") or "."
+    if path != "." and (not SAVE_PATH.fullmatch(path) or ".." in path.split("/")):
+        raise DeploymentError("path: a folder inside the working folder (no '..')", 422)
+    req = {"id": new_id()[:12], "path": path, "name": name or default_save_name(d)}
+    d.save_request = req
+    return req
+
+
+def default_save_name(d: Deployment) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", d.title.lower()).strip("-")[:40] or "deployment"
+    return f"{slug}-files"
+
+
+def active_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Deployment.id).where(Deployment.state.in_(ACTIVE))))
+
+
+def for_job(session: Session, job_id: str) -> Deployment | None:
+    return session.scalar(select(Deployment).where(Deployment.job_id == job_id))
+
+
+def visible(session: Session, principal: Principal) -> list[Deployment]:
+    stmt = authz.visible(select(Deployment), Deployment, principal, "deployment.read")
+    return list(session.scalars(stmt.order_by(Deployment.created_at.desc()).limit(200)))
+
+
+def get(session: Session, principal: Principal, dep_id: str, action: str) -> Deployment:
+    d = session.get(Deployment, dep_id)
+    authz.require(principal, action, d, f"deployment {dep_id!r}")
+    assert d is not None
+    return d
+
+
+def out(d: Deployment, compute: str | None = None, job: Job | None = None) -> dict[str, Any]:
+    age = (utcnow() - d.created_at) if d.created_at else timedelta(0)
+    return {
+        "id": d.id,
+        "title": d.title,
+        "description": d.description,
+        "module": d.module,
+        "version": d.version,
+        "service": d.service,
+        "state": d.state,
+        "reason": d.reason,
+        "resources": d.spec.get("resources", {}),
+        "inputs": d.spec.get("inputs", {}),
+        "ttl_s": d.spec.get("ttl_s"),
+        "restart": d.restart,
+        "restarts": d.restarts,
+        "compute": compute or d.spec.get("compute"),
+        "job": d.job_id,
+        "host": (job.result or {}).get("host") if job is not None and job.result else None,
+        "url": f"/deployments/{d.id}/",
+        "saved": d.saved or [],
+        "age_s": int(age.total_seconds()),
+        "created_at": d.created_at.isoformat() if d.created_at else None,
+        "started_at": d.started_at.isoformat() if d.started_at else None,
+        "finished_at": d.finished_at.isoformat() if d.finished_at else None,
+    }
+
+
+def events(session: Session, d: Deployment) -> list[dict[str, Any]]:
+    rows = session.scalars(
+        select(DeploymentEvent)
+        .where(DeploymentEvent.deployment_id == d.id)
+        .order_by(DeploymentEvent.id)
+    )
+    return [{"state": e.state, "message": e.message, "at": e.at.isoformat()} for e in rows]
+
+
+def count_active(session: Session) -> int:
+    return int(session.scalar(select(func.count()).where(Deployment.state.in_(ACTIVE))) or 0)

@@ -1,0 +1,232 @@
+"""The runner's side of a deployment: start the service, wait until it answers, tell the
+server where it listens, keep it up until asked to stop, and save its folder when asked.
+
+The service listens on a free loopback port with forgehub's token (``FORGEHUB_SERVICE_TOKEN``
+for the model API, ``JUPYTER_TOKEN`` for JupyterLab, both in its environment, never on a command
+line); the platform's proxy is the only client that has it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from forgehub.jobs.runner import JobRun
+
+READY_WITHIN_S = 300.0
+BEAT_S = 2.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _seed(files: Path, inputs: dict[str, Path]) -> None:
+    """Copies of the deployment's input artifacts in its working folder (theirs to change)."""
+    for name, path in inputs.items():
+        if name.startswith("+"):
+            continue  # the module's weights and code: not the user's files
+        dest = files / name
+        if path.is_dir():
+            shutil.copytree(path, dest, dirs_exist_ok=True)
+        else:
+            shutil.copyfile(path, dest)
+
+
+def command(
+    run: JobRun,
+    spec: dict[str, Any],
+    inputs: dict[str, Path],
+    work: Path,
+    env: dict[str, str],
+    port: int,
+) -> tuple[list[str], dict[str, str], str, dict[str, str]]:
+    """argv, environment, the URL that answers once it is up, and the header it needs."""
+    svc = spec["service"]
+    base, token = svc["base_path"], svc["token"]
+    if svc["kind"] == "jupyterlab":
+        files = work / "files"
+        argv = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--no-browser",
+            f"--ServerApp.base_url={base}",
+            f"--ServerApp.root_dir={files}",
+            "--ServerApp.port_retries=0",
+            "--ServerApp.allow_origin=*",  # the platform's proxy is its only client
+        ]
+        jupyter = work / ".jupyter"
+        env = {
+            **env,
+            "JUPYTER_TOKEN": token,
+            "HOME": str(work),
+            "JUPYTER_CONFIG_DIR": str(jupyter / "config"),
+            "JUPYTER_DATA_DIR": str(jupyter / "data"),
+            "JUPYTER_RUNTIME_DIR": str(jupyter / "runtime"),
+            "IPYTHONDIR": str(jupyter / "ipython"),
+        }
+        return argv, env, f"{base}api/status", {"Authorization": f"token {token}"}
+    from forgehub.jobs.runner import cache_root
+
+    target = spec.get("module_source") or spec.get("module_target") or spec["module"]
+    argv = [
+        sys.executable,
+        "-m",
+        "forgehub.cli",
+        "module",
+        "serve",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-path",
+        base,
+        "--data-dir",
+        str(work / "data"),
+        "--model-name",
+        spec["module"],
+        "--no-train",  # trainings are jobs; a service only answers
+    ]
+    if "+weights" in inputs:
+        argv += ["--weights", str(inputs["+weights"])]
+    if run.environment is not None:  # the lock the runner built: the same environment
+        lock = work / "lock.json"
+        lock.write_text(json.dumps(run.environment["lock"]))
+        argv += ["--lock", str(lock)]
+    env = {
+        **env,
+        "FORGEHUB_SERVICE_TOKEN": token,
+        "FORGEHUB_CACHE_DIR": str(cache_root()),
+        "FORGEHUB_SANDBOX": "on"
+        if spec.get("sandbox") == "on"
+        else env.get("FORGEHUB_SANDBOX", "off"),
+    }
+    return argv, env, f"{base}v2/", {"X-Forgehub-Service-Token": token}
+
+
+def serve(
+    run: JobRun, spec: dict[str, Any], inputs: dict[str, Path], work: Path, env: dict[str, str]
+) -> dict[str, Any]:
+    """Run the service until it is stopped (a cancel) or ends by itself (a failure)."""
+    from forgehub.jobs.runner import Cancelled, _pdeathsig_and_limits
+
+    files = work / "files"
+    files.mkdir(exist_ok=True)
+    _seed(files, inputs)
+    port = free_port()
+    argv, env, probe, headers = command(run, spec, inputs, work, env, port)
+    say = run.reporter.line
+    say("system", f"starting the {spec['service']['kind']} service on port {port}")
+    res = spec["resources"]
+    run.proc = subprocess.Popen(
+        argv,
+        cwd=files,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=_pdeathsig_and_limits(int(res.get("memory_mb", 0))),
+    )
+    for stream, name in ((run.proc.stdout, "stdout"), (run.proc.stderr, "stderr")):
+        threading.Thread(target=run._pump, args=(stream, name), daemon=True).start()
+    _wait_ready(run, f"http://127.0.0.1:{port}{probe}", headers)
+    say("system", "the service answers; reachable through the platform")
+    answer = run.api.call("service", {"address": f"127.0.0.1:{port}"})
+    deadline = time.monotonic() + float(res.get("time_limit_s", 30 * 86400))
+    next_beat = time.monotonic() + BEAT_S
+    while True:
+        if run.proc.poll() is not None:
+            raise RuntimeError(f"the service ended by itself (exit code {run.proc.returncode})")
+        if run.reporter.cancel.is_set():
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"time limit of {res.get('time_limit_s')} s exceeded")
+        if answer.get("save"):
+            _save(run, spec, files, answer["save"])
+            answer = run.api.call("service", {"address": f"127.0.0.1:{port}"})
+            continue
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + BEAT_S
+            answer = run.api.call("service", {"address": f"127.0.0.1:{port}"})
+        time.sleep(0.1)
+    if spec["service"]["kind"] == "jupyterlab":  # nothing is lost when it stops
+        _save(run, spec, files, {"id": "on-stop", "path": ".", "name": None})
+    _stop(run.proc)
+    raise Cancelled()
+
+
+def _wait_ready(run: JobRun, url: str, headers: dict[str, str]) -> None:
+    deadline = time.monotonic() + READY_WITHIN_S
+    assert run.proc is not None
+    with httpx.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            run.check()
+            if run.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the service ended before it answered (exit code {run.proc.returncode})"
+                )
+            try:
+                if http.get(url, headers=headers).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"the service did not answer within {READY_WITHIN_S:.0f} s")
+
+
+def _save(run: JobRun, spec: dict[str, Any], files: Path, req: dict[str, Any]) -> None:
+    """Push the working folder (or a folder in it) as an artifact and tell the server."""
+    from forgehub.artifacts.content import push_path
+    from forgehub.jobs.runner import storage_adapter
+
+    target = (files / req["path"]).resolve()
+    if not target.is_relative_to(files.resolve()) or not target.exists():
+        run.api.call("saved", {"request": req["id"], "error": f"no folder {req['path']!r}"})
+        return
+    run.reporter.line("system", f"saving {req['path']} as an artifact")
+    adapter = storage_adapter(spec["output_storage"], run.api)
+    pushed = run.patiently("save", lambda: push_path(adapter, target))
+    run.api.call(
+        "saved",
+        {
+            "request": req["id"],
+            "name": req.get("name"),
+            "digest": pushed.digest,
+            "kind": pushed.kind,
+            "size": pushed.size,
+            "filename": target.name if req["path"] != "." else "files",
+        },
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """The service's whole process tree: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

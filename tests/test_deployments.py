@@ -1,0 +1,184 @@
+"""Deployments (#17): a module served as a model API or a JupyterLab on the server's `local`
+compute, reached only through the platform at /deployments/{id}/, stopped with its whole
+process tree; a second user gets 404."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.modelapi_helpers import digit_png
+from tests.services import ForgehubServer, started
+from tests.test_dashboard import browser  # noqa: F401 - the fixture
+
+FINISHED = {"stopped", "failed"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForgehubServer]:
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("deploy") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+    )
+    with started(srv):
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def admin(server: ForgehubServer) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+        timeout=60,
+    ) as c:
+        yield c
+
+
+def wait_state(api: httpx.Client, dep_id: str, states: set[str], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        d = api.get(f"/api/v1/deployments/{dep_id}").json()
+        if d["state"] in states:
+            return dict(d)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"deployment stayed {d['state']}: {d}")
+        time.sleep(0.2)
+
+
+def _pids_of(job_dir_hint: str) -> list[int]:
+    """Processes whose command line names ``job_dir_hint`` (the service's base path)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if job_dir_hint in cmd:
+            found.append(int(proc.name))
+    return found
+
+
+def test_an_api_deployment_answers_through_the_platform_and_stops(
+    server: ForgehubServer, admin: httpx.Client, tmp_path: Path
+) -> None:
+    r = admin.post(
+        "/api/v1/deployments",
+        json={"module": "digits", "service": "api", "title": "Digits API"},
+    )
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    assert dep["state"] == "pending" and dep["url"] == f"/deployments/{dep['id']}/"
+    running = wait_state(admin, dep["id"], {"running", "failed"})
+    assert running["state"] == "running", running
+
+    base = f"/deployments/{dep['id']}"
+    image, label = digit_png(7)
+    r = admin.post(
+        f"{base}/v2/models/digits/predict/", files={"image": ("d.png", image, "image/png")}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"]["labels"][0]["label"] == label
+    assert admin.get(f"{base}/v2/models/").json()["models"][0]["name"] == "digits"
+
+    # the service itself answers nobody without the token only the platform has
+    port = int(admin.get(f"/api/v1/jobs/{running['job']}/logs").text.split("on port ")[1][:5])
+    assert httpx.get(f"http://127.0.0.1:{port}{base}/v2/models/").status_code == 401
+
+    # another user sees nothing of it
+    admin.post("/api/v1/users", json={"name": "eve"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "eve"}).json()["token"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as eve:
+        assert eve.get(f"{base}/v2/models/").status_code == 404
+        assert eve.get(f"/api/v1/deployments/{dep['id']}").status_code == 404
+        assert eve.post(f"/api/v1/deployments/{dep['id']}/stop").status_code == 404
+        assert eve.get("/api/v1/deployments").json() == []
+    assert httpx.get(f"{server.url}{base}/v2/models/").status_code == 401  # nobody signed in
+
+    assert _pids_of(base + "/"), "the service's process should be running"
+    r = admin.post(f"/api/v1/deployments/{dep['id']}/stop")
+    assert r.status_code == 200, r.text
+    stopped = wait_state(admin, dep["id"], FINISHED)
+    assert stopped["state"] == "stopped", stopped
+    deadline = time.monotonic() + 10
+    while _pids_of(base + "/") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pids_of(base + "/"), "the service's process tree outlived its deployment"
+    states = [e["state"] for e in admin.get(f"/api/v1/deployments/{dep['id']}").json()["events"]]
+    assert states[0] == "pending" and "running" in states and states[-1] == "stopped"
+    assert admin.get(f"{base}/v2/models/").status_code == 503
+
+
+def test_jupyterlab_runs_code_saves_its_folder_and_keeps_it_when_stopped(
+    server: ForgehubServer,
+    admin: httpx.Client,
+    browser: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    from tests.test_dashboard import Session
+
+    r = admin.post(
+        "/api/v1/artifacts",
+        params={"filename": "notes.txt", "name": "notes"},
+        content=b"seed file",
+    )
+    assert r.status_code == 201, r.text
+    r = admin.post(
+        "/api/v1/deployments",
+        json={"module": "digits", "service": "jupyterlab", "inputs": {"notes.txt": "notes"}},
+    )
+    assert r.status_code == 201, r.text
+    dep = wait_state(admin, r.json()["id"], {"running", "failed"}, timeout=180)
+    assert dep["state"] == "running", dep
+
+    s = Session(browser, server, server.admin_token)
+    page = s.page
+    page.goto(f"/deployments/{dep['id']}/lab")
+    page.get_by_text("notes.txt").first.wait_for(timeout=60_000)  # the seed file is there
+    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
+    cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+    cell.wait_for(timeout=60_000)
+    cell.click()
+    page.keyboard.type("open('made-here.txt', 'w').write('kept'); 2+2")
+    page.keyboard.press("Shift+Enter")
+    page.locator(".jp-OutputArea-output").filter(has_text="4").first.wait_for(timeout=60_000)
+
+    r = admin.post(f"/api/v1/deployments/{dep['id']}/save", json={"name": "lab-snapshot"})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while not admin.get(f"/api/v1/deployments/{dep['id']}").json()["saved"]:
+        assert time.monotonic() < deadline, "the folder was never saved"
+        time.sleep(0.2)
+    snap = admin.get("/api/v1/artifacts/lab-snapshot").json()
+    assert snap["kind"] == "dir"
+
+    admin.post(f"/api/v1/deployments/{dep['id']}/stop")
+    stopped = wait_state(admin, dep["id"], FINISHED)
+    assert stopped["state"] == "stopped", stopped
+    names = [x.get("name") for x in stopped["saved"]]
+    assert "lab-snapshot" in names and len(names) == 2  # on request, and on stop
+    # what the notebook wrote is in the artifact saved on stop
+    last = stopped["saved"][-1]["digest"]
+    r = admin.get(f"/api/v1/artifacts/{last}/content")
+    assert r.status_code == 200 and b"made-here.txt" in r.content and b"kept" in r.content
+    assert s.errors == [] or all("favicon" in e or "404" in e for e in s.errors)
+
+
+def test_jupyterlab_on_the_server_machine_is_for_trusted_users(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    admin.post("/api/v1/users", json={"name": "carol"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "carol"}).json()["token"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as carol:
+        r = carol.post("/api/v1/deployments", json={"module": "digits", "service": "jupyterlab"})
+        assert r.status_code == 403, r.text
+        assert "server_compute_users" in r.json()["detail"]
+        r = carol.post("/api/v1/jobs", json={"kind": "service", "module": "digits"})
+        assert r.status_code == 422, r.text  # a service job is only made by deploying
+    assert os.environ.get("JUPYTER_TOKEN") is None
