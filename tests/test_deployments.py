@@ -119,6 +119,7 @@ def test_an_api_deployment_answers_through_the_platform_and_stops(
 def test_jupyterlab_runs_code_saves_its_folder_and_keeps_it_when_stopped(
     server: ForgehubServer,
     admin: httpx.Client,
+    tmp_path: Path,
     browser: Any,  # noqa: F811 - the fixture imported above
 ) -> None:
     from tests.test_dashboard import Session
@@ -144,10 +145,24 @@ def test_jupyterlab_runs_code_saves_its_folder_and_keeps_it_when_stopped(
     page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
     cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     cell.wait_for(timeout=60_000)
+    # the kernel, through the proxy's WebSocket, is up
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+        timeout=60_000
+    )
     cell.click()
-    page.keyboard.type("open('made-here.txt', 'w').write('kept'); 2+2")
-    page.keyboard.press("Shift+Enter")
-    page.locator(".jp-OutputArea-output").filter(has_text="4").first.wait_for(timeout=60_000)
+    # inserted whole: typed, the editor would close the brackets and quotes itself
+    page.keyboard.insert_text("open('made-here.txt', 'w').write('kept'); 2+2")
+    output = page.locator(".jp-OutputArea-output").filter(has_text="4").first
+    for _attempt in range(4):  # a run asked for while the kernel still connects is dropped
+        page.keyboard.press("Control+Enter")
+        try:
+            output.wait_for(timeout=15_000)
+            break
+        except Exception:
+            cell.click()
+    else:
+        page.screenshot(path=str(tmp_path / "lab.png"))  # what the lab showed, to look at
+        raise AssertionError("the notebook never printed 4")
 
     r = admin.post(f"/api/v1/deployments/{dep['id']}/save", json={"name": "lab-snapshot"})
     assert r.status_code == 202, r.text

@@ -107,13 +107,14 @@ def create(
 ) -> Deployment:
     """Store the deployment and queue the job that serves it."""
     from forgehub.compute import Resources
-    from forgehub.jobs.common import COMPUTE
+    from forgehub.jobs.common import COMPUTE, ensure_default_compute
     from forgehub.jobs.submit import JobIn, submit
 
     if not principal.user_id:
         raise DeploymentError("deployments belong to a user; use a user's token", 403)
     _check_limits(session, principal, body, limits)
     if body.service == "jupyterlab":
+        ensure_default_compute(session, principal.user_id)
         compute = COMPUTE.find(session, principal, body.compute)
         on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
         if on_server and not policy.may_use_server(principal):

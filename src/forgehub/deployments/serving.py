@@ -72,6 +72,8 @@ def command(
             "--ServerApp.port_retries=0",
             "--ServerApp.allow_origin=*",  # the platform's proxy is its only client
         ]
+        if os.geteuid() == 0:  # a container's root: Jupyter refuses unless told
+            argv.append("--allow-root")
         jupyter = work / ".jupyter"
         env = {
             **env,

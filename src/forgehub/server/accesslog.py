@@ -46,3 +46,5 @@ def setup(level: str) -> None:
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("forgehub").setLevel(level.upper())
+    # the proxy's and clients' own request lines: the access log has every request already
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
