@@ -197,3 +197,56 @@ def test_jupyterlab_on_the_server_machine_is_for_trusted_users(
         r = carol.post("/api/v1/jobs", json={"kind": "service", "module": "digits"})
         assert r.status_code == 422, r.text  # a service job is only made by deploying
     assert os.environ.get("JUPYTER_TOKEN") is None
+
+
+def test_the_cli_deploys_lists_and_stops(server: ForgehubServer, admin: httpx.Client) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FORGEHUB_URL": server.url, "FORGEHUB_TOKEN": server.admin_token}
+    cli = str(Path(sys.executable).parent / "forgehub")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    p = run("deploy", "digits", "--title", "from the CLI", "--cpu", "1")
+    assert p.returncode == 0, p.stderr
+    url = p.stdout.strip()
+    assert url.startswith(f"{server.url}/deployments/")
+    dep_id = url.rstrip("/").rsplit("/", 1)[1]
+    assert admin.get(f"{url}v2/models/").status_code == 200
+    p = run("deployment", "ls")
+    assert "from the CLI" in p.stdout and "running" in p.stdout
+    p = run("deployment", "stop", dep_id[:8])
+    assert p.returncode == 0, p.stderr
+    assert "stopped" in p.stdout
+    p = run("deploy", "no-such-module")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "no-such-module" in p.stderr
+
+
+def test_a_server_restart_keeps_a_running_deployment_and_starts_no_second_copy(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("restart") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+        FORGEHUB_JOB_LEASE_S="6",
+    )
+    with started(srv):
+        auth = {"Authorization": f"Bearer {srv.admin_token}"}
+        with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
+            d = c.post("/api/v1/deployments", json={"module": "digits"}).json()
+            assert wait_state(c, d["id"], {"running", "failed"})["state"] == "running"
+        base = f"/deployments/{d['id']}/"
+        before = _pids_of(base)
+        srv.stop()
+        srv.start()
+        with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
+            time.sleep(8)  # longer than a lease: a runner that had died would be reaped now
+            again = c.get(f"/api/v1/deployments/{d['id']}").json()
+            assert again["state"] == "running" and again["job"] == d["job"], again
+            assert c.get(f"{base}v2/models/").status_code == 200
+            assert sorted(_pids_of(base)) == sorted(before)  # the same processes, no copy
+            c.post(f"/api/v1/deployments/{d['id']}/stop")
+            assert wait_state(c, d["id"], FINISHED)["state"] == "stopped"

@@ -18,6 +18,8 @@ from forgehub.cli.catalog import app as catalog_app
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail, unique_id
 from forgehub.cli.compute import compute_app
 from forgehub.cli.demo import demo_app
+from forgehub.cli.deployments import app as deployment_app
+from forgehub.cli.deployments import deploy
 from forgehub.cli.jobs import job_app, train
 from forgehub.cli.module import app as module_app
 from forgehub.cli.worker import worker
@@ -46,6 +48,7 @@ app.add_typer(artifact_app, name="artifact")
 app.add_typer(job_app, name="job")
 app.add_typer(compute_app, name="compute")
 app.add_typer(demo_app, name="demo")
+app.add_typer(deployment_app, name="deployment")
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")
@@ -369,6 +372,7 @@ def login(
 
 
 app.command("train")(train)
+app.command("deploy")(deploy)
 app.command("worker")(worker)
 
 
