@@ -250,3 +250,36 @@ def test_a_server_restart_keeps_a_running_deployment_and_starts_no_second_copy(
             assert sorted(_pids_of(base)) == sorted(before)  # the same processes, no copy
             c.post(f"/api/v1/deployments/{d['id']}/stop")
             assert wait_state(c, d["id"], FINISHED)["state"] == "stopped"
+
+
+def test_deploy_from_the_dashboard_see_it_listed_open_it_and_stop_it(
+    server: ForgehubServer,
+    admin: httpx.Client,
+    browser: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    from tests.test_dashboard import Session
+
+    s = Session(browser, server, server.admin_token)
+    page = s.page
+    page.goto("/modules/digits")
+    page.get_by_role("link", name="Deploy digits").click()
+    page.get_by_label("Service").select_option("api")
+    page.get_by_label("Title").fill("Digits for the lab")
+    page.get_by_label("CPU cores").fill("1")
+    page.get_by_role("button", name="Deploy").click()
+    page.wait_for_url("**/deployments/*")
+    dep_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    page.get_by_role("link", name="Open").wait_for(timeout=60_000)  # reloads until running
+
+    page.goto("/deployments")
+    row = page.locator("tr", has_text="Digits for the lab")
+    assert "running" in row.inner_text() and "1.0 CPU" in row.inner_text()
+    row.get_by_role("link", name="Open").click()
+    assert '"versions"' in page.locator("body").inner_text()  # the model API, via the proxy
+
+    page.goto(f"/deployments/{dep_id}")
+    page.get_by_role("button", name="Stop").click()
+    assert wait_state(admin, dep_id, FINISHED)["state"] == "stopped"
+    page.goto("/deployments")
+    assert "stopped" in page.locator("tr", has_text="Digits for the lab").inner_text()
+    assert s.errors == []

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail, unique_id
+from forgehub.humanize import duration
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -28,13 +29,6 @@ def _find(c: Client, prefix: str) -> str:
     if len(prefix) >= 32:
         return prefix
     return unique_id([d["id"] for d in c.get("/api/v1/deployments")], prefix, "deployment")
-
-
-def _age(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 def deploy(
@@ -128,7 +122,7 @@ def ls(
             d["state"],
             d["compute"] or "-",
             f"{res.get('cpu', 1):g} CPU" + (f", {res['gpu']} GPU" if res.get("gpu") else ""),
-            _age(d["age_s"]),
+            duration(d["age_s"]),
         )
     out.print(table)
 

@@ -9,13 +9,14 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from forgehub import __version__
 from forgehub.auth import Principal
+from forgehub.humanize import duration
 from forgehub.identity.sessions import csrf_token
 from forgehub.server.deps import principal_from_request
 
@@ -57,6 +58,7 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+templates.env.filters["duration"] = duration
 templates.env.filters["markdown"] = _markdown
 templates.env.filters["when"] = _when
 templates.env.filters["size"] = _size
@@ -103,12 +105,17 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 
 
 def install(app: FastAPI) -> None:
-    from forgehub.web.pages import account, jobs, market, storage
+    from forgehub.web.pages import account, deployments, jobs, market, storage
 
     app.state.error_page = error_page  # the one error handler renders pages with it
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (market, jobs, storage, account):
+    for module in (market, jobs, deployments, storage, account):
         app.include_router(module.router, include_in_schema=False)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def _favicon() -> Response:
+        # pages that are not ours (a deployment's JSON, say) make browsers ask for one
+        return Response(status_code=204, headers={"Cache-Control": "max-age=86400"})
 
     @app.exception_handler(NotSignedIn)
     async def _to_login(request: Request, exc: NotSignedIn) -> RedirectResponse:

@@ -159,6 +159,45 @@ function setupTrain(form) {
   });
 }
 
+// -- deploy a module; a deployment's Save and Stop ------------------------------------------------
+function setupDeploy(form) {
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    clearErrors(form);
+    const v = (id) => document.getElementById(id)?.value || "";
+    const inputs = {};
+    for (const o of document.getElementById("d-inputs").selectedOptions) inputs[o.dataset.name] = o.value;
+    const body = {
+      module: form.getAttribute("data-module"), version: v("d-version") || null,
+      service: v("d-service"), compute: v("d-compute"), title: v("d-title") || null, inputs,
+      ttl_s: v("d-ttl") ? Math.round(Number(v("d-ttl")) * 3600) : null,
+      resources: { cpu: Number(v("d-cpu")), gpu: Number(v("d-gpu")), gpu_model: v("d-gpu-model") || null,
+                   memory_mb: Number(v("d-mem")), disk_mb: Number(v("d-disk")) },
+    };
+    const btn = form.querySelector('button[type="submit"]');
+    btn.disabled = true;
+    const resp = await api("/api/v1/deployments", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+    btn.disabled = false;
+    if (!resp.ok) { showErrors(form, await problem(resp)); return; }
+    location.href = `/deployments/${(await resp.json()).id}`;
+  });
+}
+
+function setupDeployment(box) {
+  const id = box.dataset.id;
+  const error = box.querySelector(".form-error");
+  const act = async (path, body) => {
+    const r = await api(`/api/v1/deployments/${id}/${path}`, { method: "POST", body: JSON.stringify(body || {}), headers: { "Content-Type": "application/json" } });
+    if (!r.ok) { error.textContent = (await problem(r)).detail || r.statusText; return false; }
+    return true;
+  };
+  document.getElementById("dep-stop")?.addEventListener("click", async () => { if (await act("stop")) location.reload(); });
+  document.getElementById("dep-save")?.addEventListener("click", async () => { if (await act("save")) error.textContent = "Saving…"; });
+  if (!["running", "stopped", "failed"].includes(box.dataset.state)) {
+    setTimeout(() => location.reload(), 2000);  // until it is up (or has ended)
+  }
+}
+
 // -- a job: live log, metric plots, state --------------------------------------------------------
 function drawChart(name, points) {
   const w = 480, h = 150, pad = 28;
@@ -299,6 +338,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const p = document.getElementById("predict"); if (p) setupPredict(p);
   const t = document.getElementById("train"); if (t) setupTrain(t);
   const j = document.getElementById("job"); if (j) setupJob(j);
+  const dp = document.getElementById("deploy"); if (dp) setupDeploy(dp);
+  const db = document.getElementById("deployment"); if (db) setupDeployment(db);
   const u = document.getElementById("upload"); if (u) setupUpload(u);
   setupTests();
 });
