@@ -204,6 +204,7 @@ def test_the_cli_deploys_lists_and_stops(server: ForgehubServer, admin: httpx.Cl
     import sys
 
     env = {**os.environ, "FORGEHUB_URL": server.url, "FORGEHUB_TOKEN": server.admin_token}
+    env["COLUMNS"] = "200"  # a table as wide as a terminal, not wrapped
     cli = str(Path(sys.executable).parent / "forgehub")
 
     def run(*args: str) -> subprocess.CompletedProcess:
