@@ -116,6 +116,32 @@ def test_an_api_deployment_answers_through_the_platform_and_stops(
     assert admin.get(f"{base}/v2/models/").status_code == 503
 
 
+def run_two_plus_two(page: Any, dep_id: str, tmp_path: Path) -> None:
+    """Open the deployment's lab, make a notebook, write a file and print 2+2 there."""
+    page.goto(f"/deployments/{dep_id}/lab")
+    page.get_by_text("notes.txt").first.wait_for(timeout=60_000)  # the seed file is there
+    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
+    cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
+    cell.wait_for(timeout=60_000)
+    # the kernel, through the proxy's WebSocket, is up
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+        timeout=60_000
+    )
+    cell.click()
+    # inserted whole: typed, the editor would close the brackets and quotes itself
+    page.keyboard.insert_text("open('made-here.txt', 'w').write('kept'); 2+2")
+    output = page.locator(".jp-OutputArea-output").filter(has_text="4").first
+    for _attempt in range(4):  # a run asked for while the kernel still connects is dropped
+        page.keyboard.press("Control+Enter")
+        try:
+            output.wait_for(timeout=15_000)
+            return
+        except Exception:
+            cell.click()
+    page.screenshot(path=str(tmp_path / "lab.png"))  # what the lab showed, to look at
+    raise AssertionError("the notebook never printed 4")
+
+
 def test_jupyterlab_runs_code_saves_its_folder_and_keeps_it_when_stopped(
     server: ForgehubServer,
     admin: httpx.Client,
@@ -139,30 +165,7 @@ def test_jupyterlab_runs_code_saves_its_folder_and_keeps_it_when_stopped(
     assert dep["state"] == "running", dep
 
     s = Session(browser, server, server.admin_token)
-    page = s.page
-    page.goto(f"/deployments/{dep['id']}/lab")
-    page.get_by_text("notes.txt").first.wait_for(timeout=60_000)  # the seed file is there
-    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
-    cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
-    cell.wait_for(timeout=60_000)
-    # the kernel, through the proxy's WebSocket, is up
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
-        timeout=60_000
-    )
-    cell.click()
-    # inserted whole: typed, the editor would close the brackets and quotes itself
-    page.keyboard.insert_text("open('made-here.txt', 'w').write('kept'); 2+2")
-    output = page.locator(".jp-OutputArea-output").filter(has_text="4").first
-    for _attempt in range(4):  # a run asked for while the kernel still connects is dropped
-        page.keyboard.press("Control+Enter")
-        try:
-            output.wait_for(timeout=15_000)
-            break
-        except Exception:
-            cell.click()
-    else:
-        page.screenshot(path=str(tmp_path / "lab.png"))  # what the lab showed, to look at
-        raise AssertionError("the notebook never printed 4")
+    run_two_plus_two(s.page, dep["id"], tmp_path)
 
     r = admin.post(f"/api/v1/deployments/{dep['id']}/save", json={"name": "lab-snapshot"})
     assert r.status_code == 202, r.text
@@ -284,3 +287,108 @@ def test_deploy_from_the_dashboard_see_it_listed_open_it_and_stop_it(
     page.goto("/deployments")
     assert "stopped" in page.locator("tr", has_text="Digits for the lab").inner_text()
     assert s.errors == []
+
+
+def _log_has(api: httpx.Client, job_id: str, text: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout  # log lines arrive in batches
+    while text not in api.get(f"/api/v1/jobs/{job_id}/logs").text:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _seed(admin: httpx.Client) -> None:
+    r = admin.post(
+        "/api/v1/artifacts", params={"filename": "notes.txt", "name": "notes"}, content=b"seed"
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_jupyterlab_on_a_worker_through_the_tunnel(
+    server: ForgehubServer,
+    admin: httpx.Client,
+    tmp_path: Path,
+    browser: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    """A worker accepts no inbound connection: its runner keeps a tunnel to the server, and
+    the lab's HTTP and its kernels' WebSockets travel through it."""
+    from tests.test_dashboard import Session
+    from tests.test_jobs import start_worker, wait_worker
+
+    _seed(admin)
+    worker = start_worker(
+        server, server.admin_token, "desk", env={"FORGEHUB_CACHE_DIR": str(tmp_path / "w")}
+    )
+    try:
+        wait_worker(admin, "desk")
+        r = admin.post(
+            "/api/v1/deployments",
+            json={
+                "module": "digits",
+                "service": "jupyterlab",
+                "compute": "workers",
+                "inputs": {"notes.txt": "notes"},
+            },
+        )
+        assert r.status_code == 201, r.text
+        dep = wait_state(admin, r.json()["id"], {"running", "failed"}, timeout=180)
+        assert dep["state"] == "running", dep
+        assert _log_has(admin, dep["job"], "through a tunnel")
+        s = Session(browser, server, server.admin_token)
+        run_two_plus_two(s.page, dep["id"], tmp_path)
+        admin.post(f"/api/v1/deployments/{dep['id']}/stop")
+        stopped = wait_state(admin, dep["id"], FINISHED)
+        assert stopped["state"] == "stopped" and stopped["saved"][-1]["digest"], stopped
+        base = f"/deployments/{dep['id']}/"
+        deadline = time.monotonic() + 10
+        while _pids_of(base) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _pids_of(base), "the lab outlived its deployment on the worker"
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait()
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[str]:
+    from tests.services import Slurm
+
+    with started(Slurm()) as conf:
+        yield conf
+
+
+def test_an_api_deployment_on_slurm_answers_through_the_tunnel(
+    server: ForgehubServer, admin: httpx.Client, slurm: str
+) -> None:
+    r = admin.post(
+        "/api/v1/compute/connections",
+        json={"name": "hpc", "kind": "slurm", "config": {"slurm_conf": slurm}},
+    )
+    assert r.status_code == 201, r.text
+    r = admin.post(
+        "/api/v1/deployments",
+        json={"module": "digits", "compute": "hpc", "resources": {"memory_mb": 2000}},
+    )
+    assert r.status_code == 201, r.text
+    dep = wait_state(admin, r.json()["id"], {"running", "failed"}, timeout=180)
+    assert dep["state"] == "running", dep
+    assert _log_has(admin, dep["job"], "through a tunnel")
+    image, label = digit_png(7)
+    base = f"/deployments/{dep['id']}"
+    for _ in range(3):  # several requests share the one tunnel
+        r = admin.post(
+            f"{base}/v2/models/digits/predict/", files={"image": ("d.png", image, "image/png")}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["predictions"]["labels"][0]["label"] == label
+    admin.post("/api/v1/users", json={"name": "trudy"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "trudy"}).json()["token"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as trudy:
+        assert trudy.get(f"{base}/v2/models/").status_code == 404
+    admin.post(f"/api/v1/deployments/{dep['id']}/stop")
+    assert wait_state(admin, dep["id"], FINISHED)["state"] == "stopped"
+    deadline = time.monotonic() + 15
+    while _pids_of(base + "/") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pids_of(base + "/"), "the service outlived its deployment on Slurm"

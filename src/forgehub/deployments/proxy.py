@@ -119,12 +119,13 @@ async def forward(request: Request, dep_id: str, path: str) -> Response:
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         _same_origin(request)
     address, kind, token = await anyio.to_thread.run_sync(_target, request, dep_id)
-    url = f"http://{address}{request.url.path}"
-    if request.url.query:
-        url += "?" + request.url.query
-    client = _client(request)
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     headers = _forwarded(request.headers.raw, kind, token)
     body = request.stream() if request.method not in ("GET", "HEAD") else None
+    if address == "tunnel":
+        return await _through_tunnel(request, dep_id, path, headers, body)
+    url = f"http://{address}{path}"
+    client = _client(request)
     upstream = client.build_request(request.method, url, headers=headers, content=body)
     try:
         resp = await client.send(upstream, stream=True)
@@ -134,6 +135,28 @@ async def forward(request: Request, dep_id: str, path: str) -> Response:
         resp.aiter_raw(), status_code=resp.status_code, background=BackgroundTask(resp.aclose)
     )
     out.raw_headers = [(k, v) for k, v in resp.headers.raw if k.lower() not in HOP]
+    return out
+
+
+def _tunnel(app: Any, dep_id: str) -> Any:
+    tunnel = app.state.tunnels.get(dep_id)
+    if tunnel is None or tunnel.closed.is_set():
+        raise HTTPException(503, "the deployment's runner is reconnecting; try again shortly")
+    return tunnel
+
+
+async def _through_tunnel(
+    request: Request, dep_id: str, path: str, headers: list[tuple[bytes, bytes]], body: Any
+) -> Response:
+    from forgehub.deployments.tunnel import TunnelClosed
+
+    tunnel = _tunnel(request.app, dep_id)
+    try:
+        status, raw, chunks = await tunnel.request(request.method, path, headers, body)
+    except TunnelClosed as exc:
+        raise HTTPException(502, f"the deployment did not answer: {exc}") from exc
+    out = StreamingResponse(chunks, status_code=status)
+    out.raw_headers = [(k, v) for k, v in raw if k.lower() not in HOP]
     return out
 
 
@@ -148,9 +171,8 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
     except HTTPException as exc:
         await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
         return
-    url = f"ws://{address}{websocket.url.path}"
-    if websocket.url.query:
-        url += "?" + websocket.url.query
+    path = websocket.url.path + (f"?{websocket.url.query}" if websocket.url.query else "")
+    url = f"ws://{address}{path}"
     name, value = _auth_header(kind, token)
     protocols = [
         p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p
@@ -159,6 +181,9 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
     extra = [(name.decode(), value.decode())]
     if cookie:
         extra.append(("Cookie", cookie.decode()))
+    if address == "tunnel":
+        await _ws_through_tunnel(websocket, dep_id, path, extra, protocols)
+        return
     try:
         upstream = await connect(
             url,
@@ -198,5 +223,55 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
         for t in tasks:
             t.cancel()
         await upstream.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _ws_through_tunnel(
+    websocket: WebSocket,
+    dep_id: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    protocols: list[str],
+) -> None:
+    from forgehub.deployments import tunnel as t
+
+    try:
+        tunnel = _tunnel(websocket.app, dep_id)
+        sid, q, subprotocol = await tunnel.websocket(path, headers, protocols)
+    except (HTTPException, t.TunnelClosed):
+        await websocket.close(code=1011)
+        return
+    await websocket.accept(subprotocol=subprotocol)
+
+    async def down() -> None:
+        while True:
+            typ, data = await q.get()
+            if typ == t.WS_TEXT:
+                await websocket.send_text(data.decode())
+            elif typ == t.WS_BYTES:
+                await websocket.send_bytes(data)
+            else:
+                return
+
+    async def up() -> None:
+        while True:
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("bytes") is not None:
+                await tunnel.send(sid, t.WS_BYTES, msg["bytes"])
+            elif msg.get("text") is not None:
+                await tunnel.send(sid, t.WS_TEXT, msg["text"].encode())
+
+    tasks = [asyncio.create_task(down()), asyncio.create_task(up())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        tunnel.streams.pop(sid, None)
+        with contextlib.suppress(Exception):
+            await tunnel.send(sid, t.WS_CLOSE)
         with contextlib.suppress(Exception):
             await websocket.close()

@@ -278,19 +278,23 @@ def stop(session: Session, d: Deployment) -> Deployment:
     return sync(session, d)
 
 
-def ready(session: Session, d: Deployment, job: Job, address: str) -> None:
-    """Its runner says the service answers at ``address`` (a runner on the server's machine:
-    a loopback port; compute the server cannot dial gets no address)."""
+def dialed(session: Session, job: Job) -> bool:
+    """Whether the server dials the service itself: only a runner on its own machine (local).
+    A worker, a Slurm node or a Ray node keeps a tunnel open to the server instead."""
     from forgehub.db.models import ComputeConnection
     from forgehub.jobs.common import COMPUTE
 
     conn = session.get(ComputeConnection, job.compute_id)
-    if conn is None or not COMPUTE.adapter_class(conn.kind).runs_on_server(conn.config):
-        raise DeploymentError(
-            "this compute runs away from the server; its services are reached through a "
-            "tunnel, which this server does not offer yet",
-            409,
-        )
+    return conn is not None and COMPUTE.adapter_class(conn.kind).slots_on_server
+
+
+def ready(session: Session, d: Deployment, job: Job, address: str) -> None:
+    """Its runner says the service answers at ``address``: a loopback port (a runner on the
+    server's machine) or ``tunnel`` (its runner's reverse tunnel)."""
+    if address != "tunnel" and not dialed(session, job):
+        # the server never dials an address a remote runner names (it could name one of the
+        # server's own neighbours): such a service is reached through its runner's tunnel
+        raise DeploymentError("compute away from the server is reached through a tunnel", 409)
     if d.address != address or d.ready_attempt != job.attempt:
         d.address, d.ready_attempt = address, job.attempt
     sync(session, d)

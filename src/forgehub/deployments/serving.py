@@ -128,7 +128,7 @@ def serve(
     run: JobRun, spec: dict[str, Any], inputs: dict[str, Path], work: Path, env: dict[str, str]
 ) -> dict[str, Any]:
     """Run the service until it is stopped (a cancel) or ends by itself (a failure)."""
-    from forgehub.jobs.runner import Cancelled, _pdeathsig_and_limits
+    from forgehub.jobs.runner import _pdeathsig_and_limits
 
     files = work / "files"
     files.mkdir(exist_ok=True)
@@ -151,8 +151,29 @@ def serve(
     for stream, name in ((run.proc.stdout, "stdout"), (run.proc.stderr, "stderr")):
         threading.Thread(target=run._pump, args=(stream, name), daemon=True).start()
     _wait_ready(run, f"http://127.0.0.1:{port}{probe}", headers)
+    address = f"127.0.0.1:{port}"
+    if spec["service"].get("reach") == "tunnel":
+        stop = _tunnel(run, address)
+        address = "tunnel"
+        say("system", "connected to the server through a tunnel (no inbound connection needed)")
+    else:
+        stop = None
     say("system", "the service answers; reachable through the platform")
-    answer = run.api.call("service", {"address": f"127.0.0.1:{port}"})
+    try:
+        _keep(run, spec, files, address)
+    finally:
+        if stop is not None:
+            stop()
+    return {}  # not reached: _keep ends with a cancel or a failure
+
+
+def _keep(run: JobRun, spec: dict[str, Any], files: Path, address: str) -> None:
+    """Keep the service up: heartbeats, saves on request; until stopped or it ends."""
+    from forgehub.jobs.runner import Cancelled
+
+    assert run.proc is not None
+    res = spec["resources"]
+    answer = run.api.call("service", {"address": address})
     deadline = time.monotonic() + float(res.get("time_limit_s", 30 * 86400))
     next_beat = time.monotonic() + BEAT_S
     while True:
@@ -164,16 +185,54 @@ def serve(
             raise TimeoutError(f"time limit of {res.get('time_limit_s')} s exceeded")
         if answer.get("save"):
             _save(run, spec, files, answer["save"])
-            answer = run.api.call("service", {"address": f"127.0.0.1:{port}"})
+            answer = run.api.call("service", {"address": address})
             continue
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + BEAT_S
-            answer = run.api.call("service", {"address": f"127.0.0.1:{port}"})
+            answer = run.api.call("service", {"address": address})
         time.sleep(0.1)
     if spec["service"]["kind"] == "jupyterlab":  # nothing is lost when it stops
         _save(run, spec, files, {"id": "on-stop", "path": ".", "name": None})
     _stop(run.proc)
     raise Cancelled()
+
+
+def _tunnel(run: JobRun, local: str) -> Any:
+    """Keep a reverse tunnel to the server open (reconnecting) in a thread of its own; returns
+    the function that closes it. Returns once the first connection is up."""
+    import asyncio
+
+    from forgehub.deployments.tunnel import client
+
+    base = run.api.base.rstrip("/")
+    url = "ws" + base[4:] if base.startswith("http") else base
+    url += f"/api/v1/jobs/{run.job_id}/runner/tunnel"
+    up = threading.Event()
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    async def forever() -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                await client(url, run.api.token, local, up.set, stop)
+                delay = 0.5
+            except Exception as exc:  # noqa: BLE001 - the server restarts, the network blips
+                run.reporter.line("system", f"tunnel lost ({type(exc).__name__}); reconnecting")
+            if not stop.is_set():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(forever(),), daemon=True)
+    thread.start()
+    if not up.wait(30):
+        raise RuntimeError("could not open the tunnel to the server")
+
+    def close() -> None:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
+
+    return close
 
 
 def _wait_ready(run: JobRun, url: str, headers: dict[str, str]) -> None:

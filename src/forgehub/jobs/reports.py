@@ -66,12 +66,18 @@ def _service(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
     credentials, over HTTPS in this answer, never in a file or on a command line)."""
     if job.kind != "service":
         return {}
-    from forgehub.deployments.service import for_job, token
+    from forgehub.deployments.service import dialed, for_job, token
 
     d = for_job(session, job.id)
     if d is None:
         raise JobError("this service job has no deployment", 409)
-    return {"service": {**job.spec.get("service", {}), "token": token(box, d)}}
+    return {
+        "service": {
+            **job.spec.get("service", {}),
+            "token": token(box, d),
+            "reach": "direct" if dialed(session, job) else "tunnel",
+        }
+    }
 
 
 def _input_location(session: Session, artifact_id: str, prefer: str) -> StorageConnection | None:

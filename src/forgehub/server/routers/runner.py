@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -200,7 +200,11 @@ async def relay_put(
 
 
 class ServiceIn(BaseModel):
-    address: str = Field(pattern=r"^127\.0\.0\.1:[0-9]{1,5}$", description="Where it listens.")
+    address: str = Field(
+        pattern=r"^(127\.0\.0\.1:[0-9]{1,5}|tunnel)$",
+        description="Where it listens: a loopback port (compute on the server's machine), or "
+        "'tunnel' (through the runner's reverse tunnel).",
+    )
 
 
 @router.post(
@@ -243,3 +247,36 @@ async def runner_saved(job_id: str, body: SavedIn, request: Request, auth: Runne
         return deployments.saved(s, d, job, body.model_dump(), box)
 
     return await _runner_call(request, auth, fn)
+
+
+@router.websocket("/{job_id}/runner/tunnel")
+async def runner_tunnel(websocket: WebSocket, job_id: str) -> None:
+    """Runner: the reverse tunnel of a deployment on compute the server cannot dial."""
+    from forgehub.deployments import service as deployments
+    from forgehub.deployments.tunnel import Tunnel
+
+    token = bearer(websocket)  # type: ignore[arg-type]
+    state = websocket.app.state
+
+    def check() -> str:
+        with state.db.session() as s:
+            job = service.job_for_token(s, job_id, token or "")
+            d = deployments.for_job(s, job.id)
+            if d is None or job.kind != "service":
+                raise NotFound("this job carries no deployment")
+            return d.id
+
+    try:
+        dep_id = await _in_thread(check)
+    except Exception:  # noqa: BLE001 - a wrong or expired token, no deployment
+        await websocket.close(code=4403)
+        return
+    await websocket.accept()
+    tunnel = Tunnel(websocket.send_bytes, websocket.receive_bytes)
+    tunnels: dict[str, Tunnel] = state.tunnels
+    tunnels[dep_id] = tunnel  # a runner that reconnects replaces its old tunnel
+    try:
+        await tunnel.run()
+    finally:
+        if tunnels.get(dep_id) is tunnel:
+            del tunnels[dep_id]
