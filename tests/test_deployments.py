@@ -392,3 +392,64 @@ def test_an_api_deployment_on_slurm_answers_through_the_tunnel(
     while _pids_of(base + "/") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _pids_of(base + "/"), "the service outlived its deployment on Slurm"
+
+
+def test_a_deployment_whose_host_dies_fails_or_restarts_as_asked(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    from tests.test_jobs import start_worker, wait_worker
+
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("hostdies") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+        FORGEHUB_JOB_LEASE_S="3",
+    )
+    with started(srv):
+        auth = {"Authorization": f"Bearer {srv.admin_token}"}
+        cache = {"FORGEHUB_CACHE_DIR": str(tmp_path / "w")}
+        with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
+            first = start_worker(srv, srv.admin_token, "box", env=cache)
+            wait_worker(c, "box")
+            keep = c.post(
+                "/api/v1/deployments",
+                json={"module": "digits", "compute": "workers", "restart": True},
+            ).json()
+            once = c.post(
+                "/api/v1/deployments", json={"module": "digits", "compute": "workers"}
+            ).json()
+            for d in (keep, once):
+                assert wait_state(c, d["id"], {"running", "failed"})["state"] == "running"
+            os.killpg(first.pid, 9)  # the host dies with its services
+            first.wait()
+            assert wait_state(c, once["id"], FINISHED, timeout=60)["state"] == "failed"
+            deadline = time.monotonic() + 60
+            while c.get(f"/api/v1/deployments/{keep['id']}").json()["restarts"] < 1:
+                assert time.monotonic() < deadline, "the deployment was not restarted"
+                time.sleep(0.3)
+            second = start_worker(srv, srv.admin_token, "box2", env=cache)
+            try:
+                again = wait_state(c, keep["id"], {"running", "failed"}, timeout=120)
+                assert again["state"] == "running" and again["job"] != keep["job"], again
+                r = c.get(f"/deployments/{keep['id']}/v2/models/")
+                assert r.status_code == 200, r.text
+                events = [e["message"] or "" for e in again["events"]]
+                assert any(m.startswith("restarted after") for m in events), events
+                c.post(f"/api/v1/deployments/{keep['id']}/stop")
+                assert wait_state(c, keep["id"], FINISHED)["state"] == "stopped"
+            finally:
+                os.killpg(second.pid, 9)
+                second.wait()
+
+
+def test_deployment_limits_are_the_admins(server: ForgehubServer, admin: httpx.Client) -> None:
+    admin.post("/api/v1/users", json={"name": "gus"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "gus"}).json()["token"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as gus:
+        r = gus.post(
+            "/api/v1/deployments",
+            json={"module": "digits", "compute": "workers", "resources": {"gpu": 5}},
+        )
+        assert r.status_code == 409, r.text
+        assert "the limit is 4" in r.json()["detail"]
+        r = gus.post("/api/v1/deployments", json={"module": "digits", "service": "shell"})
+        assert r.status_code == 422
