@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
-import httpx
 from fastapi import APIRouter, HTTPException, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
@@ -46,6 +46,29 @@ PRIVATE = {b"authorization", b"x-forgehub-service-token", b"x-csrf-token"}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
+REUSE_S = 2.0  # how long one caller's answer for one deployment is reused (no store, no crypto)
+
+
+def _cached_target(request: Any, dep_id: str) -> tuple[str, str, str]:
+    """:func:`_target`, remembered for :data:`REUSE_S` per caller credential and deployment: a
+    prediction through the proxy then costs no database read and no decryption. A token revoked
+    or a deployment stopped is noticed within that time."""
+    credential = request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE)
+    if not credential:
+        return _target(request, dep_id)
+    cache = _targets(request)
+    key = (credential, dep_id)
+    now = time.monotonic()
+    hit = cache.get(key)
+    if hit is not None and now - hit[0] < REUSE_S:
+        return hit[1]
+    found = _target(request, dep_id)
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[key] = (now, found)
+    return found
+
+
 def _target(request: Any, dep_id: str) -> tuple[str, str, str]:
     """(address, service, token) of a running deployment the caller may use."""
     principal = principal_from_request(request, check_csrf=False)
@@ -61,6 +84,29 @@ def _target(request: Any, dep_id: str) -> tuple[str, str, str]:
         if d.state != DeploymentState.running or not d.address:
             raise HTTPException(503, f"the deployment is {d.state}: {d.reason or 'not ready'}")
         return d.address, d.service, service.token(state.secrets, d)
+
+
+async def _resolve(request: Any, dep_id: str) -> tuple[str, str, str]:
+    credential = request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE)
+    hit = _targets(request).get((credential or "", dep_id))
+    if hit is not None and time.monotonic() - hit[0] < REUSE_S:
+        return hit[1]  # no thread hop either
+    return await anyio.to_thread.run_sync(_cached_target, request, dep_id)
+
+
+def forget(app: Any, dep_id: str) -> None:
+    """Drop what this process remembers of a deployment (it stopped, it moved)."""
+    cache = getattr(app.state, "proxy_targets", None) or {}
+    for key in [k for k in cache if k[1] == dep_id]:
+        cache.pop(key, None)
+
+
+def _targets(request: Any) -> dict[tuple[str, str], tuple[float, tuple[str, str, str]]]:
+    state = request.app.state
+    cache = getattr(state, "proxy_targets", None)
+    if cache is None:
+        cache = state.proxy_targets = {}
+    return cache
 
 
 def _same_origin(request: Any) -> None:
@@ -102,39 +148,57 @@ def _forwarded(raw: list[tuple[bytes, bytes]], kind: str, token: str) -> list[tu
     return out
 
 
-def _client(request: Request) -> httpx.AsyncClient:
-    client: httpx.AsyncClient | None = getattr(request.app.state, "proxy_client", None)
-    if client is None:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=10.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-            follow_redirects=False,
+def _session(request: Request) -> Any:
+    """The proxy's HTTP client (aiohttp: httpx costs several times more per request), one per
+    server process, made when first needed and closed at shutdown."""
+    import aiohttp
+
+    session = getattr(request.app.state, "proxy_client", None)
+    if session is None:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1000, limit_per_host=200),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10),
+            auto_decompress=False,  # bodies pass through as they are, encoding and all
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),  # the browser keeps the service's cookies
         )
-        request.app.state.proxy_client = client
-    return client
+        request.app.state.proxy_client = session
+    return session
 
 
 @router.api_route("/deployments/{dep_id}/{path:path}", methods=METHODS)
 async def forward(request: Request, dep_id: str, path: str) -> Response:
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         _same_origin(request)
-    address, kind, token = await anyio.to_thread.run_sync(_target, request, dep_id)
+    address, kind, token = await _resolve(request, dep_id)
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     headers = _forwarded(request.headers.raw, kind, token)
     body = request.stream() if request.method not in ("GET", "HEAD") else None
     if address == "tunnel":
         return await _through_tunnel(request, dep_id, path, headers, body)
+    import aiohttp
+
     url = f"http://{address}{path}"
-    client = _client(request)
-    upstream = client.build_request(request.method, url, headers=headers, content=body)
     try:
-        resp = await client.send(upstream, stream=True)
-    except httpx.HTTPError as exc:
+        resp = await _session(request).request(
+            request.method,
+            url,
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+            data=body,
+            allow_redirects=False,
+        )
+    except (aiohttp.ClientError, OSError) as exc:
+        forget(request.app, dep_id)  # stopped or moved: the store says which, next time
+        await anyio.to_thread.run_sync(_target, request, dep_id)  # 503 if it is not running
         raise HTTPException(502, f"the deployment did not answer: {type(exc).__name__}") from exc
+
+    async def release() -> None:  # on the loop: a sync task would hop to a thread
+        resp.release()
+
     out = StreamingResponse(
-        resp.aiter_raw(), status_code=resp.status_code, background=BackgroundTask(resp.aclose)
+        resp.content.iter_any(), status_code=resp.status, background=BackgroundTask(release)
     )
-    out.raw_headers = [(k, v) for k, v in resp.headers.raw if k.lower() not in HOP]
+    out.raw_headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in HOP]
     return out
 
 
@@ -167,7 +231,7 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
 
     try:
         _same_origin(websocket)
-        address, kind, token = await anyio.to_thread.run_sync(_target, websocket, dep_id)
+        address, kind, token = await _resolve(websocket, dep_id)
     except HTTPException as exc:
         await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
         return

@@ -136,10 +136,15 @@ async def client(
 ) -> None:
     """The runner's end: connect to ``url`` and serve the server's streams from ``local``
     (``127.0.0.1:port``) until ``stop`` or the connection ends."""
-    import httpx
+    import aiohttp
     from websockets.asyncio.client import connect
 
-    http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), follow_redirects=False)
+    http = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=None, connect=10),
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
     async with connect(
         url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
     ) as ws:
@@ -160,24 +165,22 @@ async def client(
 
         async def http_stream(sid: int, head: dict[str, Any], q: Any) -> None:
             try:
-                req = http.build_request(
+                empty = head["method"] in ("GET", "HEAD")
+                if empty:
+                    async for _ in body(q):  # an empty body: its END
+                        pass
+                async with http.request(
                     head["method"],
                     f"http://{local}{head['path']}",
                     headers=[(k, v) for k, v in head["headers"]],
-                    content=body(q) if head["method"] not in ("GET", "HEAD") else None,
-                )
-                if head["method"] in ("GET", "HEAD"):
-                    async for _ in body(q):  # an empty body: its END
-                        pass
-                resp = await http.send(req, stream=True)
-                try:
-                    out = {"status": resp.status_code, "headers": _str_headers(resp.headers.raw)}
+                    data=None if empty else body(q),
+                    allow_redirects=False,
+                ) as resp:
+                    out = {"status": resp.status, "headers": _str_headers(list(resp.raw_headers))}
                     await send(sid, RESP, json.dumps(out).encode())
-                    async for chunk in resp.aiter_raw():
+                    async for chunk in resp.content.iter_any():
                         await send(sid, BODY, chunk)
                     await send(sid, END)
-                finally:
-                    await resp.aclose()
             except Exception as exc:  # noqa: BLE001 - told to the server, which answers 502
                 with contextlib.suppress(Exception):
                     await send(sid, RESET, json.dumps({"error": type(exc).__name__}).encode())
@@ -245,7 +248,7 @@ async def client(
                     await q2.put((typ, payload))
         finally:
             stopper.cancel()
-            await http.aclose()
+            await http.close()
 
 
 def _str_headers(raw: list[tuple[bytes, bytes]]) -> list[list[str]]:

@@ -48,7 +48,7 @@ log = logging.getLogger("forgehub.server")
 async def _close_proxy(app: FastAPI) -> None:
     client = getattr(app.state, "proxy_client", None)
     if client is not None:
-        await client.aclose()
+        await client.close()
 
 
 def init_store(settings: Settings) -> Database:
@@ -141,6 +141,9 @@ def create_app(settings: Settings) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    from forgehub.deployments import proxy
+
+    app.include_router(proxy.router)  # first: every request to a deployment matches at once
     _mount_model_api(app, settings)
     _install_jobs(app, settings)
     from forgehub import web
@@ -160,9 +163,6 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(compute.workers_router)
     api.include_router(deployments.router)
     app.include_router(api)
-    from forgehub.deployments import proxy
-
-    app.include_router(proxy.router)
     app.add_middleware(
         UploadLimit,
         max_bytes=settings.max_upload_mb * 1024 * 1024,

@@ -85,6 +85,8 @@ async def show(dep_id: str, principal: CurrentUser, request: Request) -> Any:
 
 @router.post("/{dep_id}/stop", summary="Stop a deployment (a JupyterLab's folder is saved first)")
 async def stop(dep_id: str, principal: CurrentUser, request: Request) -> Any:
+    from forgehub.deployments.proxy import forget
+
     out = await _one(
         request,
         principal,
@@ -92,6 +94,7 @@ async def stop(dep_id: str, principal: CurrentUser, request: Request) -> Any:
         "deployment.stop",
         lambda s, d: _out(s, service.stop(s, d)),
     )
+    forget(request.app, dep_id)
     request.app.state.dispatcher.notify()
     return out
 
