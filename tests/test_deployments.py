@@ -453,3 +453,7 @@ def test_deployment_limits_are_the_admins(server: ForgehubServer, admin: httpx.C
         assert "the limit is 4" in r.json()["detail"]
         r = gus.post("/api/v1/deployments", json={"module": "digits", "service": "shell"})
         assert r.status_code == 422
+        for bad in ({"module": ""}, {"module": "digits", "inputs": {"../../etc": "x"}}):
+            r = gus.post("/api/v1/deployments", json={**bad, "compute": "workers"})
+            assert r.status_code == 422, r.text  # an input name becomes a file name
+        assert gus.get("/api/v1/deployments").json() == []

@@ -27,7 +27,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -71,6 +71,7 @@ class DeployIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     module: str = Field(
+        min_length=1,
         max_length=500,
         description="A module name, or its source (git+URL@ref, pip:REQUIREMENT, wheel:ARTIFACT).",
     )
@@ -106,9 +107,8 @@ def create(
     limits: tuple[int, int],
 ) -> Deployment:
     """Store the deployment and queue the job that serves it."""
-    from forgehub.compute import Resources
     from forgehub.jobs.common import COMPUTE, ensure_default_compute
-    from forgehub.jobs.submit import JobIn, submit
+    from forgehub.jobs.submit import submit
 
     if not principal.user_id:
         raise DeploymentError("deployments belong to a user; use a user's token", 403)
@@ -132,23 +132,11 @@ def create(
     except SourceError as exc:
         raise DeploymentError(str(exc), 422) from exc
     ttl = body.ttl_s or 30 * 86400
-    job_in = JobIn(
-        kind="service",
-        module=None if is_source else body.module,
-        source=body.module if is_source else None,
-        version=body.version,
-        inputs=body.inputs,
-        compute=body.compute,
-        storage=body.storage,
-        labels=body.labels,
-        max_retries=0,  # a lost service is restarted by its deployment, when asked
-        resources=Resources(
-            cpu=body.resources.cpu,
-            gpu=body.resources.gpu,
-            memory_mb=body.resources.memory_mb,
-            time_limit_s=ttl,
-        ),
-    )
+    try:
+        job_in = _job_in(body, is_source, ttl)
+    except ValidationError as exc:  # an input name, say: the job's own rules
+        msg = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+        raise DeploymentError(msg, 422) from None
     service = {"kind": body.service, "deployment": dep_id, "base_path": f"/deployments/{dep_id}/"}
     job = submit(session, principal, job_in, box, data_dir, modules, policy, service=service)
     d = Deployment(
@@ -175,6 +163,29 @@ def create(
     session.flush()
     session.add(DeploymentEvent(deployment_id=d.id, state="pending", message="deployed"))
     return d
+
+
+def _job_in(body: DeployIn, is_source: bool, ttl: int) -> Any:
+    from forgehub.compute import Resources
+    from forgehub.jobs.submit import JobIn
+
+    return JobIn(
+        kind="service",
+        module=None if is_source else body.module,
+        source=body.module if is_source else None,
+        version=body.version,
+        inputs=body.inputs,
+        compute=body.compute,
+        storage=body.storage,
+        labels=body.labels,
+        max_retries=0,  # a lost service is restarted by its deployment, when asked
+        resources=Resources(
+            cpu=body.resources.cpu,
+            gpu=body.resources.gpu,
+            memory_mb=body.resources.memory_mb,
+            time_limit_s=ttl,
+        ),
+    )
 
 
 def _check_limits(
