@@ -116,10 +116,13 @@ def test_an_api_deployment_answers_through_the_platform_and_stops(
     assert admin.get(f"{base}/v2/models/").status_code == 503
 
 
-def run_two_plus_two(page: Any, dep_id: str, tmp_path: Path) -> None:
+def run_two_plus_two(
+    page: Any, dep_id: str, tmp_path: Path, seed: str | None = "notes.txt"
+) -> None:
     """Open the deployment's lab, make a notebook, write a file and print 2+2 there."""
     page.goto(f"/deployments/{dep_id}/lab")
-    page.get_by_text("notes.txt").first.wait_for(timeout=60_000)  # the seed file is there
+    if seed:
+        page.get_by_text(seed).first.wait_for(timeout=60_000)  # the seed file is there
     page.locator(".jp-LauncherCard[data-category='Notebook']").first.click(timeout=60_000)
     cell = page.locator(".jp-Notebook .jp-Cell .cm-content").first
     cell.wait_for(timeout=60_000)
@@ -457,3 +460,53 @@ def test_deployment_limits_are_the_admins(server: ForgehubServer, admin: httpx.C
             r = gus.post("/api/v1/deployments", json={**bad, "compute": "workers"})
             assert r.status_code == 422, r.text  # an input name becomes a file name
         assert gus.get("/api/v1/deployments").json() == []
+
+
+def test_from_the_dashboard_an_api_and_a_lab_on_a_worker_used_listed_and_stopped(
+    server: ForgehubServer,
+    admin: httpx.Client,
+    tmp_path: Path,
+    browser: Any,  # noqa: F811 - the fixture imported above
+) -> None:
+    """The issue's "done when": from the dashboard, digits as an API and as a JupyterLab on the
+    user's own worker, both used through the platform, seen on the Deployments page, stopped."""
+    from tests.test_dashboard import Session
+    from tests.test_jobs import start_worker, wait_worker
+
+    worker = start_worker(
+        server, server.admin_token, "lab-desk", env={"FORGEHUB_CACHE_DIR": str(tmp_path / "w")}
+    )
+    try:
+        wait_worker(admin, "lab-desk")
+        s = Session(browser, server, server.admin_token)
+        page = s.page
+        ids = {}
+        for service, title in (("api", "Desk API"), ("jupyterlab", "Desk lab")):
+            page.goto("/modules/digits")
+            page.get_by_role("link", name="Deploy digits").click()
+            page.get_by_label("Service").select_option(service)
+            page.get_by_label("Compute", exact=True).select_option("workers")
+            page.get_by_label("Title").fill(title)
+            page.get_by_role("button", name="Deploy").click()
+            page.wait_for_url("**/deployments/*")
+            ids[service] = page.url.rstrip("/").rsplit("/", 1)[1]
+            page.get_by_role("link", name="Open").wait_for(timeout=120_000)
+
+        page.goto("/deployments")
+        for title in ("Desk API", "Desk lab"):
+            row = page.locator("tr", has_text=title)
+            assert "running" in row.inner_text() and "workers" in row.inner_text()
+        page.locator("tr", has_text="Desk API").get_by_role("link", name="Open").click()
+        assert '"versions"' in page.locator("body").inner_text()  # through the tunnel
+        run_two_plus_two(page, ids["jupyterlab"], tmp_path, seed=None)
+
+        for dep_id in ids.values():
+            page.goto(f"/deployments/{dep_id}")
+            page.get_by_role("button", name="Stop").click()
+            assert wait_state(admin, dep_id, FINISHED)["state"] == "stopped"
+        page.goto("/deployments")
+        for title in ("Desk API", "Desk lab"):
+            assert "stopped" in page.locator("tr", has_text=title).inner_text()
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait()
