@@ -353,6 +353,40 @@ def test_jupyterlab_on_a_worker_through_the_tunnel(
         worker.wait()
 
 
+def _all_threes(admin: httpx.Client) -> str:
+    """A deliberately bad training of digits (every label is 3), published as a version."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
+    r = admin.post(
+        "/api/v1/artifacts",
+        params={"filename": "threes.npz", "name": "threes"},
+        content=buf.getvalue(),
+    )
+    assert r.status_code == 201, r.text
+    r = admin.post(
+        "/api/v1/jobs",
+        json={
+            "module": "digits",
+            "args": {"epochs": 5},
+            "inputs": {"dataset": "threes"},
+            "publish": True,
+            "publish_version": "all-threes",
+        },
+    )
+    assert r.status_code == 201, r.text
+    from tests.test_jobs import FINISHED as JOB_ENDS
+    from tests.test_jobs import wait
+
+    done = wait(admin, r.json()["id"], JOB_ENDS, timeout=120)
+    assert done["result"]["published"]["version"] == "all-threes", done
+    return "all-threes"
+
+
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[str]:
     from tests.services import Slurm
@@ -369,22 +403,30 @@ def test_an_api_deployment_on_slurm_answers_through_the_tunnel(
         json={"name": "hpc", "kind": "slurm", "config": {"slurm_conf": slurm}},
     )
     assert r.status_code == 201, r.text
+    version = _all_threes(admin)
     r = admin.post(
         "/api/v1/deployments",
-        json={"module": "digits", "compute": "hpc", "resources": {"memory_mb": 2000}},
+        json={
+            "module": "digits",
+            "version": version,
+            "compute": "hpc",
+            "resources": {"memory_mb": 2000},
+        },
     )
     assert r.status_code == 201, r.text
     dep = wait_state(admin, r.json()["id"], {"running", "failed"}, timeout=180)
-    assert dep["state"] == "running", dep
+    assert dep["state"] == "running" and dep["version"] == version, dep
     assert _log_has(admin, dep["job"], "through a tunnel")
     image, label = digit_png(7)
+    assert label != 3
     base = f"/deployments/{dep['id']}"
     for _ in range(3):  # several requests share the one tunnel
         r = admin.post(
             f"{base}/v2/models/digits/predict/", files={"image": ("d.png", image, "image/png")}
         )
         assert r.status_code == 200, r.text
-        assert r.json()["predictions"]["labels"][0]["label"] == label
+        # that version's weights (a deliberately bad training: every answer is 3)
+        assert r.json()["predictions"]["labels"][0]["label"] == 3
     admin.post("/api/v1/users", json={"name": "trudy"})
     tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "trudy"}).json()["token"]
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as trudy:
