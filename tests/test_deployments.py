@@ -486,6 +486,21 @@ def test_a_deployment_whose_host_dies_fails_or_restarts_as_asked(
                 second.wait()
 
 
+def test_an_unused_deployment_stops_itself(server: ForgehubServer, admin: httpx.Client) -> None:
+    r = admin.post("/api/v1/deployments", json={"module": "digits", "idle_stop_s": 10})
+    assert r.status_code == 201, r.text
+    dep = wait_state(admin, r.json()["id"], {"running", "failed"})
+    assert dep["state"] == "running" and dep["idle_stop_s"] == 10
+    used_until = time.monotonic() + 6
+    while time.monotonic() < used_until:  # in use: not stopped
+        assert admin.get(f"/deployments/{dep['id']}/v2/models/").status_code == 200
+        time.sleep(1)
+    assert admin.get(f"/api/v1/deployments/{dep['id']}").json()["state"] == "running"
+    stopped = wait_state(admin, dep["id"], FINISHED, timeout=40)
+    assert stopped["state"] == "stopped", stopped
+    assert stopped["reason"] == "stopped after 10 s without a request"
+
+
 def test_deployment_limits_are_the_admins(server: ForgehubServer, admin: httpx.Client) -> None:
     admin.post("/api/v1/users", json={"name": "gus"})
     tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "gus"}).json()["token"]

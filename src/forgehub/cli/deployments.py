@@ -46,6 +46,9 @@ def deploy(
     disk: int = typer.Option(0, "--disk", help="Disk in MiB (0: any)."),
     title: str = typer.Option(None, "--title", help="A title [default: module (service)]."),
     ttl: int = typer.Option(None, "--ttl", help="Stop after this many seconds."),
+    idle_stop: int = typer.Option(
+        None, "--idle-stop", help="Stop once it has had no request for this many seconds."
+    ),
     input_: list[str] = typer.Option(
         [], "--input", "-i", help="NAME=ARTIFACT copied into its working folder (repeat)."
     ),
@@ -77,6 +80,7 @@ def deploy(
         "compute": on,
         "title": title,
         "ttl_s": ttl,
+        "idle_stop_s": idle_stop,
         "inputs": inputs,
         "restart": restart,
         "resources": {

@@ -87,6 +87,9 @@ def _target(request: Any, dep_id: str) -> tuple[str, str, str]:
 
 
 async def _resolve(request: Any, dep_id: str) -> tuple[str, str, str]:
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is not None:  # in use: what an idle stop counts from
+        dispatcher.last_request[dep_id] = time.time()
     credential = request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE)
     hit = _targets(request).get((credential or "", dep_id))
     if hit is not None and time.monotonic() - hit[0] < REUSE_S:

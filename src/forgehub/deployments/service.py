@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ ACTIVE = (
     DeploymentState.running,
     DeploymentState.stopping,
 )
+_SERVER_START = time.time()  # idle time is counted from here at the latest
 SAVE_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,254}")
 
 
@@ -91,6 +93,12 @@ class DeployIn(BaseModel):
     )
     ttl_s: int | None = Field(
         default=None, ge=60, le=30 * 86400, description="Stop after this many seconds."
+    )
+    idle_stop_s: int | None = Field(
+        default=None,
+        ge=10,
+        le=30 * 86400,
+        description="Stop once it has had no request for this many seconds.",
     )
     restart: bool = Field(default=False, description="Start again when its host is lost.")
     labels: list[str] = Field(default_factory=list, description="Worker labels required.")
@@ -151,6 +159,7 @@ def create(
             "resources": body.resources.model_dump(),
             "inputs": body.inputs,
             "ttl_s": body.ttl_s,
+            "idle_stop_s": body.idle_stop_s,
             "compute": body.compute,
         },
         compute_id=job.compute_id,
@@ -223,7 +232,7 @@ def derived(d: Deployment, job: Job | None) -> tuple[DeploymentState, str | None
     js = JobState(job.state)
     if js.finished:
         if d.stop_requested_at is not None or js == JobState.cancelled:
-            return DeploymentState.stopped, "stopped"
+            return DeploymentState.stopped, str(d.spec.get("stopped_for") or "stopped")
         if js == JobState.succeeded:
             return DeploymentState.stopped, "the service ended"
         if d.spec.get("ttl_s") and "time limit" in (job.error or ""):
@@ -347,6 +356,24 @@ def saved(
     return entry
 
 
+def stop_if_idle(session: Session, d: Deployment, last_request: float | None) -> bool:
+    """Stop a running deployment asked to stop when unused (``idle_stop_s``) that has had no
+    request through the platform for that long (counted from when it came up, or from this
+    server's start: requests are remembered in memory). True if it was stopped."""
+    idle = d.spec.get("idle_stop_s")
+    if not idle or d.state != DeploymentState.running or d.stop_requested_at is not None:
+        return False
+    since = last_request or 0.0
+    if d.started_at is not None:
+        since = max(since, d.started_at.timestamp())
+    since = max(since, _SERVER_START)
+    if time.time() - since < idle:
+        return False
+    d.spec = {**d.spec, "stopped_for": f"stopped after {idle} s without a request"}
+    stop(session, d)
+    return True
+
+
 def request_save(d: Deployment, path: str, name: str | None) -> dict[str, Any]:
     """Ask the runner to push the working folder (or ``path`` in it) as an artifact."""
     if d.state != DeploymentState.running:
@@ -398,6 +425,7 @@ def out(d: Deployment, compute: str | None = None, job: Job | None = None) -> di
         "resources": d.spec.get("resources", {}),
         "inputs": d.spec.get("inputs", {}),
         "ttl_s": d.spec.get("ttl_s"),
+        "idle_stop_s": d.spec.get("idle_stop_s"),
         "restart": d.restart,
         "restarts": d.restarts,
         "compute": compute or d.spec.get("compute"),

@@ -56,6 +56,8 @@ class Dispatcher:
     ) -> None:
         self.db = db
         self.box = box
+        # deployment id → when the proxy last forwarded a request to it (time.time())
+        self.last_request: dict[str, float] = {}
         self.server_url = server_url
         self.data_dir = data_dir
         self.local_slots = local_slots
@@ -145,6 +147,7 @@ class Dispatcher:
                 d = s.get(Deployment, dep_id)
                 if d is not None:
                     deployments.sync(s, d)
+                    deployments.stop_if_idle(s, d, self.last_request.get(dep_id))
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -171,6 +171,7 @@ function setupDeploy(form) {
       module: form.getAttribute("data-module"), version: v("d-version") || null,
       service: v("d-service"), compute: v("d-compute"), title: v("d-title") || null, inputs,
       ttl_s: v("d-ttl") ? Math.round(Number(v("d-ttl")) * 3600) : null,
+      idle_stop_s: v("d-idle") ? Math.round(Number(v("d-idle")) * 60) : null,
       resources: { cpu: Number(v("d-cpu")), gpu: Number(v("d-gpu")), gpu_model: v("d-gpu-model") || null,
                    memory_mb: Number(v("d-mem")), disk_mb: Number(v("d-disk")) },
     };
