@@ -169,8 +169,9 @@ def _session(request: Request) -> Any:
     return session
 
 
-@router.api_route("/deployments/{dep_id}/{path:path}", methods=METHODS)
-async def forward(request: Request, dep_id: str, path: str) -> Response:
+async def forward(request: Request) -> Response:
+    """One HTTP request to a deployment (a raw route: no dependency solving per request)."""
+    dep_id = request.path_params["dep_id"]
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         _same_origin(request)
     address, kind, token = await _resolve(request, dep_id)
@@ -342,3 +343,18 @@ async def _ws_through_tunnel(
             await tunnel.send(sid, t.WS_CLOSE)
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+def _raw_route() -> None:
+    from forgehub.modelapi.routes import RawRoute
+
+    router.add_api_route(
+        "/deployments/{dep_id}/{path:path}",
+        forward,
+        methods=METHODS,
+        route_class_override=RawRoute,
+        response_model=None,
+    )
+
+
+_raw_route()
