@@ -353,40 +353,6 @@ def test_jupyterlab_on_a_worker_through_the_tunnel(
         worker.wait()
 
 
-def _all_threes(admin: httpx.Client) -> str:
-    """A deliberately bad training of digits (every label is 3), published as a version."""
-    import io
-
-    import numpy as np
-
-    buf = io.BytesIO()
-    rng = np.random.default_rng(0)
-    np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
-    r = admin.post(
-        "/api/v1/artifacts",
-        params={"filename": "threes.npz", "name": "threes"},
-        content=buf.getvalue(),
-    )
-    assert r.status_code == 201, r.text
-    r = admin.post(
-        "/api/v1/jobs",
-        json={
-            "module": "digits",
-            "args": {"epochs": 5},
-            "inputs": {"dataset": "threes"},
-            "publish": True,
-            "publish_version": "all-threes",
-        },
-    )
-    assert r.status_code == 201, r.text
-    from tests.test_jobs import FINISHED as JOB_ENDS
-    from tests.test_jobs import wait
-
-    done = wait(admin, r.json()["id"], JOB_ENDS, timeout=120)
-    assert done["result"]["published"]["version"] == "all-threes", done
-    return "all-threes"
-
-
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[str]:
     from tests.services import Slurm
@@ -403,7 +369,9 @@ def test_an_api_deployment_on_slurm_answers_through_the_tunnel(
         json={"name": "hpc", "kind": "slurm", "config": {"slurm_conf": slurm}},
     )
     assert r.status_code == 201, r.text
-    version = _all_threes(admin)
+    from tests.test_trained_versions import publish_all_threes
+
+    version = publish_all_threes(admin)
     r = admin.post(
         "/api/v1/deployments",
         json={
@@ -567,3 +535,39 @@ def test_from_the_dashboard_an_api_and_a_lab_on_a_worker_used_listed_and_stopped
     finally:
         os.killpg(worker.pid, 9)
         worker.wait()
+
+
+def test_a_deployments_runner_endpoints_refuse_everyone_but_its_runner(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    """Another user (or a user token, or no token) cannot claim to be a deployment's runner:
+    not report an address, record a saved folder or open its tunnel."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    d = admin.post("/api/v1/deployments", json={"module": "digits"}).json()
+    running = wait_state(admin, d["id"], {"running", "failed"})
+    assert running["state"] == "running", running
+    admin.post("/api/v1/users", json={"name": "oscar"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "oscar"}).json()["token"]
+    base = f"/api/v1/jobs/{d['job']}/runner"
+    for who in ({"Authorization": f"Bearer {tok}"}, {}):
+        r = httpx.post(f"{server.url}{base}/service", json={"address": "tunnel"}, headers=who)
+        assert r.status_code in (401, 403, 404), r.text
+        saved = {"request": "x", "digest": "sha256:" + "0" * 64, "kind": "file", "size": 1}
+        r = httpx.post(f"{server.url}{base}/saved", json=saved, headers=who)
+        assert r.status_code in (401, 403, 404), r.text
+        url = server.url.replace("http", "ws") + f"{base}/tunnel"
+        accepted = False
+        try:
+            with connect(url, additional_headers=who, open_timeout=5) as ws:
+                ws.recv(timeout=5)  # closed with 4403 at once, before any frame
+                accepted = True
+        except (InvalidStatus, ConnectionClosed, TimeoutError):
+            pass
+        assert not accepted, "the tunnel accepted someone else"
+    # the service still answers its owner, at the address its own runner reported
+    assert admin.get(f"/deployments/{d['id']}/v2/models/").status_code == 200
+    assert admin.get(f"/api/v1/deployments/{d['id']}").json()["saved"] == []
+    admin.post(f"/api/v1/deployments/{d['id']}/stop")
+    assert wait_state(admin, d["id"], FINISHED)["state"] == "stopped"

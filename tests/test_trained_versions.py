@@ -54,34 +54,38 @@ def _label(r: httpx.Response) -> int:
     return int(r.json()["predictions"]["labels"][0]["label"])
 
 
+def publish_all_threes(admin: httpx.Client) -> str:
+    """A deliberately bad training of digits (every label is 3), published as "all-threes"."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
+    r = admin.post(
+        "/api/v1/artifacts",
+        params={"filename": "threes.npz", "name": "threes"},
+        content=buf.getvalue(),
+    )
+    assert r.status_code == 201, r.text
+    r = admin.post(
+        "/api/v1/jobs",
+        json={
+            "module": "digits",
+            "args": {"epochs": 5},
+            "inputs": {"dataset": "threes"},
+            "publish": True,
+            "publish_version": "all-threes",
+        },
+    )
+    assert r.status_code == 201, r.text
+    done = _wait(admin, r.json()["id"])
+    assert done["state"] == "succeeded", done
+    assert done["result"]["published"] == {"module": "digits", "version": "all-threes"}
+    return "all-threes"
+
+
 @pytest.fixture(scope="module")
 def all_threes(server: ForgehubServer) -> str:
-    """A deliberately bad training of digits (every label is 3), published as "all-threes"."""
     with _client(server, server.admin_token) as admin:
-        buf = io.BytesIO()
-        rng = np.random.default_rng(0)
-        np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
-        r = admin.post(
-            "/api/v1/artifacts",
-            params={"filename": "threes.npz", "name": "threes"},
-            content=buf.getvalue(),
-        )
-        assert r.status_code == 201, r.text
-        r = admin.post(
-            "/api/v1/jobs",
-            json={
-                "module": "digits",
-                "args": {"epochs": 5},
-                "inputs": {"dataset": "threes"},
-                "publish": True,
-                "publish_version": "all-threes",
-            },
-        )
-        assert r.status_code == 201, r.text
-        done = _wait(admin, r.json()["id"])
-        assert done["state"] == "succeeded", done
-        assert done["result"]["published"] == {"module": "digits", "version": "all-threes"}
-    return "all-threes"
+        return publish_all_threes(admin)
 
 
 def test_a_published_training_predicts_with_its_weights(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -193,7 +192,7 @@ def _keep(run: JobRun, spec: dict[str, Any], files: Path, address: str) -> None:
         time.sleep(0.1)
     if spec["service"]["kind"] == "jupyterlab":  # nothing is lost when it stops
         _save(run, spec, files, {"id": "on-stop", "path": ".", "name": None})
-    _stop(run.proc)
+    run._kill()  # the service's whole process tree, as a cancelled job's
     raise Cancelled()
 
 
@@ -277,17 +276,3 @@ def _save(run: JobRun, spec: dict[str, Any], files: Path, req: dict[str, Any]) -
             "filename": target.name if req["path"] != "." else "files",
         },
     )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """The service's whole process tree: SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
