@@ -86,7 +86,9 @@ def test_an_api_deployment_answers_through_the_platform_and_stops(
     )
     assert r.status_code == 200, r.text
     assert r.json()["predictions"]["labels"][0]["label"] == label
+    assert r.headers["x-content-type-options"] == "nosniff"
     assert admin.get(f"{base}/v2/models/").json()["models"][0]["name"] == "digits"
+    assert admin.request("TRACE", f"{base}/v2/models/").status_code == 405
 
     # the service itself answers nobody without the token only the platform has
     port = int(admin.get(f"/api/v1/jobs/{running['job']}/logs").text.split("on port ")[1][:5])
@@ -96,7 +98,11 @@ def test_an_api_deployment_answers_through_the_platform_and_stops(
     admin.post("/api/v1/users", json={"name": "eve"})
     tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "eve"}).json()["token"]
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as eve:
-        assert eve.get(f"{base}/v2/models/").status_code == 404
+        refused = eve.get(f"{base}/v2/models/")
+        assert refused.status_code == 404
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert "deployment" in refused.json()["detail"]
+        assert refused.headers["x-frame-options"] == "DENY"  # the platform's headers, here too
         assert eve.get(f"/api/v1/deployments/{dep['id']}").status_code == 404
         assert eve.post(f"/api/v1/deployments/{dep['id']}/stop").status_code == 404
         assert eve.get("/api/v1/deployments").json() == []

@@ -20,14 +20,15 @@ from urllib.parse import urlsplit
 
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, WebSocket
-from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
 
 from forgehub.db.models import Deployment
 from forgehub.deployments import service
+from forgehub.errors import ForgehubError
 from forgehub.identity import authz
 from forgehub.identity.sessions import CSRF_COOKIE, SESSION_COOKIE
+from forgehub.server import accesslog, errors
 from forgehub.server.deps import principal_from_request
+from forgehub.server.headers import secured
 from forgehub.states import DeploymentState
 
 router = APIRouter(tags=["deployments"], include_in_schema=False)
@@ -169,9 +170,58 @@ def _session(request: Request) -> Any:
     return session
 
 
-async def forward(request: Request) -> Response:
-    """One HTTP request to a deployment (a raw route: no dependency solving per request)."""
-    dep_id = request.path_params["dep_id"]
+PREFIX = "/deployments/"
+WHOLE = 1 << 20  # answers up to this size (by Content-Length) go out in one message
+
+
+def _proxied(path: str) -> bool:
+    """``/deployments/{id}/…``: a deployment's own path (the page about it has no slash)."""
+    if not path.startswith(PREFIX):
+        return False
+    slash = path.find("/", len(PREFIX))
+    return slash > len(PREFIX)
+
+
+class Front:
+    """The proxy's HTTP path, as the outermost ASGI layer: a request under ``/deployments/``
+    goes from here to the service without the platform's router, exception middleware or
+    response classes (together more than the proxying itself). It keeps their guarantees: one
+    access-log line, the security headers (the service's own win), errors as problem+json or
+    the dashboard's error page. WebSockets and every other path go on to the platform."""
+
+    def __init__(self, app: Any, platform: Any) -> None:
+        self.app = app
+        self.platform = platform
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not _proxied(scope["path"]):
+            await self.app(scope, receive, send)  # the dashboard's /deployments/{id} too
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = secured(message["headers"], scope["path"])
+            await send(message)
+
+        scope["app"] = self.platform
+        request = Request(scope, receive)
+        try:
+            try:
+                await forward(request, sending)
+            except (HTTPException, ForgehubError) as exc:
+                await errors.response_for(request, exc)(scope, receive, sending)
+        finally:
+            accesslog.line(scope, status[0], start)
+
+
+async def forward(request: Request, send: Any) -> None:
+    """One HTTP request to a deployment, answered straight onto the ASGI ``send``."""
+    dep_id = request.url.path[len(PREFIX) :].split("/", 1)[0]
+    if request.method not in METHODS:
+        raise HTTPException(405, f"{request.method} is not allowed")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         _same_origin(request)
     address, kind, token = await _resolve(request, dep_id)
@@ -179,7 +229,8 @@ async def forward(request: Request) -> Response:
     headers = _forwarded(request.headers.raw, kind, token)
     body = request.stream() if request.method not in ("GET", "HEAD") else None
     if address == "tunnel":
-        return await _through_tunnel(request, dep_id, path, headers, body)
+        await _through_tunnel(request, dep_id, path, headers, body, send)
+        return
     import aiohttp
 
     url = f"http://{address}{path}"
@@ -195,15 +246,41 @@ async def forward(request: Request) -> Response:
         forget(request.app, dep_id)  # stopped or moved: the store says which, next time
         await anyio.to_thread.run_sync(_target, request, dep_id)  # 503 if it is not running
         raise HTTPException(502, f"the deployment did not answer: {type(exc).__name__}") from exc
-
-    async def release() -> None:  # on the loop: a sync task would hop to a thread
+    try:
+        raw = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
+        size = resp.content_length
+        if size is not None and size <= WHOLE:  # most answers: one message, no task
+            data = await resp.read()
+            await send({"type": "http.response.start", "status": resp.status, "headers": raw})
+            await send({"type": "http.response.body", "body": data})
+            return
+        await _stream(request, send, resp.status, raw, resp.content.iter_any())
+    finally:
         resp.release()
 
-    out = StreamingResponse(
-        resp.content.iter_any(), status_code=resp.status, background=BackgroundTask(release)
-    )
-    out.raw_headers = [(k, v) for k, v in resp.raw_headers if k.lower() not in HOP]
-    return out
+
+async def _stream(request: Request, send: Any, status: int, raw: Any, chunks: Any) -> None:
+    """Relay a streamed answer until it ends or the caller goes (then stop reading it)."""
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+
+    async def pump() -> None:
+        async for chunk in chunks:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.create_task(pump()), asyncio.create_task(gone())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a broken upstream surfaces (the access log says 200, the body ends)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _tunnel(app: Any, dep_id: str) -> Any:
@@ -214,8 +291,13 @@ def _tunnel(app: Any, dep_id: str) -> Any:
 
 
 async def _through_tunnel(
-    request: Request, dep_id: str, path: str, headers: list[tuple[bytes, bytes]], body: Any
-) -> Response:
+    request: Request,
+    dep_id: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: Any,
+    send: Any,
+) -> None:
     from forgehub.deployments.tunnel import TunnelClosed
 
     tunnel = _tunnel(request.app, dep_id)
@@ -223,9 +305,8 @@ async def _through_tunnel(
         status, raw, chunks = await tunnel.request(request.method, path, headers, body)
     except TunnelClosed as exc:
         raise HTTPException(502, f"the deployment did not answer: {exc}") from exc
-    out = StreamingResponse(chunks, status_code=status)
-    out.raw_headers = [(k, v) for k, v in raw if k.lower() not in HOP]
-    return out
+    raw = [(k.lower(), v) for k, v in raw if k.lower() not in HOP]
+    await _stream(request, send, status, raw, chunks)
 
 
 @router.websocket("/deployments/{dep_id}/{path:path}")
@@ -343,18 +424,3 @@ async def _ws_through_tunnel(
             await tunnel.send(sid, t.WS_CLOSE)
         with contextlib.suppress(Exception):
             await websocket.close()
-
-
-def _raw_route() -> None:
-    from forgehub.modelapi.routes import RawRoute
-
-    router.add_api_route(
-        "/deployments/{dep_id}/{path:path}",
-        forward,
-        methods=METHODS,
-        route_class_override=RawRoute,
-        response_model=None,
-    )
-
-
-_raw_route()

@@ -30,15 +30,22 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            client = scope.get("client") or ("-", 0)
-            access.info(
-                '%s "%s %s" %d %.1fms',
-                client[0],
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - start) * 1000,
-            )
+            line(scope, status, start)
+
+
+def line(scope: Scope, status: int, start: float) -> None:
+    """One request's line: who, method, path (never the query), status, milliseconds."""
+    if not access.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client") or ("-", 0)
+    access.info(
+        '%s "%s %s" %d %.1fms',
+        client[0],
+        scope["method"],
+        scope["path"],
+        status,
+        (time.perf_counter() - start) * 1000,
+    )
 
 
 def setup(level: str) -> None:

@@ -143,7 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     from forgehub.deployments import proxy
 
-    app.include_router(proxy.router)  # first: every request to a deployment matches at once
+    app.include_router(proxy.router)  # its WebSockets; HTTP goes through proxy.Front
     _mount_model_api(app, settings)
     _install_jobs(app, settings)
     from forgehub import web
@@ -171,6 +171,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)
+    app.add_middleware(proxy.Front, platform=app)  # outermost: /deployments/ skips the rest
     return app
 
 

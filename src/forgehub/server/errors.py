@@ -80,6 +80,19 @@ def storage_status(exc: StorageError) -> int:
     return 502
 
 
+def response_for(request: Request, exc: ForgehubError | StarletteHTTPException) -> Response:
+    """The answer to a refused request: problem+json, or the dashboard's error page when a
+    browser asked for a page (a ForgehubError only, as before)."""
+    if isinstance(exc, StarletteHTTPException):
+        return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+    page = getattr(request.app.state, "error_page", None)  # the dashboard's, if mounted
+    if page is not None and _wants_page(request):
+        resp: Response = page(request, exc.status, exc.detail)
+        return resp
+    extra = {"errors": exc.errors} if exc.errors else {}
+    return problem(exc.status, exc.detail, **extra)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def storage_error(request: Request, exc: StorageError) -> Response:
@@ -89,16 +102,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ForgehubError)
     async def forgehub_error(request: Request, exc: ForgehubError) -> Response:
-        page = getattr(request.app.state, "error_page", None)  # the dashboard's, if mounted
-        if page is not None and _wants_page(request):
-            resp: Response = page(request, exc.status, exc.detail)
-            return resp
-        extra = {"errors": exc.errors} if exc.errors else {}
-        return problem(exc.status, exc.detail, **extra)
+        return response_for(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return response_for(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

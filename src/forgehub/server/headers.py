@@ -20,6 +20,19 @@ HEADERS = [
 ]
 
 
+def secured(headers: list[tuple[bytes, bytes]], path: str) -> list[tuple[bytes, bytes]]:
+    """``headers`` plus the security headers the response does not set itself."""
+    out = list(headers)
+    present = {k.lower() for k, _ in out}
+    out.extend((k, v) for k, v in HEADERS if k not in present)
+    if b"content-security-policy" not in present:
+        out.append((b"content-security-policy", DOCS_CSP_B if path.endswith("/docs") else CSP_B))
+    return out
+
+
+CSP_B, DOCS_CSP_B = CSP.encode(), DOCS_CSP.encode()
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -28,16 +41,11 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = (DOCS_CSP if scope["path"].endswith("/docs") else CSP).encode()
+        path = scope["path"]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {k.lower() for k, _ in headers}
-                headers.extend((k, v) for k, v in HEADERS if k not in present)
-                if b"content-security-policy" not in present:
-                    headers.append((b"content-security-policy", csp))
-                message["headers"] = headers
+                message["headers"] = secured(message.get("headers", []), path)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
