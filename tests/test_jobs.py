@@ -282,6 +282,12 @@ def test_slurm_script_maps_resources() -> None:
     ):
         assert f"#SBATCH {flag}" in script
     assert "fhj_secret" not in script  # the token never goes into the job file
+    typed = a.script(
+        Launch("j2", 0, "http://srv", "t", Resources(gpu=1, gpu_model="a100", disk_mb=500))
+    )
+    assert "#SBATCH --gres=gpu:a100:1" in typed and "#SBATCH --tmp=500M" in typed
+    with pytest.raises(ValueError):  # nothing but a plain name reaches the batch script
+        Resources(gpu=1, gpu_model="a100\n#SBATCH --uid=0")
 
 
 def test_train_on_ray(api: httpx.Client, dataset: str, ray_head: str) -> None:

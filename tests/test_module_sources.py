@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -538,3 +539,81 @@ def test_module_serve_serves_a_source_from_its_environment_with_trained_weights(
             assert r.json()["predictions"]["pinned"] == "1.0"
     finally:
         del os.environ["UV_FIND_LINKS"]
+
+
+def _run_in_kernel(srv: ForgehubServer, token: str, base: str, kernel: str, code: str) -> str:
+    """Run ``code`` in a Jupyter kernel through the platform's WebSocket proxy; its stdout."""
+    import json
+    import uuid
+
+    from websockets.sync.client import connect
+
+    msg_id = uuid.uuid4().hex
+    request = {
+        "header": {
+            "msg_id": msg_id,
+            "msg_type": "execute_request",
+            "session": uuid.uuid4().hex,
+            "username": "ada",
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False},
+    }
+    url = srv.url.replace("http://", "ws://") + f"{base}api/kernels/{kernel}/channels"
+    out = []
+    with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        ws.send(json.dumps(request))
+        while True:
+            msg = json.loads(ws.recv(timeout=60))
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                raise AssertionError("\n".join(msg["content"]["traceback"]))
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(out)
+
+
+def test_a_jupyterlab_of_a_module_from_a_source_runs_its_kernel_in_the_modules_environment(
+    server: ForgehubServer, ada: httpx.Client, repos: dict[str, Any]
+) -> None:
+    """The lab's default kernel is the module's own environment: what it pins (pinned-dep 1.0,
+    which the server does not have at all) imports there, next to the module itself."""
+    r = ada.post(
+        "/api/v1/deployments",
+        json={"module": f"git+{repos['url']}/leafnet@v1", "service": "jupyterlab"},
+    )
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    try:
+        deadline = time.monotonic() + 240
+        while dep["state"] not in ("running", "failed", "stopped"):
+            assert time.monotonic() < deadline, dep
+            time.sleep(0.5)
+            dep = ada.get(f"/api/v1/deployments/{dep['id']}").json()
+        assert dep["state"] == "running", dep
+        base = f"/deployments/{dep['id']}/"
+        specs = ada.get(f"{base}api/kernelspecs").json()
+        assert specs["default"] == "module"
+        assert "leafnet" in specs["kernelspecs"]["module"]["spec"]["display_name"]
+        kernel = ada.post(f"{base}api/kernels", json={}).json()
+        assert kernel["name"] == "module"
+        token = ada.headers["Authorization"].split()[1]
+        printed = _run_in_kernel(
+            server,
+            token,
+            base,
+            kernel["id"],
+            "import sys, pinned_dep, leafnet; print(pinned_dep.VERSION, sys.prefix)",
+        )
+        version, prefix = printed.split()
+        assert version == "1.0"
+        assert "/envs/" in prefix  # the module's environment, not the server's
+        with pytest.raises(ModuleNotFoundError):
+            import pinned_dep  # noqa: F401 - the server's own Python has none
+    finally:
+        ada.post(f"/api/v1/deployments/{dep['id']}/stop")

@@ -42,7 +42,17 @@ class Resources(BaseModel):
 
     cpu: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False, description="CPU cores.")
     gpu: int = Field(default=0, ge=0, le=64, description="GPUs.")
+    gpu_model: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="GPU model, where the back end knows models (Slurm GRES type, Ray's "
+        "accelerator_type).",
+    )
     memory_mb: int = Field(default=0, ge=0, le=1 << 40, description="Memory in MiB (0: no limit).")
+    disk_mb: int = Field(
+        default=0, ge=0, le=1 << 40, description="Local disk in MiB (Slurm --tmp; 0: any)."
+    )
     time_limit_s: int = Field(
         default=3600, ge=1, le=30 * 86400, description="Wall-clock limit in seconds."
     )

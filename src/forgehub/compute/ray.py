@@ -117,6 +117,8 @@ class RayCompute(ComputeAdapter):
         }
         if res.gpu:
             body["entrypoint_num_gpus"] = res.gpu
+            if res.gpu_model:  # Ray labels each node with its GPUs' accelerator_type
+                body["entrypoint_resources"] = {f"accelerator_type:{res.gpu_model}": 0.001}
         if res.memory_mb:
             body["entrypoint_memory"] = res.memory_mb * 1024 * 1024
         r = self._call("POST", "/api/jobs/", json=body)

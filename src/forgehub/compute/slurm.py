@@ -1,9 +1,9 @@
 """``slurm``: jobs go to a Slurm cluster with ``sbatch``, locally or on a login node over SSH.
 
 The batch script runs ``forgehub job run``; resources map to ``--cpus-per-task``, ``--mem``,
-``--gres=gpu:N`` and ``--time``. The job token travels on sbatch's standard input into its
-environment (``--export``), never on a command line. Jobs are followed with ``squeue --json``
-and stopped with ``scancel``; Slurm's states map onto forgehub's, with the reason.
+``--gres=gpu[:MODEL]:N``, ``--tmp`` and ``--time``. The job token travels on sbatch's standard
+input into its environment (``--export``), never on a command line. Jobs are followed with
+``squeue --json`` and stopped with ``scancel``; Slurm's states map onto forgehub's, with the reason.
 """
 
 from __future__ import annotations
@@ -239,7 +239,10 @@ class SlurmCompute(ComputeAdapter):
         if res.memory_mb:
             lines.append(f"#SBATCH --mem={res.memory_mb}M")
         if res.gpu:
-            lines.append(f"#SBATCH --gres=gpu:{res.gpu}")
+            model = f"{res.gpu_model}:" if res.gpu_model else ""
+            lines.append(f"#SBATCH --gres=gpu:{model}{res.gpu}")
+        if res.disk_mb:
+            lines.append(f"#SBATCH --tmp={res.disk_mb}M")
         if cfg.partition:
             lines.append(f"#SBATCH --partition={cfg.partition}")
         if cfg.account:

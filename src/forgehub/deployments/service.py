@@ -191,7 +191,9 @@ def _job_in(body: DeployIn, is_source: bool, ttl: int) -> Any:
         resources=Resources(
             cpu=body.resources.cpu,
             gpu=body.resources.gpu,
+            gpu_model=body.resources.gpu_model,
             memory_mb=body.resources.memory_mb,
+            disk_mb=body.resources.disk_mb,
             time_limit_s=ttl,
         ),
     )

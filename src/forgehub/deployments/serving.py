@@ -124,9 +124,15 @@ def command(
 
 
 def serve(
-    run: JobRun, spec: dict[str, Any], inputs: dict[str, Path], work: Path, env: dict[str, str]
+    run: JobRun,
+    spec: dict[str, Any],
+    inputs: dict[str, Path],
+    work: Path,
+    env: dict[str, str],
+    built: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
-    """Run the service until it is stopped (a cancel) or ends by itself (a failure)."""
+    """Run the service until it is stopped (a cancel) or ends by itself (a failure). ``built``
+    is the module's own environment and overlay, when it has one (a module from a source)."""
     from forgehub.jobs.runner import _pdeathsig_and_limits
 
     files = work / "files"
@@ -134,6 +140,8 @@ def serve(
     _seed(files, inputs)
     port = free_port()
     argv, env, probe, headers = command(run, spec, inputs, work, env, port)
+    if built is not None and spec["service"]["kind"] == "jupyterlab":
+        argv += _module_kernel(Path(env["JUPYTER_DATA_DIR"]), spec["module"], *built)
     say = run.reporter.line
     say("system", f"starting the {spec['service']['kind']} service on port {port}")
     res = spec["resources"]
@@ -164,6 +172,41 @@ def serve(
         if stop is not None:
             stop()
     return {}  # not reached: _keep ends with a cancel or a failure
+
+
+KERNEL = (
+    "import sys; sys.path += {site!r}; from ipykernel import kernelapp; "
+    "kernelapp.launch_new_instance()"
+)
+
+
+def _module_kernel(data_dir: Path, module: str, env_dir: Path, overlay: Path) -> list[str]:
+    """A Jupyter kernel in the module's own environment, the lab's default: its interpreter
+    and packages first, then this installation's ipykernel (the same Python: the environment
+    was made from it) for what the environment lacks. Returns the lab's extra arguments."""
+    from forgehub.envs import environments as envs
+
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    spec = {
+        "argv": [
+            envs.interpreter(env_dir),
+            "-c",
+            KERNEL.format(site=site),
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": f"Python ({module}'s environment)",
+        "language": "python",
+        "env": {
+            k: v
+            for k, v in envs.module_env(env_dir, overlay, {}).items()
+            if k in ("PYTHONPATH", "PYTHONNOUSERSITE", "VIRTUAL_ENV")
+        },
+    }
+    folder = data_dir / "kernels" / "module"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kernel.json").write_text(json.dumps(spec))
+    return ["--MappingKernelManager.default_kernel_name=module"]
 
 
 def _keep(run: JobRun, spec: dict[str, Any], files: Path, address: str) -> None:

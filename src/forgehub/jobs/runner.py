@@ -267,7 +267,7 @@ class JobRun:
         if spec["kind"] == "service":  # a deployment: up until it is stopped; forgehub's own
             from forgehub.deployments.serving import serve  # server, the module in its env
 
-            return serve(self, spec, inputs, work, env)
+            return serve(self, spec, inputs, work, env, built)
         if built is not None:
             from forgehub.envs import environments as envs
 
