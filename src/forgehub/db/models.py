@@ -408,6 +408,26 @@ class Deployment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class DeploymentReplica(Base):
+    """One replica of a scaled inference deployment: a model API service carried by its own
+    job. The autoscaler adds them and drains them (no new requests, then its job is stopped)."""
+
+    __tablename__ = "deployment_replicas"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    job_id: Mapped[str] = mapped_column(String(32), index=True)
+    address: Mapped[str | None] = mapped_column(String(255), default=None)  # host:port | tunnel
+    ready_attempt: Mapped[int | None] = mapped_column(default=None)
+    draining_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
 class DeploymentEvent(Base):
     """One state change of a deployment, with its time."""
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -50,7 +50,20 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 REUSE_S = 2.0  # how long one caller's answer for one deployment is reused (no store, no crypto)
 
 
-def _cached_target(request: Any, dep_id: str) -> tuple[str, str, str]:
+class Target(NamedTuple):
+    """Where a deployment answers: ``address`` is ``host:port``, ``tunnel`` (its runner's
+    tunnel, by ``job``) or ``scaled`` (replicas: the pool picks one); ``queue`` and ``wait_s``
+    bound the requests held for a first replica."""
+
+    address: str
+    kind: str
+    token: str
+    job: str | None
+    queue: int = 0
+    wait_s: float = 0.0
+
+
+def _cached_target(request: Any, dep_id: str) -> Target:
     """:func:`_target`, remembered for :data:`REUSE_S` per caller credential and deployment: a
     prediction through the proxy then costs no database read and no decryption. A token revoked
     or a deployment stopped is noticed within that time."""
@@ -70,8 +83,8 @@ def _cached_target(request: Any, dep_id: str) -> tuple[str, str, str]:
     return found
 
 
-def _target(request: Any, dep_id: str) -> tuple[str, str, str]:
-    """(address, service, token) of a running deployment the caller may use."""
+def _target(request: Any, dep_id: str) -> Target:
+    """Where a deployment the caller may use answers (503 while it is not running)."""
     principal = principal_from_request(request, check_csrf=False)
     if principal is None:
         raise HTTPException(401, "sign in, or send 'Authorization: Bearer <token>'")
@@ -80,14 +93,22 @@ def _target(request: Any, dep_id: str) -> tuple[str, str, str]:
         d = s.get(Deployment, dep_id)
         authz.require(principal, "deployment.use", d, f"deployment {dep_id!r}")
         assert d is not None
+        if service.scaled(d):
+            if d.state not in (DeploymentState.starting, DeploymentState.running):
+                service.sync(s, d)
+            if d.state not in (DeploymentState.starting, DeploymentState.running):
+                raise HTTPException(503, f"the deployment is {d.state}: {d.reason or ''}")
+            cfg = d.spec["scaling"]
+            token = service.token(state.secrets, d)
+            return Target("scaled", d.service, token, None, cfg["queue"], cfg["queue_timeout_s"])
         if d.state != DeploymentState.running or not d.address:
             service.sync(s, d)
         if d.state != DeploymentState.running or not d.address:
             raise HTTPException(503, f"the deployment is {d.state}: {d.reason or 'not ready'}")
-        return d.address, d.service, service.token(state.secrets, d)
+        return Target(d.address, d.service, service.token(state.secrets, d), d.job_id)
 
 
-async def _resolve(request: Any, dep_id: str) -> tuple[str, str, str]:
+async def _resolve(request: Any, dep_id: str) -> Target:
     dispatcher = getattr(request.app.state, "dispatcher", None)
     if dispatcher is not None:  # in use: what an idle stop counts from
         dispatcher.last_request[dep_id] = time.time()
@@ -105,7 +126,7 @@ def forget(app: Any, dep_id: str) -> None:
         cache.pop(key, None)
 
 
-def _targets(request: Any) -> dict[tuple[str, str], tuple[float, tuple[str, str, str]]]:
+def _targets(request: Any) -> dict[tuple[str, str], tuple[float, Target]]:
     state = request.app.state
     cache = getattr(state, "proxy_targets", None)
     if cache is None:
@@ -224,12 +245,87 @@ async def forward(request: Request, send: Any) -> None:
         raise HTTPException(405, f"{request.method} is not allowed")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         _same_origin(request)
-    address, kind, token = await _resolve(request, dep_id)
+    target = await _resolve(request, dep_id)
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    headers = _forwarded(request.headers.raw, kind, token)
+    headers = _forwarded(request.headers.raw, target.kind, target.token)
     body = request.stream() if request.method not in ("GET", "HEAD") else None
+    if target.address == "scaled":
+        await _to_replica(request, dep_id, target, path, headers, body, send)
+        return
+    try:
+        await _to_service(request, target.address, target.job, path, headers, body, send)
+    except Unreachable as exc:
+        forget(request.app, dep_id)  # stopped or moved: the store says which, next time
+        await anyio.to_thread.run_sync(_target, request, dep_id)  # 503 if it is not running
+        if target.address == "tunnel":
+            raise HTTPException(503, str(exc)) from exc
+        raise HTTPException(502, f"the deployment did not answer: {exc}") from exc
+
+
+class Unreachable(Exception):
+    """The service refused the connection (nothing of the request was sent)."""
+
+
+async def _to_replica(
+    request: Request,
+    dep_id: str,
+    target: Target,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: Any,
+    send: Any,
+) -> None:
+    """A scaled deployment: the ready replica with the fewest requests in flight, or the first
+    to come up (the request waits, bounded); one that refuses is skipped for the next."""
+    from forgehub.deployments import scaling
+
+    state = request.app.state
+    dispatcher = getattr(state, "dispatcher", None)
+    if dispatcher is None:
+        raise HTTPException(503, "this server runs no dispatcher; replicas cannot start")
+    pool = scaling.pool(dispatcher.pools, dep_id)
+    await pool.refresh(state.db)
+    status = [502]
+
+    async def counted(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        await send(message)
+
+    for _attempt in range(3):
+        chosen, cold = pool.pick(), False
+        if chosen is None:
+            try:
+                chosen = await pool.wait_for_replica(
+                    state.db, dispatcher.wake.set, target.queue, target.wait_s
+                )
+            except scaling.Overloaded as exc:
+                raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+            cold = True
+        job_id, address = chosen
+        pool.begin(job_id)
+        start = time.perf_counter()
+        try:
+            await _to_service(request, address, job_id, path, headers, body, counted)
+            return
+        except Unreachable:
+            pool.lost(job_id)  # gone since the list was read: the next one
+        finally:
+            pool.end(job_id, status[0], time.perf_counter() - start, cold)
+    raise HTTPException(502, "no replica of the deployment answered")
+
+
+async def _to_service(
+    request: Request,
+    address: str,
+    job_id: str | None,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: Any,
+    send: Any,
+) -> None:
     if address == "tunnel":
-        await _through_tunnel(request, dep_id, path, headers, body, send)
+        await _through_tunnel(request, job_id or "", path, headers, body, send)
         return
     import aiohttp
 
@@ -242,9 +338,9 @@ async def forward(request: Request, send: Any) -> None:
             data=body,
             allow_redirects=False,
         )
+    except aiohttp.ClientConnectorError as exc:
+        raise Unreachable(type(exc).__name__) from exc
     except (aiohttp.ClientError, OSError) as exc:
-        forget(request.app, dep_id)  # stopped or moved: the store says which, next time
-        await anyio.to_thread.run_sync(_target, request, dep_id)  # 503 if it is not running
         raise HTTPException(502, f"the deployment did not answer: {type(exc).__name__}") from exc
     try:
         raw = [(k.lower(), v) for k, v in resp.raw_headers if k.lower() not in HOP]
@@ -283,16 +379,16 @@ async def _stream(request: Request, send: Any, status: int, raw: Any, chunks: An
             task.cancel()
 
 
-def _tunnel(app: Any, dep_id: str) -> Any:
-    tunnel = app.state.tunnels.get(dep_id)
+def _tunnel(app: Any, job_id: str) -> Any:
+    tunnel = app.state.tunnels.get(job_id)
     if tunnel is None or tunnel.closed.is_set():
-        raise HTTPException(503, "the deployment's runner is reconnecting; try again shortly")
+        raise Unreachable("the deployment's runner is reconnecting; try again shortly")
     return tunnel
 
 
 async def _through_tunnel(
     request: Request,
-    dep_id: str,
+    job_id: str,
     path: str,
     headers: list[tuple[bytes, bytes]],
     body: Any,
@@ -300,7 +396,7 @@ async def _through_tunnel(
 ) -> None:
     from forgehub.deployments.tunnel import TunnelClosed
 
-    tunnel = _tunnel(request.app, dep_id)
+    tunnel = _tunnel(request.app, job_id)
     try:
         status, raw, chunks = await tunnel.request(request.method, path, headers, body)
     except TunnelClosed as exc:
@@ -316,7 +412,9 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
 
     try:
         _same_origin(websocket)
-        address, kind, token = await _resolve(websocket, dep_id)
+        address, kind, token, job_id, *_ = await _resolve(websocket, dep_id)
+        if address == "scaled":  # a model API's replicas: any ready one
+            address, job_id = await _any_replica(websocket, dep_id)
     except HTTPException as exc:
         await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
         return
@@ -331,7 +429,7 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
     if cookie:
         extra.append(("Cookie", cookie.decode()))
     if address == "tunnel":
-        await _ws_through_tunnel(websocket, dep_id, path, extra, protocols)
+        await _ws_through_tunnel(websocket, job_id or "", path, extra, protocols)
         return
     try:
         upstream = await connect(
@@ -376,9 +474,23 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
             await websocket.close()
 
 
+async def _any_replica(websocket: WebSocket, dep_id: str) -> tuple[str, str]:
+    from forgehub.deployments import scaling
+
+    dispatcher = getattr(websocket.app.state, "dispatcher", None)
+    if dispatcher is None:
+        raise HTTPException(503, "no replica is ready")
+    pool = scaling.pool(dispatcher.pools, dep_id)
+    await pool.refresh(websocket.app.state.db)
+    chosen = pool.pick()
+    if chosen is None:
+        raise HTTPException(503, "no replica is ready")
+    return chosen[1], chosen[0]
+
+
 async def _ws_through_tunnel(
     websocket: WebSocket,
-    dep_id: str,
+    job_id: str,
     path: str,
     headers: list[tuple[str, str]],
     protocols: list[str],
@@ -386,9 +498,9 @@ async def _ws_through_tunnel(
     from forgehub.deployments import tunnel as t
 
     try:
-        tunnel = _tunnel(websocket.app, dep_id)
+        tunnel = _tunnel(websocket.app, job_id)
         sid, q, subprotocol = await tunnel.websocket(path, headers, protocols)
-    except (HTTPException, t.TunnelClosed):
+    except (Unreachable, t.TunnelClosed):
         await websocket.close(code=1011)
         return
     await websocket.accept(subprotocol=subprotocol)

@@ -28,12 +28,20 @@ import time
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from forgehub.auth import Principal
-from forgehub.db.models import Deployment, DeploymentEvent, Job, JobState, new_id, utcnow
+from forgehub.db.models import (
+    Deployment,
+    DeploymentEvent,
+    DeploymentReplica,
+    Job,
+    JobState,
+    new_id,
+    utcnow,
+)
 from forgehub.errors import Forbidden, ForgehubError
 from forgehub.identity import authz
 from forgehub.runs import transition as guarded
@@ -65,6 +73,41 @@ class DeployResources(BaseModel):
     )
     memory_mb: int = Field(default=0, ge=0, le=1 << 40, description="Memory in MiB (0: any).")
     disk_mb: int = Field(default=0, ge=0, le=1 << 40, description="Disk in MiB (0: any).")
+
+
+class ReplicasIn(BaseModel):
+    """An inference deployment's replicas: model API services that the platform adds as
+    requests wait and removes when they stop coming (see :mod:`forgehub.deployments.scaling`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(default=1, ge=0, le=64, description="Replicas kept up (0: scale to zero).")
+    max: int = Field(default=1, ge=1, le=64, description="Replicas at most.")
+    target: float = Field(
+        default=4.0,
+        gt=0,
+        le=1000,
+        allow_inf_nan=False,
+        description="Requests in flight per replica the autoscaler aims at.",
+    )
+    idle_s: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description="How long load stays lower before a replica goes (to min, to zero).",
+    )
+    queue: int = Field(
+        default=500, ge=1, le=100_000, description="Requests waiting for a replica, at most."
+    )
+    queue_timeout_s: float = Field(
+        default=300, gt=0, le=3600, description="How long a request waits for a replica."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicasIn:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is more than max ({self.max})")
+        return self
 
 
 class DeployIn(BaseModel):
@@ -102,6 +145,10 @@ class DeployIn(BaseModel):
     )
     restart: bool = Field(default=False, description="Start again when its host is lost.")
     labels: list[str] = Field(default_factory=list, description="Worker labels required.")
+    replicas: ReplicasIn | None = Field(
+        default=None,
+        description="An inference deployment (api only): replicas that scale with the load.",
+    )
 
 
 def create(
@@ -120,6 +167,8 @@ def create(
 
     if not principal.user_id:
         raise DeploymentError("deployments belong to a user; use a user's token", 403)
+    if body.replicas is not None and body.service != "api":
+        raise DeploymentError("replicas: only an api deployment has replicas", 422)
     _check_limits(session, principal, body, limits)
     if body.service == "jupyterlab":
         ensure_default_compute(session, principal.user_id)
@@ -163,15 +212,131 @@ def create(
             "compute": body.compute,
         },
         compute_id=job.compute_id,
-        job_id=job.id,
+        job_id=None if body.replicas else job.id,
         token_sealed=box.seal({"token": secrets.token_urlsafe(32)}),
         restart=body.restart,
         state=DeploymentState.pending,
     )
+    if body.replicas is not None:
+        d.spec = {**d.spec, "scaling": body.replicas.model_dump(), "failures": 0}
     session.add(d)
     session.flush()
     session.add(DeploymentEvent(deployment_id=d.id, state="pending", message="deployed"))
+    if body.replicas is not None:  # warm from the start; scaled to min once idle
+        session.add(DeploymentReplica(deployment_id=d.id, job_id=job.id))
+        for _ in range(body.replicas.min - 1):
+            add_replica(session, d)
     return d
+
+
+def scaled(d: Deployment) -> bool:
+    return "scaling" in (d.spec or {})
+
+
+def replicas(session: Session, d: Deployment, live: bool = True) -> list[DeploymentReplica]:
+    stmt = select(DeploymentReplica).where(DeploymentReplica.deployment_id == d.id)
+    if live:
+        stmt = stmt.where(DeploymentReplica.ended_at.is_(None))
+    return list(session.scalars(stmt.order_by(DeploymentReplica.id)))
+
+
+def add_replica(session: Session, d: Deployment) -> DeploymentReplica:
+    """One more replica: a copy of the deployment's first replica's job (same module,
+    version, weights, resources and compute)."""
+    from forgehub.jobs.submit import clone
+
+    first = session.scalar(
+        select(DeploymentReplica)
+        .where(DeploymentReplica.deployment_id == d.id)
+        .order_by(DeploymentReplica.id)
+        .limit(1)
+    )
+    template = session.get(Job, first.job_id) if first is not None else None
+    if template is None:
+        raise DeploymentError("the deployment's first replica is gone", 409)
+    job = clone(session, template, f"replica of deployment {d.id}")
+    r = DeploymentReplica(deployment_id=d.id, job_id=job.id)
+    session.add(r)
+    session.flush()
+    return r
+
+
+def drain(session: Session, r: DeploymentReplica) -> None:
+    """No new requests for ``r``; the autoscaler stops its job once it has none in flight."""
+    if r.draining_at is None:
+        r.draining_at = utcnow()
+
+
+def end_replica(session: Session, r: DeploymentReplica, reason: str) -> None:
+    from forgehub.jobs.views import cancel
+
+    job = session.get(Job, r.job_id)
+    if job is not None and not JobState(job.state).finished:
+        cancel(session, job)
+    if r.draining_at is None:
+        r.draining_at = utcnow()
+    r.ended_reason = r.ended_reason or reason
+
+
+def _sync_scaled(session: Session, d: Deployment) -> Deployment:
+    """A scaled deployment is running from its first ready replica on, at zero replicas too
+    (a request then waits for one); it fails only when replicas keep failing before any
+    comes up; it is stopped once every replica's job has ended."""
+    live = replicas(session, d)
+    failures = int(d.spec.get("failures", 0))
+    last_error = None
+    for r in live:
+        job = session.get(Job, r.job_id)
+        if job is not None and not JobState(job.state).finished:
+            continue
+        r.ended_at = utcnow()
+        if job is None or (JobState(job.state) != JobState.cancelled and r.draining_at is None):
+            failures += 1  # replaced by the autoscaler, within reason
+            last_error = (job.error if job is not None else None) or "its job is gone"
+            r.ended_reason = f"failed: {last_error}"
+    if failures != d.spec.get("failures", 0):
+        d.spec = {**d.spec, "failures": failures}
+    up = [r for r in live if r.ended_at is None]
+    serving = [r for r in up if r.draining_at is None]
+    ready = [r for r in serving if r.address]
+    if d.stop_requested_at is not None:
+        new = DeploymentState.stopped if not up else DeploymentState.stopping
+        reason = str(d.spec.get("stopped_for") or "stopped") if not up else "stopping"
+    elif failures >= MAX_FAILURES:
+        for r in up:
+            end_replica(session, r, "the deployment failed")
+        new = DeploymentState.failed
+        reason = f"{failures} replicas failed in a row; the last: {last_error or 'failed'}"
+    elif ready or d.state == DeploymentState.running:
+        new, reason = DeploymentState.running, _replica_summary(d, len(ready), len(serving))
+    else:
+        new, reason = DeploymentState.starting, "starting the first replica"
+    if new != d.state:
+        _move(session, d, new, reason)
+    d.reason = reason
+    return d
+
+
+MAX_FAILURES = 3  # replicas failing one after another, none ready between: the module is broken
+
+
+def replica_counts(d: Deployment, live: list[DeploymentReplica]) -> dict[str, Any]:
+    serving = [r for r in live if r.draining_at is None]
+    return {
+        **d.spec["scaling"],
+        "ready": sum(1 for r in serving if r.address),
+        "starting": sum(1 for r in serving if not r.address),
+        "draining": len(live) - len(serving),
+        "jobs": [r.job_id for r in serving],
+    }
+
+
+def _replica_summary(d: Deployment, ready: int, up: int) -> str:
+    cfg = d.spec["scaling"]
+    if up == 0:
+        return f"scaled to zero (a request starts a replica; {cfg['min']}–{cfg['max']})"
+    starting = f", {up - ready} starting" if up > ready else ""
+    return f"{ready} of {cfg['min']}–{cfg['max']} replicas ready{starting}"
 
 
 def _job_in(body: DeployIn, is_source: bool, ttl: int) -> Any:
@@ -214,11 +379,20 @@ def _check_limits(
             f"you have {len(active)} deployments running (the limit is {most}); stop one first",
             409,
         )
-    used = sum(int(d.spec.get("resources", {}).get("gpu", 0)) for d in active)
-    if used + body.resources.gpu > gpus:
+
+    def most_gpus(gpu: int, scaling: dict[str, Any] | None) -> int:  # every replica up
+        return gpu * (int(scaling["max"]) if scaling else 1)
+
+    used = sum(
+        most_gpus(int(d.spec.get("resources", {}).get("gpu", 0)), d.spec.get("scaling"))
+        for d in active
+    )
+    asked = most_gpus(
+        body.resources.gpu, body.replicas.model_dump() if body.replicas is not None else None
+    )
+    if used + asked > gpus:
         raise DeploymentError(
-            f"your deployments would use {used + body.resources.gpu} GPUs (the limit is {gpus})",
-            409,
+            f"your deployments would use {used + asked} GPUs (the limit is {gpus})", 409
         )
 
 
@@ -254,6 +428,8 @@ def sync(session: Session, d: Deployment) -> Deployment:
     owner asked and its host was lost."""
     if DeploymentState(d.state).finished:
         return d
+    if scaled(d):
+        return _sync_scaled(session, d)
     job = session.get(Job, d.job_id) if d.job_id else None
     new, reason = derived(d, job)
     if new == DeploymentState.failed and d.restart and job is not None:
@@ -294,6 +470,8 @@ def stop(session: Session, d: Deployment) -> Deployment:
         return d
     if d.stop_requested_at is None:
         d.stop_requested_at = utcnow()
+    for r in replicas(session, d) if scaled(d) else []:
+        end_replica(session, r, "the deployment stopped")
     job = session.get(Job, d.job_id) if d.job_id else None
     if job is not None and not JobState(job.state).finished:
         cancel(session, job)
@@ -317,6 +495,14 @@ def ready(session: Session, d: Deployment, job: Job, address: str) -> None:
         # the server never dials an address a remote runner names (it could name one of the
         # server's own neighbours): such a service is reached through its runner's tunnel
         raise DeploymentError("compute away from the server is reached through a tunnel", 409)
+    if scaled(d):
+        r = session.scalar(select(DeploymentReplica).where(DeploymentReplica.job_id == job.id))
+        if r is not None and r.ended_at is None:
+            if r.address != address or r.ready_attempt != job.attempt:
+                r.address, r.ready_attempt, r.ready_at = address, job.attempt, utcnow()
+                d.spec = {**d.spec, "failures": 0}
+        sync(session, d)
+        return
     if d.address != address or d.ready_attempt != job.attempt:
         d.address, d.ready_attempt = address, job.attempt
     sync(session, d)
@@ -398,7 +584,12 @@ def active_ids(session: Session) -> list[str]:
 
 
 def for_job(session: Session, job_id: str) -> Deployment | None:
-    return session.scalar(select(Deployment).where(Deployment.job_id == job_id))
+    """The deployment a service job carries: as its job, or as one of its replicas."""
+    d = session.scalar(select(Deployment).where(Deployment.job_id == job_id))
+    if d is None:
+        r = session.scalar(select(DeploymentReplica).where(DeploymentReplica.job_id == job_id))
+        d = session.get(Deployment, r.deployment_id) if r is not None else None
+    return d
 
 
 def visible(session: Session, principal: Principal) -> list[Deployment]:

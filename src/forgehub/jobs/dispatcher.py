@@ -58,6 +58,8 @@ class Dispatcher:
         self.box = box
         # deployment id → when the proxy last forwarded a request to it (time.time())
         self.last_request: dict[str, float] = {}
+        self.pools: dict[str, Any] = {}  # scaled deployment id → its Pool (the proxy's counts)
+        self._scalers: dict[str, Any] = {}
         self.server_url = server_url
         self.data_dir = data_dir
         self.local_slots = local_slots
@@ -128,12 +130,38 @@ class Dispatcher:
                 log.exception("job dispatcher round failed")
 
     def tick(self) -> None:
-        self.start_queued()
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()
             self.follow()
             self.sync_deployments()
+        self.autoscale()
+        self.start_queued()  # what the autoscaler queued starts in this round
         self.enforce()
+
+    def autoscale(self) -> None:
+        """Scaled deployments' replicas follow the load the proxy counts."""
+        from forgehub.db.models import Deployment
+        from forgehub.deployments import scaling
+        from forgehub.deployments import service as deployments
+
+        with self.db.session() as s:
+            ids = [
+                d.id
+                for d in s.scalars(
+                    select(Deployment).where(Deployment.state.in_(deployments.ACTIVE))
+                )
+                if deployments.scaled(d)
+            ]
+        for gone in set(self._scalers) - set(ids):
+            self._scalers.pop(gone, None)
+        for dep_id in ids:
+            with self.db.session() as s:
+                d = s.get(Deployment, dep_id)
+                if d is None:
+                    continue
+                scaler = self._scalers.setdefault(dep_id, scaling.Scaler())
+                pool = scaling.pool(self.pools, dep_id)
+                scaling.autoscale(s, d, pool, scaler, time.monotonic())
 
     def sync_deployments(self) -> None:
         """Deployments follow their jobs (a lost host fails one, or restarts it)."""

@@ -295,6 +295,12 @@ def _exact(
 def retry(session: Session, principal: Principal, job: Job) -> Job:
     if not JobState(job.state).finished:
         raise JobError(f"job is {job.state}; only a finished job can be retried", 409)
+    return clone(session, job, f"retry of {job.id}", retry_of=job.id)
+
+
+def clone(session: Session, job: Job, note: str, retry_of: str | None = None) -> Job:
+    """A new queued job with ``job``'s spec, owner, compute and storage (a retry; one more
+    replica of a deployment)."""
     new = Job(
         owner_id=job.owner_id,
         kind=job.kind,
@@ -304,6 +310,6 @@ def retry(session: Session, principal: Principal, job: Job) -> Job:
         compute_id=job.compute_id,
         storage_id=job.storage_id,
         max_retries=job.max_retries,
-        retry_of=job.id,
+        retry_of=retry_of,
     )
-    return _enqueue(session, new, f"retry of {job.id}")
+    return _enqueue(session, new, note)

@@ -133,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.local_principal = None
-    app.state.tunnels = {}  # deployment id → its runner's reverse tunnel
+    app.state.tunnels = {}  # service job id → its runner's reverse tunnel
     errors.install(app)
     docs.install(app, "/api/v1/openapi.json", "/api/v1/docs")
 

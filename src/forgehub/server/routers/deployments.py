@@ -26,7 +26,10 @@ async def _in_thread(fn: Callable[[], T]) -> T:
 def _out(s: Session, d: Deployment) -> dict[str, Any]:
     conn = s.get(ComputeConnection, d.compute_id)
     job = s.get(Job, d.job_id) if d.job_id else None
-    return service.out(d, conn.name if conn else None, job)
+    out = service.out(d, conn.name if conn else None, job)
+    if service.scaled(d):
+        out["replicas"] = service.replica_counts(d, service.replicas(s, d))
+    return out
 
 
 def _one(request: Request, principal: Principal, dep_id: str, action: str, fn: Any) -> Any:
@@ -97,6 +100,19 @@ async def stop(dep_id: str, principal: CurrentUser, request: Request) -> Any:
     forget(request.app, dep_id)
     request.app.state.dispatcher.notify()
     return out
+
+
+@router.get(
+    "/{dep_id}/metrics",
+    summary="An inference deployment's replicas, requests per second, latency, errors and "
+    "cold starts, sampled each second (the last half hour; since: a time.time())",
+)
+async def metrics(dep_id: str, principal: CurrentUser, request: Request, since: float = 0.0) -> Any:
+    from forgehub.deployments import scaling
+
+    pools = request.app.state.dispatcher.pools
+    await _one(request, principal, dep_id, "deployment.read", lambda s, d: None)
+    return {"samples": scaling.metrics(pools.get(dep_id), since)}
 
 
 class SaveIn(BaseModel):

@@ -264,19 +264,19 @@ async def runner_tunnel(websocket: WebSocket, job_id: str) -> None:
             d = deployments.for_job(s, job.id)
             if d is None or job.kind != "service":
                 raise NotFound("this job carries no deployment")
-            return d.id
+            return job.id
 
     try:
-        dep_id = await _in_thread(check)
+        job_key = await _in_thread(check)
     except Exception:  # noqa: BLE001 - a wrong or expired token, no deployment
         await websocket.close(code=4403)
         return
     await websocket.accept()
     tunnel = Tunnel(websocket.send_bytes, websocket.receive_bytes)
     tunnels: dict[str, Tunnel] = state.tunnels
-    tunnels[dep_id] = tunnel  # a runner that reconnects replaces its old tunnel
+    tunnels[job_key] = tunnel  # a runner that reconnects replaces its old tunnel
     try:
         await tunnel.run()
     finally:
-        if tunnels.get(dep_id) is tunnel:
-            del tunnels[dep_id]
+        if tunnels.get(job_key) is tunnel:
+            del tunnels[job_key]

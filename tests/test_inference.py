@@ -1,0 +1,189 @@
+"""Serverless inference (#18): an api deployment with replicas on the server's ``local`` compute
+scales from zero to several replicas under load and back to zero once idle, and no request
+gets an error on the way; a replica that dies is replaced; a second user gets 404."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.modelapi_helpers import digit_png
+from tests.services import ForgehubServer, started
+
+FINISHED = {"stopped", "failed"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForgehubServer]:
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("inference") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+    )
+    with started(srv):
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def admin(server: ForgehubServer) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=server.url,
+        headers={"Authorization": f"Bearer {server.admin_token}"},
+        timeout=60,
+    ) as c:
+        yield c
+
+
+def wait_for(api: httpx.Client, dep_id: str, ok: object, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        d = api.get(f"/api/v1/deployments/{dep_id}").json()
+        if ok(d):  # type: ignore[operator]
+            return d
+        assert time.monotonic() < deadline, d
+        time.sleep(0.25)
+
+
+async def _drive(url: str, token: str, seconds: float, clients: int) -> list[int]:
+    image, _label = digit_png(7)
+    statuses: list[int] = []
+    stop = time.monotonic() + seconds
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
+
+        async def one() -> None:
+            while time.monotonic() < stop:
+                r = await c.post(url, files={"image": ("d.png", image, "image/png")})
+                statuses.append(r.status_code)
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+    return statuses
+
+
+def test_replicas_scale_from_zero_under_load_and_back_to_zero_with_no_error(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    r = admin.post(
+        "/api/v1/deployments",
+        json={
+            "module": "digits",
+            "title": "digits, serverless",
+            "replicas": {"min": 0, "max": 3, "target": 1, "idle_s": 4},
+        },
+    )
+    assert r.status_code == 201, r.text
+    dep = r.json()
+    base = f"/deployments/{dep['id']}/v2/models/digits/predict/"
+    # warm from the start, then scaled to zero once idle
+    wait_for(admin, dep["id"], lambda d: d["state"] == "running")
+    zero = wait_for(admin, dep["id"], lambda d: d["replicas"]["ready"] == 0, timeout=60)
+    assert zero["replicas"]["starting"] == 0 and "scaled to zero" in zero["reason"]
+
+    # at zero, a request waits for the first replica and gets its answer
+    image, label = digit_png(7)
+    start = time.monotonic()
+    r = admin.post(base, files={"image": ("d.png", image, "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"]["labels"][0]["label"] == label
+    cold = time.monotonic() - start
+
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            d = admin.get(f"/api/v1/deployments/{dep['id']}").json()
+            seen.append(d["replicas"]["ready"])
+            time.sleep(0.3)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        statuses = asyncio.run(_drive(server.url + base, server.admin_token, 8, clients=8))
+    finally:
+        done.set()
+        watcher.join()
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert max(seen) >= 2, seen
+
+    # idle again: back to zero, the replicas' jobs ended
+    back = wait_for(admin, dep["id"], lambda d: d["replicas"]["jobs"] == [], timeout=60)
+    assert back["state"] == "running"
+    samples = admin.get(f"/api/v1/deployments/{dep['id']}/metrics").json()["samples"]
+    assert max(s["replicas"] for s in samples) >= 2
+    assert sum(s["cold_starts"] for s in samples) >= 1 and sum(s["errors"] for s in samples) == 0
+    assert any(s["rps"] > 0 and s["p50_ms"] for s in samples)
+    print(f"cold start {cold:.2f} s, {len(statuses)} requests, replicas seen {max(seen)}")
+
+    stopped = admin.post(f"/api/v1/deployments/{dep['id']}/stop").json()
+    assert stopped["state"] in {"stopping", "stopped"}
+    assert wait_for(admin, dep["id"], lambda d: d["state"] in FINISHED)["state"] == "stopped"
+
+
+def test_a_replica_that_dies_is_replaced_and_others_see_nothing(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    r = admin.post(
+        "/api/v1/deployments",
+        json={"module": "digits", "replicas": {"min": 1, "max": 2, "idle_s": 60}},
+    )
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    first = wait_for(admin, dep_id, lambda d: d["replicas"]["ready"] == 1)
+    job = first["replicas"]["jobs"][0]
+    port = int(admin.get(f"/api/v1/jobs/{job}/logs").text.split("on port ")[1][:5])
+    pid = _listener(port)
+    os.kill(pid, signal.SIGKILL)  # the service dies under its runner
+    again = wait_for(
+        admin,
+        dep_id,
+        lambda d: d["replicas"]["ready"] == 1 and d["replicas"]["jobs"] != [job],
+        timeout=90,
+    )
+    assert again["state"] == "running"
+    image, _ = digit_png(7)
+    base = f"/deployments/{dep_id}/v2/models/digits/predict/"
+    assert admin.post(base, files={"image": ("d.png", image, "image/png")}).status_code == 200
+
+    admin.post("/api/v1/users", json={"name": "mallory"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "mallory"}).json()["token"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as eve:
+        assert eve.post(base, files={"image": ("d.png", image, "image/png")}).status_code == 404
+        assert eve.get(f"/api/v1/deployments/{dep_id}/metrics").status_code == 404
+    admin.post(f"/api/v1/deployments/{dep_id}/stop")
+    assert wait_for(admin, dep_id, lambda d: d["state"] in FINISHED)["state"] == "stopped"
+
+
+def test_replicas_are_for_api_deployments_with_min_at_most_max(admin: httpx.Client) -> None:
+    for body, words in (
+        ({"module": "digits", "service": "jupyterlab", "replicas": {"max": 2}}, "api"),
+        ({"module": "digits", "replicas": {"min": 3, "max": 2}}, "more than max"),
+        ({"module": "digits", "replicas": {"max": 0}}, "max"),
+    ):
+        r = admin.post("/api/v1/deployments", json=body)
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
+
+
+def _listener(port: int) -> int:
+    """The PID of the process listening on a loopback port (from /proc)."""
+    inode = None
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        parts = line.split()
+        if parts[1].endswith(f":{port:04X}") and parts[3] == "0A":
+            inode = parts[9]
+    assert inode, f"nothing listens on {port}"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return int(pid)
+        except OSError:
+            continue
+    raise AssertionError(f"no process holds port {port}")
