@@ -16,6 +16,7 @@ import pytest
 
 from tests.modelapi_helpers import digit_png
 from tests.services import ForgehubServer, started
+from tests.test_dashboard import browser  # noqa: F401 - the fixture
 
 FINISHED = {"stopped", "failed"}
 
@@ -187,3 +188,74 @@ def _listener(port: int) -> int:
         except OSError:
             continue
     raise AssertionError(f"no process holds port {port}")
+
+
+def test_the_cli_deploys_with_replicas_and_shows_them(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "FORGEHUB_URL": server.url, "FORGEHUB_TOKEN": server.admin_token}
+    env["COLUMNS"] = "200"
+    cli = str(Path(sys.executable).parent / "forgehub")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=300)
+
+    p = run("deploy", "digits", "--min-replicas", "0", "--max-replicas", "4", "--title", "tryme")
+    assert p.returncode == 0, p.stderr
+    dep_id = p.stdout.strip().rstrip("/").rsplit("/", 1)[1]
+    d = admin.get(f"/api/v1/deployments/{dep_id}").json()
+    assert (d["replicas"]["min"], d["replicas"]["max"]) == (0, 4)
+    assert "(0–4)" in run("deployment", "ls").stdout
+    assert "replicas 1 ready" in run("deployment", "show", dep_id[:8]).stdout
+    assert run("deployment", "stop", dep_id[:8]).returncode == 0
+    p = run("deploy", "digits", "--min-replicas", "3", "--max-replicas", "2")
+    assert p.returncode != 0 and "Traceback" not in p.stderr and "more than max" in p.stderr
+
+
+def test_from_the_dashboard_deploy_with_replicas_and_watch_them_rise_and_fall(
+    server: ForgehubServer,
+    admin: httpx.Client,
+    browser: object,  # noqa: F811 - the fixture imported above
+) -> None:
+    from tests.test_dashboard import Session
+
+    s = Session(browser, server, server.admin_token)
+    page = s.page
+    page.goto("/modules/digits/deploy")
+    page.get_by_label("Title").fill("digits for everyone")
+    page.get_by_label("Fewest replicas").fill("0")
+    page.get_by_label("Most replicas").fill("2")
+    page.get_by_label("Requests in flight per replica").fill("1")
+    page.get_by_label("Scale down after").fill("3")
+    page.get_by_role("button", name="Deploy").click()
+    page.wait_for_url("**/deployments/*")
+    dep_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    d = wait_for(admin, dep_id, lambda d: d["state"] == "running")
+    assert (d["replicas"]["min"], d["replicas"]["max"], d["replicas"]["target"]) == (0, 2, 1)
+    page.reload()
+    url = f"{server.url}/deployments/{dep_id}/v2/models/digits/predict/"
+    statuses: list[int] = []  # the load from another thread (Playwright's loop runs in this one)
+    loader = threading.Thread(
+        target=lambda: statuses.extend(asyncio.run(_drive(url, server.admin_token, 5, 6)))
+    )
+    loader.start()
+    loader.join()
+    assert statuses and set(statuses) == {200}
+    wait_for(admin, dep_id, lambda d: d["replicas"]["jobs"] == [], timeout=60)
+    import re
+
+    from playwright.sync_api import expect
+
+    chart = page.locator('.chart[data-metric="replicas"] svg')
+    # the plot's last point falls to zero, and its axis shows it rose to two
+    expect(chart).to_have_attribute("aria-label", re.compile(r"last 0(\.0+)?$"), timeout=15_000)
+    assert "2.00" in chart.inner_html()
+    assert page.locator('.chart[data-metric="requests/s"]').count() == 1
+    page.goto("/deployments")
+    assert "(0–2)" in page.locator("tr", has_text="digits for everyone").inner_text()
+    admin.post(f"/api/v1/deployments/{dep_id}/stop")
+    s.close()

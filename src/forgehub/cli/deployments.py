@@ -53,6 +53,20 @@ def deploy(
         [], "--input", "-i", help="NAME=ARTIFACT copied into its working folder (repeat)."
     ),
     restart: bool = typer.Option(False, "--restart", help="Start again when its host is lost."),
+    min_replicas: int = typer.Option(
+        None,
+        "--min-replicas",
+        help="An inference deployment (api): replicas kept up, 0 to scale to zero.",
+    ),
+    max_replicas: int = typer.Option(
+        None, "--max-replicas", help="An inference deployment: replicas at most."
+    ),
+    target: float = typer.Option(
+        None, "--target-in-flight", help="Requests in flight per replica to aim at [4]."
+    ),
+    scale_down_after: int = typer.Option(
+        None, "--scale-down-after", help="Seconds of lower load before a replica goes [60]."
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until it answers."),
     server: str = ServerOpt,
     token: str = TokenOpt,
@@ -91,6 +105,19 @@ def deploy(
             "disk_mb": disk,
         },
     }
+    scaling = {
+        "min": min_replicas,
+        "max": max_replicas,
+        "target": target,
+        "idle_s": scale_down_after,
+    }
+    if any(v is not None for v in scaling.values()):
+        lo = min_replicas if min_replicas is not None else 1
+        scaling["min"], scaling["max"] = (
+            lo,
+            max_replicas if max_replicas is not None else max(lo, 1),
+        )
+        body["replicas"] = {k: v for k, v in scaling.items() if v is not None}
     c = Client(server, token)
     d = c.post("/api/v1/deployments", json=body)
     err.print(f"deployment {d['id']} {d['state']} on {d['compute']}")
@@ -116,9 +143,10 @@ def ls(
     if as_json:
         out.print_json(json.dumps(rows))
         return
-    table = Table("id", "title", "service", "state", "on", "resources", "age")
+    table = Table("id", "title", "service", "state", "on", "resources", "replicas", "age")
     for d in rows:
         res = d["resources"]
+        reps = d.get("replicas")
         table.add_row(
             d["id"][:12],
             d["title"],
@@ -126,6 +154,7 @@ def ls(
             d["state"],
             d["compute"] or "-",
             f"{res.get('cpu', 1):g} CPU" + (f", {res['gpu']} GPU" if res.get("gpu") else ""),
+            f"{reps['ready']} ({reps['min']}–{reps['max']})" if reps else "-",
             duration(d["age_s"]),
         )
     out.print(table)
@@ -145,7 +174,14 @@ def show(
         out.print_json(json.dumps(d))
         return
     out.print(f"[bold]{d['title']}[/bold]  {d['service']} of {d['module']}  {d['state']}")
-    out.print(f"{c.server.rstrip('/')}{d['url']}  on {d['compute']}, job {d['job']}")
+    if d.get("replicas"):
+        r = d["replicas"]
+        out.print(
+            f"{c.server.rstrip('/')}{d['url']}  on {d['compute']}, replicas {r['ready']} ready, "
+            f"{r['starting']} starting ({r['min']}–{r['max']}, {r['target']:g} in flight each)"
+        )
+    else:
+        out.print(f"{c.server.rstrip('/')}{d['url']}  on {d['compute']}, job {d['job']}")
     if d["reason"]:
         out.print(d["reason"], highlight=False)
     table = Table("at", "state", "message")

@@ -633,6 +633,18 @@ def out(d: Deployment, compute: str | None = None, job: Job | None = None) -> di
     }
 
 
+def describe(session: Session, d: Deployment) -> dict[str, Any]:
+    """:func:`out` with its compute's name, its job's host and, if scaled, its replicas."""
+    from forgehub.db.models import ComputeConnection
+
+    conn = session.get(ComputeConnection, d.compute_id)
+    job = session.get(Job, d.job_id) if d.job_id else None
+    view = out(d, conn.name if conn else None, job)
+    if scaled(d):
+        view["replicas"] = replica_counts(d, replicas(session, d))
+    return view
+
+
 def events(session: Session, d: Deployment) -> list[dict[str, Any]]:
     rows = session.scalars(
         select(DeploymentEvent)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from forgehub.auth import Principal
-from forgehub.db.models import ComputeConnection, Deployment, Job
+from forgehub.db.models import Deployment
 from forgehub.deployments import service
 from forgehub.server.deps import CurrentUser
 
@@ -24,12 +24,7 @@ async def _in_thread(fn: Callable[[], T]) -> T:
 
 
 def _out(s: Session, d: Deployment) -> dict[str, Any]:
-    conn = s.get(ComputeConnection, d.compute_id)
-    job = s.get(Job, d.job_id) if d.job_id else None
-    out = service.out(d, conn.name if conn else None, job)
-    if service.scaled(d):
-        out["replicas"] = service.replica_counts(d, service.replicas(s, d))
-    return out
+    return service.describe(s, d)
 
 
 def _one(request: Request, principal: Principal, dep_id: str, action: str, fn: Any) -> Any:

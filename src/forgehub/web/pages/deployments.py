@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 
-from forgehub.db.models import Artifact, ComputeConnection, Job
+from forgehub.db.models import Artifact
 from forgehub.deployments import service
 from forgehub.identity import authz
 from forgehub.jobs import service as jobs
@@ -23,9 +23,7 @@ def deployments_page(request: Request) -> Response:
         rows = []
         for d in service.visible(s, p):
             service.sync(s, d)
-            conn = s.get(ComputeConnection, d.compute_id)
-            job = s.get(Job, d.job_id) if d.job_id else None
-            rows.append(service.out(d, conn.name if conn else None, job))
+            rows.append(service.describe(s, d))
     return render(request, "deployments.html", principal=p, deployments=rows)
 
 
@@ -35,9 +33,7 @@ def deployment_page(request: Request, dep_id: str) -> Response:
     with request.app.state.db.session() as s:
         d = service.get(s, p, dep_id, "deployment.read")
         service.sync(s, d)
-        conn = s.get(ComputeConnection, d.compute_id)
-        job = s.get(Job, d.job_id) if d.job_id else None
-        view = {**service.out(d, conn.name if conn else None, job), "events": service.events(s, d)}
+        view = {**service.describe(s, d), "events": service.events(s, d)}
     return render(request, "deployment.html", principal=p, d=view)
 
 

@@ -175,6 +175,11 @@ function setupDeploy(form) {
       resources: { cpu: Number(v("d-cpu")), gpu: Number(v("d-gpu")), gpu_model: v("d-gpu-model") || null,
                    memory_mb: Number(v("d-mem")), disk_mb: Number(v("d-disk")) },
     };
+    if (v("d-min") !== "" || v("d-max") !== "") {  // an inference deployment
+      const lo = v("d-min") !== "" ? Number(v("d-min")) : 1;
+      body.replicas = { min: lo, max: v("d-max") !== "" ? Number(v("d-max")) : Math.max(lo, 1),
+                        target: Number(v("d-target") || 4), idle_s: Number(v("d-down") || 60) };
+    }
     const btn = form.querySelector('button[type="submit"]');
     btn.disabled = true;
     const resp = await api("/api/v1/deployments", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
@@ -197,10 +202,34 @@ function setupDeployment(box) {
   if (!["running", "stopped", "failed"].includes(box.dataset.state)) {
     setTimeout(() => location.reload(), 2000);  // until it is up (or has ended)
   }
+  if (box.dataset.scaled) scalingCharts(id);
+}
+
+// an inference deployment's replicas, requests, latency, errors and cold starts, each second
+function scalingCharts(id) {
+  const shown = { replicas: "replicas", rps: "requests/s", p50_ms: "p50 latency (ms)", p99_ms: "p99 latency (ms)", errors: "errors", cold_starts: "cold starts" };
+  let samples = [], since = 0;
+  const at = (x) => `at ${x} s`;
+  async function poll() {
+    const r = await api(`/api/v1/deployments/${id}/metrics?since=${since}`);
+    if (r.ok) {
+      const got = (await r.json()).samples;
+      if (got.length) {
+        samples = samples.concat(got).slice(-1800);
+        since = samples[samples.length - 1].t;
+        const t0 = samples[0].t;
+        document.getElementById("dep-charts").innerHTML = Object.entries(shown)
+          .map(([key, name]) => [name, samples.filter((s) => s[key] != null).map((s) => [Math.round(s.t - t0), s[key]])])
+          .filter(([, pts]) => pts.length).map(([name, pts]) => drawChart(name, pts, at)).join("");
+      }
+    }
+    setTimeout(poll, 2000);
+  }
+  poll();
 }
 
 // -- a job: live log, metric plots, state --------------------------------------------------------
-function drawChart(name, points) {
+function drawChart(name, points, at = (x) => `at step ${x}`) {
   const w = 480, h = 150, pad = 28;
   const xs = points.map((p, i) => (p[0] ?? i + 1)), ys = points.map((p) => p[1]);
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
@@ -211,8 +240,8 @@ function drawChart(name, points) {
   const xTicks = [...new Set([0, 1, 2, 3, 4].map((k) => Math.round(x0 + (k * (x1 - x0)) / 4)))];
   const yTicks = y1 > y0 ? [0, 1, 2].map((k) => y0 + (k * (y1 - y0)) / 2) : [y0];
   const last = ys[ys.length - 1];
-  return `<div class="chart" data-metric="${name}"><h3>${name} <span class="muted">${last.toPrecision(4)} at step ${xs[xs.length - 1]}</span></h3>
-    <svg viewBox="0 0 ${w} ${h}" role="img" aria-label="${name} over ${points.length} steps, last ${last.toPrecision(4)}">
+  return `<div class="chart" data-metric="${name}"><h3>${name} <span class="muted">${last.toPrecision(4)} ${at(xs[xs.length - 1])}</span></h3>
+    <svg viewBox="0 0 ${w} ${h}" role="img" aria-label="${name} over ${points.length} points, last ${last.toPrecision(4)}">
       <line x1="${pad}" y1="${h - pad}" x2="${w - pad}" y2="${h - pad}" stroke="#ccd"/><line x1="${pad}" y1="${pad}" x2="${pad}" y2="${h - pad}" stroke="#ccd"/>
       ${yTicks.map((y) => `<line x1="${pad - 3}" y1="${sy(y).toFixed(1)}" x2="${w - pad}" y2="${sy(y).toFixed(1)}" stroke="#eef"/><text x="2" y="${(sy(y) + 3).toFixed(1)}" font-size="10">${y.toPrecision(3)}</text>`).join("")}
       ${xTicks.map((x) => `<line x1="${sx(x).toFixed(1)}" y1="${h - pad}" x2="${sx(x).toFixed(1)}" y2="${h - pad + 3}" stroke="#99a"/><text x="${sx(x).toFixed(1)}" y="${h - 8}" font-size="10" text-anchor="middle">${x}</text>`).join("")}
