@@ -66,8 +66,9 @@ class Session:
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.goto("/")
-        assert "/login" in self.page.url  # signed out: the sign-in page
+        self.page.goto("/")  # a visitor sees the marketplace, and signs in from its header
+        self.page.get_by_role("link", name="Sign in").click()
+        self.page.wait_for_url(lambda url: "/login?next=" in url)
         self.page.get_by_label("API token").fill(token)
         self.page.get_by_role("button", name="Sign in").click()
         self.page.wait_for_url(f"{server.url}/")

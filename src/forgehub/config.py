@@ -91,6 +91,19 @@ class Settings(BaseModel):
     max_deployment_gpus: int = Field(
         default=4, ge=0, le=10_000, description="GPUs a user's deployments may hold in all."
     )
+    public_marketplace: bool = Field(
+        default=True,
+        description="Visitors who are not signed in may browse and search the marketplace "
+        "(read-only); off: the landing page is the sign-in form.",
+    )
+    anonymous_try: bool = Field(
+        default=False,
+        description="Visitors who are not signed in may try modules (predict with the version "
+        "as shipped), at most anonymous_try_per_minute times per address.",
+    )
+    anonymous_try_per_minute: int = Field(
+        default=10, ge=1, le=100_000, description="Anonymous predictions per minute per address."
+    )
     job_lease_s: int = Field(
         default=30,
         ge=2,

@@ -57,6 +57,13 @@ OPEN_STORE_AFTER_S = 1.0  # the training store opens this long after start-up, o
 PrincipalGetter = Callable[[Request], "Principal"]
 
 
+def _has_credentials(request: Request) -> bool:
+    """A token or a session was sent: a wrong one is refused, never taken for a visitor."""
+    from forgehub.identity.sessions import SESSION_COOKIE
+
+    return bool(request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE))
+
+
 def deepaas_error(status: int, reason: str | None = None) -> Response:
     """An error page as aiohttp writes it for DEEPaaS: ``404: Not Found``, in plain text."""
     from http import HTTPStatus
@@ -152,6 +159,7 @@ class ModelAPI:
         self.max_trainings = max_trainings
         self.prepare = prepare
         self.open_predict = open_predict
+        self.anonymous: Callable[[Request], None] | None = None
         self._weights_factory = weights  # the platform's pre-trained versions, if any
         self._weights: WeightsOnServer | None = None
         self._hosting_factory = hosting  # modules from a source, in their own environments
@@ -413,8 +421,21 @@ class ModelAPI:
         m = await anyio.to_thread.run_sync(hosting.module, plan)
         return m, plan.trained.version if plan.trained else None
 
+    def _predictor(self, request: Request) -> Principal | None:
+        """Who predicts: the caller, or nobody (a standalone server; a visitor where the
+        platform lets visitors try modules, which :attr:`anonymous` rate-limits)."""
+        if self.open_predict:
+            return None
+        try:
+            return self.principal(request)
+        except HTTPException as exc:
+            if exc.status_code != 401 or self.anonymous is None or _has_credentials(request):
+                raise
+            self.anonymous(request)  # 401 when visitors may not, 429 past their rate
+            return None
+
     async def predict(self, request: Request, name: str) -> Response:
-        principal = None if self.open_predict else self.principal(request)
+        principal = self._predictor(request)
         hosted = name not in self.modules and self.hosts_sources
         m = None if hosted else self.module(name)
         version = None

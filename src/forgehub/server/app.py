@@ -195,6 +195,9 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
         weights=lambda: WeightsOnServer(app.state.db, app.state.secrets, cache),
         hosting=lambda weights: Hosting(app.state.db, app.state.policy, weights, cache),
     )
+    from forgehub.server.visitors import AnonymousTry
+
+    model_api.anonymous = AnonymousTry(settings.anonymous_try_per_minute, settings.anonymous_try)
     model_api.add_routes(app, prefix="/api/v1/model-api", native_prefix="/api/v1/model-api")
     app.state.model_api = model_api
 

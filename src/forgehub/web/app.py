@@ -82,6 +82,18 @@ def user(request: Request) -> Principal:
     return p
 
 
+def visitor(request: Request) -> Principal | None:
+    """The signed-in user, or ``None`` for a visitor where the marketplace is public (the
+    admin's ``public_marketplace``); else a redirect to the sign-in page."""
+    try:
+        p = principal_from_request(request, check_csrf=False)
+    except HTTPException:
+        p = None
+    if p is None and not request.app.state.settings.public_marketplace:
+        raise NotSignedIn(request.url.path)
+    return p
+
+
 def render(request: Request, template: str, status: int = 200, **ctx: Any) -> HTMLResponse:
     started = time.perf_counter()
     principal = ctx.pop("principal", None)

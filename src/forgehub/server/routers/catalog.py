@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -22,9 +22,18 @@ from forgehub.catalog.weights import runnable
 from forgehub.db.models import CatalogModule, utcnow
 from forgehub.errors import Forbidden, NotFound
 from forgehub.identity import authz
-from forgehub.server.deps import CurrentUser, DbSession
+from forgehub.server.deps import CurrentUser, DbSession, current_principal
+
+
+def _readable(request: Request) -> None:
+    """Reads are for everyone while the marketplace is public (the admin's
+    ``public_marketplace``); for signed-in users otherwise."""
+    if not request.app.state.settings.public_marketplace:
+        current_principal(request)
+
 
 router = APIRouter(prefix="/catalog", tags=["catalog"])
+Readable = Depends(_readable)
 
 
 class VersionIn(BaseModel):
@@ -118,7 +127,7 @@ def _check_weights(session: Session, principal: Principal, version: VersionIn | 
             ) from None
 
 
-@router.get("/modules", summary="Search the catalogue, with facet counts")
+@router.get("/modules", summary="Search the catalogue, with facet counts", dependencies=[Readable])
 def search_modules(
     session: DbSession,
     q: str = Query(
@@ -150,7 +159,11 @@ def search_modules(
     )
 
 
-@router.get("/modules/{name}", summary="One module: metadata, readme, versions, schemas")
+@router.get(
+    "/modules/{name}",
+    summary="One module: metadata, readme, versions, schemas",
+    dependencies=[Readable],
+)
 def show_module(name: str, session: DbSession) -> dict[str, Any]:
     m = service.get_module(session, name)
     return _module_out(m, service.owner_name(session, m))
@@ -158,6 +171,7 @@ def show_module(name: str, session: DbSession) -> dict[str, Any]:
 
 @router.get(
     "/modules/{name}/ai4-metadata.yml",
+    dependencies=[Readable],
     response_class=PlainTextResponse,
     summary="Export the entry as ai4-metadata.yml (v2)",
 )

@@ -36,14 +36,16 @@ def _login_page(
     """The sign-in form, with a CSRF token of its own (a page elsewhere cannot sign a visitor
     into an account of its choosing)."""
     settings = request.app.state.settings
-    hint = str(settings.admin_token_file) if settings.local_admin else None
+    # where the admin's token lies is not shown (a visitor has no use for it); the command
+    # that says it works only on the server machine
+    hint = bool(settings.local_admin)
     token = csrf_token(request) or secrets.token_urlsafe(24)
     resp = render(
         request,
         "login.html",
         status,
         next=_safe_next(next),
-        token_file=hint,
+        admin_hint=hint,
         error=error,
         login_csrf=token,
     )

@@ -11,7 +11,7 @@ from forgehub.catalog import service
 from forgehub.catalog.installed import INSTALLED
 from forgehub.catalog.service import CatalogError
 from forgehub.catalog.weights import is_trained, runnable
-from forgehub.web.app import render, user
+from forgehub.web.app import render, visitor
 
 router = APIRouter()
 FACET_TITLES = {
@@ -77,7 +77,7 @@ def market(
     tag: list[str] = Query([]),  # noqa: B006
     page: int = Query(1, ge=1, le=10_000),
 ) -> Response:
-    p = user(request)
+    p = visitor(request)
     chosen = service.facet_filters(
         category=category, task=task, library=library, data_type=data_type, tag=tag
     )
@@ -99,7 +99,7 @@ def market(
 
 @router.get("/modules/{name}", response_class=HTMLResponse)
 def module_page(request: Request, name: str) -> Response:
-    p = user(request)
+    p = visitor(request)
     with request.app.state.db.session() as s:
         try:
             m = service.get_module(s, name)
@@ -139,6 +139,7 @@ def module_page(request: Request, name: str) -> Response:
         shipped=shipped,
         trainable=bool(loaded is not None and loaded.trainable),
         predict_fields=predict_fields,
-        trained_versions=trained_versions,
+        trained_versions=trained_versions if p is not None else [],
         installed_version=installed_version,
+        may_try=p is not None or request.app.state.settings.anonymous_try,
     )
