@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -259,3 +260,49 @@ def test_from_the_dashboard_deploy_with_replicas_and_watch_them_rise_and_fall(
     assert "(0–2)" in page.locator("tr", has_text="digits for everyone").inner_text()
     admin.post(f"/api/v1/deployments/{dep_id}/stop")
     s.close()
+
+
+def test_a_batching_module_answers_concurrent_requests_in_batches_each_with_its_own_answer(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    """digits has predict_batch; this deployment asks for batches of up to 8, waiting 30 ms."""
+    r = admin.post(
+        "/api/v1/deployments",
+        json={"module": "digits", "batch_size": 8, "batch_wait_ms": 30},
+    )
+    assert r.status_code == 201, r.text
+    dep_id = r.json()["id"]
+    wait_for(admin, dep_id, lambda d: d["state"] == "running")
+    url = f"{server.url}/deployments/{dep_id}/v2/models/digits/predict/"
+    images = [digit_png(i)[0] for i in range(6)]
+    alone = []  # each image's answer on its own (a batch of one)
+    for image in images:
+        r = admin.post(url, files={"image": ("d.png", image, "image/png")})
+        assert r.status_code == 200 and r.headers["x-forgehub-batch"] == "1", r.text
+        alone.append(r.json()["predictions"])
+
+    async def clients() -> list[tuple[int, int, Any]]:
+        got: list[tuple[int, int, Any]] = []
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        async with httpx.AsyncClient(headers=headers, timeout=60) as c:
+
+            async def one(i: int) -> None:
+                for _ in range(10):
+                    body = images[i] if i < len(images) else b"not an image"
+                    r = await c.post(url, files={"image": ("d.png", body, "image/png")})
+                    size = int(r.headers.get("x-forgehub-batch", "0"))
+                    got.append((i, r.status_code, (r.json(), size)))
+
+            await asyncio.gather(*(one(i) for i in range(len(images) + 1)))
+        return got
+
+    got = asyncio.run(clients())
+    sizes = [answer[1] for i, status, answer in got if status == 200]
+    assert max(sizes) > 1, sizes  # grouped
+    for i, status, (body, _size) in got:
+        if i < len(images):
+            assert status == 200 and body["predictions"] == alone[i]  # its own answer
+        else:
+            assert status == 400, body  # the bad image fails alone, its batch is answered
+    admin.post(f"/api/v1/deployments/{dep_id}/stop")
+    wait_for(admin, dep_id, lambda d: d["state"] in FINISHED)

@@ -67,6 +67,14 @@ def deploy(
     scale_down_after: int = typer.Option(
         None, "--scale-down-after", help="Seconds of lower load before a replica goes [60]."
     ),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        help="A module with predict_batch: requests per batch [its own]; 0: no batching.",
+    ),
+    batch_wait_ms: float = typer.Option(
+        None, "--batch-wait-ms", help="How long a batch's first request waits for more."
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until it answers."),
     server: str = ServerOpt,
     token: str = TokenOpt,
@@ -97,6 +105,8 @@ def deploy(
         "idle_stop_s": idle_stop,
         "inputs": inputs,
         "restart": restart,
+        "batch_size": batch_size,
+        "batch_wait_ms": batch_wait_ms,
         "resources": {
             "cpu": cpu,
             "gpu": gpu,

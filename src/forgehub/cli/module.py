@@ -125,6 +125,19 @@ def serve(
     no_doc: bool = typer.Option(
         False, "--no-doc", help="No Swagger UI at /api and /docs; /swagger.json stays."
     ),
+    batch_size: int = typer.Option(
+        None,
+        "--batch-size",
+        min=0,
+        help="A module with predict_batch: group up to this many concurrent requests "
+        "[its own batch_max_size]; 0 turns batching off.",
+    ),
+    batch_wait_ms: float = typer.Option(
+        None,
+        "--batch-wait-ms",
+        min=0,
+        help="How long a batch's first request waits for more [its own batch_wait_ms].",
+    ),
 ) -> None:
     """Serve modules through the DEEPaaS v2 model API (the `deepaas-run` equivalent).
 
@@ -195,6 +208,8 @@ def serve(
         "enable_train": not no_train,
         "enable_predict": not no_predict,
         "enable_doc": not no_doc,
+        "batch_size": batch_size,
+        "batch_wait_ms": batch_wait_ms,
     }
     if workers <= 1:
         app_ = freeze_after_startup(create_model_app(modules, settings.db_url, work_dir, **options))

@@ -149,6 +149,20 @@ class DeployIn(BaseModel):
         default=None,
         description="An inference deployment (api only): replicas that scale with the load.",
     )
+    batch_size: int | None = Field(
+        default=None,
+        ge=0,
+        le=4096,
+        description="A module with predict_batch: concurrent requests per batch [the module's "
+        "own]; 0: no batching.",
+    )
+    batch_wait_ms: float | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        allow_inf_nan=False,
+        description="How long a batch's first request waits for more [the module's own].",
+    )
 
 
 def create(
@@ -194,7 +208,15 @@ def create(
     except ValidationError as exc:  # an input name, say: the job's own rules
         msg = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
         raise DeploymentError(msg, 422) from None
-    service = {"kind": body.service, "deployment": dep_id, "base_path": f"/deployments/{dep_id}/"}
+    service: dict[str, Any] = {
+        "kind": body.service,
+        "deployment": dep_id,
+        "base_path": f"/deployments/{dep_id}/",
+    }
+    if body.batch_size is not None or body.batch_wait_ms is not None:
+        if body.service != "api":
+            raise DeploymentError("batch_size, batch_wait_ms: only an api deployment batches", 422)
+        service["batch"] = [body.batch_size, body.batch_wait_ms]
     job = submit(session, principal, job_in, box, data_dir, modules, policy, service=service)
     d = Deployment(
         id=dep_id,

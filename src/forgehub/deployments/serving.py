@@ -108,6 +108,11 @@ def command(
     ]
     if "+weights" in inputs:
         argv += ["--weights", str(inputs["+weights"])]
+    size, wait = svc.get("batch") or (None, None)
+    if size is not None:
+        argv += ["--batch-size", str(int(size))]
+    if wait is not None:
+        argv += ["--batch-wait-ms", str(float(wait))]
     if run.environment is not None:  # the lock the runner built: the same environment
         lock = work / "lock.json"
         lock.write_text(json.dumps(run.environment["lock"]))

@@ -144,6 +144,7 @@ class ModelAPI:
         max_trainings: int = 2,
         prepare: Callable[[], None] | None = None,
         open_predict: bool = False,
+        batch: tuple[int | None, float | None] = (None, None),
         weights: Callable[[], WeightsOnServer] | None = None,
         hosting: Callable[[WeightsOnServer], Hosting] | None = None,
     ) -> None:
@@ -154,7 +155,7 @@ class ModelAPI:
         self.db_getter = db_getter
         self.work_dir = work_dir
         self.principal = principal
-        self.runner = ThreadRunner(self.modules)
+        self.runner = ThreadRunner(self.modules, batch=batch)
         self.recover = recover
         self.max_trainings = max_trainings
         self.prepare = prepare
@@ -470,6 +471,8 @@ class ModelAPI:
             raise
         if version is not None:
             response.headers["X-Forgehub-Version"] = version
+        if out.batch:
+            response.headers["X-Forgehub-Batch"] = str(out.batch)
         return response
 
     @staticmethod

@@ -181,10 +181,17 @@ class ThreadRunner:
     back: a model that can block holds the loop a handful of times in all.
     """
 
-    def __init__(self, modules: dict[str, LoadedModule], threads: int | None = None) -> None:
+    def __init__(
+        self,
+        modules: dict[str, LoadedModule],
+        threads: int | None = None,
+        batch: tuple[int | None, float | None] = (None, None),
+    ) -> None:
         self.modules = modules
         self.pool = HopPool(threads or os.cpu_count() or 1)
         self.pace = {name: _Pace() for name in modules}
+        self.batch = batch  # (max size, wait in ms) a deployment sets over the module's own
+        self.batchers: dict[int, Batcher] = {}  # id(module) → its batcher
 
     async def start(self) -> None:
         for m in self.modules.values():
@@ -221,6 +228,14 @@ class ThreadRunner:
         worker-thread hop (see :meth:`HopPool.run` for ``abandoned``). ``module`` is another
         instance of module ``name`` (one with a pre-trained version's weights)."""
         m = module or self.modules[name]
+        can_batch = getattr(m, "can_batch", False)
+        size = (m.batch_max_size if self.batch[0] is None else self.batch[0]) if can_batch else 0
+        if size:
+            batcher = self.batchers.get(id(m))
+            if batcher is None:
+                wait = m.batch_wait_ms if self.batch[1] is None else self.batch[1]
+                batcher = self.batchers[id(m)] = Batcher(m, self.pool, size, wait)
+            return await batcher.predict(data, abandoned)
         if getattr(m, "upload_dir", None) is not None:  # in another process: a call waits
             return await self.pool.run(lambda: m.predict(m.validate_predict(data)), abandoned)
         module, pace = m, self.pace[name]
@@ -230,3 +245,72 @@ class ThreadRunner:
 
     async def stop(self) -> None:
         self.pool.shutdown()
+
+
+class Batcher:
+    """Adaptive batching for a module with ``predict_batch``: the first request of a batch
+    waits at most ``wait_ms`` for others, up to ``max_size`` in all, and the batch runs in one
+    hop to a worker thread. Under no load a request waits ``wait_ms`` at most; under load
+    batches fill up and the wait is not spent. Each request is validated on its own: a bad one
+    gets its own error and the rest of its batch is answered."""
+
+    def __init__(self, module: LoadedModule, pool: HopPool, max_size: int, wait_ms: float) -> None:
+        self.module = module
+        self.pool = pool
+        self.max_size = max(1, max_size)
+        self.wait_s = max(0.0, wait_ms) / 1000
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[Output]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.sizes: deque[int] = deque(maxlen=1000)  # the last batches' sizes
+
+    async def predict(self, data: dict[str, Any], abandoned: Callable[[], None] | None) -> Output:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Output] = loop.create_future()
+        self._pending.append((data, fut))
+        if len(self._pending) >= self.max_size:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.wait_s, self._flush)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if abandoned is not None:  # the client went: clean up once its batch is done
+                fut.add_done_callback(lambda _f: abandoned())
+            raise
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        if batch:
+            self.sizes.append(len(batch))
+            asyncio.ensure_future(self._run(batch))
+
+    async def _run(self, batch: list[tuple[dict[str, Any], asyncio.Future[Output]]]) -> None:
+        try:
+            results = await self.pool.run(lambda: self._in_thread([d for d, _ in batch]))
+        except BaseException as exc:  # noqa: BLE001 - every request of the batch hears it
+            results = [exc] * len(batch)
+        for (_, fut), result in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                result.batch = len(batch)
+                fut.set_result(result)
+
+    def _in_thread(self, datas: list[dict[str, Any]]) -> list[Output | BaseException]:
+        out: list[Output | BaseException] = [None] * len(datas)  # type: ignore[list-item]
+        valid, where = [], []
+        for i, data in enumerate(datas):
+            try:
+                valid.append(self.module.validate_predict(data))
+                where.append(i)
+            except Exception as exc:  # noqa: BLE001 - that request's own error
+                out[i] = exc
+        if valid:
+            for i, result in zip(where, self.module.predict_batch(valid), strict=True):
+                out[i] = result
+        return out

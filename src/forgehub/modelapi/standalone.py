@@ -42,13 +42,16 @@ def create_model_app(
     enable_train: bool = True,
     enable_predict: bool = True,
     enable_doc: bool = True,
+    batch_size: int | None = None,
+    batch_wait_ms: float | None = None,
 ) -> FastAPI:
     """A standalone model API (``forgehub module serve``), DEEPaaS-style: no authentication.
 
     As deepaas-run: the DEEPaaS v2 routes, ``/swagger.json``, Swagger UI at ``/api`` (unless
     ``enable_doc`` is off), a disabled train or predict endpoint answering 402, and aiohttp's
     plain-text error pages. forgehub's OpenAPI 3 is at ``/openapi.json``, its training views
-    (state, progress, metrics) under ``/api/v1``.
+    (state, progress, metrics) under ``/api/v1``. ``batch_size`` and ``batch_wait_ms`` override
+    a batching module's own (a size of 0: no batching).
     """
     state: dict[str, Any] = {}
     base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
@@ -74,6 +77,7 @@ def create_model_app(
         max_trainings=max_trainings,
         prepare=prepare,
         open_predict=True,
+        batch=(batch_size, batch_wait_ms),
     )
 
     @asynccontextmanager

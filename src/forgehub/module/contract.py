@@ -148,6 +148,10 @@ class Module:
     metadata: ClassVar[dict[str, Any]] = {}
     PredictArgs: ClassVar[type[BaseModel] | None] = None  # None: predict takes no arguments
     TrainArgs: ClassVar[type[BaseModel] | None] = None
+    # with predict_batch: concurrent requests are grouped, up to this many, waiting at most this
+    # long for more after the first (a deployment may set its own)
+    batch_max_size: ClassVar[int] = 16
+    batch_wait_ms: ClassVar[float] = 5.0
 
     def warm(self) -> None:
         """Load weights and get ready for the first prediction."""
@@ -160,6 +164,11 @@ class Module:
 
     def predict(self, args: Any) -> Any:
         raise NotImplementedError(f"module {self.name!r} does not predict")
+
+    # def predict_batch(self, batch: list[PredictArgs]) -> list[Any]:
+    #     Optional. Defined, it answers concurrent requests together (a model on a GPU, a
+    #     vectorised forward pass): one result per request, in the same order. A result may be
+    #     an exception, which only that request gets.
 
     def train(self, args: Any, ctx: TrainContext) -> Any:
         raise NotImplementedError(f"module {self.name!r} cannot be trained")

@@ -28,6 +28,7 @@ class Output:
     media_type: str = "application/json"
     filename: str | None = None
     delete: bool = False
+    batch: int = 0  # answered in a batch of this many requests (0: on its own)
 
     def materialize(self) -> Output:
         """Turn a stream into bytes, so the output can cross a process boundary."""
@@ -97,6 +98,15 @@ class LoadedModule(abc.ABC):
 
     @abc.abstractmethod
     def train(self, args: Any, ctx: TrainContext) -> Any: ...
+
+    # -- batching: a module that predicts several requests in one call ---------------------
+    batch_max_size: int = 0  # 0: it does not batch unless a deployment sets a size
+    batch_wait_ms: float = 0.0
+    can_batch: bool = False  # it has predict_batch
+
+    def predict_batch(self, batch: list[Any]) -> list[Output | ModuleError]:
+        """Predict validated ``batch`` together: one output (or error) per item, in order."""
+        raise ModuleError(f"module {self.name!r} does not batch", 501)
 
     def response_schema(self) -> dict[str, Any] | None:
         return None

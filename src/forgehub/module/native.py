@@ -164,6 +164,43 @@ class NativeModule(LoadedModule):
         accept = getattr(args, "accept", None)
         return native_output(ret, accept)
 
+    @property
+    def batch_max_size(self) -> int:  # type: ignore[override]
+        """What the module asks for (0: no batching unless a deployment sets a size)."""
+        if not self.can_batch:
+            return 0
+        return max(0, int(self.obj.batch_max_size))
+
+    @property
+    def can_batch(self) -> bool:  # type: ignore[override]
+        return callable(getattr(self.obj, "predict_batch", None))
+
+    @property
+    def batch_wait_ms(self) -> float:  # type: ignore[override]
+        return max(0.0, float(self.obj.batch_wait_ms))
+
+    def predict_batch(self, batch: list[Any]) -> list[Output | ModuleError]:
+        try:
+            results = list(self.obj.predict_batch(batch))  # type: ignore[attr-defined]
+        except ModuleError:
+            raise
+        except Exception as exc:
+            raise ModuleError(f"{type(exc).__name__}: {exc}", 500) from exc
+        if len(results) != len(batch):
+            raise ModuleError(
+                f"predict_batch answered {len(results)} results for {len(batch)} requests", 500
+            )
+        out: list[Output | ModuleError] = []
+        for args, ret in zip(batch, results, strict=True):
+            if isinstance(ret, ModuleError):
+                out.append(ret)
+            elif isinstance(ret, Exception):
+                status = 400 if isinstance(ret, ValueError | TypeError | KeyError) else 500
+                out.append(ModuleError(f"{type(ret).__name__}: {ret}", status))
+            else:
+                out.append(native_output(ret, getattr(args, "accept", None)))
+        return out
+
     def train(self, args: Any, ctx: TrainContext) -> Any:
         return jsonable(self.obj.train(args, ctx))
 
