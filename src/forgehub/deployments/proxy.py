@@ -61,6 +61,7 @@ class Target(NamedTuple):
     job: str | None
     queue: int = 0
     wait_s: float = 0.0
+    metered: bool = False  # its requests are counted for its plots (Ray Serve's replicas)
 
 
 def _cached_target(request: Any, dep_id: str) -> Target:
@@ -105,7 +106,8 @@ def _target(request: Any, dep_id: str) -> Target:
             service.sync(s, d)
         if d.state != DeploymentState.running or not d.address:
             raise HTTPException(503, f"the deployment is {d.state}: {d.reason or 'not ready'}")
-        return Target(d.address, d.service, service.token(state.secrets, d), d.job_id)
+        token = service.token(state.secrets, d)
+        return Target(d.address, d.service, token, d.job_id, metered="ray_serve" in d.spec)
 
 
 async def _resolve(request: Any, dep_id: str) -> Target:
@@ -253,7 +255,10 @@ async def forward(request: Request, send: Any) -> None:
         await _to_replica(request, dep_id, target, path, headers, body, send)
         return
     try:
-        await _to_service(request, target.address, target.job, path, headers, body, send)
+        if target.metered:
+            await _metered(request, dep_id, target, path, headers, body, send)
+        else:
+            await _to_service(request, target.address, target.job, path, headers, body, send)
     except Unreachable as exc:
         forget(request.app, dep_id)  # stopped or moved: the store says which, next time
         await anyio.to_thread.run_sync(_target, request, dep_id)  # 503 if it is not running
@@ -313,6 +318,39 @@ async def _to_replica(
         finally:
             pool.end(job_id, status[0], time.perf_counter() - start, cold)
     raise HTTPException(502, "no replica of the deployment answered")
+
+
+async def _metered(
+    request: Request,
+    dep_id: str,
+    target: Target,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: Any,
+    send: Any,
+) -> None:
+    """A deployment whose replicas another engine runs (Ray Serve): counted for its plots."""
+    from forgehub.deployments import scaling
+
+    dispatcher = getattr(request.app.state, "dispatcher", None)
+    if dispatcher is None:
+        await _to_service(request, target.address, target.job, path, headers, body, send)
+        return
+    pool = scaling.pool(dispatcher.pools, dep_id)
+    status = [502]
+
+    async def counted(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        await send(message)
+
+    key = target.job or dep_id
+    pool.begin(key)
+    start = time.perf_counter()
+    try:
+        await _to_service(request, target.address, target.job, path, headers, body, counted)
+    finally:
+        pool.end(key, status[0], time.perf_counter() - start, False)
 
 
 async def _to_service(

@@ -197,7 +197,12 @@ class Scaler:
 
 
 def autoscale(session: Session, d: Deployment, p: Pool, scaler: Scaler, now: float) -> None:
-    """One round for ``d``: replicas up at once to the load, down after ``idle_s`` of less."""
+    """One round for ``d``: replicas up at once to the load, down after ``idle_s`` of less.
+    Ray Serve scales its own: for such a deployment this only samples the plots."""
+    if "ray_serve" in d.spec:
+        if time.monotonic() - p.last_sample >= SAMPLE_S:
+            p.sample(int(d.spec.get("serve_replicas") or 0), 0)
+        return
     cfg = d.spec["scaling"]
     if d.stop_requested_at is not None or d.state not in ("starting", "running"):
         return

@@ -184,9 +184,9 @@ def create(
     if body.replicas is not None and body.service != "api":
         raise DeploymentError("replicas: only an api deployment has replicas", 422)
     _check_limits(session, principal, body, limits)
+    ensure_default_compute(session, principal.user_id)
+    compute = COMPUTE.find(session, principal, body.compute)
     if body.service == "jupyterlab":
-        ensure_default_compute(session, principal.user_id)
-        compute = COMPUTE.find(session, principal, body.compute)
         on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
         if on_server and not policy.may_use_server(principal):
             # a notebook runs whatever its user types: on the server's machine only for the
@@ -203,8 +203,11 @@ def create(
     except SourceError as exc:
         raise DeploymentError(str(exc), 422) from exc
     ttl = body.ttl_s or 30 * 86400
+    # on Ray, Ray Serve runs and scales the replicas (a module from a source gets forgehub's
+    # own replicas: its environment is built by the runner, which Serve's replicas are not)
+    on_serve = body.replicas is not None and compute.kind == "ray" and not is_source
     try:
-        job_in = _job_in(body, is_source, ttl)
+        job_in = _job_in(body, is_source, ttl, on_serve)
     except ValidationError as exc:  # an input name, say: the job's own rules
         msg = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
         raise DeploymentError(msg, 422) from None
@@ -217,6 +220,9 @@ def create(
         if body.service != "api":
             raise DeploymentError("batch_size, batch_wait_ms: only an api deployment batches", 422)
         service["batch"] = [body.batch_size, body.batch_wait_ms]
+    if on_serve and body.replicas is not None:
+        service["ray_serve"] = body.replicas.model_dump()
+        service["replica_cpu"] = body.resources.cpu
     job = submit(session, principal, job_in, box, data_dir, modules, policy, service=service)
     d = Deployment(
         id=dep_id,
@@ -234,17 +240,19 @@ def create(
             "compute": body.compute,
         },
         compute_id=job.compute_id,
-        job_id=None if body.replicas else job.id,
+        job_id=None if body.replicas and not on_serve else job.id,
         token_sealed=box.seal({"token": secrets.token_urlsafe(32)}),
         restart=body.restart,
         state=DeploymentState.pending,
     )
-    if body.replicas is not None:
+    if on_serve and body.replicas is not None:
+        d.spec = {**d.spec, "ray_serve": body.replicas.model_dump()}
+    elif body.replicas is not None:
         d.spec = {**d.spec, "scaling": body.replicas.model_dump(), "failures": 0}
     session.add(d)
     session.flush()
     session.add(DeploymentEvent(deployment_id=d.id, state="pending", message="deployed"))
-    if body.replicas is not None:  # warm from the start; scaled to min once idle
+    if body.replicas is not None and not on_serve:  # warm from the start; to min once idle
         session.add(DeploymentReplica(deployment_id=d.id, job_id=job.id))
         for _ in range(body.replicas.min - 1):
             add_replica(session, d)
@@ -350,6 +358,7 @@ def replica_counts(d: Deployment, live: list[DeploymentReplica]) -> dict[str, An
         "starting": sum(1 for r in serving if not r.address),
         "draining": len(live) - len(serving),
         "jobs": [r.job_id for r in serving],
+        "engine": "forgehub",
     }
 
 
@@ -361,7 +370,7 @@ def _replica_summary(d: Deployment, ready: int, up: int) -> str:
     return f"{ready} of {cfg['min']}–{cfg['max']} replicas ready{starting}"
 
 
-def _job_in(body: DeployIn, is_source: bool, ttl: int) -> Any:
+def _job_in(body: DeployIn, is_source: bool, ttl: int, on_serve: bool = False) -> Any:
     from forgehub.compute import Resources
     from forgehub.jobs.submit import JobIn
 
@@ -376,8 +385,9 @@ def _job_in(body: DeployIn, is_source: bool, ttl: int) -> Any:
         labels=body.labels,
         max_retries=0,  # a lost service is restarted by its deployment, when asked
         resources=Resources(
-            cpu=body.resources.cpu,
-            gpu=body.resources.gpu,
+            # on Ray Serve the replicas hold the CPUs and GPUs; the driver needs next to none
+            cpu=0.1 if on_serve else body.resources.cpu,
+            gpu=0 if on_serve else body.resources.gpu,
             gpu_model=body.resources.gpu_model,
             memory_mb=body.resources.memory_mb,
             disk_mb=body.resources.disk_mb,
@@ -510,9 +520,14 @@ def dialed(session: Session, job: Job) -> bool:
     return conn is not None and COMPUTE.adapter_class(conn.kind).slots_on_server
 
 
-def ready(session: Session, d: Deployment, job: Job, address: str) -> None:
+def ready(
+    session: Session, d: Deployment, job: Job, address: str, serving: int | None = None
+) -> None:
     """Its runner says the service answers at ``address``: a loopback port (a runner on the
-    server's machine) or ``tunnel`` (its runner's reverse tunnel)."""
+    server's machine) or ``tunnel`` (its runner's reverse tunnel); on Ray Serve, with the
+    replicas it runs now (``serving``)."""
+    if serving is not None and "ray_serve" in d.spec and d.spec.get("serve_replicas") != serving:
+        d.spec = {**d.spec, "serve_replicas": serving}
     if address != "tunnel" and not dialed(session, job):
         # the server never dials an address a remote runner names (it could name one of the
         # server's own neighbours): such a service is reached through its runner's tunnel
@@ -664,6 +679,15 @@ def describe(session: Session, d: Deployment) -> dict[str, Any]:
     view = out(d, conn.name if conn else None, job)
     if scaled(d):
         view["replicas"] = replica_counts(d, replicas(session, d))
+    elif "ray_serve" in d.spec:
+        view["replicas"] = {
+            **d.spec["ray_serve"],
+            "ready": int(d.spec.get("serve_replicas") or 0),
+            "starting": 0,
+            "draining": 0,
+            "jobs": [d.job_id] if d.job_id else [],
+            "engine": "ray-serve",
+        }
     return view
 
 

@@ -84,6 +84,8 @@ def command(
             "IPYTHONDIR": str(jupyter / "ipython"),
         }
         return argv, env, f"{base}api/status", {"Authorization": f"token {token}"}
+    if svc.get("ray_serve") is not None:
+        return _ray_serve(spec, inputs, work, env, port)
     from forgehub.jobs.runner import cache_root
 
     target = spec.get("module_source") or spec.get("module_target") or spec["module"]
@@ -128,6 +130,56 @@ def command(
     return argv, env, f"{base}v2/", {"X-Forgehub-Service-Token": token}
 
 
+def _ray_serve(
+    spec: dict[str, Any], inputs: dict[str, Path], work: Path, env: dict[str, str], port: int
+) -> tuple[list[str], dict[str, str], str, dict[str, str]]:
+    """On a Ray cluster: the module's model API as a Ray Serve application, whose replicas
+    and autoscaling are Ray Serve's (see :mod:`forgehub.deployments.rayserve`)."""
+    svc = spec["service"]
+    size, wait = svc.get("batch") or (None, None)
+    res = spec["resources"]
+    cfg = {
+        "port": port,
+        "app_name": f"forgehub-{svc['deployment']}",
+        "route_prefix": svc["base_path"],
+        "target": spec.get("module_target") or spec["module"],
+        "name": spec["module"],
+        "weights": str(inputs["+weights"]) if "+weights" in inputs else None,
+        "work_dir": str(work / "replicas"),
+        "batch_size": size,
+        "batch_wait_ms": wait,
+        "token": svc["token"],
+        "scaling": svc["ray_serve"],
+        "cpu": float(svc.get("replica_cpu") or res.get("cpu") or 1.0),
+        "gpu": int(res.get("gpu") or 0),
+    }
+    path = work / "rayserve-config.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(cfg, fh)
+    argv = [
+        sys.executable,
+        "-m",
+        "forgehub.deployments.rayserve",
+        "--config",
+        str(path),
+        "--state",
+        str(work / RAY_STATE),
+    ]
+    headers = {"X-Forgehub-Service-Token": svc["token"]}
+    return argv, env, f"{svc['base_path']}v2/", headers
+
+
+RAY_STATE = "rayserve-state.json"
+
+
+def _ray_state(work: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((work / RAY_STATE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
 def serve(
     run: JobRun,
     spec: dict[str, Any],
@@ -162,6 +214,9 @@ def serve(
     )
     for stream, name in ((run.proc.stdout, "stdout"), (run.proc.stderr, "stderr")):
         threading.Thread(target=run._pump, args=(stream, name), daemon=True).start()
+    ray_serve = spec["service"].get("ray_serve") is not None
+    if ray_serve:  # Serve's proxy may already listen elsewhere: the driver says where
+        port = _wait_for(run, lambda: _ray_state(work).get("port"))
     _wait_ready(run, f"http://127.0.0.1:{port}{probe}", headers)
     address = f"127.0.0.1:{port}"
     if spec["service"].get("reach") == "tunnel":
@@ -172,7 +227,7 @@ def serve(
         stop = None
     say("system", "the service answers; reachable through the platform")
     try:
-        _keep(run, spec, files, address)
+        _keep(run, spec, files, address, (lambda: _ray_state(work)) if ray_serve else None)
     finally:
         if stop is not None:
             stop()
@@ -214,13 +269,41 @@ def _module_kernel(data_dir: Path, module: str, env_dir: Path, overlay: Path) ->
     return ["--MappingKernelManager.default_kernel_name=module"]
 
 
-def _keep(run: JobRun, spec: dict[str, Any], files: Path, address: str) -> None:
-    """Keep the service up: heartbeats, saves on request; until stopped or it ends."""
+def _wait_for(run: JobRun, fn: Any) -> Any:
+    deadline = time.monotonic() + READY_WITHIN_S
+    assert run.proc is not None
+    while time.monotonic() < deadline:
+        run.check()
+        if run.proc.poll() is not None:
+            raise RuntimeError(f"the service ended before it started ({run.proc.returncode})")
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise RuntimeError(f"the service did not start within {READY_WITHIN_S:.0f} s")
+
+
+def _keep(
+    run: JobRun,
+    spec: dict[str, Any],
+    files: Path,
+    address: str,
+    engine: Any = None,
+) -> None:
+    """Keep the service up: heartbeats (with the replicas Ray Serve runs, from ``engine``),
+    saves on request; until stopped or it ends."""
     from forgehub.jobs.runner import Cancelled
 
     assert run.proc is not None
     res = spec["resources"]
-    answer = run.api.call("service", {"address": address})
+
+    def beat() -> dict[str, Any]:
+        body: dict[str, Any] = {"address": address}
+        if engine is not None:
+            body["replicas"] = engine().get("replicas")
+        return dict(run.api.call("service", body))
+
+    answer = beat()
     deadline = time.monotonic() + float(res.get("time_limit_s", 30 * 86400))
     next_beat = time.monotonic() + BEAT_S
     while True:
@@ -232,11 +315,11 @@ def _keep(run: JobRun, spec: dict[str, Any], files: Path, address: str) -> None:
             raise TimeoutError(f"time limit of {res.get('time_limit_s')} s exceeded")
         if answer.get("save"):
             _save(run, spec, files, answer["save"])
-            answer = run.api.call("service", {"address": address})
+            answer = beat()
             continue
         if time.monotonic() >= next_beat:
-            next_beat = time.monotonic() + BEAT_S
-            answer = run.api.call("service", {"address": address})
+            next_beat = time.monotonic() + (1.0 if engine is not None else BEAT_S)
+            answer = beat()
         time.sleep(0.1)
     if spec["service"]["kind"] == "jupyterlab":  # nothing is lost when it stops
         _save(run, spec, files, {"id": "on-stop", "path": ".", "name": None})

@@ -150,7 +150,7 @@ class Dispatcher:
                 for d in s.scalars(
                     select(Deployment).where(Deployment.state.in_(deployments.ACTIVE))
                 )
-                if deployments.scaled(d)
+                if deployments.scaled(d) or "ray_serve" in d.spec
             ]
         for gone in set(self._scalers) - set(ids):
             self._scalers.pop(gone, None)

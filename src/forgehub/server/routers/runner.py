@@ -205,6 +205,9 @@ class ServiceIn(BaseModel):
         description="Where it listens: a loopback port (compute on the server's machine), or "
         "'tunnel' (through the runner's reverse tunnel).",
     )
+    replicas: int | None = Field(
+        default=None, ge=0, le=100_000, description="Replicas Ray Serve runs now, on Ray."
+    )
 
 
 @router.post(
@@ -218,7 +221,7 @@ async def runner_service(job_id: str, body: ServiceIn, request: Request, auth: R
         d = deployments.for_job(s, job.id)
         if d is None or job.kind != "service":
             raise NotFound("this job carries no deployment")
-        deployments.ready(s, d, job, body.address)
+        deployments.ready(s, d, job, body.address, body.replicas)
         return {"save": d.save_request}
 
     return await _runner_call(request, auth, fn)
