@@ -306,3 +306,44 @@ def test_a_batching_module_answers_concurrent_requests_in_batches_each_with_its_
             assert status == 400, body  # the bad image fails alone, its batch is answered
     admin.post(f"/api/v1/deployments/{dep_id}/stop")
     wait_for(admin, dep_id, lambda d: d["state"] in FINISHED)
+
+
+def test_try_it_runs_in_the_modules_shared_inference_deployment(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    """The model API's predict (the try-it form's) is answered by the module's shared
+    deployment, made on first use, reused after, and made again once it has been stopped."""
+    image, label = digit_png(4)
+    url = "/api/v1/model-api/v2/models/digits/predict/"
+    r = admin.post(url, files={"image": ("d.png", image, "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"]["labels"][0]["label"] == label
+
+    def shared() -> list[dict]:
+        rows = admin.get("/api/v1/deployments").json()
+        return [
+            d for d in rows if d["title"].startswith("try-it: digits") and d["state"] == "running"
+        ]
+
+    first = shared()
+    assert len(first) == 1 and first[0]["replicas"]["min"] == 0, first
+    assert admin.post(url, files={"image": ("d.png", image)}).status_code == 200
+    assert [d["id"] for d in shared()] == [first[0]["id"]]  # reused
+
+    admin.post("/api/v1/users", json={"name": "trudy"})
+    tok = admin.post("/api/v1/tokens", json={"name": "t", "user": "trudy"}).json()["token"]
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {tok}"}) as t:
+        assert t.post(url, files={"image": ("d.png", image)}).status_code == 200  # may try
+        assert t.get("/api/v1/deployments").json() == []  # but sees no platform deployment
+        assert t.get(f"/api/v1/deployments/{first[0]['id']}").status_code == 404
+        refused = t.post(f"/deployments/{first[0]['id']}/v2/models/digits/predict/")
+        assert refused.status_code == 404
+
+    admin.post(f"/api/v1/deployments/{first[0]['id']}/stop")
+    wait_for(admin, first[0]["id"], lambda d: d["state"] in FINISHED)
+    time.sleep(6)  # past what the server remembers of it
+    r = admin.post(url, files={"image": ("d.png", image, "image/png")})
+    assert r.status_code == 200, r.text
+    again = shared()
+    assert len(again) == 1 and again[0]["id"] != first[0]["id"]
+    admin.post(f"/api/v1/deployments/{again[0]['id']}/stop")

@@ -86,7 +86,8 @@ def test_the_quick_start_runs_as_written(tmp_path: Path) -> None:
         jobs = httpx.get(f"{srv.url}/api/v1/jobs", headers=admin).json()["jobs"]
         assert (work / "annotated.png").read_bytes()[:4] == b"\x89PNG"
         assert (work / "weights" / "digits-weights.npz").exists()
-        assert [j["state"] for j in jobs] == ["succeeded"], jobs
+        # the training (besides the service jobs of try-it's shared deployment)
+        assert [j["state"] for j in jobs if j["kind"] != "service"] == ["succeeded"], jobs
         versions = httpx.get(f"{srv.url}/api/v1/catalog/modules/digits").json()["versions"]
         assert any(v["version"].startswith("trained-") for v in versions)
         plant = httpx.get(f"{srv.url}/api/v1/catalog/modules/plant-classifier")

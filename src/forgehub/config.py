@@ -104,6 +104,18 @@ class Settings(BaseModel):
     anonymous_try_per_minute: int = Field(
         default=10, ge=1, le=100_000, description="Anonymous predictions per minute per address."
     )
+    tryit_deployments: bool = Field(
+        default=True,
+        description="Try-it predictions of installed modules (the dashboard's form, "
+        "/api/v1/model-api/…/predict/) run in a shared inference deployment per module version "
+        "(replicas on 'local', scaled to zero when unused), not in the server's process.",
+    )
+    tryit_max_replicas: int = Field(
+        default=2, ge=1, le=64, description="Replicas of each try-it deployment at most."
+    )
+    tryit_idle_s: int = Field(
+        default=300, ge=5, le=86400, description="Seconds unused before try-it scales down."
+    )
     job_lease_s: int = Field(
         default=30,
         ge=2,

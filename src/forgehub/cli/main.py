@@ -108,7 +108,7 @@ def serve(
     except ConfigError as exc:
         fail(str(exc))
     setup(settings.log_level)
-    app_ = freeze_after_startup(create_app(settings))
+    app_ = freeze_after_startup(create_app(settings, listening=True))
     if settings.host not in LOOPBACK_HOSTS:
         out.print(
             f"[yellow]warning:[/yellow] listening on {settings.host}, reachable from the network"

@@ -161,6 +161,8 @@ class ModelAPI:
         self.prepare = prepare
         self.open_predict = open_predict
         self.anonymous: Callable[[Request], None] | None = None
+        # the platform's shared inference deployments (forgehub.deployments.tryit), if on
+        self.tryit: Any = None
         self._weights_factory = weights  # the platform's pre-trained versions, if any
         self._weights: WeightsOnServer | None = None
         self._hosting_factory = hosting  # modules from a source, in their own environments
@@ -372,6 +374,30 @@ class ModelAPI:
                 self._versions.popitem(last=False)
         return instance
 
+    async def _shared(
+        self, request: Request, principal: Principal | None, m: LoadedModule
+    ) -> Response | None:
+        """The answer of the module version's shared inference deployment (see
+        :mod:`forgehub.deployments.tryit`), or None where the server answers itself (a version
+        of a DEEPaaS module asked for, which a replica could not hold either)."""
+        from forgehub.deployments.tryit import Forwarded
+
+        takes_version = any(s.name == "version" for s in m.predict_specs)
+        asked = None if takes_version else request.query_params.get("version") or None
+        if m.kind == "deepaas" and asked is not None:
+            return None
+        version = None
+        if principal is not None and self._weights_factory is not None:  # visitors: shipped
+            if self._weights is None:
+                self._weights = self._weights_factory()
+            hit, trained = self._weights.cached(principal, m.name, asked)
+            if not hit:
+                trained = await anyio.to_thread.run_sync(
+                    self._weights.resolve, principal, m.name, asked
+                )
+            version = trained.version if trained is not None else None
+        return Forwarded(self.tryit, request, m.name, version)
+
     async def _version_for(
         self, request: Request, principal: Principal, m: LoadedModule
     ) -> tuple[LoadedModule, str | None]:
@@ -440,6 +466,14 @@ class ModelAPI:
         hosted = name not in self.modules and self.hosts_sources
         m = None if hosted else self.module(name)
         version = None
+        if self.tryit is not None and m is not None:
+            try:
+                shared = await self._shared(request, principal, m)
+            except ForgehubError as exc:
+                return JSONResponse({"message": exc.detail}, exc.status)
+            if shared is not None:
+                self.usage[name] = self.usage.get(name, 0) + 1
+                return shared
         if principal is not None:
             try:
                 if m is None:

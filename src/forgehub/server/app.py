@@ -92,7 +92,11 @@ class Platform:
     local_principal: Principal | None
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, listening: bool = False) -> FastAPI:
+    """The platform. ``listening``: it will serve on ``settings.server_url`` (``forgehub
+    serve``), so runners on this machine can reach it: try-it may then run in shared
+    deployments (an app tested in-process has no address to give them)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Platform]]:
         """One lifespan composes the parts, in order; they stop in reverse."""
@@ -145,6 +149,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(proxy.router)  # its WebSockets; HTTP goes through proxy.Front
     _mount_model_api(app, settings)
+    if listening and settings.tryit_deployments:
+        from forgehub.deployments.tryit import TryIt
+
+        app.state.model_api.tryit = TryIt(app, settings.tryit_max_replicas, settings.tryit_idle_s)
     _install_jobs(app, settings)
     from forgehub import web
 
