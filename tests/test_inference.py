@@ -52,6 +52,16 @@ def wait_for(api: httpx.Client, dep_id: str, ok: object, timeout: float = 120) -
         time.sleep(0.25)
 
 
+def in_thread(coro: Any) -> Any:
+    """Run a coroutine to its end in a thread of its own (a Playwright test's loop may be
+    running in this one)."""
+    out: list[Any] = []
+    t = threading.Thread(target=lambda: out.append(asyncio.run(coro)))
+    t.start()
+    t.join()
+    return out[0]
+
+
 async def _drive(url: str, token: str, seconds: float, clients: int) -> list[int]:
     image, _label = digit_png(7)
     statuses: list[int] = []
@@ -106,7 +116,7 @@ def test_replicas_scale_from_zero_under_load_and_back_to_zero_with_no_error(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        statuses = asyncio.run(_drive(server.url + base, server.admin_token, 8, clients=8))
+        statuses = in_thread(_drive(server.url + base, server.admin_token, 8, clients=8))
     finally:
         done.set()
         watcher.join()
@@ -239,12 +249,7 @@ def test_from_the_dashboard_deploy_with_replicas_and_watch_them_rise_and_fall(
     assert (d["replicas"]["min"], d["replicas"]["max"], d["replicas"]["target"]) == (0, 2, 1)
     page.reload()
     url = f"{server.url}/deployments/{dep_id}/v2/models/digits/predict/"
-    statuses: list[int] = []  # the load from another thread (Playwright's loop runs in this one)
-    loader = threading.Thread(
-        target=lambda: statuses.extend(asyncio.run(_drive(url, server.admin_token, 5, 6)))
-    )
-    loader.start()
-    loader.join()
+    statuses = in_thread(_drive(url, server.admin_token, 5, 6))
     assert statuses and set(statuses) == {200}
     wait_for(admin, dep_id, lambda d: d["replicas"]["jobs"] == [], timeout=60)
     import re
@@ -296,7 +301,7 @@ def test_a_batching_module_answers_concurrent_requests_in_batches_each_with_its_
             await asyncio.gather(*(one(i) for i in range(len(images) + 1)))
         return got
 
-    got = asyncio.run(clients())
+    got = in_thread(clients())
     sizes = [answer[1] for i, status, answer in got if status == 200]
     assert max(sizes) > 1, sizes  # grouped
     for i, status, (body, _size) in got:

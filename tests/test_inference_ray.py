@@ -8,7 +8,6 @@ runs in a network namespace of its own (``unshare -n``, loopback only; see SERVI
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 
 from tests.modelapi_helpers import digit_png
 from tests.services import ForgehubServer, RayHead, started
-from tests.test_inference import _drive, wait_for
+from tests.test_inference import _drive, in_thread, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 INNER = "FORGEHUB_TEST_NETNS"
@@ -110,7 +109,7 @@ def _scales_on_ray_serve(tmp_path: Path) -> None:
             watcher = threading.Thread(target=watch)
             watcher.start()
             try:
-                statuses = asyncio.run(_drive(srv.url + base, srv.admin_token, 30, clients=6))
+                statuses = in_thread(_drive(srv.url + base, srv.admin_token, 30, clients=6))
             finally:
                 done.set()
                 watcher.join()
