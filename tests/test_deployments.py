@@ -577,3 +577,57 @@ def test_a_deployments_runner_endpoints_refuse_everyone_but_its_runner(
     assert admin.get(f"/api/v1/deployments/{d['id']}").json()["saved"] == []
     admin.post(f"/api/v1/deployments/{d['id']}/stop")
     assert wait_state(admin, d["id"], FINISHED)["state"] == "stopped"
+
+
+def test_a_deployment_shared_with_a_user_is_theirs_to_open_not_to_stop(
+    server: ForgehubServer, admin: httpx.Client
+) -> None:
+    """Sharing: bob may open it and see it; eve still gets 404; unsharing takes it back."""
+    import subprocess
+    import sys
+
+    tokens = {}
+    for name in ("bob", "eve"):
+        admin.post("/api/v1/users", json={"name": name})
+        tokens[name] = admin.post("/api/v1/tokens", json={"name": "t", "user": name}).json()[
+            "token"
+        ]
+    cli = str(Path(sys.executable).parent / "forgehub")
+    env = {**os.environ, "FORGEHUB_URL": server.url, "FORGEHUB_TOKEN": server.admin_token}
+    p = subprocess.run(
+        [cli, "deploy", "digits", "--title", "for bob", "--share", "bob"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    dep_id = p.stdout.strip().rstrip("/").rsplit("/", 1)[1]
+    assert admin.get(f"/api/v1/deployments/{dep_id}").json()["shared_with"] == ["bob"]
+    base = f"/deployments/{dep_id}/v2/models/"
+
+    def client(name: str) -> httpx.Client:
+        auth = {"Authorization": f"Bearer {tokens[name]}"}
+        return httpx.Client(base_url=server.url, headers=auth, timeout=60)
+
+    with client("bob") as bob, client("eve") as eve:
+        assert bob.get(base).status_code == 200  # he opens it through the platform
+        assert [d["id"] for d in bob.get("/api/v1/deployments").json()] == [dep_id]
+        assert bob.post(f"/api/v1/deployments/{dep_id}/stop").status_code == 403
+        r = bob.put(f"/api/v1/deployments/{dep_id}/share", json={"users": ["bob", "eve"]})
+        assert r.status_code == 403  # nor share it further
+        assert eve.get(base).status_code == 404
+        assert eve.get("/api/v1/deployments").json() == []
+        r = admin.put(f"/api/v1/deployments/{dep_id}/share", json={"users": ["nobody-here"]})
+        assert r.status_code == 422 and "nobody-here" in r.json()["detail"]
+        p = subprocess.run(
+            [cli, "deployment", "share", dep_id[:8]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert p.returncode == 0 and "shared with nobody" in p.stdout, p.stderr
+        assert bob.get(base).status_code == 404  # taken back at once
+    admin.post(f"/api/v1/deployments/{dep_id}/stop")
+    wait_state(admin, dep_id, FINISHED)

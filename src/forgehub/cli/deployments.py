@@ -67,6 +67,7 @@ def deploy(
     scale_down_after: int = typer.Option(
         None, "--scale-down-after", help="Seconds of lower load before a replica goes [60]."
     ),
+    share: list[str] = typer.Option([], "--share", help="A user who may open it too (repeat)."),
     batch_size: int = typer.Option(
         None,
         "--batch-size",
@@ -105,6 +106,7 @@ def deploy(
         "idle_stop_s": idle_stop,
         "inputs": inputs,
         "restart": restart,
+        "share": share,
         "batch_size": batch_size,
         "batch_wait_ms": batch_wait_ms,
         "resources": {
@@ -140,6 +142,20 @@ def deploy(
         if d["state"] != "running":
             fail(f"deployment {d['id']} {d['state']}: {d['reason']}")
     out.print(f"{c.server.rstrip('/')}{d['url']}")
+
+
+@app.command("share")
+def share_cmd(
+    dep_id: str,
+    users: list[str] = typer.Argument(None, help="User names; none: share with nobody."),
+    server: str = ServerOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Share a deployment with exactly these users: they may open it and see it, not stop it."""
+    c = Client(server, token)
+    path = f"/api/v1/deployments/{_find(c, dep_id)}/share"
+    d = c.request("PUT", path, json={"users": users or []})
+    out.print(f"{d['title']}: shared with {', '.join(d['shared_with']) or 'nobody'}")
 
 
 @app.command("ls")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -406,6 +407,35 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    shares: Mapped[list[DeploymentShare]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def shared_with(self) -> set[str]:
+        """The users (ids) its owner shared it with: they may open it and see it."""
+        return {sh.user_id for sh in self.shares}
+
+    @classmethod
+    def shared_rows(cls, user_id: str) -> Any:
+        """Where-clause: the deployments shared with ``user_id``."""
+        return cls.id.in_(
+            select(DeploymentShare.deployment_id).where(DeploymentShare.user_id == user_id)
+        )
+
+
+class DeploymentShare(Base):
+    """A deployment its owner shared with another user."""
+
+    __tablename__ = "deployment_shares"
+
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class DeploymentReplica(Base):

@@ -149,6 +149,11 @@ class DeployIn(BaseModel):
         default=None,
         description="An inference deployment (api only): replicas that scale with the load.",
     )
+    share: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Users (names) who may open it too, and see it, but not stop it.",
+    )
     batch_size: int | None = Field(
         default=None,
         ge=0,
@@ -252,11 +257,36 @@ def create(
     session.add(d)
     session.flush()
     session.add(DeploymentEvent(deployment_id=d.id, state="pending", message="deployed"))
+    if body.share:
+        share(session, d, body.share)
     if body.replicas is not None and not on_serve:  # warm from the start; to min once idle
         session.add(DeploymentReplica(deployment_id=d.id, job_id=job.id))
         for _ in range(body.replicas.min - 1):
             add_replica(session, d)
     return d
+
+
+def share(session: Session, d: Deployment, names: list[str]) -> list[str]:
+    """Share ``d`` with exactly these users (by name); the names, as stored."""
+    from forgehub.db.models import DeploymentShare, User
+
+    wanted = sorted(set(names))
+    users = list(session.scalars(select(User).where(User.name.in_(wanted)))) if wanted else []
+    missing = sorted(set(wanted) - {u.name for u in users})
+    if missing:
+        raise DeploymentError(f"share: no user named {', '.join(map(repr, missing))}", 422)
+    d.shares = [DeploymentShare(deployment_id=d.id, user_id=u.id) for u in users]
+    session.flush()
+    return [u.name for u in users if u.id != d.owner_id]
+
+
+def shared_names(session: Session, d: Deployment) -> list[str]:
+    from forgehub.db.models import User
+
+    ids = d.shared_with
+    if not ids:
+        return []
+    return sorted(session.scalars(select(User.name).where(User.id.in_(ids))))
 
 
 def scaled(d: Deployment) -> bool:
@@ -677,6 +707,7 @@ def describe(session: Session, d: Deployment) -> dict[str, Any]:
     conn = session.get(ComputeConnection, d.compute_id)
     job = session.get(Job, d.job_id) if d.job_id else None
     view = out(d, conn.name if conn else None, job)
+    view["shared_with"] = shared_names(session, d)
     if scaled(d):
         view["replicas"] = replica_counts(d, replicas(session, d))
     elif "ray_serve" in d.spec:

@@ -15,6 +15,8 @@ Rules (see docs/security.md for the whole model):
 ``public``      anyone, signed in or not
 ``user``        any signed-in user
 ``owner``       the resource's owner, and admins
+``shared``      the owner, admins, and the users the owner shared it with (the resource's
+                ``shared_with``: user ids; in listings, its model's ``shared_rows``)
 ``owner_only``  the owner alone: acting *with* someone's resource (their credentials, their
                 worker) is never an admin's to do in their name
 ``admin``       admins
@@ -38,7 +40,7 @@ from sqlalchemy import Select
 from forgehub.auth import Principal
 from forgehub.errors import Forbidden, NotFound
 
-RULES = ("public", "user", "owner", "owner_only", "admin", "job", "server", "own_code")
+RULES = ("public", "user", "owner", "shared", "owner_only", "admin", "job", "server", "own_code")
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,8 @@ for _name, _res, _rule, _doc in [
     ("job.retry", "job", "owner", "run a finished job again"),
     ("job.publish", "job", "owner", "publish a training's weights to the catalogue"),
     ("job.run", "job", "job", "runner: report, read inputs and write outputs of this job"),
-    ("deployment.read", "deployment", "owner", "see a deployment, its events and logs"),
-    ("deployment.use", "deployment", "owner", "open a deployment through the platform"),
+    ("deployment.read", "deployment", "shared", "see a deployment, its events and logs"),
+    ("deployment.use", "deployment", "shared", "open a deployment through the platform"),
     ("deployment.stop", "deployment", "owner", "stop a deployment, save its folder"),
     ("deployment.create", "server", "user", "deploy a module"),
     ("training.read", "training", "owner", "see a model-API training"),
@@ -166,6 +168,8 @@ def can(principal: Principal | None, action: str, resource: Any = None) -> bool:
         return principal.is_admin or "*" in listed or principal.name in listed
     if a.rule == "owner_only":
         return _owns(principal, resource, a.resource)
+    if a.rule == "shared" and principal.user_id in getattr(resource, "shared_with", ()):
+        return True
     return principal.is_admin or _owns(principal, resource, a.resource)  # owner
 
 
@@ -193,7 +197,7 @@ def sees_all(principal: Principal | None, action: str) -> bool:
         return True
     if principal is None or principal.job_id is not None:
         return False
-    return a.rule == "owner" and principal.is_admin
+    return a.rule in ("owner", "shared") and principal.is_admin
 
 
 def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) -> Select[Any]:
@@ -204,6 +208,8 @@ def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) ->
     col = getattr(model, OWNER_ATTR.get(a.resource, "owner_id"))
     if principal.job_id is not None or not principal.user_id:
         return stmt.where(col.is_(None) & col.is_not(None))  # nothing
+    if a.rule == "shared":
+        return stmt.where((col == principal.user_id) | model.shared_rows(principal.user_id))
     return stmt.where(col == principal.user_id)
 
 

@@ -110,6 +110,28 @@ async def metrics(dep_id: str, principal: CurrentUser, request: Request, since: 
     return {"samples": scaling.metrics(pools.get(dep_id), since)}
 
 
+class ShareIn(BaseModel):
+    users: list[str] = Field(
+        default_factory=list, max_length=100, description="User names; [] shares with nobody."
+    )
+
+
+@router.put(
+    "/{dep_id}/share",
+    summary="Share a deployment with exactly these users (they may open and see it)",
+)
+async def share(dep_id: str, body: ShareIn, principal: CurrentUser, request: Request) -> Any:
+    from forgehub.deployments.proxy import forget
+
+    def work(s: Session, d: Deployment) -> dict[str, Any]:
+        service.share(s, d, body.users)
+        return _out(s, d)
+
+    out = await _one(request, principal, dep_id, "deployment.stop", work)
+    forget(request.app, dep_id)  # whoever lost it loses it now, not in 2 s
+    return out
+
+
 class SaveIn(BaseModel):
     path: str = Field(default=".", max_length=255, description="A folder in its working folder.")
     name: str | None = Field(

@@ -1,4 +1,4 @@
-"""deployment_replicas: the replicas of scaled inference deployments
+"""deployment_replicas: the replicas of scaled inference deployments; deployment_shares
 
 Revision ID: 0013
 Revises: 0012
@@ -41,7 +41,24 @@ def upgrade() -> None:
         "ix_deployment_replicas_deployment_id", "deployment_replicas", ["deployment_id"]
     )
     op.create_index("ix_deployment_replicas_job_id", "deployment_replicas", ["job_id"])
+    op.create_table(
+        "deployment_shares",
+        sa.Column(
+            "deployment_id",
+            sa.String(32),
+            sa.ForeignKey("deployments.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column(
+            "user_id",
+            sa.String(32),
+            sa.ForeignKey("users.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+    )
+    op.create_index("ix_deployment_shares_user_id", "deployment_shares", ["user_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("deployment_shares")
     op.drop_table("deployment_replicas")
