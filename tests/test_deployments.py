@@ -614,6 +614,9 @@ def test_a_deployment_shared_with_a_user_is_theirs_to_open_not_to_stop(
         assert bob.get(base).status_code == 200  # he opens it through the platform
         assert [d["id"] for d in bob.get("/api/v1/deployments").json()] == [dep_id]
         assert bob.post(f"/api/v1/deployments/{dep_id}/stop").status_code == 403
+        page = bob.get(f"/deployments/{dep_id}", headers={"Accept": "text/html"})
+        assert page.status_code == 200 and "for bob" in page.text
+        assert 'id="dep-stop"' not in page.text  # the page offers him no Stop either
         r = bob.put(f"/api/v1/deployments/{dep_id}/share", json={"users": ["bob", "eve"]})
         assert r.status_code == 403  # nor share it further
         assert eve.get(base).status_code == 404

@@ -675,6 +675,7 @@ def out(d: Deployment, compute: str | None = None, job: Job | None = None) -> di
     age = (utcnow() - d.created_at) if d.created_at else timedelta(0)
     return {
         "id": d.id,
+        "owner_id": d.owner_id,
         "title": d.title,
         "description": d.description,
         "module": d.module,
