@@ -251,8 +251,21 @@ def test_a_server_restart_keeps_a_running_deployment_and_starts_no_second_copy(
         with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
             d = c.post("/api/v1/deployments", json={"module": "digits"}).json()
             assert wait_state(c, d["id"], {"running", "failed"})["state"] == "running"
+            # and an inference deployment, its replicas kept at one
+            scaled = c.post(
+                "/api/v1/deployments",
+                json={"module": "digits", "replicas": {"min": 1, "max": 2, "idle_s": 600}},
+            ).json()
+            deadline = time.monotonic() + 120
+            while not (r := c.get(f"/api/v1/deployments/{scaled['id']}").json())["replicas"][
+                "ready"
+            ]:
+                assert time.monotonic() < deadline, r
+                time.sleep(0.2)
+            replicas = r["replicas"]["jobs"]
         base = f"/deployments/{d['id']}/"
         before = _pids_of(base)
+        scaled_before = _pids_of(f"/deployments/{scaled['id']}/")
         srv.stop()
         srv.start()
         with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
@@ -261,8 +274,13 @@ def test_a_server_restart_keeps_a_running_deployment_and_starts_no_second_copy(
             assert again["state"] == "running" and again["job"] == d["job"], again
             assert c.get(f"{base}v2/models/").status_code == 200
             assert sorted(_pids_of(base)) == sorted(before)  # the same processes, no copy
-            c.post(f"/api/v1/deployments/{d['id']}/stop")
-            assert wait_state(c, d["id"], FINISHED)["state"] == "stopped"
+            r = c.get(f"/api/v1/deployments/{scaled['id']}").json()
+            assert r["state"] == "running" and r["replicas"]["jobs"] == replicas, r
+            assert c.get(f"/deployments/{scaled['id']}/v2/models/").status_code == 200
+            assert sorted(_pids_of(f"/deployments/{scaled['id']}/")) == sorted(scaled_before)
+            for dep_id in (d["id"], scaled["id"]):
+                c.post(f"/api/v1/deployments/{dep_id}/stop")
+                assert wait_state(c, dep_id, FINISHED)["state"] == "stopped"
 
 
 def test_deploy_from_the_dashboard_see_it_listed_open_it_and_stop_it(
