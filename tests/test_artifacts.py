@@ -258,3 +258,69 @@ def test_secret_rotation_keeps_connections_working(
     monkeypatch.setenv("FORGEHUB_URL", server.url)
     r = cli("storage", "test", "dav")
     assert r.exit_code == 0, r.output
+
+
+def test_an_unchanged_repush_is_one_request_and_reads_no_file(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 small files pushed once; pushed again unchanged, the CLI asks one question and
+    hashes nothing (it remembers each file's digest by its stamp). Only your own content
+    counts: another user who knows the digest pushes the bytes."""
+    import forgehub.artifacts.hashcache as hashcache
+
+    monkeypatch.setenv("FORGEHUB_CACHE_DIR", str(tmp_path / "cache"))
+    tree = tmp_path / "many"
+    for i in range(2000):
+        sub = tree / f"d{i % 20:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:04d}.bin").write_bytes(os.urandom(4096))
+    r = cli("artifact", "push", str(tree), "--name", "many", "--json")
+    assert r.exit_code == 0, r.output
+    digest = __import__("json").loads(r.stdout)["digest"]
+
+    log = server.data_dir / "server.log"
+    before = len(log.read_text().splitlines())
+
+    def no_reading(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("an unchanged file was read again")
+
+    original = hashcache.hash_file
+
+    monkeypatch.setattr(hashcache, "hash_file", no_reading)
+    r = cli("artifact", "push", str(tree), "--name", "many:again")
+    assert r.exit_code == 0, r.output
+    assert digest in r.stdout and "uploaded to storage: 0 B" in r.stdout
+    assert "many:again" in r.stdout
+    time.sleep(0.5)  # the access log line is written after the answer
+    calls = [
+        line
+        for line in log.read_text().splitlines()[before:]
+        if '"POST /api/' in line or '"GET /api/' in line
+    ]
+    assert len(calls) == 1 and "/api/v1/artifacts/known" in calls[0], calls
+    monkeypatch.setattr(hashcache, "hash_file", original)
+
+    # one file changed: the content goes, and the new digest is another artifact
+    (tree / "d00" / "f0000.bin").write_bytes(os.urandom(4096))
+    r = cli("artifact", "push", str(tree), "--json")
+    assert r.exit_code == 0, r.output
+    assert __import__("json").loads(r.stdout)["digest"] != digest
+
+    # another user who knows the digest gets no claim on it
+    admin = {"Authorization": f"Bearer {server.admin_token}"}
+    httpx.post(f"{server.url}/api/v1/users", json={"name": "mallory"}, headers=admin)
+    tok = httpx.post(
+        f"{server.url}/api/v1/tokens", json={"name": "t", "user": "mallory"}, headers=admin
+    ).json()["token"]
+    r = httpx.post(
+        f"{server.url}/api/v1/artifacts/known",
+        json={"digest": digest, "name": "stolen"},
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    assert r.status_code == 404, r.text
+    r = httpx.post(
+        f"{server.url}/api/v1/artifacts/known",
+        json={"digest": "sha256:../etc"},
+        headers={"Authorization": f"Bearer {tok}"},
+    )
+    assert r.status_code == 422

@@ -66,9 +66,13 @@ def _safe_rel(path: str) -> str:
 
 
 def build_manifest(
-    root: Path, progress: Progress = _noop
+    root: Path,
+    progress: Progress = _noop,
+    hasher: Callable[[Path, Progress], tuple[str, int]] | None = None,
 ) -> tuple[bytes, list[ManifestEntry], dict[str, Stamp]]:
-    """The manifest of a directory, its entries, and each file's stamp from before hashing."""
+    """The manifest of a directory, its entries, and each file's stamp from before hashing
+    (``hasher``: one that remembers, see :mod:`forgehub.artifacts.hashcache`)."""
+    hasher = hasher or hash_file
     entries = []
     stamps = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -79,7 +83,7 @@ def build_manifest(
                 continue
             rel = full.relative_to(root).as_posix()
             stamps[rel] = file_stamp(full)
-            digest, size = hash_file(full, progress)
+            digest, size = hasher(full, progress)
             entries.append(
                 ManifestEntry(rel, digest, size, stat.S_IMODE(full.stat().st_mode) & 0o755)
             )

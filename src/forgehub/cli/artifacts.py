@@ -226,6 +226,10 @@ def push(
     if name:
         n, _, t = name.partition(":")
         params["name"], params["tag"] = n, t or "latest"
+    art = None if follow_links else _known(c, path, params)
+    if art is not None:  # unchanged: one question, nothing sent
+        _print_pushed(art, as_json)
+        return
     total = _tree_size(path, follow_links) if path.is_dir() else path.stat().st_size
     with _progress() as progress:
         task = progress.add_task(f"push {path.name}", total=total)
@@ -240,6 +244,34 @@ def push(
         art = c.request(
             "POST", "/api/v1/artifacts", params=params, content=body, headers=headers, timeout=None
         )
+    _print_pushed(art, as_json)
+
+
+def _known(c: Client, path: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The artifact, if the store already holds this content as yours (one request; the
+    digests of files hashed before are remembered, so an unchanged tree is not read again)."""
+    from forgehub.artifacts.content import build_manifest, hash_bytes
+    from forgehub.artifacts.hashcache import HashCache
+    from forgehub.errors import NotFound
+
+    cache = HashCache()
+    try:
+        with err.status(f"checking {path.name}…"):
+            if path.is_dir():
+                manifest, _, _ = build_manifest(path, hasher=cache.hash)
+                digest = hash_bytes(manifest)
+            else:
+                digest, _ = cache.hash(path, lambda _n: None)
+    finally:
+        cache.close()
+    body = {"digest": digest, **params}
+    try:
+        return dict(c.api.call("POST", "/api/v1/artifacts/known", json=body))
+    except NotFound:
+        return None
+
+
+def _print_pushed(art: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(art))
         return

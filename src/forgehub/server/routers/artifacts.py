@@ -101,6 +101,53 @@ def _adapter_with(session: Session, art: Artifact, request: Request) -> Any:
     raise Conflict(f"artifact {art.digest} has no location left")
 
 
+class KnownIn(BaseModel):
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    filename: str = Field(default="", max_length=255)
+    name: str | None = Field(default=None, pattern=TAG_RE.pattern)
+    tag: str = Field(default="latest", pattern=TAG_RE.pattern, max_length=64)
+    connection: str | None = Field(default=None, description="Connection name [default].")
+
+
+@router.post(
+    "/known",
+    summary="Push nothing: your own artifact with this digest on that store, tagged as asked "
+    "(404: push the content)",
+)
+def known(
+    body: KnownIn, request: Request, principal: CurrentUser, session: DbSession
+) -> dict[str, Any]:
+    """A re-push of unchanged content costs this one request. Only an artifact the caller
+    owns counts: knowing a digest is not owning its content."""
+    from forgehub.errors import NotFound
+
+    conn = _conn(session, principal, body.connection, request)
+    art = session.scalars(
+        select(Artifact)
+        .join(ArtifactLocation, ArtifactLocation.artifact_id == Artifact.id)
+        .where(
+            Artifact.digest == body.digest,
+            Artifact.owner_id == principal.user_id,
+            ArtifactLocation.connection_id == conn.id,
+        )
+        .order_by(Artifact.created_at)
+    ).first()
+    if art is None:
+        raise NotFound(f"no artifact of yours with that digest on {conn.name!r}; push it")
+    art = records.record(
+        session,
+        principal.user_id,
+        conn.id,
+        art.digest,
+        art.kind,
+        art.size,
+        body.filename if art.kind == "file" else art.filename,
+        art.media_type,
+        [(body.name, body.tag)] if body.name else (),
+    )
+    return {**_out(session, art), "uploaded": 0}
+
+
 @router.post("", status_code=201, summary="Push an artifact (a file, or a directory as tar)")
 def push(
     request: Request,
