@@ -23,7 +23,21 @@ class HashCache:
         self.path = path or default_path()
         self._db: sqlite3.Connection | None = None
         self._new: list[tuple[str, int, int, int, int, str]] = []
+        self._known: dict[str, tuple[int, int, int, int, str]] | None = None  # preloaded
         self.read = 0  # files hashed (not remembered)
+
+    def preload(self, root: Path) -> None:
+        """Read what is remembered under ``root`` in one query (a tree's files, not one by
+        one)."""
+        db = self._conn()
+        if db is None:
+            return
+        prefix = os.path.abspath(root).rstrip("/") + "/"
+        rows = db.execute(
+            "select path, size, mtime, ino, ctime, digest from hashes where path >= ? and path < ?",
+            (prefix, prefix[:-1] + "0"),  # '0' sorts right after '/'
+        )
+        self._known = {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
 
     def _conn(self) -> sqlite3.Connection | None:
         if self._db is None:
@@ -41,16 +55,22 @@ class HashCache:
     def hash(self, path: Path, progress: Progress) -> tuple[str, int]:
         """``path``'s digest and size: remembered if its stamp is unchanged, else read."""
         st = path.stat()
-        key = str(path.resolve())
+        key = os.path.abspath(path)
         stamp = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        db = self._conn()
-        if db is not None:
-            row = db.execute(
-                "select size, mtime, ino, ctime, digest from hashes where path = ?", (key,)
-            ).fetchone()
-            if row is not None and tuple(row[:4]) == stamp:
-                progress(st.st_size)
-                return str(row[4]), st.st_size
+        if self._known is not None:
+            row = self._known.get(key)
+        else:
+            db = self._conn()
+            row = (
+                db.execute(
+                    "select size, mtime, ino, ctime, digest from hashes where path = ?", (key,)
+                ).fetchone()
+                if db is not None
+                else None
+            )
+        if row is not None and tuple(row[:4]) == stamp:
+            progress(st.st_size)
+            return str(row[4]), st.st_size
         digest, size = hash_file(path, progress)
         self.read += 1
         if path.stat().st_mtime_ns == st.st_mtime_ns:  # not changed while it was read

@@ -258,6 +258,7 @@ def _known(c: Client, path: Path, params: dict[str, Any]) -> dict[str, Any] | No
     try:
         with err.status(f"checking {path.name}…"):
             if path.is_dir():
+                cache.preload(path)
                 manifest, _, _ = build_manifest(path, hasher=cache.hash)
                 digest = hash_bytes(manifest)
             else:
