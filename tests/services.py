@@ -349,10 +349,35 @@ class ForgehubServer:
     def admin_token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
 
-    def stop(self) -> None:
+    def stop(self, keep_runners: bool = False) -> None:
+        """Stop the server and, unless ``keep_runners`` (a restart), the runners its ``local``
+        compute started: they outlive a server on purpose (a restart finds them), so a test
+        ends them itself; each takes its service down with it."""
         if hasattr(self, "proc"):
             stop_pid(self.proc.pid)
             self.log.close()
+            if not keep_runners:  # with no server to report to they would wait: SIGKILL
+                pids = self.runners()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 10
+                while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+    def runners(self) -> list[int]:
+        """PIDs of the job runners started for this server (they name its URL)."""
+        mark = b"forgehub.jobs.runner\0--server\0" + self.url.encode() + b"\0"
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if mark in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
 
 
 @contextlib.contextmanager

@@ -266,7 +266,7 @@ def test_a_server_restart_keeps_a_running_deployment_and_starts_no_second_copy(
         base = f"/deployments/{d['id']}/"
         before = _pids_of(base)
         scaled_before = _pids_of(f"/deployments/{scaled['id']}/")
-        srv.stop()
+        srv.stop(keep_runners=True)  # a restart: the runners stay
         srv.start()
         with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
             time.sleep(8)  # longer than a lease: a runner that had died would be reaped now
