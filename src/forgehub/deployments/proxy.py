@@ -290,13 +290,6 @@ async def _to_replica(
         raise HTTPException(503, "this server runs no dispatcher; replicas cannot start")
     pool = scaling.pool(dispatcher.pools, dep_id)
     await pool.refresh(state.db)
-    status = [502]
-
-    async def counted(message: Any) -> None:
-        if message["type"] == "http.response.start":
-            status[0] = message["status"]
-        await send(message)
-
     for _attempt in range(3):
         chosen, cold = pool.pick(), False
         if chosen is None:
@@ -308,16 +301,40 @@ async def _to_replica(
                 raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
             cold = True
         job_id, address = chosen
-        pool.begin(job_id)
-        start = time.perf_counter()
         try:
-            await _to_service(request, address, job_id, path, headers, body, counted)
+            await _counted(pool, job_id, cold, request, address, job_id, path, headers, body, send)
             return
         except Unreachable:
             pool.lost(job_id)  # gone since the list was read: the next one
-        finally:
-            pool.end(job_id, status[0], time.perf_counter() - start, cold)
     raise HTTPException(502, "no replica of the deployment answered")
+
+
+async def _counted(
+    pool: Any,
+    key: str,
+    cold: bool,
+    request: Request,
+    address: str,
+    job_id: str | None,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    body: Any,
+    send: Any,
+) -> None:
+    """:func:`_to_service`, counted in ``pool`` under ``key`` (in flight, status, latency)."""
+    status = [502]
+
+    async def noted(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        await send(message)
+
+    pool.begin(key)
+    start = time.perf_counter()
+    try:
+        await _to_service(request, address, job_id, path, headers, body, noted)
+    finally:
+        pool.end(key, status[0], time.perf_counter() - start, cold)
 
 
 async def _metered(
@@ -337,20 +354,8 @@ async def _metered(
         await _to_service(request, target.address, target.job, path, headers, body, send)
         return
     pool = scaling.pool(dispatcher.pools, dep_id)
-    status = [502]
-
-    async def counted(message: Any) -> None:
-        if message["type"] == "http.response.start":
-            status[0] = message["status"]
-        await send(message)
-
     key = target.job or dep_id
-    pool.begin(key)
-    start = time.perf_counter()
-    try:
-        await _to_service(request, target.address, target.job, path, headers, body, counted)
-    finally:
-        pool.end(key, status[0], time.perf_counter() - start, False)
+    await _counted(pool, key, False, request, target.address, target.job, path, headers, body, send)
 
 
 async def _to_service(
