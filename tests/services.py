@@ -362,7 +362,7 @@ class ForgehubServer:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
-                while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+                while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
                     time.sleep(0.05)
 
     def runners(self) -> list[int]:
@@ -480,7 +480,7 @@ class Slurm:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -550,7 +550,7 @@ class RayHead:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.2)
         for pid in pids:
             try:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.modelapi_helpers import digit_png
-from tests.services import ForgehubServer, started
+from tests.services import ForgehubServer, alive, started
 from tests.test_dashboard import browser  # noqa: F401 - the fixture
 
 FINISHED = {"stopped", "failed"}
@@ -281,6 +281,33 @@ def test_a_server_restart_keeps_a_running_deployment_and_starts_no_second_copy(
             for dep_id in (d["id"], scaled["id"]):
                 c.post(f"/api/v1/deployments/{dep_id}/stop")
                 assert wait_state(c, dep_id, FINISHED)["state"] == "stopped"
+
+
+def test_a_deployment_whose_server_never_comes_back_ends_itself(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """After a Ctrl-C of ``forgehub serve`` that is not followed by a restart, the service and
+    its runner end after a few leases instead of running on, unreachable and unstoppable."""
+    srv = ForgehubServer(
+        tmp_path_factory.mktemp("orphan") / "data",
+        FORGEHUB_CACHE_DIR=str(tmp_path_factory.mktemp("cache")),
+        FORGEHUB_JOB_LEASE_S="2",  # gives up after 4 leases, at least 8 s
+    )
+    with started(srv):
+        auth = {"Authorization": f"Bearer {srv.admin_token}"}
+        with httpx.Client(base_url=srv.url, headers=auth, timeout=60) as c:
+            d = c.post("/api/v1/deployments", json={"module": "digits"}).json()
+            assert wait_state(c, d["id"], {"running", "failed"})["state"] == "running"
+        serving = _pids_of(f"/deployments/{d['id']}/")
+        runners = srv.runners()
+        assert serving and runners
+        srv.stop(keep_runners=True)
+        time.sleep(5)  # a restart's worth of waiting: still there
+        assert all(alive(pid) for pid in runners + serving)
+        deadline = time.monotonic() + 60
+        while any(alive(pid) for pid in runners + serving):
+            assert time.monotonic() < deadline, "the service outlived its server"
+            time.sleep(0.5)
 
 
 def test_deploy_from_the_dashboard_see_it_listed_open_it_and_stop_it(

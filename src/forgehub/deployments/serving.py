@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from forgehub.jobs.reporting import PATIENCE_S
+
 if TYPE_CHECKING:
     from forgehub.jobs.runner import JobRun
 
@@ -301,8 +303,13 @@ def _keep(
         body: dict[str, Any] = {"address": address}
         if engine is not None:
             body["replicas"] = engine().get("replicas")
-        return dict(run.api.call("service", body))
+        try:  # patient through a restart, not beyond: the reporter gives up then too
+            return dict(run.api.call("service", body, patience_s=give_up_s))
+        except ConnectionError:
+            run.reporter.give_up()
+            return {}
 
+    give_up_s = run.reporter.give_up_s or PATIENCE_S
     answer = beat()
     deadline = time.monotonic() + float(res.get("time_limit_s", 30 * 86400))
     next_beat = time.monotonic() + BEAT_S

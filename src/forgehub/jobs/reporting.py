@@ -75,6 +75,9 @@ class Reporter:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _outage_logged: bool = False
+    # a service gives up after this long without its server (None: wait as long as it takes)
+    give_up_s: float | None = None
+    _last_contact: float = field(default_factory=time.monotonic)
 
     def line(self, stream: str, text: str) -> None:
         with self._lock:
@@ -128,8 +131,12 @@ class Reporter:
                 if not self._outage_logged:
                     log.warning("%s; buffering logs and retrying", exc)
                     self._outage_logged = True
+                away = time.monotonic() - self._last_contact
+                if self.give_up_s is not None and away > self.give_up_s:
+                    self.give_up()
                 return
             self._outage_logged = False
+            self._last_contact = time.monotonic()
             with self._lock:
                 self._inflight = None
                 more = bool(self.lines or self.metrics)
@@ -138,8 +145,16 @@ class Reporter:
             if not more:
                 return
 
+    def give_up(self) -> None:
+        """Longer than a restart takes: the server is gone, and a service that nobody can
+        reach or stop must not run on forever."""
+        log.warning("no server for %.0f s: giving up", time.monotonic() - self._last_contact)
+        self.revoked.set()
+        self.cancel.set()
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        self.flush(patience_s=PATIENCE_S)
+        if not self.revoked.is_set():
+            self.flush(patience_s=PATIENCE_S)

@@ -139,6 +139,7 @@ class JobRun:
         except (Revoked, ConnectionError) as exc:
             print(f"forgehub job run: cannot start job {self.job_id}: {exc}", file=sys.stderr)
             return 2
+        self.reporter.give_up_s = spec.get("give_up_s")
         self.reporter.start()
         work = Path(tempfile.mkdtemp(prefix=f"job-{self.job_id[:12]}-", dir=self._work_root()))
         leftovers.claim(work)  # a worker that restarts after a kill -9 knows it is ours

@@ -76,6 +76,10 @@ async def _runner_call(request: Request, auth: RunnerAuth, fn: Any) -> Any:
     return await _in_thread(work)
 
 
+GIVE_UP_LEASES = 4
+GIVE_UP_MIN_S = 8.0
+
+
 @router.post("/{job_id}/runner/start", summary="Runner: the attempt started; returns the spec")
 async def runner_start(job_id: str, body: StartIn, request: Request, auth: RunnerJob) -> Any:
     state = request.app.state
@@ -83,7 +87,11 @@ async def runner_start(job_id: str, body: StartIn, request: Request, auth: Runne
 
     def fn(s: Session, job: Job) -> Any:
         service.runner_started(s, job, body.host or "?", lease)
-        return service.runner_spec(s, job, state.secrets)
+        spec = service.runner_spec(s, job, state.secrets)
+        if job.kind == "service":
+            # a service whose server stays away longer than a restart takes ends itself
+            spec["give_up_s"] = max(GIVE_UP_MIN_S, GIVE_UP_LEASES * lease)
+        return spec
 
     return await _runner_call(request, auth, fn)
 
