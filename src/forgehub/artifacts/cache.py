@@ -11,8 +11,10 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from forgehub.artifacts.content import fetch_file, hash_file
 from forgehub.fsutil import atomic_path, copy_file
@@ -49,12 +51,17 @@ class ContentCache:
         return path
 
     def fetch(
-        self, adapter: StorageAdapter, digest: str, progress: Callable[[int], None] | None = None
+        self,
+        adapter: StorageAdapter,
+        digest: str,
+        progress: Callable[[int], None] | None = None,
+        evict: bool = True,
     ) -> Path:
         """The file for ``digest``, downloading (once, verified) if it is not cached.
 
         ``progress`` is called with each block's size; raising from it abandons the download
-        (nothing partial stays behind)."""
+        (nothing partial stays behind). Without ``evict``, the caller evicts once it is done
+        fetching many (a scan of the cache per file would cost more than the files)."""
         hit = self.get(digest)
         if hit is not None:
             return hit
@@ -67,7 +74,17 @@ class ContentCache:
                 fetch_file(adapter, digest, path)  # verified, atomic
             else:
                 fetch_file(adapter, digest, path, progress=progress)
-        self.evict(keep=path)
+        if evict:
+            self.evict(keep=path)
+        return path
+
+    def put_bytes(self, digest: str, data: bytes) -> Path:
+        """Cache ``data``, already checked against ``digest`` (a file read from a pack)."""
+        path = self.path(check_digest(digest))
+        with self._lock(digest.split(":", 1)[1]):
+            if not path.exists():
+                with atomic_path(path, ".add-", mode=0o644) as tmp:
+                    tmp.write_bytes(data)
         return path
 
     def add_file(self, source: Path) -> str:
@@ -126,7 +143,8 @@ def materialise(
     """An artifact as a local path: its cached file, or for a folder (``kind`` ``dir``) a
     directory at ``dest`` of links into the cache. ``check`` is called along the way; raising
     from it abandons the work."""
-    from forgehub.artifacts.content import parse_manifest
+    from forgehub.artifacts.content import WORKERS, parse_manifest, read_members, results
+    from forgehub.artifacts.packs import by_pack, read_layout
 
     def progress(_n: int = 0) -> None:
         if check is not None:
@@ -135,16 +153,38 @@ def materialise(
     top = cache.fetch(adapter, digest, progress=progress)
     if kind != "dir":
         return top
+    entries = parse_manifest(top.read_bytes())
+    needed = {e.digest for e in entries if cache.get(e.digest) is None}
+    if needed:  # packs and files in parallel: a store's round trip is the cost, not its bytes
+        layout = read_layout(adapter, digest)
+
+        def unpack(pack: str, members: Any) -> None:
+            for d, data in read_members(adapter, pack, members):
+                cache.put_bytes(d, data)
+                progress()
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            jobs: list[Future[Any]] = [
+                pool.submit(unpack, p, m) for p, m in by_pack(layout, needed).items()
+            ]
+            jobs += [
+                pool.submit(cache.fetch, adapter, d, progress, False)
+                for d in sorted(needed - set(layout))
+            ]
+            results(jobs)
+        cache.evict()
     dest.mkdir(parents=True, exist_ok=True)
-    for e in parse_manifest(top.read_bytes()):
+    for e in entries:
         progress()
-        blob = cache.fetch(adapter, e.digest, progress=progress)
+        blob = cache.path(e.digest)
         path = dest / e.path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             continue
         try:
             os.link(blob, path)
+        except FileNotFoundError:  # evicted meanwhile (a cache smaller than the folder)
+            copy_file(cache.fetch(adapter, e.digest, progress), path)
         except OSError:
             copy_file(blob, path)
     return dest

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from forgehub.artifacts.content import referenced_blobs
+from forgehub.artifacts.packs import layout_key
 from forgehub.db.models import (
     Artifact,
     ArtifactLocation,
@@ -60,11 +61,15 @@ def sweep(
     """Delete (unless ``dry_run``) the blobs of the store that ``wanted`` does not need."""
     keep: set[str] = set()
     for digest, kind in wanted:
+        if kind == "dir":
+            keep.add(layout_key(digest))
         try:
             keep |= referenced_blobs(adapter, digest, kind)
         except StorageError:
             keep.add(blob_key(digest))
-    garbage = [o for o in adapter.list("blobs/") if o.key not in keep]
+    garbage = [
+        o for prefix in ("blobs/", "layouts/") for o in adapter.list(prefix) if o.key not in keep
+    ]
     if not dry_run:
         for o in garbage:
             adapter.delete(o.key)

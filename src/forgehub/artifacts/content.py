@@ -15,11 +15,22 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from forgehub.artifacts.packs import (
+    PACK_BELOW,
+    PACK_SIZE,
+    Layout,
+    Packed,
+    by_pack,
+    encode_layout,
+    group,
+    layout_key,
+    read_layout,
+)
 from forgehub.fsutil import Stamp, atomic_path, copy_file, file_stamp, open_empty
 from forgehub.storage.base import CHUNK, IntegrityError, InvalidKey, StorageAdapter
 from forgehub.storage.blobstore import blob_key
@@ -27,6 +38,9 @@ from forgehub.storage.local import LocalStorage
 
 MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
 Progress = Callable[[int], None]
+T = TypeVar("T")
+Known = Callable[[set[str]], Layout]  # which of these digests the store holds in packs, where
+WORKERS = 16  # objects in flight at once: a store's round trip, not its bandwidth, is the limit
 
 
 def _noop(n: int) -> None:
@@ -111,6 +125,7 @@ class PushResult:
     kind: str  # file | dir
     size: int  # logical size (a directory: the sum of its files)
     uploaded: int  # bytes actually sent (0 when the store had everything)
+    layout: Layout = field(default_factory=dict)  # where a directory's small files are packed
 
 
 def _upload_blob(
@@ -127,7 +142,7 @@ def _upload_blob(
     between hashing and uploading, the stored bytes would not match their name, so the upload is
     undone and refused."""
     key = blob_key(digest)
-    if _holds(adapter, key, size):
+    if holds(adapter, key, size):
         progress(size)
         return 0  # stored once: the store already holds these bytes
     if isinstance(source, bytes):
@@ -152,7 +167,7 @@ def _upload_blob(
     return size
 
 
-def _holds(adapter: StorageAdapter, key: str, size: int) -> bool:
+def holds(adapter: StorageAdapter, key: str, size: int) -> bool:
     existing = adapter.stat(key)
     return existing is not None and existing.size == size
 
@@ -161,29 +176,107 @@ def _changed_while_pushed(path: Path) -> IntegrityError:
     return IntegrityError(f"{path.name} changed while it was being pushed; push it again")
 
 
-def push_path(adapter: StorageAdapter, path: Path, progress: Progress = _noop) -> PushResult:
-    """Store a file or directory; returns its digest and how many bytes were uploaded."""
+def push_path(
+    adapter: StorageAdapter,
+    path: Path,
+    progress: Progress = _noop,
+    known: Known | None = None,
+    pack: bool = True,
+) -> PushResult:
+    """Store a file or directory; returns its digest and how many bytes were uploaded.
+
+    A directory's files go up in parallel, the small ones in packs (``pack``), except those
+    ``known`` says the store already holds in a pack (from an earlier push)."""
     if path.is_dir():
         manifest, entries, stamps = build_manifest(path)
-        uploaded = 0
-        seen: set[str] = set()
-        for e in entries:
-            if e.digest in seen:
-                progress(e.size)
-                continue
-            seen.add(e.digest)
-            uploaded += _upload_blob(
-                adapter, e.digest, e.size, path / e.path, progress, stamps[e.path]
-            )
-        digest = hash_bytes(manifest)
-        uploaded += _upload_blob(adapter, digest, len(manifest), manifest, _noop)
-        return PushResult(digest, "dir", sum(e.size for e in entries), uploaded)
+        return push_tree(adapter, path, manifest, entries, stamps, progress, known, pack)
     if isinstance(adapter, LocalStorage) and progress is _noop:
         return _push_file_locally(adapter, path)
     before = file_stamp(path)
     digest, size = hash_file(path)
     sent = _upload_blob(adapter, digest, size, path, progress, before)
     return PushResult(digest, "file", size, sent)
+
+
+def push_tree(
+    adapter: StorageAdapter,
+    root: Path,
+    manifest: bytes,
+    entries: list[ManifestEntry],
+    stamps: dict[str, Stamp],
+    progress: Progress = _noop,
+    known: Known | None = None,
+    pack: bool = True,
+) -> PushResult:
+    """Store a directory whose manifest is built: its files (each content once), its layout
+    when anything is packed, and the manifest last, so a manifest in a store is complete."""
+    digest = hash_bytes(manifest)
+    first: dict[str, ManifestEntry] = {}
+    for e in entries:
+        first.setdefault(e.digest, e)
+    layout: Layout = known(set(first)) if known is not None else {}
+    for d in layout:
+        progress(first[d].size)
+    rest = [e for d, e in first.items() if d not in layout]
+    small = [e for e in rest if pack and e.size < PACK_BELOW]
+    large = [e for e in rest if not (pack and e.size < PACK_BELOW)]
+    uploaded = 0
+    with ThreadPoolExecutor(WORKERS) as pool:
+        loose = [
+            pool.submit(
+                _upload_blob, adapter, e.digest, e.size, root / e.path, progress, stamps[e.path]
+            )
+            for e in large
+        ]
+        by_digest = {e.digest: e for e in small}
+        packs = [
+            pool.submit(_push_pack, adapter, root, [by_digest[d] for d, _ in members], progress)
+            for members in group([(e.digest, e.size) for e in small], PACK_SIZE)
+        ]
+        uploaded += sum(results(loose))
+        for sent, where in results(packs):
+            uploaded += sent
+            layout.update(where)
+    if layout:
+        adapter.put(layout_key(digest), encode_layout(layout))
+    uploaded += _upload_blob(adapter, digest, len(manifest), manifest, _noop)
+    return PushResult(digest, "dir", sum(e.size for e in entries), uploaded, layout)
+
+
+def results(futures: list[Future[T]]) -> list[T]:
+    """Each future's result; the first failure is raised once the others are done (a cancel
+    raised from ``progress`` ends them all quickly)."""
+    out, failure = [], None
+    for f in futures:
+        try:
+            out.append(f.result())
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return out
+
+
+def _push_pack(
+    adapter: StorageAdapter, root: Path, members: list[ManifestEntry], progress: Progress
+) -> tuple[int, Layout]:
+    """Store small files side by side in one pack; each is checked against its digest as it
+    is packed (a file that changed since it was hashed is refused, not stored)."""
+    buf = bytearray()
+    where: list[tuple[str, int, int]] = []
+    for e in members:
+        data = (root / e.path).read_bytes()
+        if hash_bytes(data) != e.digest:
+            raise _changed_while_pushed(root / e.path)
+        where.append((e.digest, len(buf), len(data)))
+        buf += data
+    pack = f"sha256:{hashlib.sha256(buf).hexdigest()}"
+    key = blob_key(pack)
+    adapter.put(key, bytes(buf))
+    if isinstance(adapter, LocalStorage):
+        adapter.remember(key, pack)
+    progress(len(buf))
+    return len(buf), {d: Packed(pack, o, n) for d, o, n in where}
 
 
 def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
@@ -201,7 +294,7 @@ def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
         if file_stamp(path) != before:
             raise _changed_while_pushed(path)
         key = blob_key(digest)
-        if _holds(store, key, size):
+        if holds(store, key, size):
             return PushResult(digest, "file", size, 0)
         store.adopt(staged, key)
     store.remember(key, digest)
@@ -292,6 +385,23 @@ def fetch_file(
     progress(size)
 
 
+def read_members(
+    adapter: StorageAdapter, pack: str, members: list[tuple[str, Packed]]
+) -> Iterator[tuple[str, bytes]]:
+    """The bytes of some of a pack's files (one ranged read), each checked against its
+    digest; ``members`` in offset order."""
+    lo = members[0][1].offset
+    hi = max(w.offset + w.size for _, w in members)
+    data = b"".join(adapter.open(blob_key(pack), lo, hi - 1)) if hi > lo else b""
+    if len(data) != hi - lo:
+        raise IntegrityError(f"pack {pack} is shorter than its layout says")
+    for digest, w in members:
+        part = data[w.offset - lo : w.offset - lo + w.size]
+        if hash_bytes(part) != digest:
+            raise IntegrityError(f"corrupted download: {digest} in pack {pack} does not match")
+        yield digest, part
+
+
 def pull_to(
     adapter: StorageAdapter, digest: str, kind: str, dest: Path, progress: Progress = _noop
 ) -> None:
@@ -301,12 +411,38 @@ def pull_to(
         return
     manifest = b"".join(verified_stream(adapter, digest))
     entries = parse_manifest(manifest)
+    layout = read_layout(adapter, digest)
     staging = Path(
         tempfile.mkdtemp(dir=dest.parent if dest.parent.exists() else None, prefix=".pull-")
     )
+    first: dict[str, ManifestEntry] = {}
+    for e in entries:
+        first.setdefault(e.digest, e)
+
+    def unpack(pack: str, members: list[tuple[str, Packed]]) -> None:
+        for d, data in read_members(adapter, pack, members):
+            e = first[d]
+            target = staging / e.path  # the staging tree appears whole or not at all
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, e.mode | 0o600)
+            with open(fd, "wb") as out:
+                out.write(data)
+            progress(len(data))
+
     try:
-        for e in entries:
-            fetch_file(adapter, e.digest, staging / e.path, e.mode | 0o600, progress)
+        with ThreadPoolExecutor(WORKERS) as pool:
+            jobs = [pool.submit(unpack, p, m) for p, m in by_pack(layout, set(first)).items()]
+            jobs += [
+                pool.submit(fetch_file, adapter, d, staging / e.path, e.mode | 0o600, progress)
+                for d, e in first.items()
+                if d not in layout
+            ]
+            results(jobs)
+        for e in entries:  # the same content at a second path: a local copy
+            if first[e.digest] is not e:
+                with atomic_path(staging / e.path, ".copy-", e.mode | 0o600) as tmp:
+                    copy_file(staging / first[e.digest].path, tmp)
+                progress(e.size)
         if dest.exists():
             raise FileExistsError(f"{dest} already exists")
         os.replace(staging, dest)
@@ -315,12 +451,71 @@ def pull_to(
         raise
 
 
+def prefetched(fns: Iterator[Callable[[], T]], window: int = WORKERS) -> Iterator[T]:
+    """The results of ``fns``, in order, with up to ``window`` of them running ahead in
+    threads (memory stays bounded by the window, whatever the number of calls)."""
+    import collections
+
+    with ThreadPoolExecutor(window) as pool:
+        ahead: collections.deque[Future[T]] = collections.deque()
+        try:
+            for fn in fns:
+                ahead.append(pool.submit(fn))
+                if len(ahead) >= window:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for f in ahead:
+                f.cancel()
+
+
+def tree_contents(
+    adapter: StorageAdapter, digest: str
+) -> Iterator[tuple[list[ManifestEntry], Callable[[], Iterator[bytes]]]]:
+    """A directory's files for streaming out: (the entries with that content, a function that
+    opens its bytes), each content once. Packs and small files are read ahead in parallel;
+    large files are streamed, verified, when opened."""
+    entries = parse_manifest(b"".join(verified_stream(adapter, digest)))
+    layout = read_layout(adapter, digest)
+    paths: dict[str, list[ManifestEntry]] = {}
+    for e in entries:
+        paths.setdefault(e.digest, []).append(e)
+
+    def held(data: bytes) -> Callable[[], Iterator[bytes]]:
+        return lambda: iter([data])
+
+    def members(pack: str, wanted: list[tuple[str, Packed]]) -> Callable[[], list[Any]]:
+        return lambda: list(read_members(adapter, pack, wanted))
+
+    def small_file(d: str) -> Callable[[], bytes]:
+        return lambda: b"".join(verified_stream(adapter, d))
+
+    def large_file(d: str) -> Callable[[], Iterator[bytes]]:
+        return lambda: verified_stream(adapter, d)
+
+    packs = by_pack(layout, set(paths))
+    for got in prefetched(iter([members(p, m) for p, m in packs.items()])):
+        for d, data in got:
+            yield paths[d], held(data)
+    loose = [d for d in paths if d not in layout]
+    small = [d for d in loose if paths[d][0].size < PACK_BELOW]
+    for d, data in zip(small, prefetched(iter([small_file(d) for d in small])), strict=True):
+        yield paths[d], held(data)
+    for d in loose:
+        if paths[d][0].size >= PACK_BELOW:
+            yield paths[d], large_file(d)
+
+
 def referenced_blobs(adapter: StorageAdapter, digest: str, kind: str) -> set[str]:
-    """Every blob key an artifact needs (its manifest and files, for a directory)."""
+    """Every blob key an artifact needs: for a directory its manifest, its loose files and the
+    packs that hold the others (its layout, not a blob, is :func:`layout_key`)."""
     keys = {blob_key(digest)}
     if kind == "dir":
+        layout = read_layout(adapter, digest)
         for e in parse_manifest(b"".join(verified_stream(adapter, digest))):
-            keys.add(blob_key(e.digest))
+            where = layout.get(e.digest)
+            keys.add(blob_key(where.pack if where else e.digest))
     return keys
 
 

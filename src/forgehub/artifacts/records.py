@@ -6,14 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from forgehub.artifacts.packs import Layout, Packed
 from forgehub.auth import Principal
 from forgehub.db.models import (
     Artifact,
     ArtifactLocation,
     ArtifactTag,
+    PackedFile,
     StorageConnection,
     User,
     utcnow,
@@ -121,3 +123,48 @@ def describe(session: Session, arts: list[Artifact]) -> list[dict[str, Any]]:
         }
         for art in arts
     ]
+
+
+# -- packed files: what a connection's store already holds in packs ---------------------------
+def known_packed(session: Session, connection_id: str, digests: Iterable[str]) -> Layout:
+    """Where the store of ``connection_id`` holds those of ``digests`` that it has packed."""
+    wanted = sorted(set(digests))
+    out: Layout = {}
+    for i in range(0, len(wanted), 500):  # bounded IN lists, for every database
+        rows = session.scalars(
+            select(PackedFile).where(
+                PackedFile.connection_id == connection_id,
+                PackedFile.digest.in_(wanted[i : i + 500]),
+            )
+        )
+        out.update({r.digest: Packed(r.pack, r.offset, r.size) for r in rows})
+    return out
+
+
+def remember_packed(session: Session, connection_id: str, layout: Layout) -> None:
+    """Record where a push put small files (the first place each is known is kept)."""
+    have = known_packed(session, connection_id, layout)
+    session.add_all(
+        PackedFile(
+            connection_id=connection_id,
+            digest=d,
+            pack=w.pack,
+            offset=w.offset,
+            size=w.size,
+        )
+        for d, w in layout.items()
+        if d not in have
+    )
+    session.flush()
+
+
+def forget_packs(session: Session, connection_ids: list[str], packs: Iterable[str]) -> None:
+    """Packs a collection removed: later pushes store their files again."""
+    gone = sorted(set(packs))
+    for i in range(0, len(gone), 500):
+        session.execute(
+            delete(PackedFile).where(
+                PackedFile.connection_id.in_(connection_ids),
+                PackedFile.pack.in_(gone[i : i + 500]),
+            )
+        )

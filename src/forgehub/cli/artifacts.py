@@ -226,13 +226,22 @@ def push(
     if name:
         n, _, t = name.partition(":")
         params["name"], params["tag"] = n, t or "latest"
-    art = None if follow_links else _known(c, path, params)
-    if art is not None:  # unchanged: one question, nothing sent
-        _print_pushed(art, as_json)
-        return
+    local = None if follow_links else _digests(path)
+    if local is not None:
+        art = _known(c, local[0], params)
+        if art is not None:  # unchanged: one question, nothing sent
+            _print_pushed(art, as_json)
+            return
     total = _tree_size(path, follow_links) if path.is_dir() else path.stat().st_size
     with _progress() as progress:
         task = progress.add_task(f"push {path.name}", total=total)
+        if local is not None:  # straight to the store, where it lets us
+            sent = _push_direct(c, path, local, {**params, "connection": to}, progress, task)
+            if sent is not None:
+                progress.update(task, completed=total)
+                _print_pushed({**sent[0], "uploaded": sent[1]}, as_json)
+                return
+            progress.reset(task)
         body = (
             _tar_chunks(path, progress, task, follow_links)
             if path.is_dir()
@@ -247,24 +256,57 @@ def push(
     _print_pushed(art, as_json)
 
 
-def _known(c: Client, path: Path, params: dict[str, Any]) -> dict[str, Any] | None:
-    """The artifact, if the store already holds this content as yours (one request; the
-    digests of files hashed before are remembered, so an unchanged tree is not read again)."""
-    from forgehub.artifacts.content import build_manifest, hash_bytes
+def _push_direct(
+    c: Client,
+    path: Path,
+    local: tuple[str, list[Any], bytes | None],
+    params: dict[str, Any],
+    progress: Progress,
+    task: Any,
+) -> tuple[dict[str, Any], int] | None:
+    from forgehub.artifacts import direct
+    from forgehub.storage.base import StorageError
+
+    digest, entries, manifest = local
+    try:
+        return direct.push(
+            c.post,
+            path if path.is_dir() else path.parent,
+            "dir" if path.is_dir() else "file",
+            digest,
+            entries,
+            manifest,
+            params,
+            lambda n: progress.update(task, advance=n),
+        )
+    except StorageError as exc:
+        fail(f"push failed: {exc}")
+
+
+def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
+    """The digest of a file or folder, its files and (a folder) its manifest, worked out
+    locally; the digests of files hashed before are remembered, so an unchanged tree is not
+    read again."""
+    from forgehub.artifacts.content import ManifestEntry, build_manifest, hash_bytes
     from forgehub.artifacts.hashcache import HashCache
-    from forgehub.errors import NotFound
 
     cache = HashCache()
     try:
         with err.status(f"checking {path.name}…"):
             if path.is_dir():
                 cache.preload(path)
-                manifest, _, _ = build_manifest(path, hasher=cache.hash)
-                digest = hash_bytes(manifest)
-            else:
-                digest, _ = cache.hash(path, lambda _n: None)
+                manifest, entries, _ = build_manifest(path, hasher=cache.hash)
+                return hash_bytes(manifest), entries, manifest
+            digest, size = cache.hash(path, lambda _n: None)
+            return digest, [ManifestEntry(path.name, digest, size, 0o644)], None
     finally:
         cache.close()
+
+
+def _known(c: Client, digest: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The artifact, if the store already holds this content as yours (one request)."""
+    from forgehub.errors import NotFound
+
     body = {"digest": digest, **params}
     try:
         return dict(c.api.call("POST", "/api/v1/artifacts/known", json=body))
@@ -297,6 +339,22 @@ def pull(
     if dest.exists() and (art["kind"] == "dir" or dest.is_dir()):
         fail(f"{dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    plan = c.get(f"/api/v1/artifacts/{ref}/plan")
+    if plan["direct"]:  # straight from the store, in parallel
+        from forgehub.artifacts import direct
+        from forgehub.storage.base import StorageError
+
+        with _progress() as progress:
+            task = progress.add_task(f"pull {ref}", total=art["size"])
+            try:
+                direct.pull(plan, dest, lambda n: progress.update(task, advance=n))
+            except StorageError as exc:
+                fail(f"download failed: {exc}")
+        if art["kind"] == "file":
+            stored = datetime.fromisoformat(art["created_at"]).timestamp()
+            os.utime(dest, (stored, stored))
+        out.print(f"{art['digest']} -> {dest}")
+        return
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".pull-")
     h = hashlib.sha256()
     try:

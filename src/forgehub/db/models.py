@@ -243,6 +243,22 @@ class ArtifactLocation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PackedFile(Base):
+    """A file a connection's store holds inside a pack (see :mod:`forgehub.artifacts.packs`):
+    what lets a later push point at it instead of storing it again. Per connection, so what one
+    user's pushes claim never decides what another's skip."""
+
+    __tablename__ = "packed_files"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("storage_connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(String(80), primary_key=True)
+    pack: Mapped[str] = mapped_column(String(80), index=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
 class ArtifactTag(Base):
     """``owner/name:tag`` → artifact."""
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from forgehub.artifacts import connections as storage_conns
 from forgehub.artifacts.content import parse_manifest, referenced_blobs, verified_stream
+from forgehub.artifacts.packs import read_layout
 from forgehub.db.models import (
     Artifact,
     ArtifactLocation,
@@ -106,6 +107,14 @@ def blob_digest_of(key: str) -> str:
         ) from None
 
 
+def readable_digest_of(key: str) -> str:
+    """What a relay read names: a blob's digest, or for a folder's layout (which says where
+    its packed files are) the folder's own digest: whoever may read one may read the other."""
+    if key.startswith("layouts/"):
+        return blob_digest_of("blobs/" + key.removeprefix("layouts/"))
+    return blob_digest_of(key)
+
+
 # -- reads: the blobs of the job's inputs ------------------------------------------------------
 
 _READS: OrderedDict[tuple[str, int], frozenset[str]] = OrderedDict()
@@ -129,6 +138,7 @@ def readable(session: Session, job: Job, box: SecretBox) -> frozenset[str]:
             adapter = storage_conns.adapter_for(conn, box)
             data = b"".join(verified_stream(adapter, item["digest"]))
             digests |= {e.digest for e in parse_manifest(data)}
+            digests |= {w.pack for w in read_layout(adapter, item["digest"]).values()}
     out = frozenset(digests)
     with _READS_LOCK:
         _READS[key] = out

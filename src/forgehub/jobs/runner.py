@@ -210,7 +210,12 @@ class JobRun:
             # a store (or the server's relay) that goes away mid-upload is waited for: what was
             # stored is not sent again, and a finished command is never lost to an outage
             pushed = self.patiently(
-                "upload", lambda: push_path(adapter, target, progress=self.check)
+                "upload",
+                # through the relay, files go up one by one (in parallel), each verified by the
+                # server: a runner never writes where other files are said to be (a layout)
+                lambda: push_path(
+                    adapter, target, progress=self.check, pack=adapter.kind != "relay"
+                ),
             )
             outcome["output"] = {
                 "digest": pushed.digest,

@@ -173,6 +173,15 @@ class StorageAdapter(abc.ABC):
         """A URL that reads ``key`` without credentials, where the back end can make one."""
         return None
 
+    # -- direct transfers: the server grants, the client moves the bytes -------------------
+    # a back end that can sign requests for a client (S3's presigned URLs) sets ``direct``
+    direct: ClassVar[bool] = False
+
+    def grant_put(self, key: str, size: int, expires: int = 900) -> dict[str, Any]:
+        """What lets a client without credentials store ``size`` bytes at ``key``: ``{"url"}``
+        for one PUT, or ``{"part_size", "parts", "complete", "abort"}`` for a multipart one."""
+        raise NotImplementedError(f"{self.kind} stores are reached through the server")
+
     def test(self) -> None:
         """Check that the store is reachable and the credentials work (raises StorageError)."""
         next(iter(self.list("")), None)

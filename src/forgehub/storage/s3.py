@@ -233,14 +233,42 @@ class S3Storage(StorageAdapter):
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, prefix or "/") from exc
 
+    direct = True
+
     def presign(self, key: str, expires: int = 3600) -> str | None:
+        return self._sign("get_object", expires, Key=self._key(key))
+
+    def _sign(self, op: str, expires: int, **params: Any) -> str:
         return str(
             self.client.generate_presigned_url(
-                "get_object",
-                Params={"Bucket": self.config.bucket, "Key": self._key(key)},
-                ExpiresIn=expires,
+                op, Params={"Bucket": self.config.bucket, **params}, ExpiresIn=expires
             )
         )
+
+    def grant_put(self, key: str, size: int, expires: int = 900) -> dict[str, Any]:
+        from forgehub.storage.base import check_key
+
+        check_key(key)
+        self._ensure_bucket()
+        k = self._key(key)
+        if size < self.transfer.multipart_threshold:
+            return {"url": self._sign("put_object", expires, Key=k)}
+        # parts as large as the config says, and never more than S3's 10,000
+        part = max(self.transfer.multipart_chunksize, -(-size // 10_000))
+        try:
+            upload = self.client.create_multipart_upload(Bucket=self.config.bucket, Key=k)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, key) from exc
+        uid = upload["UploadId"]
+        return {
+            "part_size": part,
+            "parts": [
+                self._sign("upload_part", expires, Key=k, UploadId=uid, PartNumber=n + 1)
+                for n in range(max(1, -(-size // part)))
+            ],
+            "complete": self._sign("complete_multipart_upload", expires, Key=k, UploadId=uid),
+            "abort": self._sign("abort_multipart_upload", expires, Key=k, UploadId=uid),
+        }
 
     def test(self) -> None:
         self._ensure_bucket()

@@ -13,7 +13,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -24,11 +24,24 @@ from sqlalchemy.orm import Session
 from forgehub.artifacts import collect, records
 from forgehub.artifacts import connections as conns
 from forgehub.artifacts.content import (
+    MANIFEST_MEDIA_TYPE,
     describe_manifest,
+    hash_bytes,
+    holds,
     parse_manifest,
     push_path,
     referenced_blobs,
+    tree_contents,
     verified_stream,
+)
+from forgehub.artifacts.packs import (
+    PACK_BELOW,
+    PACK_SIZE,
+    Layout,
+    decode_layout,
+    encode_layout,
+    layout_key,
+    read_layout,
 )
 from forgehub.auth import Principal
 from forgehub.db.models import Artifact, ArtifactLocation, ArtifactTag, StorageConnection
@@ -38,10 +51,13 @@ from forgehub.identity import authz
 from forgehub.server.deps import CurrentUser, DbSession
 from forgehub.server.streaming import body_chunks
 from forgehub.storage import StorageError
+from forgehub.storage.base import IntegrityError
+from forgehub.storage.blobstore import blob_key, check_digest
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TAR = "application/x-tar"
+MAX_DIRECT_OBJECTS = 5000
 
 
 class TagIn(BaseModel):
@@ -148,6 +164,186 @@ def known(
     return {**_out(session, art), "uploaded": 0}
 
 
+# -- direct transfers: the server grants and records, the client moves the bytes -------------
+DIGEST = r"^sha256:[0-9a-f]{64}$"
+GRANT_S = 900
+
+
+class PlanIn(BaseModel):
+    connection: str | None = Field(default=None, description="Connection name [default].")
+    files: list[tuple[str, int]] = Field(
+        max_length=1_000_000, description="(digest, size) of each distinct file to push."
+    )
+
+
+class ObjectIn(BaseModel):
+    digest: str = Field(pattern=DIGEST)
+    size: int = Field(ge=0)
+
+
+class GrantsIn(BaseModel):
+    connection: str | None = None
+    objects: list[ObjectIn] = Field(max_length=10_000)
+
+
+class CommitIn(BaseModel):
+    connection: str | None = None
+    kind: Literal["file", "dir"]
+    digest: str = Field(pattern=DIGEST)
+    manifest: str | None = Field(default=None, description="A folder's manifest, as pushed.")
+    layout: dict[str, Any] | None = Field(default=None, description="Where its files are packed.")
+    filename: str = Field(default="", max_length=255)
+    name: str | None = Field(default=None, pattern=TAG_RE.pattern)
+    tag: str = Field(default="latest", pattern=TAG_RE.pattern, max_length=64)
+
+
+def _direct(session: Session, principal: Principal, name: str | None, request: Request) -> Any:
+    conn = _conn(session, principal, name, request)
+    adapter = conns.adapter_for(conn, _box(request))
+    if not adapter.direct:
+        raise Conflict(
+            f"{conn.kind} stores are reached through the server: push with POST /api/v1/artifacts"
+        )
+    return conn, adapter
+
+
+def _parallel(fn: Any, items: list[Any]) -> list[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from forgehub.artifacts.content import WORKERS
+
+    if not items:
+        return []
+    with ThreadPoolExecutor(min(WORKERS, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+@router.post("/transfers/plan", summary="Before a push: what the store holds, and how to send")
+def transfer_plan(
+    body: PlanIn, request: Request, principal: CurrentUser, session: DbSession
+) -> dict[str, Any]:
+    """Which of the files the store already holds: small ones in packs (``packed``: where),
+    large ones as blobs (``stored``). ``direct``: the client sends the rest to the store itself
+    with grants (``/transfers/grants``) and then records it (``/transfers/commit``); otherwise it
+    pushes through the server (``POST /api/v1/artifacts``)."""
+    conn = _conn(session, principal, body.connection, request)
+    adapter = conns.adapter_for(conn, _box(request))
+    for digest, _size in body.files:
+        check_digest(digest)
+    packed = records.known_packed(session, conn.id, (d for d, _ in body.files))
+    session.commit()
+    large = [(d, n) for d, n in body.files if n >= PACK_BELOW and d not in packed]
+    try:
+        held = _parallel(lambda f: holds(adapter, blob_key(f[0]), f[1]), large)
+    except StorageError as exc:
+        raise Upstream(f"storage {conn.name!r} failed: {exc}") from exc
+    return {
+        "direct": adapter.direct,
+        "packed": {d: [w.pack, w.offset, w.size] for d, w in packed.items()},
+        "stored": [d for (d, _), h in zip(large, held, strict=True) if h],
+        "pack_below": PACK_BELOW,
+        "pack_size": PACK_SIZE,
+    }
+
+
+@router.post("/transfers/grants", summary="Short-lived URLs to store blobs in your store")
+def transfer_grants(
+    body: GrantsIn, request: Request, principal: CurrentUser, session: DbSession
+) -> dict[str, Any]:
+    """Presigned requests, each for one content-addressed blob of the named connection, valid
+    for 15 minutes: the bytes go to the store, never through the server."""
+    conn, adapter = _direct(session, principal, body.connection, request)
+    session.commit()
+    limit = int(request.app.state.settings.max_artifact_mb) * 1024 * 1024
+    for o in body.objects:
+        if o.size > limit:
+            raise TooLarge(f"{o.digest}: larger than the limit of {limit >> 20} MB")
+    try:
+        grants = _parallel(
+            lambda o: adapter.grant_put(blob_key(o.digest), o.size, GRANT_S), body.objects
+        )
+    except StorageError as exc:
+        raise Upstream(f"storage {conn.name!r} failed: {exc}") from exc
+    return {"grants": {o.digest: g for o, g in zip(body.objects, grants, strict=True)}}
+
+
+@router.post(
+    "/transfers/commit", status_code=201, summary="Record content sent directly to your store"
+)
+def transfer_commit(
+    body: CommitIn, request: Request, principal: CurrentUser, session: DbSession
+) -> dict[str, Any]:
+    """The server checks that the store holds every blob the artifact needs (each file loose
+    or in a pack the layout names, or packed by an earlier push), then stores the manifest and
+    layout itself and records the artifact. A client that skipped an upload gets 409."""
+    conn, adapter = _direct(session, principal, body.connection, request)
+    if body.kind == "file":
+        need: list[tuple[str, int | None]] = [(body.digest, None)]
+        size, layout, manifest = None, {}, b""
+    else:
+        if body.manifest is None:
+            raise Invalid("a folder's commit carries its manifest")
+        manifest = body.manifest.encode()
+        if hash_bytes(manifest) != body.digest:
+            raise Invalid("the manifest does not have the digest the commit names")
+        try:
+            entries = parse_manifest(manifest)
+            layout = decode_layout(body.layout) if body.layout else {}
+        except IntegrityError as exc:
+            raise Invalid(str(exc)) from exc
+        sizes = {e.digest: e.size for e in entries}
+        for d, w in layout.items():
+            if sizes.get(d) != w.size:
+                raise Invalid(f"the layout places {d}, which the manifest does not hold")
+        earlier = records.known_packed(session, conn.id, set(sizes) - set(layout))
+        layout.update(earlier)
+        ends: dict[str, int] = {}
+        for w in layout.values():
+            ends[w.pack] = max(ends.get(w.pack, 0), w.offset + w.size)
+        need = [(d, sizes[d]) for d in sizes if d not in layout]
+        need += [(p, -end) for p, end in ends.items()]  # a pack at least this long
+        size = sum(e.size for e in entries)
+    session.commit()
+
+    def missing(item: tuple[str, int | None]) -> str | None:
+        info = adapter.stat(blob_key(item[0]))
+        n = item[1]
+        if info is None or (n is not None and (info.size < -n if n < 0 else info.size != n)):
+            return item[0]
+        return None
+
+    try:
+        absent = [d for d in _parallel(missing, need) if d]
+        if absent:
+            raise Conflict(
+                f"the store lacks {len(absent)} blob(s) this artifact needs "
+                f"(first: {absent[0]}); upload them, then commit"
+            )
+        if body.kind == "file":
+            info = adapter.stat(blob_key(body.digest))
+            size = info.size if info else 0
+        else:
+            if layout:
+                adapter.put(layout_key(body.digest), encode_layout(layout))
+            if not holds(adapter, blob_key(body.digest), len(manifest)):
+                adapter.put(blob_key(body.digest), manifest)
+    except StorageError as exc:
+        raise Upstream(f"storage {conn.name!r} failed: {exc}") from exc
+    records.remember_packed(session, conn.id, layout)
+    art = records.record(
+        session,
+        principal.user_id,
+        conn.id,
+        body.digest,
+        body.kind,
+        size or 0,
+        body.filename if body.kind == "file" else "",
+        MANIFEST_MEDIA_TYPE if body.kind == "dir" else "application/octet-stream",
+        [(body.name, body.tag)] if body.name else (),
+    )
+    return _out(session, art)
+
+
 @router.post("", status_code=201, summary="Push an artifact (a file, or a directory as tar)")
 def push(
     request: Request,
@@ -186,7 +382,13 @@ def push(
             source.mkdir()
             _unpack(body, source, limit)
             body.unlink()
-        return push_path(adapter, source), ("" if is_tar else filename)
+
+        def known(digests: set[str]) -> Layout:  # held in packs: pointed at, not re-sent
+            held = records.known_packed(session, conn.id, digests)
+            session.commit()
+            return held
+
+        return push_path(adapter, source, known=known), ("" if is_tar else filename)
 
     try:
         result, fname = receive_and_store()
@@ -199,6 +401,7 @@ def push(
         if result.kind == "dir"
         else (request.headers.get("x-media-type") or "application/octet-stream")
     )
+    records.remember_packed(session, conn.id, result.layout)
     art = records.record(
         session,
         principal.user_id,
@@ -281,15 +484,55 @@ def content(
 def _tar_stream(adapter: Any, digest: str, mtime: int) -> Iterator[bytes]:
     """The folder as a tar built on the fly; files carry the time the artifact was stored
     (content addressing keeps no per-file times)."""
-    entries = parse_manifest(b"".join(verified_stream(adapter, digest)))
-    for e in entries:
-        info = tarfile.TarInfo(e.path)
-        info.size, info.mode, info.mtime = e.size, e.mode, mtime
-        yield info.tobuf(format=tarfile.PAX_FORMAT)
-        yield from verified_stream(adapter, e.digest)
-        if e.size % 512:
-            yield b"\0" * (512 - e.size % 512)
+    for same, opened in tree_contents(adapter, digest):
+        for e in same:
+            info = tarfile.TarInfo(e.path)
+            info.size, info.mode, info.mtime = e.size, e.mode, mtime
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            yield from opened()
+            if e.size % 512:
+                yield b"\0" * (512 - e.size % 512)
     yield b"\0" * 1024
+
+
+@router.get("/{ref:path}/plan", summary="How to download an artifact straight from its store")
+def pull_plan(
+    ref: str, principal: CurrentUser, session: DbSession, request: Request
+) -> dict[str, Any]:
+    """For a store the client may reach itself (``direct``): the files, where the packed ones
+    are, and a short-lived URL for each object to read (a pack or a file). Otherwise
+    ``direct`` is false: download ``/content`` through the server."""
+    art = resolve(session, principal, ref)
+    adapter = _adapter_with(session, art, request)
+    session.commit()
+    out: dict[str, Any] = {"digest": art.digest, "kind": art.kind, "size": art.size}
+    if not adapter.direct:
+        return {**out, "direct": False}
+    try:
+        if art.kind == "file":
+            return {
+                **out,
+                "direct": True,
+                "urls": {art.digest: adapter.presign(blob_key(art.digest), GRANT_S)},
+            }
+        entries = parse_manifest(b"".join(verified_stream(adapter, art.digest)))
+        layout = read_layout(adapter, art.digest)
+        objects = {w.pack for w in layout.values()} | {
+            e.digest for e in entries if e.digest not in layout
+        }
+        if len(objects) > MAX_DIRECT_OBJECTS:  # signing each costs more than the relay
+            return {**out, "direct": False}
+        keys = sorted(objects)
+        urls = _parallel(lambda d: adapter.presign(blob_key(d), GRANT_S), keys)
+    except StorageError as exc:
+        raise Upstream(f"storage failed: {exc}") from exc
+    return {
+        **out,
+        "direct": True,
+        "files": [e.__dict__ for e in entries],
+        "layout": {d: [w.pack, w.offset, w.size] for d, w in layout.items()},
+        "urls": dict(zip(keys, urls, strict=True)),
+    }
 
 
 @router.get("/{ref:path}", summary="One artifact: digest, size, locations, tags, files")
@@ -346,6 +589,10 @@ def copy(
                 continue
             target.put(key, verified_stream(source, digest))
             moved += 1
+        if art.kind == "dir":  # where its packed files are (before the manifest that needs it)
+            layout = read_layout(source, art.digest)
+            if layout:
+                target.put(layout_key(art.digest), encode_layout(layout))
         return moved
 
     try:
@@ -394,4 +641,7 @@ def gc(body: GcIn, principal: CurrentUser, session: DbSession, request: Request)
         keys, freed = collect.sweep(adapter, wanted, body.dry_run)
     except StorageError as exc:
         raise Upstream(f"gc failed: {exc}") from exc
+    if not body.dry_run:  # a pack that is gone no longer holds anything for later pushes
+        swept = ["sha256:" + k.rsplit("/", 1)[1] for k in keys if k.startswith("blobs/")]
+        records.forget_packs(session, collect.same_store(session, conn), swept)
     return {"connection": conn.name, "dry_run": body.dry_run, "unreferenced": keys, "bytes": freed}

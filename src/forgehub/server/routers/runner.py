@@ -76,6 +76,16 @@ async def _runner_call(request: Request, auth: RunnerAuth, fn: Any) -> Any:
     return await _in_thread(work)
 
 
+def _byte_range(header: str | None) -> tuple[int | None, int | None]:
+    """``bytes=START-[END]`` (the one form a runner sends); anything else reads it all."""
+    if not header or not header.startswith("bytes="):
+        return None, None
+    first, _, last = header[6:].partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None, None
+    return int(first), int(last) if last else None
+
+
 GIVE_UP_LEASES = 4
 GIVE_UP_MIN_S = 8.0
 
@@ -138,8 +148,10 @@ async def relay_get(
 ) -> Any:
     state = request.app.state
 
+    start, end = _byte_range(request.headers.get("range"))
+
     def open_object() -> Any:
-        digest = access.blob_digest_of(key)
+        digest = access.readable_digest_of(key)
         with state.db.session() as s:
             job = auth.job(s)
             conn = access.relay_connection(s, job, connection)
@@ -153,7 +165,12 @@ async def relay_get(
             raise NotFound(f"no object {key}")
         if stat:
             return {"size": info.size}
-        return adapter.open(key), info.size
+        if start is None:
+            return adapter.open(key), info.size, None
+        last = min(end if end is not None else info.size - 1, info.size - 1)
+        if start > last:
+            raise HTTPException(416, f"range starts beyond the object's {info.size} bytes")
+        return adapter.open(key, start, last), last - start + 1, (start, last, info.size)
 
     try:
         got = await anyio.to_thread.run_sync(open_object)
@@ -161,11 +178,15 @@ async def relay_get(
         raise Upstream(f"storage failed: {exc}") from exc
     if stat:
         return got
-    chunks, size = got
+    chunks, size, part = got
+    headers = {"Content-Length": str(size)}
+    if part is not None:  # a file inside a pack: one ranged read
+        headers["Content-Range"] = f"bytes {part[0]}-{part[1]}/{part[2]}"
     return StreamingResponse(
         chunks,  # a sync iterator: Starlette reads it in a worker thread
+        status_code=206 if part is not None else 200,
         media_type="application/octet-stream",
-        headers={"Content-Length": str(size)},
+        headers=headers,
     )
 
 

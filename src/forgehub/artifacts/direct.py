@@ -1,0 +1,357 @@
+"""Direct transfers: the client moves the bytes to and from the store itself.
+
+For a store that can sign requests for others (S3's presigned URLs), the server only decides
+and records: ``/artifacts/transfers/plan`` says what the store holds, ``/transfers/grants`` hands
+out short-lived URLs, each for one content-addressed blob, and ``/transfers/commit`` checks the
+store holds everything before the artifact exists. Pulls get a plan with a URL per object.
+
+Everything moves in parallel over one pool of kept-alive connections: small files in packs
+(:mod:`forgehub.artifacts.packs`), large ones in parts (multipart uploads, ranged reads), each
+read from or written to disk in blocks, so memory stays flat whatever the size. Every file is
+checked against its digest before it appears, and a pull lands in a staging folder that is
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import httpx
+
+from forgehub.artifacts.content import (
+    WORKERS,
+    ManifestEntry,
+    hash_bytes,
+    results,
+)
+from forgehub.artifacts.packs import Packed, by_pack, group
+from forgehub.fsutil import atomic_path, copy_file
+from forgehub.storage.base import CHUNK, IntegrityError, Unavailable
+
+Call = Callable[..., Any]  # (path, json=...) -> the API's JSON answer (the CLI's Client.post)
+Progress = Callable[[int], None]
+GRANTS_PER_CALL = 1000
+PART = 16 << 20  # a large file is read in parts of this size, in parallel
+
+
+def _noop(_n: int) -> None:
+    return None
+
+
+class Transfers:
+    """One pool of connections and threads for a whole push or pull."""
+
+    def __init__(self, progress: Progress = _noop) -> None:
+        self.progress = progress
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(120.0, connect=10.0),
+            limits=httpx.Limits(max_connections=WORKERS * 2, max_keepalive_connections=WORKERS),
+        )
+        self.pool = ThreadPoolExecutor(WORKERS)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Transfers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.http.close()
+
+    def send(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        try:
+            r = self.http.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"the store could not be reached: {exc}") from exc
+        if r.status_code >= 300:
+            raise Unavailable(f"the store answered {r.status_code}: {_s3_message(r.text)}")
+        return r
+
+    # -- uploads ------------------------------------------------------------------------------
+    def put_bytes(self, grant: dict[str, Any], data: bytes) -> None:
+        self.send("PUT", grant["url"], content=data)
+        self.progress(len(data))
+
+    def put_file(self, grant: dict[str, Any], path: Path, size: int) -> None:
+        """One PUT, or a multipart upload with its parts in parallel (aborted on failure)."""
+        if "url" in grant:
+            self.send(
+                "PUT",
+                grant["url"],
+                content=_blocks(path, 0, size, self.progress),
+                headers={"Content-Length": str(size)},
+            )
+            return
+        part = int(grant["part_size"])
+
+        def one(n: int) -> str:
+            start = n * part
+            length = min(part, size - start)
+            r = self.send(
+                "PUT",
+                grant["parts"][n],
+                content=_blocks(path, start, length, self.progress),
+                headers={"Content-Length": str(length)},
+            )
+            return r.headers.get("etag", "")
+
+        try:
+            etags = results([self.pool.submit(one, n) for n in range(len(grant["parts"]))])
+            body = "".join(
+                f"<Part><PartNumber>{n + 1}</PartNumber><ETag>{escape(t)}</ETag></Part>"
+                for n, t in enumerate(etags)
+            )
+            r = self.send(
+                "POST",
+                grant["complete"],
+                content=f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>",
+            )
+            if b"<Error>" in r.content:  # S3 can fail a completion inside a 200
+                raise Unavailable(f"the store did not complete the upload: {_s3_message(r.text)}")
+        except BaseException:
+            try:
+                self.http.delete(grant["abort"])
+            except httpx.HTTPError:
+                pass
+            raise
+
+    # -- downloads ----------------------------------------------------------------------------
+    def get_bytes(self, url: str, start: int = 0, end: int | None = None) -> bytes:
+        headers = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}
+        return self.send("GET", url, headers=headers).content
+
+    def get_file(self, url: str, digest: str, size: int, dest: Path, mode: int) -> None:
+        """Download to ``dest`` in parallel ranged parts, hashed in order as parts land; the
+        file appears only once it matches ``digest``."""
+        with atomic_path(dest, ".fetch-", mode) as tmp:
+            fd = os.open(tmp, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, size)
+                parts = max(1, -(-size // PART))
+                done = [threading.Event() for _ in range(parts)]
+
+                def one(n: int) -> None:
+                    start = n * PART
+                    end = min(size, start + PART)
+                    headers = {"Range": f"bytes={start}-{end - 1}"} if size else {}
+                    try:
+                        with self.http.stream("GET", url, headers=headers) as r:
+                            if r.status_code >= 300:
+                                r.read()
+                                raise Unavailable(f"the store answered {r.status_code}")
+                            at = start
+                            for block in r.iter_bytes(CHUNK):
+                                os.pwrite(fd, block, at)
+                                at += len(block)
+                                self.progress(len(block))
+                    except httpx.HTTPError as exc:
+                        raise Unavailable(f"download broke off: {exc}") from exc
+                    if at != end:
+                        raise IntegrityError(f"{digest}: got {at - start} of {end - start} bytes")
+                    done[n].set()
+
+                futures = [self.pool.submit(one, n) for n in range(parts)]
+                h = hashlib.sha256()
+                with open(tmp, "rb", buffering=0) as rd:
+                    for n in range(parts):
+                        while not done[n].wait(0.5):
+                            if futures[n].done():  # failed: raise its error
+                                futures[n].result()
+                        h.update(os.pread(rd.fileno(), min(PART, size - n * PART), n * PART))
+                results(futures)
+            finally:
+                os.close(fd)
+            if f"sha256:{h.hexdigest()}" != digest:
+                raise IntegrityError(f"corrupted download: {digest} does not match")
+
+
+def _blocks(path: Path, start: int, length: int, progress: Progress) -> Iterator[bytes]:
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        left = length
+        while left > 0:
+            block = fh.read(min(CHUNK, left))
+            if not block:
+                raise IntegrityError(f"{path.name} got shorter while it was being pushed")
+            left -= len(block)
+            progress(len(block))
+            yield block
+
+
+def _s3_message(text: str) -> str:
+    import re
+
+    m = re.search(r"<Code>([^<]+)</Code>", text)
+    return m.group(1) if m else text[:200]
+
+
+# -- push ---------------------------------------------------------------------------------------
+def push(
+    call: Call,
+    root: Path,
+    kind: str,
+    digest: str,
+    entries: list[ManifestEntry],
+    manifest: bytes | None,
+    params: dict[str, Any],
+    progress: Progress = _noop,
+) -> tuple[dict[str, Any], int] | None:
+    """Push straight to the store; None if the store is reached through the server. Returns
+    the artifact and the bytes sent."""
+    connection = params.get("connection")
+    sizes = {e.digest: e.size for e in entries}
+    plan = call(
+        "/api/v1/artifacts/transfers/plan",
+        json={"connection": connection, "files": [[d, n] for d, n in sizes.items()]},
+    )
+    if not plan["direct"]:
+        return None
+    packed = {d: Packed(*w) for d, w in plan["packed"].items()}
+    held = set(plan["stored"]) | set(packed)
+    first: dict[str, ManifestEntry] = {}
+    for e in entries:
+        if e.digest not in held:
+            first.setdefault(e.digest, e)
+    for d in held:
+        progress(sizes[d])
+    small = [e for e in first.values() if kind == "dir" and e.size < plan["pack_below"]]
+    large = [e for e in first.values() if not (kind == "dir" and e.size < plan["pack_below"])]
+    sent = 0
+    layout: dict[str, Packed] = dict(packed)
+    with Transfers(progress) as t:
+
+        def grants(objects: list[tuple[str, int]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for i in range(0, len(objects), GRANTS_PER_CALL):
+                batch = [{"digest": d, "size": n} for d, n in objects[i : i + GRANTS_PER_CALL]]
+                out.update(
+                    call(
+                        "/api/v1/artifacts/transfers/grants",
+                        json={"connection": connection, "objects": batch},
+                    )["grants"]
+                )
+            return out
+
+        def one_pack(members: list[ManifestEntry]) -> tuple[int, dict[str, Packed]]:
+            buf = bytearray()
+            where = []
+            for e in members:
+                data = (root / e.path).read_bytes()
+                if hash_bytes(data) != e.digest:
+                    raise IntegrityError(f"{e.path} changed while it was being pushed")
+                where.append((e.digest, len(buf), len(data)))
+                buf += data
+            pack = f"sha256:{hashlib.sha256(buf).hexdigest()}"
+            t.put_bytes(grants([(pack, len(buf))])[pack], bytes(buf))
+            return len(buf), {d: Packed(pack, o, n) for d, o, n in where}
+
+        big = grants([(e.digest, e.size) for e in large])
+        jobs: list[Future[Any]] = [
+            t.pool.submit(one_pack, [first[d] for d, _ in g])
+            for g in group([(e.digest, e.size) for e in small], plan["pack_size"])
+        ]
+        files = [e for e in large if "url" in big[e.digest]]
+        parted = [e for e in large if "url" not in big[e.digest]]
+        jobs += [t.pool.submit(t.put_file, big[e.digest], root / e.path, e.size) for e in files]
+        for e in parted:  # its parts fill the pool themselves
+            t.put_file(big[e.digest], root / e.path, e.size)
+        for got in results(jobs):
+            if got is not None:
+                n, where = got
+                sent += n
+                layout.update(where)
+        sent += sum(e.size for e in large)
+    art = call(
+        "/api/v1/artifacts/transfers/commit",
+        json={
+            "connection": connection,
+            "kind": kind,
+            "digest": digest,
+            "manifest": manifest.decode() if manifest is not None else None,
+            "layout": _layout_doc(layout) if kind == "dir" and layout else None,
+            "filename": params.get("filename", ""),
+            "name": params.get("name"),
+            "tag": params.get("tag", "latest"),
+        },
+    )
+    return art, sent
+
+
+def _layout_doc(layout: dict[str, Packed]) -> dict[str, Any]:
+    packs: dict[str, list[list[Any]]] = {}
+    for d, w in layout.items():
+        packs.setdefault(w.pack, []).append([d, w.offset, w.size])
+    return {"forgehub.layout": 1, "packs": packs}
+
+
+# -- pull ---------------------------------------------------------------------------------------
+def pull(plan: dict[str, Any], dest: Path, progress: Progress = _noop) -> None:
+    """Materialise an artifact from a pull plan (``GET /artifacts/{ref}/plan``) at ``dest``."""
+    urls = plan["urls"]
+    with Transfers(progress) as t:
+        if plan["kind"] == "file":
+            t.get_file(urls[plan["digest"]], plan["digest"], plan["size"], dest, 0o644)
+            return
+        entries = [ManifestEntry(**f) for f in plan["files"]]
+        layout = {d: Packed(*w) for d, w in plan["layout"].items()}
+        first: dict[str, ManifestEntry] = {}
+        for e in entries:
+            first.setdefault(e.digest, e)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".pull-"))
+        try:
+
+            def unpack(pack: str, members: list[tuple[str, Packed]]) -> None:
+                lo = members[0][1].offset
+                hi = max(w.offset + w.size for _, w in members)
+                data = t.get_bytes(urls[pack], lo, hi) if hi > lo else b""
+                for d, w in members:
+                    part = data[w.offset - lo : w.offset - lo + w.size]
+                    if len(part) != w.size or hash_bytes(part) != d:
+                        raise IntegrityError(f"corrupted download: {d} in pack {pack}")
+                    _write(staging / first[d].path, part, first[d].mode)
+                    progress(w.size)
+
+            jobs: list[Future[None]] = [
+                t.pool.submit(unpack, p, m) for p, m in by_pack(layout, set(first)).items()
+            ]
+            loose = [e for d, e in first.items() if d not in layout]
+            small = [e for e in loose if e.size <= PART]
+            jobs += [t.pool.submit(_small_file, t, urls[e.digest], e, staging) for e in small]
+            results(jobs)
+            for e in loose:
+                if e.size > PART:  # its parts fill the pool themselves
+                    t.get_file(urls[e.digest], e.digest, e.size, staging / e.path, e.mode | 0o600)
+            for e in entries:
+                if first[e.digest] is not e:
+                    with atomic_path(staging / e.path, ".copy-", e.mode | 0o600) as tmp:
+                        copy_file(staging / first[e.digest].path, tmp)
+            if dest.exists():
+                raise FileExistsError(f"{dest} already exists")
+            os.replace(staging, dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def _small_file(t: Transfers, url: str, e: ManifestEntry, staging: Path) -> None:
+    data = t.get_bytes(url)
+    if len(data) != e.size or hash_bytes(data) != e.digest:
+        raise IntegrityError(f"corrupted download: {e.path} does not match {e.digest}")
+    _write(staging / e.path, data, e.mode)
+    t.progress(e.size)
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """A file in the private staging folder (which appears whole or not at all)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, (mode & 0o755) | 0o600)
+    with open(fd, "wb") as out:
+        out.write(data)
