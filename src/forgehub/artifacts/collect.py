@@ -67,9 +67,8 @@ def sweep(
             keep |= referenced_blobs(adapter, digest, kind)
         except StorageError:
             keep.add(blob_key(digest))
-    garbage = [
-        o for prefix in ("blobs/", "layouts/") for o in adapter.list(prefix) if o.key not in keep
-    ]
+    prefixes = ("blobs/", "layouts/") if adapter.packs else ("blobs/",)
+    garbage = [o for prefix in prefixes for o in adapter.list(prefix) if o.key not in keep]
     if not dry_run:
         for o in garbage:
             adapter.delete(o.key)

@@ -181,12 +181,12 @@ def push_path(
     path: Path,
     progress: Progress = _noop,
     known: Known | None = None,
-    pack: bool = True,
+    pack: bool | None = None,
 ) -> PushResult:
     """Store a file or directory; returns its digest and how many bytes were uploaded.
 
-    A directory's files go up in parallel, the small ones in packs (``pack``), except those
-    ``known`` says the store already holds in a pack (from an earlier push)."""
+    A directory's files go up in parallel, the small ones in packs (``pack``; by default where
+    the store takes them), except those ``known`` says the store already holds in a pack."""
     if path.is_dir():
         manifest, entries, stamps = build_manifest(path)
         return push_tree(adapter, path, manifest, entries, stamps, progress, known, pack)
@@ -206,10 +206,11 @@ def push_tree(
     stamps: dict[str, Stamp],
     progress: Progress = _noop,
     known: Known | None = None,
-    pack: bool = True,
+    pack: bool | None = None,
 ) -> PushResult:
     """Store a directory whose manifest is built: its files (each content once), its layout
     when anything is packed, and the manifest last, so a manifest in a store is complete."""
+    pack = adapter.packs if pack is None else pack
     digest = hash_bytes(manifest)
     first: dict[str, ManifestEntry] = {}
     for e in entries:

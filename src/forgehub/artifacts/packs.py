@@ -72,10 +72,11 @@ def decode_layout(data: bytes | str | dict[str, Any]) -> Layout:
 
 
 def read_layout(adapter: StorageAdapter, manifest_digest: str) -> Layout:
-    """The folder's layout in that store; empty when none was written (every file loose)."""
+    """The folder's layout in that store; empty when none was written (every file loose), or
+    where the store holds blobs only."""
     try:
         return decode_layout(adapter.get_bytes(layout_key(manifest_digest)))
-    except ObjectNotFound:
+    except (ObjectNotFound, InvalidKey):
         return {}
 
 

@@ -58,6 +58,7 @@ def drain(chunks: Iterable[bytes]) -> None:
 
 class RelayStorage(StorageAdapter):
     kind = "relay"
+    packs = False  # a runner never writes where other files are said to be (a layout)
 
     class Config(AdapterConfig):
         url: str  # the server

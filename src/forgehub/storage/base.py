@@ -96,6 +96,10 @@ class StorageAdapter(abc.ABC):
 
     # on the server's own disk: runners elsewhere reach it through the server (the relay)
     on_server: ClassVar[bool] = False
+    # takes a folder's layout (where its small files are packed) from whoever writes to it; the
+    # relay and the blob server take content-addressed blobs only, so folders pushed through
+    # them keep each file as its own blob (packed folders are still read through the relay)
+    packs: ClassVar[bool] = True
 
     def __init__(self, config: AdapterConfig) -> None:
         self.config = config

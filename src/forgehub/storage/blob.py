@@ -45,6 +45,7 @@ class BlobConfig(AdapterConfig):
 
 class BlobStorage(StorageAdapter):
     kind = "blob"
+    packs = False  # a blob server holds content-addressed blobs only (no layouts)
     Config = BlobConfig
     config: BlobConfig
 
