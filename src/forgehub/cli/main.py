@@ -22,6 +22,7 @@ from forgehub.cli.deployments import app as deployment_app
 from forgehub.cli.deployments import deploy
 from forgehub.cli.jobs import job_app, train
 from forgehub.cli.module import app as module_app
+from forgehub.cli.pipelines import app as pipeline_app
 from forgehub.cli.worker import worker
 from forgehub.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
@@ -49,6 +50,7 @@ app.add_typer(job_app, name="job")
 app.add_typer(compute_app, name="compute")
 app.add_typer(demo_app, name="demo")
 app.add_typer(deployment_app, name="deployment")
+app.add_typer(pipeline_app, name="pipeline")
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")

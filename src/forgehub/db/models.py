@@ -486,3 +486,62 @@ class DeploymentEvent(Base):
     state: Mapped[str] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text, default=None)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Pipeline(Base):
+    """A saved pipeline definition (steps, parameters, defaults), by owner and name."""
+
+    __tablename__ = "pipelines"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    published: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PipelineRun(Base):
+    """One run of a pipeline: its parameters and compute choices, and its steps' states."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (Index("ix_pipeline_runs_owner_created", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    pipeline_id: Mapped[str] = mapped_column(
+        ForeignKey("pipelines.id", ondelete="CASCADE"), index=True
+    )
+    definition: Mapped[dict[str, Any]] = mapped_column(default=dict)  # as it ran
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # on, store, no_cache, steps
+    state: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    steps: Mapped[list[PipelineStep]] = relationship(cascade="all, delete-orphan")
+
+
+class PipelineStep(Base):
+    """A step of a run: waiting, then cached (an earlier identical step's outputs) or carried
+    by a job; its outputs once it succeeded."""
+
+    __tablename__ = "pipeline_steps"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("pipeline_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
+    cache_key: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    cached_from: Mapped[str | None] = mapped_column(String(32), default=None)  # a run id
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # name -> digest
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # name -> {id, digest}
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -385,6 +385,43 @@ class DigitsModule(Module):
         return {"val_accuracy": acc, "epochs": args.epochs, "weights": str(out)}
 
 
+# -- pipeline steps (``function:`` steps of docs/pipelines.md's example) --------------------------
+def prepare_split(
+    inputs: dict[str, Path],
+    output_dir: Path,
+    held_out: float = 0.25,
+    seed: int = 0,
+    per_digit: int = 60,
+) -> dict[str, Any]:
+    """Split a dataset (the ``dataset`` input, else drawn sample digits) into ``train/`` and a
+    held-out ``test/``, each a ``digits.npz`` that ``digits`` trains on."""
+    X, y = load_dataset(inputs["dataset"]) if "dataset" in inputs else sample_digits(per_digit)
+    X_train, X_test, y_train, y_test = split(X, y, seed, val=held_out)
+    for name, (xs, ys) in {"train": (X_train, y_train), "test": (X_test, y_test)}.items():
+        (output_dir / name).mkdir(parents=True, exist_ok=True)
+        np.savez(output_dir / name / "digits.npz", X=xs, y=ys)
+    return {"train": len(y_train), "test": len(y_test)}
+
+
+def evaluate(inputs: dict[str, Path], output_dir: Path) -> dict[str, Any]:
+    """Score trained weights (the ``weights`` input) on held-out data (``data``): writes
+    ``metrics.json`` with the accuracy and the confusion matrix."""
+    import json
+
+    model = DigitsModule()
+    model.load(inputs["weights"])
+    X, y = load_dataset(inputs["data"])
+    guess = model.probabilities(np.asarray(X, dtype=np.float64)).argmax(axis=1)
+    confusion = np.zeros((10, 10), dtype=int)
+    for truth, g in zip(y.astype(int), guess, strict=True):
+        confusion[truth, g] += 1
+    metrics = {"accuracy": float((guess == y).mean()), "n": int(len(y))}
+    (output_dir / "metrics.json").write_text(
+        json.dumps({**metrics, "confusion": confusion.tolist()}, indent=2)
+    )
+    return metrics
+
+
 def _build_default_weights() -> None:
     """Rebuild the shipped weights with this module's own trainer, on scikit-learn's handwritten
     digits (a development dependency) and the drawn sample digits, so that the shipped model

@@ -75,6 +75,7 @@ class Dispatcher:
         self._pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="forgehub-compute")
         self._lanes: set[tuple[str, str]] = set()  # (what, connection id) with work in flight
         self._lanes_lock = threading.Lock()
+        self.pipeline_context: Any = None  # set by the server: () -> pipelines.runs.Context
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -135,7 +136,8 @@ class Dispatcher:
             self.follow()
             self.sync_deployments()
         self.autoscale()
-        self.start_queued()  # what the autoscaler queued starts in this round
+        self.advance_pipelines()
+        self.start_queued()  # what the autoscaler and pipelines queued starts in this round
         self.enforce()
 
     def autoscale(self) -> None:
@@ -162,6 +164,24 @@ class Dispatcher:
                 scaler = self._scalers.setdefault(dep_id, scaling.Scaler())
                 pool = scaling.pool(self.pools, dep_id)
                 scaling.autoscale(s, d, pool, scaler, time.monotonic())
+
+    def advance_pipelines(self) -> None:
+        """Pipeline runs follow their steps' jobs and start the steps whose inputs exist."""
+        if self.pipeline_context is None:
+            return
+        from forgehub.db.models import PipelineRun
+        from forgehub.pipelines import runs
+
+        with self.db.session() as s:
+            ids = runs.active_ids(s)
+        if not ids:
+            return
+        ctx = self.pipeline_context()
+        for run_id in ids:
+            with self.db.session() as s:
+                run = s.get(PipelineRun, run_id)
+                if run is not None and runs.advance(s, run, ctx):
+                    self.wake.set()  # a step that just ended may let others start
 
     def sync_deployments(self) -> None:
         """Deployments follow their jobs (a lost host fails one, or restarts it)."""

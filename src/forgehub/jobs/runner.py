@@ -210,12 +210,7 @@ class JobRun:
             # a store (or the server's relay) that goes away mid-upload is waited for: what was
             # stored is not sent again, and a finished command is never lost to an outage
             pushed = self.patiently(
-                "upload",
-                # through the relay, files go up one by one (in parallel), each verified by the
-                # server: a runner never writes where other files are said to be (a layout)
-                lambda: push_path(
-                    adapter, target, progress=self.check, pack=adapter.kind != "relay"
-                ),
+                "upload", lambda: push_path(adapter, target, progress=self.check)
             )
             outcome["output"] = {
                 "digest": pushed.digest,
@@ -283,6 +278,8 @@ class JobRun:
         read_fd, write_fd = os.pipe()
         if spec["kind"] == "command":
             argv = list(spec["command"])
+            if argv[:1] == ["{python}"]:  # the runner's own Python (a pipeline function step)
+                argv[0] = sys.executable
         else:
             child_spec = work / "child.json"
             child_spec.write_text(

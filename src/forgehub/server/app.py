@@ -35,6 +35,7 @@ from forgehub.server.routers import (
     compute,
     deployments,
     jobs,
+    pipelines,
     runner,
     storage,
     tokens,
@@ -170,6 +171,7 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
     api.include_router(compute.router)
     api.include_router(compute.workers_router)
     api.include_router(deployments.router)
+    api.include_router(pipelines.router)
     app.include_router(api)
     app.add_middleware(
         UploadLimit,
@@ -284,6 +286,14 @@ async def _jobs_running(app: FastAPI, settings: Settings) -> AsyncIterator[None]
         float(settings.job_lease_s),
     )
     d.listeners.append(app.state.jobs_signal.notify)
+
+    def pipeline_context() -> Any:  # what a pipeline's steps are submitted with
+        from forgehub.pipelines.runs import Context
+
+        state = app.state
+        return Context(state.secrets, settings.data_dir, state.model_api.modules, state.policy)
+
+    d.pipeline_context = pipeline_context
     app.state.dispatcher = d
     await anyio.to_thread.run_sync(d.start)
     try:

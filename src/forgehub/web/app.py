@@ -117,11 +117,11 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
 
 
 def install(app: FastAPI) -> None:
-    from forgehub.web.pages import account, deployments, jobs, market, storage
+    from forgehub.web.pages import account, deployments, jobs, market, pipelines, storage
 
     app.state.error_page = error_page  # the one error handler renders pages with it
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    for module in (market, jobs, deployments, storage, account):
+    for module in (market, jobs, pipelines, deployments, storage, account):
         app.include_router(module.router, include_in_schema=False)
 
     @app.get("/favicon.ico", include_in_schema=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import func, select
@@ -38,9 +40,11 @@ def storage_page(request: Request, page: int = Query(1, ge=1, le=100_000)) -> Re
                 )
             ),
         )
+        made_by = _made_by(s, [a["producer_job_id"] for a in arts if a.get("producer_job_id")])
     return render(
         request,
         "storage.html",
+        made_by=made_by,
         kinds=kind_forms(STORAGE),
         principal=p,
         connections=conns,
@@ -49,3 +53,13 @@ def storage_page(request: Request, page: int = Query(1, ge=1, le=100_000)) -> Re
         page=page,
         pages=max(1, -(-total // PER_PAGE)),
     )
+
+
+def _made_by(session: Any, job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Job id → the pipeline run and step it was, for the artifacts jobs made."""
+    from forgehub.db.models import PipelineStep
+
+    if not job_ids:
+        return {}
+    rows = session.scalars(select(PipelineStep).where(PipelineStep.job_id.in_(job_ids)))
+    return {r.job_id: {"run": r.run_id, "step": r.name} for r in rows}

@@ -362,6 +362,46 @@ function setupConnectionForm(form) {
   });
 }
 
+// -- pipelines: a run's graph coloured live; the Run form of a pipeline -------------------------
+function setupPipelineRun(fig) {
+  const id = fig.getAttribute("data-run");
+  const ended = (s) => !["running", "cancelling"].includes(s);
+  const tick = async () => {
+    const r = await api(`/api/v1/pipeline-runs/${id}`);
+    if (!r.ok) return;
+    const run = await r.json();
+    for (const s of run.steps) {
+      const g = fig.querySelector(`g[data-step="${CSS.escape(s.name)}"]`);
+      if (!g) continue;
+      g.setAttribute("class", `node state-${s.state}`);
+      g.querySelector(".step-state").textContent = s.state;
+      if (s.job) g.parentElement.setAttribute("href", `/jobs/${s.job}`);
+    }
+    const badge = document.getElementById("run-state");
+    if (badge.textContent !== run.state) { badge.textContent = run.state; badge.className = `state state-${run.state}`; }
+    if (ended(run.state)) { if (run.steps.some((s) => s.outputs && Object.keys(s.outputs).length)) setTimeout(() => location.reload(), 300); return; }
+    setTimeout(tick, 1000);
+  };
+  if (!ended(document.getElementById("run-state").textContent)) setTimeout(tick, 1000);
+}
+
+function setupRunForm(form) {
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const params = {};
+    for (const i of form.querySelectorAll('input[name^="param:"]')) {
+      let v = i.value; try { v = JSON.parse(v); } catch { /* a string */ }
+      params[i.name.slice(6)] = v;
+    }
+    const body = { pipeline: form.getAttribute("data-pipeline"), params, on: form.elements.on.value, store: form.elements.store.value || null };
+    const status = form.querySelector(".run-status");
+    status.textContent = "Starting…";
+    const r = await api("/api/v1/pipeline-runs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    if (r.ok) { location.href = `/pipelines/runs/${(await r.json()).id}`; return; }
+    status.textContent = (await problem(r)).detail || "Could not start it.";
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".connection-form").forEach(setupConnectionForm);
   document.querySelectorAll("[data-autosubmit]").forEach((c) => c.addEventListener("change", () => c.form.submit()));
@@ -371,6 +411,8 @@ document.addEventListener("DOMContentLoaded", () => {
   const dp = document.getElementById("deploy"); if (dp) setupDeploy(dp);
   const db = document.getElementById("deployment"); if (db) setupDeployment(db);
   const u = document.getElementById("upload"); if (u) setupUpload(u);
+  document.querySelectorAll("figure.pipeline-graph").forEach(setupPipelineRun);
+  document.querySelectorAll("form.run-pipeline").forEach(setupRunForm);
   setupTests();
 });
 
