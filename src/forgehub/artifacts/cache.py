@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ class ContentCache:
         self.root = root
         self.max_bytes = max_bytes
         (root / "locks").mkdir(parents=True, exist_ok=True)
+        self._dirs: set[str] = set()  # folders known to exist
 
     def path(self, digest: str) -> Path:
         return self.root / blob_key(digest)
@@ -78,14 +80,27 @@ class ContentCache:
             self.evict(keep=path)
         return path
 
-    def put_bytes(self, digest: str, data: bytes) -> Path:
-        """Cache ``data``, already checked against ``digest`` (a file read from a pack)."""
-        path = self.path(check_digest(digest))
-        with self._lock(digest.split(":", 1)[1]):
-            if not path.exists():
-                with atomic_path(path, ".add-", mode=0o644) as tmp:
-                    tmp.write_bytes(data)
-        return path
+    def put_bytes(self, digest: str, data: bytes) -> None:
+        """Cache ``data``, already checked against ``digest`` (a file read from a pack).
+
+        No lock: the file is written under a unique name and renamed into place, so two
+        processes caching the same content both leave the same complete file."""
+        path = os.path.join(self.root, blob_key(check_digest(digest)))
+        if os.path.exists(path):
+            return
+        parent = os.path.dirname(path)
+        if parent not in self._dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._dirs.add(parent)
+        tmp = f"{parent}/.add-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
 
     def add_file(self, source: Path) -> str:
         """Put a local file into the cache (e.g. an output about to be uploaded)."""
@@ -174,17 +189,22 @@ def materialise(
             results(jobs)
         cache.evict()
     dest.mkdir(parents=True, exist_ok=True)
+    made = {str(dest)}
+    root = str(cache.root)
     for e in entries:
         progress()
-        blob = cache.path(e.digest)
-        path = dest / e.path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            continue
+        blob = os.path.join(root, blob_key(e.digest))
+        path = os.path.join(dest, e.path)
+        parent = os.path.dirname(path)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
         try:
             os.link(blob, path)
+        except FileExistsError:
+            continue
         except FileNotFoundError:  # evicted meanwhile (a cache smaller than the folder)
-            copy_file(cache.fetch(adapter, e.digest, progress), path)
+            copy_file(cache.fetch(adapter, e.digest, progress), Path(path))
         except OSError:
-            copy_file(blob, path)
+            copy_file(Path(blob), Path(path))
     return dest
