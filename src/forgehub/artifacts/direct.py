@@ -15,17 +15,17 @@ renamed into place only when complete.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
-
-import httpx
 
 from forgehub.artifacts.content import (
     WORKERS,
@@ -48,15 +48,16 @@ def _noop(_n: int) -> None:
 
 
 class Transfers:
-    """One pool of connections and threads for a whole push or pull."""
+    """One pool of threads, each with its own kept-alive connections, for a whole push or
+    pull. The bytes go through :mod:`http.client` with large reads and writes straight from
+    and to the file (``sendfile``, ``readinto`` and ``pwrite``): a general-purpose client's
+    per-chunk layers cost more CPU than the transfer itself."""
 
     def __init__(self, progress: Progress = _noop) -> None:
         self.progress = progress
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(120.0, connect=10.0),
-            limits=httpx.Limits(max_connections=WORKERS * 2, max_keepalive_connections=WORKERS),
-        )
         self.pool = ThreadPoolExecutor(WORKERS)
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
     def __enter__(self) -> Transfers:
@@ -64,44 +65,81 @@ class Transfers:
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.http.close()
+        with self._lock:
+            for c in self._all:
+                c.close()
 
-    def send(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        try:
-            r = self.http.request(method, url, **kw)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"the store could not be reached: {exc}") from exc
-        if r.status_code >= 300:
-            raise Unavailable(f"the store answered {r.status_code}: {_s3_message(r.text)}")
-        return r
+    def _conn(self, url: urllib.parse.SplitResult, fresh: bool = False) -> Any:
+        conns = self._local.__dict__.setdefault("conns", {})
+        key = (url.scheme, url.hostname, url.port)
+        c = conns.get(key)
+        if c is None or fresh:
+            if c is not None:
+                c.close()
+            if url.scheme == "https":
+                c = http.client.HTTPSConnection(url.hostname or "", url.port, timeout=120)
+            else:
+                c = http.client.HTTPConnection(url.hostname or "", url.port, timeout=120)
+            conns[key] = c
+            with self._lock:
+                self._all.append(c)
+        return c
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | bytearray | None = None,
+        file: tuple[Path, int, int] | None = None,
+    ) -> Any:
+        """One request on this thread's connection (a new one if the kept one went stale);
+        returns the response, its body not read. ``file``: (path, offset, length) sent with
+        ``sendfile``."""
+        u = urllib.parse.urlsplit(url)
+        target = u.path + (f"?{u.query}" if u.query else "")
+        for attempt in (0, 1):
+            c = self._conn(u, fresh=attempt > 0)
+            try:
+                if file is None:
+                    c.request(method, target, body=body, headers=headers or {})
+                else:
+                    path, offset, length = file
+                    c.putrequest(method, target, skip_accept_encoding=True)
+                    for k, v in {**(headers or {}), "Content-Length": str(length)}.items():
+                        c.putheader(k, v)
+                    c.endheaders()
+                    _send_range(c.sock, path, offset, length, self.progress)
+                r = c.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                if attempt == 0:
+                    continue  # a kept-alive connection the store had closed
+                raise Unavailable(f"the store could not be reached: {exc}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise Unavailable(f"the store could not be reached: {exc}") from exc
+            if r.status >= 300:
+                text = r.read().decode(errors="replace")
+                raise Unavailable(f"the store answered {r.status}: {_s3_message(text)}")
+            return r
+        raise AssertionError("not reached")
 
     # -- uploads ------------------------------------------------------------------------------
-    def put_bytes(self, grant: dict[str, Any], data: bytes) -> None:
-        self.send("PUT", grant["url"], content=data)
+    def put_bytes(self, grant: dict[str, Any], data: bytes | bytearray) -> None:
+        self.request("PUT", grant["url"], body=data).read()
         self.progress(len(data))
 
     def put_file(self, grant: dict[str, Any], path: Path, size: int) -> None:
         """One PUT, or a multipart upload with its parts in parallel (aborted on failure)."""
         if "url" in grant:
-            self.send(
-                "PUT",
-                grant["url"],
-                content=_blocks(path, 0, size, self.progress),
-                headers={"Content-Length": str(size)},
-            )
+            self.request("PUT", grant["url"], file=(path, 0, size)).read()
             return
         part = int(grant["part_size"])
 
         def one(n: int) -> str:
             start = n * part
-            length = min(part, size - start)
-            r = self.send(
-                "PUT",
-                grant["parts"][n],
-                content=_blocks(path, start, length, self.progress),
-                headers={"Content-Length": str(length)},
-            )
-            return r.headers.get("etag", "")
+            r = self.request("PUT", grant["parts"][n], file=(path, start, min(part, size - start)))
+            r.read()
+            return str(r.getheader("etag", ""))
 
         try:
             etags = results([self.pool.submit(one, n) for n in range(len(grant["parts"]))])
@@ -109,24 +147,22 @@ class Transfers:
                 f"<Part><PartNumber>{n + 1}</PartNumber><ETag>{escape(t)}</ETag></Part>"
                 for n, t in enumerate(etags)
             )
-            r = self.send(
-                "POST",
-                grant["complete"],
-                content=f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>",
-            )
-            if b"<Error>" in r.content:  # S3 can fail a completion inside a 200
-                raise Unavailable(f"the store did not complete the upload: {_s3_message(r.text)}")
+            doc = f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode()
+            answer = self.request("POST", grant["complete"], body=doc).read()
+            if b"<Error>" in answer:  # S3 can fail a completion inside a 200
+                why = _s3_message(answer.decode(errors="replace"))
+                raise Unavailable(f"the store did not complete the upload: {why}")
         except BaseException:
             try:
-                self.http.delete(grant["abort"])
-            except httpx.HTTPError:
+                self.request("DELETE", grant["abort"]).read()
+            except Unavailable:
                 pass
             raise
 
     # -- downloads ----------------------------------------------------------------------------
     def get_bytes(self, url: str, start: int = 0, end: int | None = None) -> bytes:
         headers = {} if end is None else {"Range": f"bytes={start}-{end - 1}"}
-        return self.send("GET", url, headers=headers).content
+        return bytes(self.request("GET", url, headers=headers).read())
 
     def get_file(self, url: str, digest: str, size: int, dest: Path, mode: int) -> None:
         """Download to ``dest`` in parallel ranged parts, hashed in order as parts land; the
@@ -142,17 +178,16 @@ class Transfers:
                     start = n * PART
                     end = min(size, start + PART)
                     headers = {"Range": f"bytes={start}-{end - 1}"} if size else {}
+                    r = self.request("GET", url, headers=headers)
+                    buf = bytearray(CHUNK)
+                    view = memoryview(buf)
+                    at = start
                     try:
-                        with self.http.stream("GET", url, headers=headers) as r:
-                            if r.status_code >= 300:
-                                r.read()
-                                raise Unavailable(f"the store answered {r.status_code}")
-                            at = start
-                            for block in r.iter_bytes(CHUNK):
-                                os.pwrite(fd, block, at)
-                                at += len(block)
-                                self.progress(len(block))
-                    except httpx.HTTPError as exc:
+                        while k := r.readinto(buf):
+                            os.pwrite(fd, view[:k], at)
+                            at += k
+                            self.progress(k)
+                    except (OSError, http.client.HTTPException) as exc:
                         raise Unavailable(f"download broke off: {exc}") from exc
                     if at != end:
                         raise IntegrityError(f"{digest}: got {at - start} of {end - start} bytes")
@@ -173,17 +208,19 @@ class Transfers:
                 raise IntegrityError(f"corrupted download: {digest} does not match")
 
 
-def _blocks(path: Path, start: int, length: int, progress: Progress) -> Iterator[bytes]:
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(start)
+def _send_range(sock: Any, path: Path, offset: int, length: int, progress: Progress) -> None:
+    """``length`` bytes of ``path`` from ``offset`` onto the socket, in 1 MB slices (progress
+    after each), with ``sendfile`` where the socket allows it."""
+    with open(path, "rb") as fh:
         left = length
         while left > 0:
-            block = fh.read(min(CHUNK, left))
-            if not block:
+            n = min(CHUNK, left)
+            sent = sock.sendfile(fh, offset, n)
+            if sent != n:
                 raise IntegrityError(f"{path.name} got shorter while it was being pushed")
-            left -= len(block)
-            progress(len(block))
-            yield block
+            offset += n
+            left -= n
+            progress(n)
 
 
 def _s3_message(text: str) -> str:
@@ -250,7 +287,7 @@ def push(
                 where.append((e.digest, len(buf), len(data)))
                 buf += data
             pack = f"sha256:{hashlib.sha256(buf).hexdigest()}"
-            t.put_bytes(grants([(pack, len(buf))])[pack], bytes(buf))
+            t.put_bytes(grants([(pack, len(buf))])[pack], buf)
             return len(buf), {d: Packed(pack, o, n) for d, o, n in where}
 
         big = grants([(e.digest, e.size) for e in large])
