@@ -413,3 +413,53 @@ def test_the_dashboard_runs_a_pipeline_and_draws_its_graph_live(
     link = page.get_by_role("link", name=f"run {run_id[:12]} · evaluate")
     assert link.count() >= 1
     s.close()
+
+
+def test_a_published_pipeline_is_in_the_marketplace_and_anyone_runs_their_own_copy(
+    api: httpx.Client, server: ForgehubServer
+) -> None:
+    r = api.post("/api/v1/pipelines", json={"definition": EXAMPLE.read_text()})
+    pid = r.json()["id"]
+    api.post("/api/v1/users", json={"name": "fay"})
+    tok = api.post("/api/v1/tokens", json={"name": "t", "user": "fay"}).json()["token"]
+    with (
+        httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {tok}"}, timeout=60
+        ) as fay,
+        httpx.Client(base_url=server.url, timeout=60) as visitor,
+    ):
+        assert fay.get("/api/v1/pipelines/admin/digits").status_code == 404  # not yet
+        assert "Pipelines" not in visitor.get("/").text
+        r = api.post("/api/v1/pipelines/digits/publish", json={"published": True})
+        assert r.status_code == 200 and r.json()["published"], r.text
+        listed = fay.get("/api/v1/pipelines", params={"published": True}).json()
+        assert [(x["owner"], x["name"]) for x in listed] == [("admin", "digits")]
+        assert fay.get("/api/v1/pipelines/admin/digits").status_code == 200
+        # visitors find it in the marketplace and read its page
+        page = visitor.get("/").text
+        assert f'href="/pipelines/p/{pid}"' in page
+        page = visitor.get(f"/pipelines/p/{pid}").text
+        assert "prepare_split" in page and "Sign in to run it" in page
+        # she may run it (her run, her compute), not change it
+        r = fay.post(
+            "/api/v1/pipeline-runs",
+            json={"pipeline": "admin/digits", "params": {"epochs": 2}, "on": "local"},
+        )
+        assert r.status_code == 201, r.text
+        run = r.json()
+        assert api.get(f"/api/v1/pipeline-runs/{run['id']}").status_code == 200  # admins see all
+        assert fay.get(f"/api/v1/pipeline-runs/{run['id']}").status_code == 200
+        r = fay.post("/api/v1/pipelines/admin/digits/publish", json={"published": False})
+        assert r.status_code == 403, r.text
+        assert [x["name"] for x in fay.get("/api/v1/pipelines").json()] == ["digits"]  # her copy
+        done = fay.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+        deadline = time.monotonic() + 120
+        while done["state"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+            done = fay.get(f"/api/v1/pipeline-runs/{run['id']}").json()
+        assert done["state"] == "succeeded", done
+        # unpublished: gone for everyone but its owner
+        api.post("/api/v1/pipelines/digits/publish", json={"published": False})
+        assert fay.get("/api/v1/pipelines/admin/digits").status_code == 404
+        assert visitor.get(f"/pipelines/p/{pid}").status_code == 404

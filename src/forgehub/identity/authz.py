@@ -40,7 +40,18 @@ from sqlalchemy import Select
 from forgehub.auth import Principal
 from forgehub.errors import Forbidden, NotFound
 
-RULES = ("public", "user", "owner", "shared", "owner_only", "admin", "job", "server", "own_code")
+RULES = (
+    "public",
+    "published",
+    "user",
+    "owner",
+    "shared",
+    "owner_only",
+    "admin",
+    "job",
+    "server",
+    "own_code",
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +88,10 @@ for _name, _res, _rule, _doc in [
     ("deployment.use", "deployment", "shared", "open a deployment through the platform"),
     ("deployment.stop", "deployment", "owner", "stop a deployment, save its folder"),
     ("deployment.create", "server", "user", "deploy a module"),
-    ("pipeline.read", "pipeline", "owner", "see a pipeline and its runs"),
-    ("pipeline.run", "pipeline", "owner", "run, cancel or resume a pipeline"),
+    ("pipeline.read", "pipeline", "published", "see a pipeline (published: anyone)"),
+    ("pipeline.write", "pipeline", "owner", "change or publish a pipeline"),
+    ("run.read", "run", "owner", "see a pipeline run, its steps and provenance"),
+    ("run.operate", "run", "owner", "cancel or resume a pipeline run"),
     ("pipeline.create", "server", "user", "save and run pipelines"),
     ("training.read", "training", "owner", "see a model-API training"),
     ("training.cancel", "training", "owner", "cancel a model-API training"),
@@ -119,6 +132,7 @@ READ = {
     "training": "training.read",
     "deployment": "deployment.read",
     "pipeline": "pipeline.read",
+    "run": "run.read",
     "token": "token.read",
     "user": "user.read",
     "connection": "connection.read",
@@ -154,6 +168,8 @@ def can(principal: Principal | None, action: str, resource: Any = None) -> bool:
     a = ACTIONS[action]
     if a.rule == "public":
         return True
+    if a.rule == "published" and getattr(resource, "published", False):
+        return principal is None or principal.job_id is None
     if principal is None:
         return False
     if principal.job_id is not None:  # a job token acts for its job and nothing else
@@ -201,7 +217,7 @@ def sees_all(principal: Principal | None, action: str) -> bool:
         return True
     if principal is None or principal.job_id is not None:
         return False
-    return a.rule in ("owner", "shared") and principal.is_admin
+    return a.rule in ("owner", "shared", "published") and principal.is_admin
 
 
 def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) -> Select[Any]:
@@ -214,6 +230,8 @@ def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) ->
         return stmt.where(col.is_(None) & col.is_not(None))  # nothing
     if a.rule == "shared":
         return stmt.where((col == principal.user_id) | model.shared_rows(principal.user_id))
+    if a.rule == "published":
+        return stmt.where((col == principal.user_id) | model.published.is_(True))
     return stmt.where(col == principal.user_id)
 
 

@@ -76,11 +76,23 @@ def _definition(session: Session, principal: Principal, body: RunIn) -> defs.Def
     raise defs.DefinitionError([{"loc": ["definition"], "msg": "give a definition or a name"}])
 
 
-def _pipeline(session: Session, principal: Principal, ref: str) -> Pipeline:
-    p = session.get(Pipeline, ref) or session.scalar(
-        select(Pipeline).where(Pipeline.owner_id == principal.user_id, Pipeline.name == ref)
-    )
-    authz.require(principal, "pipeline.read", p, f"pipeline {ref!r}")
+def _pipeline(
+    session: Session, principal: Principal | None, ref: str, action: str = "pipeline.read"
+) -> Pipeline:
+    """By id, by your own name, or ``owner/name`` (someone's published pipeline)."""
+    p = session.get(Pipeline, ref)
+    if p is None and "/" in ref:
+        owner, _, name = ref.partition("/")
+        p = session.scalar(
+            select(Pipeline)
+            .join(User, User.id == Pipeline.owner_id)
+            .where(User.name == owner, Pipeline.name == name)
+        )
+    elif p is None and principal is not None:
+        p = session.scalar(
+            select(Pipeline).where(Pipeline.owner_id == principal.user_id, Pipeline.name == ref)
+        )
+    authz.require(principal, action, p, f"pipeline {ref!r}")
     assert p is not None
     return p
 
@@ -93,7 +105,7 @@ def _run(session: Session, principal: Principal, run_id: str, action: str) -> Pi
                 select(PipelineRun).where(PipelineRun.id.startswith(run_id[:32])),
                 PipelineRun,
                 principal,
-                "pipeline.read",
+                "run.read",
             ).limit(2)
         ).all()
         run = hits[0] if len(hits) == 1 else None
@@ -163,9 +175,12 @@ def _pipeline_out(session: Session, p: Pipeline) -> dict[str, Any]:
         .order_by(PipelineRun.created_at.desc())
         .limit(1)
     )
+    owner = session.get(User, p.owner_id)
     return {
         "id": p.id,
         "name": p.name,
+        "owner": owner.name if owner else None,
+        "published": p.published,
         "description": p.description,
         "definition": p.definition,
         "steps": list(p.definition.get("steps", {})),
@@ -174,13 +189,33 @@ def _pipeline_out(session: Session, p: Pipeline) -> dict[str, Any]:
     }
 
 
-@router.get("/pipelines", summary="Your pipelines")
-def list_pipelines(principal: CurrentUser, session: DbSession) -> Any:
-    stmt = authz.visible(select(Pipeline), Pipeline, principal, "pipeline.read")
+@router.get("/pipelines", summary="Your pipelines, or everyone's published ones")
+def list_pipelines(principal: CurrentUser, session: DbSession, published: bool = False) -> Any:
+    stmt = select(Pipeline)
+    if published:  # the marketplace's: anyone's, published
+        stmt = stmt.where(Pipeline.published.is_(True))
+    else:
+        stmt = stmt.where(Pipeline.owner_id == principal.user_id)
     return [_pipeline_out(session, p) for p in session.scalars(stmt.order_by(Pipeline.name))]
 
 
-@router.get("/pipelines/{ref}", summary="One pipeline (by name or id)")
+class PublishIn(BaseModel):
+    published: bool = Field(default=True, description="List it in the marketplace.")
+
+
+@router.post(
+    "/pipelines/{ref:path}/publish", summary="List a pipeline in the marketplace (or stop)"
+)
+def publish(ref: str, body: PublishIn, principal: CurrentUser, session: DbSession) -> Any:
+    """A published pipeline is seen by everyone, and anyone may run it on their own compute
+    and storage (their run, their copy); only its owner changes it."""
+    p = _pipeline(session, principal, ref, "pipeline.write")
+    p.published = body.published
+    session.flush()
+    return _pipeline_out(session, p)
+
+
+@router.get("/pipelines/{ref:path}", summary="One pipeline (by id, name or owner/name)")
 def show_pipeline(ref: str, principal: CurrentUser, session: DbSession) -> Any:
     return _pipeline_out(session, _pipeline(session, principal, ref))
 
@@ -211,7 +246,7 @@ def list_runs(
     pipeline: str | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> Any:
-    stmt = authz.visible(select(PipelineRun), PipelineRun, principal, "pipeline.read")
+    stmt = authz.visible(select(PipelineRun), PipelineRun, principal, "run.read")
     if pipeline:
         stmt = stmt.where(PipelineRun.pipeline_id == _pipeline(session, principal, pipeline).id)
     rows = session.scalars(stmt.order_by(PipelineRun.created_at.desc()).limit(limit))
@@ -220,12 +255,12 @@ def list_runs(
 
 @router.get("/pipeline-runs/{run_id}", summary="A run: its steps, their jobs and outputs")
 def show_run(run_id: str, principal: CurrentUser, session: DbSession) -> Any:
-    return describe_run(session, _run(session, principal, run_id, "pipeline.read"))
+    return describe_run(session, _run(session, principal, run_id, "run.read"))
 
 
 @router.post("/pipeline-runs/{run_id}/cancel", summary="Cancel a run (its running steps too)")
 def cancel(run_id: str, request: Request, principal: CurrentUser, session: DbSession) -> Any:
-    run = _run(session, principal, run_id, "pipeline.run")
+    run = _run(session, principal, run_id, "run.operate")
     runs.cancel(session, run)
     request.app.state.dispatcher.notify()
     return describe_run(session, run)
@@ -235,7 +270,7 @@ def cancel(run_id: str, request: Request, principal: CurrentUser, session: DbSes
 def resume(
     run_id: str, body: ResumeIn, request: Request, principal: CurrentUser, session: DbSession
 ) -> Any:
-    run = _run(session, principal, run_id, "pipeline.run")
+    run = _run(session, principal, run_id, "run.operate")
     options = RunIn(on=body.on, store=body.store, steps=body.steps).options()
     runs.resume(session, principal, run, body.params, options, _ctx(request))
     request.app.state.dispatcher.notify()
@@ -244,7 +279,7 @@ def resume(
 
 @router.get("/pipeline-runs/{run_id}/prov", summary="The run's provenance as W3C PROV-JSON")
 def prov(run_id: str, principal: CurrentUser, session: DbSession) -> Any:
-    run = _run(session, principal, run_id, "pipeline.read")
+    run = _run(session, principal, run_id, "run.read")
     return prov_json(session, run)
 
 

@@ -66,6 +66,23 @@ def kind_forms(family: Any) -> list[dict[str, Any]]:
     return [{"kind": k, "fields": schema_fields(schema)} for k, schema in family.schemas()]
 
 
+def published_pipelines(session: Any, q: str, limit: int = 12) -> list[dict[str, Any]]:
+    """Published pipelines (their own entry type in the marketplace), matching ``q``."""
+    from sqlalchemy import or_, select
+
+    from forgehub.db.models import Pipeline
+    from forgehub.server.routers.pipelines import _pipeline_out
+
+    stmt = select(Pipeline).where(Pipeline.published.is_(True))
+    for word in q.split():
+        like = f"%{word}%"
+        stmt = stmt.where(or_(Pipeline.name.ilike(like), Pipeline.description.ilike(like)))
+    return [
+        _pipeline_out(session, p)
+        for p in session.scalars(stmt.order_by(Pipeline.name).limit(limit))
+    ]
+
+
 @router.get("/", response_class=HTMLResponse)
 def market(
     request: Request,
@@ -83,6 +100,7 @@ def market(
     )
     with request.app.state.db.session() as s:
         result = service.search(s, service.SearchQuery(q=q, filters=chosen, page=page, per_page=24))
+        pipelines = published_pipelines(s, q) if page == 1 and not chosen else []
     pages = max(1, -(-result["total"] // 24))
     return render(
         request,
@@ -90,6 +108,7 @@ def market(
         principal=p,
         q=q,
         result=result,
+        pipelines=pipelines,
         chosen=chosen,
         facet_titles=FACET_TITLES,
         page=page,

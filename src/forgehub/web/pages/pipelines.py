@@ -95,9 +95,9 @@ def pipelines_page(request: Request) -> Response:
 
     p = user(request)
     with request.app.state.db.session() as s:
-        stmt = authz.visible(select(Pipeline), Pipeline, p, "pipeline.read")
+        stmt = select(Pipeline).where(Pipeline.owner_id == p.user_id)
         pipelines = [_pipeline_out(s, x) for x in s.scalars(stmt.order_by(Pipeline.name))]
-        runs_stmt = authz.visible(select(PipelineRun), PipelineRun, p, "pipeline.read")
+        runs_stmt = authz.visible(select(PipelineRun), PipelineRun, p, "run.read")
         recent = [
             describe_run(s, r)
             for r in s.scalars(runs_stmt.order_by(PipelineRun.created_at.desc()).limit(20))
@@ -125,5 +125,62 @@ def pipelines_page(request: Request) -> Response:
 def run_page(request: Request, run_id: str) -> Response:
     p = user(request)
     with request.app.state.db.session() as s:
-        run = describe_run(s, _run(s, p, run_id, "pipeline.read"))
+        run = describe_run(s, _run(s, p, run_id, "run.read"))
     return render(request, "pipeline_run.html", principal=p, run=run, g=graph(run))
+
+
+def _what(step: Any) -> str:
+    return str(step.module or step.function or " ".join(step.command or []))
+
+
+@router.get("/pipelines/p/{pipeline_id}", response_class=HTMLResponse)
+def pipeline_page(request: Request, pipeline_id: str) -> Response:
+    """A pipeline's page (a published one is open to anyone): what it does, its graph, its
+    definition, and a Run form for a signed-in user (the run is theirs, on their compute)."""
+    from forgehub.pipelines.definition import Definition, order, upstream
+    from forgehub.server.routers.pipelines import _pipeline
+    from forgehub.web.app import visitor
+
+    p = visitor(request)
+    with request.app.state.db.session() as s:
+        x = _pipeline_out(s, _pipeline(s, p, pipeline_id))
+        computes, stores = [], []
+        if p is not None:
+            jobs.ensure_default_compute(s, p.user_id)
+            computes = [c.name for c in jobs.COMPUTE.owned(s, p.user_id)]
+            stores = [
+                c.name
+                for c in s.scalars(
+                    select(StorageConnection).where(StorageConnection.owner_id == p.user_id)
+                )
+            ]
+    d = Definition.model_validate(x["definition"])
+    sketch = {  # the graph of a run that has not started
+        "steps": [
+            {
+                "name": n,
+                "kind": d.steps[n].kind,
+                "what": d.steps[n].module
+                or d.steps[n].function
+                or " ".join(d.steps[n].command or []),
+                "state": "waiting",
+                "job": None,
+                "needs": sorted(upstream(d.steps[n])),
+                "reads": dict(d.steps[n].inputs),
+            }
+            for n in order(d)
+        ]
+    }
+    import yaml
+
+    text = yaml.safe_dump(x["definition"], sort_keys=False, allow_unicode=True)
+    return render(
+        request,
+        "pipeline.html",
+        principal=p,
+        x=x,
+        g=graph(sketch),
+        text=text,
+        computes=computes,
+        stores=stores,
+    )
