@@ -459,6 +459,17 @@ def test_a_published_pipeline_is_in_the_marketplace_and_anyone_runs_their_own_co
             time.sleep(0.3)
             done = fay.get(f"/api/v1/pipeline-runs/{run['id']}").json()
         assert done["state"] == "succeeded", done
+        # a function that is not an installed module's own code is a command: not on the
+        # server's machine for her
+        evil = """
+name: evil
+steps:
+  x: {function: "os:system", args: {command: "id"}}
+"""
+        r = fay.post("/api/v1/pipelines/validate", json={"definition": evil, "on": "local"})
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["steps", "x", "function"]
+        r = fay.post("/api/v1/pipeline-runs", json={"definition": evil})
+        assert r.status_code == 422, r.text
         # unpublished: gone for everyone but its owner
         api.post("/api/v1/pipelines/digits/publish", json={"published": False})
         assert fay.get("/api/v1/pipelines/admin/digits").status_code == 404

@@ -121,7 +121,12 @@ def submit(
     else:
         storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
     on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
-    if body.kind == "command" and on_server and not policy.may_use_server(principal):
+    if (
+        body.kind == "command"
+        and on_server
+        and not policy.may_use_server(principal)
+        and not installed_function(body.command, modules)
+    ):
         raise JobError(
             "command jobs on the server machine are for admins and the users they allow "
             "(server_compute_users); run them on your own workers, Slurm or Ray connection",
@@ -205,6 +210,23 @@ def submit(
         max_retries=body.max_retries,
     )
     return _enqueue(session, job, "submitted")
+
+
+FUNCTION_CALL = ["{python}", "-m", "forgehub.pipelines.call"]
+
+
+def installed_function(command: list[str], modules: dict[str, Any]) -> bool:
+    """Is this command a pipeline's call of a function from an installed module's own code
+    (``package.module:name`` inside the module's package)? That is code the admin installed,
+    like the module's training, so anyone may run it where they may train."""
+    if command[:3] != FUNCTION_CALL or len(command) != 5:
+        return False
+    target = command[3].partition(":")[0]
+    for m in modules.values():
+        package = str(getattr(m, "target", "")).partition(":")[0]
+        if package and (target == package or target.startswith(package + ".")):
+            return True
+    return False
 
 
 def _enqueue(session: Session, job: Job, message: str) -> Job:

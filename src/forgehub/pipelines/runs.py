@@ -172,6 +172,21 @@ def _check_step(
             short = _short(COMPUTE.adapter_for(compute, ctx.box).capacity(), body.resources)
             if short:
                 errors.append({"loc": [*loc, "resources"], "msg": f"{body.compute}: {short}"})
+            from forgehub.jobs.submit import installed_function
+
+            if (
+                body.kind == "command"
+                and not ctx.policy.may_use_server(principal)
+                and not installed_function(body.command, ctx.modules)
+            ):
+                errors.append(
+                    {
+                        "loc": [*loc, step.kind],
+                        "msg": f"commands on {body.compute} (the server's machine) are for "
+                        "admins and the users they allow; run it on your workers, Slurm or Ray"
+                        + (" (or call a function of an installed module)" if step.function else ""),
+                    }
+                )
     except JobError as exc:
         errors.append({"loc": [*loc, "compute"], "msg": str(exc)})
     except Exception as exc:  # noqa: BLE001 - NotFound from the connection lookup
@@ -277,7 +292,9 @@ def job_body(
         )
     if step.kind == "command":
         return JobIn(kind="command", command=substitute(step.command, params), **common)
-    argv = ["{python}", "-m", "forgehub.pipelines.call", str(step.function), json.dumps(args)]
+    from forgehub.jobs.submit import FUNCTION_CALL
+
+    argv = [*FUNCTION_CALL, str(step.function), json.dumps(args)]
     return JobIn(kind="command", command=argv, **common)
 
 
