@@ -62,6 +62,21 @@ def _keys(url: str, bucket: str, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+@pytest.fixture
+def rgw(
+    server: Any,  # noqa: F811
+    tmp_path: Path,
+    ceph_s3: str,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> str:
+    """A connection ``rgw`` of the admin's to a bucket of this test's own; its name."""
+    monkeypatch.setenv("FORGEHUB_CACHE_DIR", str(tmp_path / "cache"))
+    bucket = f"{request.node.name[5:15].replace('_', '-')}-{os.getpid()}"
+    _add_s3("rgw", ceph_s3, bucket, monkeypatch)
+    return bucket
+
+
 def _add_s3(name: str, url: str, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3_SECRET", S3_SECRET)
     r = cli(
@@ -85,11 +100,9 @@ def test_push_and_pull_go_straight_to_s3_small_files_in_packs(
     server: Any,  # noqa: F811
     tmp_path: Path,
     ceph_s3: str,
-    monkeypatch: pytest.MonkeyPatch,
+    rgw: str,
 ) -> None:
-    monkeypatch.setenv("FORGEHUB_CACHE_DIR", str(tmp_path / "cache"))
-    bucket = f"direct-{os.getpid()}"
-    _add_s3("rgw", ceph_s3, bucket, monkeypatch)
+    bucket = rgw
     tree = _tree(tmp_path / "dataset", 600)
 
     since = _log_len(server)
@@ -139,12 +152,8 @@ def test_push_and_pull_go_straight_to_s3_small_files_in_packs(
 def test_the_server_records_only_what_the_store_holds_and_tells_nobody_else(
     server: Any,  # noqa: F811
     tmp_path: Path,
-    ceph_s3: str,
-    monkeypatch: pytest.MonkeyPatch,
+    rgw: str,
 ) -> None:
-    monkeypatch.setenv("FORGEHUB_CACHE_DIR", str(tmp_path / "cache"))
-    bucket = f"vouch-{os.getpid()}"
-    _add_s3("rgw", ceph_s3, bucket, monkeypatch)
     base = server.url + "/api/v1/artifacts"
     admin = {"Authorization": f"Bearer {server.admin_token}"}
     tree = tmp_path / "t"
@@ -235,11 +244,9 @@ def test_folders_stored_before_packs_still_pull_and_gc_frees_packs(
     server: Any,  # noqa: F811
     tmp_path: Path,
     ceph_s3: str,
-    monkeypatch: pytest.MonkeyPatch,
+    rgw: str,
 ) -> None:
-    monkeypatch.setenv("FORGEHUB_CACHE_DIR", str(tmp_path / "cache"))
-    bucket = f"old-{os.getpid()}"
-    _add_s3("rgw", ceph_s3, bucket, monkeypatch)
+    bucket = rgw
     tree = _tree(tmp_path / "old", 40)
     # every file its own blob, no layout: as folders were stored before packs
     store = make(

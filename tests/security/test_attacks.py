@@ -219,8 +219,14 @@ def test_pull_never_writes_outside_the_current_folder() -> None:
 def test_runner_keys_cannot_escape(world: World) -> None:
     job, token = claimed_job(world, world.bob, shared_workers=False)
     base = f"/api/v1/jobs/{job['id']}/runner/objects/{job['conn']}"
-    for key in ["../../secret.keys", "blobs/../../admin.token", "%2e%2e/admin.token", "x"]:
+    h = "ab" * 32  # a folder's layout (where its packed files are) that is not an input
+    keys = ["../../secret.keys", "blobs/../../admin.token", "%2e%2e/admin.token", "x"]
+    keys += [f"layouts/sha256/{h[:2]}/{h}", "layouts/../admin.token"]
+    for key in keys:
         r = world.as_(None, "GET", f"{base}/{key}", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (404, 422), (key, r.status_code)
+        ranged = {"Authorization": f"Bearer {token}", "Range": "bytes=0-10"}
+        r = world.as_(None, "GET", f"{base}/{key}", headers=ranged)
         assert r.status_code in (404, 422), (key, r.status_code)
         r = world.as_(
             None, "PUT", f"{base}/{key}", content=b"x", headers={"Authorization": f"Bearer {token}"}

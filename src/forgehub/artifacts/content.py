@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from forgehub.artifacts import packs
 from forgehub.artifacts.packs import (
     PACK_BELOW,
     PACK_SIZE,
@@ -261,23 +262,14 @@ def results(futures: list[Future[T]]) -> list[T]:
 def _push_pack(
     adapter: StorageAdapter, root: Path, members: list[ManifestEntry], progress: Progress
 ) -> tuple[int, Layout]:
-    """Store small files side by side in one pack; each is checked against its digest as it
-    is packed (a file that changed since it was hashed is refused, not stored)."""
-    buf = bytearray()
-    where: list[tuple[str, int, int]] = []
-    for e in members:
-        data = (root / e.path).read_bytes()
-        if hash_bytes(data) != e.digest:
-            raise _changed_while_pushed(root / e.path)
-        where.append((e.digest, len(buf), len(data)))
-        buf += data
-    pack = f"sha256:{hashlib.sha256(buf).hexdigest()}"
+    """Store small files side by side in one pack."""
+    pack, buf, where = packs.build(root, members)
     key = blob_key(pack)
     adapter.put(key, bytes(buf))
     if isinstance(adapter, LocalStorage):
         adapter.remember(key, pack)
     progress(len(buf))
-    return len(buf), {d: Packed(pack, o, n) for d, o, n in where}
+    return len(buf), where
 
 
 def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
@@ -391,16 +383,9 @@ def read_members(
 ) -> Iterator[tuple[str, bytes]]:
     """The bytes of some of a pack's files (one ranged read), each checked against its
     digest; ``members`` in offset order."""
-    lo = members[0][1].offset
-    hi = max(w.offset + w.size for _, w in members)
+    lo, hi = packs.span(members)
     data = b"".join(adapter.open(blob_key(pack), lo, hi - 1)) if hi > lo else b""
-    if len(data) != hi - lo:
-        raise IntegrityError(f"pack {pack} is shorter than its layout says")
-    for digest, w in members:
-        part = data[w.offset - lo : w.offset - lo + w.size]
-        if hash_bytes(part) != digest:
-            raise IntegrityError(f"corrupted download: {digest} in pack {pack} does not match")
-        yield digest, part
+    return packs.split(pack, data, members)
 
 
 def pull_to(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from forgehub.artifacts import packs
 from forgehub.artifacts.content import (
     WORKERS,
     ManifestEntry,
@@ -278,17 +279,9 @@ def push(
             return out
 
         def one_pack(members: list[ManifestEntry]) -> tuple[int, dict[str, Packed]]:
-            buf = bytearray()
-            where = []
-            for e in members:
-                data = (root / e.path).read_bytes()
-                if hash_bytes(data) != e.digest:
-                    raise IntegrityError(f"{e.path} changed while it was being pushed")
-                where.append((e.digest, len(buf), len(data)))
-                buf += data
-            pack = f"sha256:{hashlib.sha256(buf).hexdigest()}"
+            pack, buf, where = packs.build(root, members)
             t.put_bytes(grants([(pack, len(buf))])[pack], buf)
-            return len(buf), {d: Packed(pack, o, n) for d, o, n in where}
+            return len(buf), where
 
         big = grants([(e.digest, e.size) for e in large])
         jobs: list[Future[Any]] = [
@@ -313,20 +306,13 @@ def push(
             "kind": kind,
             "digest": digest,
             "manifest": manifest.decode() if manifest is not None else None,
-            "layout": _layout_doc(layout) if kind == "dir" and layout else None,
+            "layout": packs.layout_doc(layout) if kind == "dir" and layout else None,
             "filename": params.get("filename", ""),
             "name": params.get("name"),
             "tag": params.get("tag", "latest"),
         },
     )
     return art, sent
-
-
-def _layout_doc(layout: dict[str, Packed]) -> dict[str, Any]:
-    packs: dict[str, list[list[Any]]] = {}
-    for d, w in layout.items():
-        packs.setdefault(w.pack, []).append([d, w.offset, w.size])
-    return {"forgehub.layout": 1, "packs": packs}
 
 
 # -- pull ---------------------------------------------------------------------------------------
@@ -346,15 +332,11 @@ def pull(plan: dict[str, Any], dest: Path, progress: Progress = _noop) -> None:
         try:
 
             def unpack(pack: str, members: list[tuple[str, Packed]]) -> None:
-                lo = members[0][1].offset
-                hi = max(w.offset + w.size for _, w in members)
+                lo, hi = packs.span(members)
                 data = t.get_bytes(urls[pack], lo, hi) if hi > lo else b""
-                for d, w in members:
-                    part = data[w.offset - lo : w.offset - lo + w.size]
-                    if len(part) != w.size or hash_bytes(part) != d:
-                        raise IntegrityError(f"corrupted download: {d} in pack {pack}")
+                for d, part in packs.split(pack, data, members):
                     _write(staging / first[d].path, part, first[d].mode)
-                    progress(w.size)
+                    progress(len(part))
 
             jobs: list[Future[None]] = [
                 t.pool.submit(unpack, p, m) for p, m in by_pack(layout, set(first)).items()

@@ -16,9 +16,12 @@ existed, or by a client that does not pack) has every file as its own blob: it k
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from forgehub.storage.base import IntegrityError, InvalidKey, ObjectNotFound, StorageAdapter
 from forgehub.storage.blobstore import check_digest
@@ -45,12 +48,64 @@ def layout_key(manifest_digest: str) -> str:
     return f"layouts/sha256/{hexd[:2]}/{hexd}"
 
 
-def encode_layout(layout: Layout) -> bytes:
+def layout_doc(layout: Layout) -> dict[str, Any]:
+    """The layout as the JSON mapping stored (and sent with a direct commit)."""
     packs: dict[str, list[list[object]]] = {}
     for digest, where in sorted(layout.items(), key=lambda kv: (kv[1].pack, kv[1].offset)):
         packs.setdefault(where.pack, []).append([digest, where.offset, where.size])
-    doc = {"forgehub.layout": 1, "packs": packs}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return {"forgehub.layout": 1, "packs": packs}
+
+
+def encode_layout(layout: Layout) -> bytes:
+    return json.dumps(layout_doc(layout), sort_keys=True, separators=(",", ":")).encode()
+
+
+class Member(Protocol):
+    """A file to pack: its path under the root and its digest (a manifest entry)."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def digest(self) -> str: ...
+
+
+def build(root: Path, members: Sequence[Member]) -> tuple[str, bytearray, Layout]:
+    """A pack of these files of ``root``: its digest, its bytes and where each file is in it.
+    Each file is checked against its digest as it is read (a file that changed since it was
+    hashed is refused, never packed under the wrong name)."""
+    buf = bytearray()
+    where: list[tuple[str, int, int]] = []
+    for m in members:
+        data = (root / m.path).read_bytes()
+        if _digest(data) != m.digest:
+            raise IntegrityError(f"{m.path} changed while it was being pushed; push it again")
+        where.append((m.digest, len(buf), len(data)))
+        buf += data
+    pack = _digest(buf)
+    return pack, buf, {d: Packed(pack, o, n) for d, o, n in where}
+
+
+def split(pack: str, data: bytes, members: list[tuple[str, Packed]]) -> Iterator[tuple[str, bytes]]:
+    """The files ``members`` (in offset order) out of ``data``, the pack's bytes from the
+    first member's offset on; each checked against its digest."""
+    lo = members[0][1].offset
+    if len(data) < max(w.offset + w.size for _, w in members) - lo:
+        raise IntegrityError(f"pack {pack} is shorter than its layout says")
+    for digest, w in members:
+        part = data[w.offset - lo : w.offset - lo + w.size]
+        if _digest(part) != digest:
+            raise IntegrityError(f"corrupted download: {digest} in pack {pack} does not match")
+        yield digest, part
+
+
+def span(members: list[tuple[str, Packed]]) -> tuple[int, int]:
+    """The bytes [start, end) of a pack that hold ``members`` (in offset order)."""
+    return members[0][1].offset, max(w.offset + w.size for _, w in members)
+
+
+def _digest(data: bytes | bytearray) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 def decode_layout(data: bytes | str | dict[str, Any]) -> Layout:

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail, key_values
 from forgehub.client import error_for
 
 storage_app = typer.Typer(
@@ -65,22 +65,9 @@ def _progress() -> Progress:
 
 
 # -- storage --------------------------------------------------------------------------------
-def _parse_settings(pairs: list[str]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            config[key] = json.loads(value)
-        except ValueError:
-            config[key] = value
-    return config
-
-
 def connection_config(set_: list[str], secret: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` settings plus ``--secret KEY=ENVVAR`` secrets read from the env."""
-    config = _parse_settings(set_)
+    config = key_values(set_)
     for pair in secret:
         key, _, var = pair.partition("=")
         if var not in os.environ:

@@ -131,6 +131,20 @@ class Client:
         return self.request("DELETE", path, **kw)
 
 
+def key_values(pairs: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as a mapping; a VALUE that parses as JSON is that value."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            fail(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def unique_id(ids: list[str], prefix: str, what: str) -> str:
     """The one id among ``ids`` that starts with ``prefix`` (ids are typed short)."""
     if prefix in ids:

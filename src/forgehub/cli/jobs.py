@@ -12,8 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgehub.cli.artifacts import _parse_settings
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail, unique_id
+from forgehub.cli.client import (
+    Client,
+    ServerOpt,
+    TokenOpt,
+    exit_for,
+    fail,
+    key_values,
+    unique_id,
+)
 from forgehub.client import error_for
 
 job_app = typer.Typer(
@@ -83,7 +90,7 @@ def _job_body(
         "kind": kind,
         "module": name if source else module,
         "source": source,
-        "args": _parse_settings(args),
+        "args": key_values(args),
         "command": command or [],
         "inputs": data,
         "compute": compute,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail, key_values
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -45,19 +45,6 @@ def _definition(path: Path) -> str:
         return path.read_text()
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}")
-
-
-def _params(pairs: list[str]) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            fail(f"--set expects NAME=VALUE, got {pair!r}")
-        try:
-            params[key] = json.loads(value)
-        except ValueError:
-            params[key] = value
-    return params
 
 
 def _steps(pairs: list[str]) -> dict[str, Any]:
@@ -131,7 +118,7 @@ def validate(
     """Check a pipeline as a whole, against the server (nothing runs)."""
     body = {
         "definition": _definition(file),
-        "params": _params(set_),
+        "params": key_values(set_),
         "on": on,
         "store": store,
         "steps": _steps(step),
@@ -157,7 +144,7 @@ def run(
     if (file is None) == (name is None):
         fail("give a pipeline file or --name of a saved one")
     body: dict[str, Any] = {
-        "params": _params(set_),
+        "params": key_values(set_),
         "on": on,
         "store": store,
         "steps": _steps(step),
@@ -239,7 +226,7 @@ def resume(
 ) -> None:
     """Run a failed or cancelled run's failed steps again (and what waits for them)."""
     c = Client(server, token)
-    body = {"params": _params(set_), "on": on, "store": store, "steps": _steps(step)}
+    body = {"params": key_values(set_), "on": on, "store": store, "steps": _steps(step)}
     r = c.post(f"/api/v1/pipeline-runs/{run_id}/resume", json=body)
     if detach:
         out.print(r["id"])

@@ -52,7 +52,6 @@ from forgehub.pipelines.definition import (
 OK = ("succeeded", "cached")
 ENDED = ("succeeded", "cached", "failed", "cancelled")
 ACTIVE_RUNS = ("running", "cancelling")
-PLACEHOLDER = "sha256:" + "0" * 64  # an upstream output, while only validating
 
 
 @dataclass
@@ -101,17 +100,19 @@ def validate(
     """Everything that needs the server, for every step, before anything runs: its module
     exists, its compute and storage are usable, its artifacts resolve, its resources fit.
     Raises :class:`DefinitionError` naming each step and field."""
-    errors: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = [
+        {"loc": ["steps", name], "msg": f"no step {name!r}"}
+        for name in options.get("steps", {})
+        if name not in d.steps
+    ]
     for name in order(d):
         step = d.steps[name]
-        inputs = {}
         for field, value in step.inputs.items():
             target = _input_ref(value, params)
             if target is None:  # another step's output: not there yet
-                inputs[field] = PLACEHOLDER
                 continue
             try:
-                inputs[field] = records.resolve(session, principal, target).digest
+                records.resolve(session, principal, target)
             except records.NoSuchArtifact:
                 errors.append(
                     {"loc": ["steps", name, "inputs", field], "msg": f"no artifact {target!r}"}
@@ -230,9 +231,6 @@ def start(
     ctx: Context,
 ) -> PipelineRun:
     params = params_of(d, params)
-    for name in options.get("steps", {}):
-        if name not in d.steps:
-            raise DefinitionError([{"loc": ["steps", name], "msg": f"no step {name!r}"}])
     validate(session, principal, d, params, options, ctx)
     p = save(session, principal, d)
     run = PipelineRun(
