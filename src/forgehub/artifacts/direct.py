@@ -42,6 +42,10 @@ Call = Callable[..., Any]  # (path, json=...) -> the API's JSON answer (the CLI'
 Progress = Callable[[int], None]
 GRANTS_PER_CALL = 1000
 PART = 16 << 20  # a large file is read in parts of this size, in parallel
+# A download is written in blocks of this size: with many parts writing one file, 1 MB
+# writes hold the file's lock long enough to stall the others (a 1 GB pull from RGW spent
+# ~2 s of system time that way; 64 KB blocks: ~0.7 s, s5cmd ~0.7 s with 32 KB).
+RECV = 64 << 10
 
 
 def _noop(_n: int) -> None:
@@ -180,16 +184,19 @@ class Transfers:
                     end = min(size, start + PART)
                     headers = {"Range": f"bytes={start}-{end - 1}"} if size else {}
                     r = self.request("GET", url, headers=headers)
-                    buf = bytearray(CHUNK)
+                    buf = bytearray(RECV)
                     view = memoryview(buf)
-                    at = start
+                    at = reported = start
                     try:
                         while k := r.readinto(buf):
                             os.pwrite(fd, view[:k], at)
                             at += k
-                            self.progress(k)
+                            if at - reported >= CHUNK:  # progress in 1 MB steps
+                                self.progress(at - reported)
+                                reported = at
                     except (OSError, http.client.HTTPException) as exc:
                         raise Unavailable(f"download broke off: {exc}") from exc
+                    self.progress(at - reported)
                     if at != end:
                         raise IntegrityError(f"{digest}: got {at - start} of {end - start} bytes")
                     done[n].set()
