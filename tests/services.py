@@ -603,3 +603,119 @@ class SSHD:
         if hasattr(self, "proc"):
             stop_pid(self.proc.pid)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+OIDC_DIR = Path(__file__).resolve().parent / "oidc"
+OIDC_WEB = ("forgehub-web", "web-secret-for-tests")
+OIDC_CLI = "forgehub-cli"
+OIDC_AUDIENCE = "forgehub-api"
+
+
+def rsa_jwk(kid: str) -> dict[str, Any]:
+    """A new RSA signing key as a private JWK (the provider's; tests may sign with it too)."""
+    import json as _json
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk: dict[str, Any] = _json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key))
+    return {**jwk, "kid": kid, "use": "sig", "alg": "RS256"}
+
+
+class OidcProvider:
+    """A real OpenID Provider: the `oidc-provider` package (npm) run by Node, with forgehub's
+    dashboard client (confidential, code flow + PKCE), its CLI client (public, device flow,
+    JWT access tokens for forgehub's API) and ``users`` (sub → claims, groups included)."""
+
+    def __init__(
+        self,
+        users: dict[str, dict[str, Any]],
+        redirect_uris: list[str],
+        keys: list[dict[str, Any]] | None = None,
+        access_token_ttl: int = 600,
+    ) -> None:
+        self.node = shutil.which("node")
+        if self.node is None or not (OIDC_DIR / "node_modules" / "oidc-provider").exists():
+            missing("the OpenID provider (node and tests/oidc/node_modules: `make services`)")
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-oidc-"))
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.keys = keys or [rsa_jwk("k1")]
+        self.users = users
+        self.redirect_uris = redirect_uris
+        self.access_token_ttl = access_token_ttl
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "port": self.port,
+            "jwks": {"keys": self.keys},
+            "users": self.users,
+            "audience": OIDC_AUDIENCE,
+            "api_resource": "https://forgehub.test/api",
+            "api_clients": [OIDC_CLI],
+            "access_token_ttl": self.access_token_ttl,
+            "clients": [
+                {
+                    "client_id": OIDC_WEB[0],
+                    "client_secret": OIDC_WEB[1],
+                    "redirect_uris": self.redirect_uris,
+                    "grant_types": ["authorization_code", "refresh_token"],
+                    "response_types": ["code"],
+                },
+                {
+                    "client_id": OIDC_CLI,
+                    "token_endpoint_auth_method": "none",
+                    "grant_types": [
+                        "urn:ietf:params:oauth:grant-type:device_code",
+                        "refresh_token",
+                    ],
+                    "response_types": [],
+                    "redirect_uris": [],
+                },
+            ],
+        }
+
+    def start(self) -> str:
+        import json as _json
+
+        cfg = self.dir / "config.json"
+        cfg.write_text(_json.dumps(self.config()))
+        cfg.chmod(0o600)
+        self.log = open(self.dir / "log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(self.node), str(OIDC_DIR / "provider.mjs"), str(cfg)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=OIDC_DIR,
+        )
+        wait_port(self.port, 30, self.proc)
+        return self.issuer
+
+    def restart(self, keys: list[dict[str, Any]]) -> None:
+        """Stop and start again with these signing keys (the first signs): a key rotation."""
+        stop_pid(self.proc.pid)
+        self.log.close()
+        self.keys = keys
+        self.start()
+
+    def provider_config(self, **extra: Any) -> dict[str, Any]:
+        """forgehub's ``oidc`` entry for this provider."""
+        return {
+            "name": "testid",
+            "issuer": self.issuer,
+            "client_id": OIDC_WEB[0],
+            "client_secret": OIDC_WEB[1],
+            "cli_client_id": OIDC_CLI,
+            "audience": [OIDC_AUDIENCE, OIDC_WEB[0]],
+            "scopes": "openid profile email groups",
+            "cli_scopes": "openid profile email groups offline_access",
+            **extra,
+        }
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            stop_pid(self.proc.pid)
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -44,6 +44,14 @@ class AuthError(Exception):
     """Authentication failed; the message is safe to show."""
 
 
+class ProviderError(AuthError):
+    """An OpenID provider could not be reached or answered nonsense: not the caller's fault."""
+
+
+class AwaitingApproval(AuthError):
+    """The user exists but an admin has not approved them yet."""
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -115,6 +123,8 @@ def authenticate(session: Session, value: str) -> Principal:
     if token.last_used_at is None or now - token.last_used_at > timedelta(minutes=1):
         token.last_used_at = now
     user = token.user
+    if not user.active:
+        raise AwaitingApproval(f"the account {user.name!r} is not approved (or was suspended)")
     return Principal(user_id=user.id, name=user.name, role=user.role, token_id=token.id)
 
 

@@ -6,6 +6,7 @@ used by ``forgehub config show`` and the README's configuration table.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -20,6 +21,58 @@ LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 
 class ConfigError(ValueError):
     """The configuration cannot be used; the message says which key and why."""
+
+
+class OidcProvider(BaseModel):
+    """An OpenID Connect provider people sign in with (EGI Check-in, INDIGO IAM, Keycloak, …)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9-]{0,31}$", description="Short name, used in URLs and the CLI."
+    )
+    issuer: str = Field(description="Issuer URL; its /.well-known/openid-configuration is read.")
+    client_id: str = Field(description="The dashboard's client (confidential, code flow + PKCE).")
+    client_secret: SecretStr | None = Field(
+        default=None, description="Its secret (also used for token introspection)."
+    )
+    cli_client_id: str | None = Field(
+        default=None,
+        description="A public client with the device flow for `forgehub login --provider`.",
+    )
+    audience: list[str] = Field(
+        default_factory=list,
+        description="'aud' values accepted in access tokens (default: the client ids).",
+    )
+    scopes: str = Field(default="openid profile email", description="Scopes the dashboard asks.")
+    cli_scopes: str = Field(
+        default="openid profile email offline_access", description="Scopes the CLI asks."
+    )
+    groups_claim: str = Field(
+        default="groups",
+        description="Claim listing the user's groups (groups, eduperson_entitlement, …).",
+    )
+    admin_groups: list[str] = Field(
+        default_factory=list,
+        description="Members of these groups are forgehub admins (and only they, for this "
+        "provider's users).",
+    )
+    require_approval: bool = Field(
+        default=False, description="New users wait for an admin (`forgehub user approve`)."
+    )
+    label: str = Field(default="", description="Button text on the sign-in page.")
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, v: str) -> str:
+        u = urlsplit(v)
+        if u.scheme != "https" and not (u.scheme == "http" and u.hostname in LOOPBACK_HOSTS):
+            raise ValueError("must be an https URL (http only on loopback, for tests)")
+        return v.rstrip("/")
+
+    @property
+    def accepted_audience(self) -> list[str]:
+        return self.audience or [c for c in (self.client_id, self.cli_client_id) if c]
 
 
 def default_data_dir() -> Path:
@@ -150,6 +203,11 @@ class Settings(BaseModel):
         description="Networks users' storage and compute connections may not point at (admins "
         "are exempt); default: loopback and link-local.",
     )
+    oidc: list[OidcProvider] = Field(
+        default_factory=list,
+        description="OpenID Connect providers ([[oidc]] tables in the config file, a JSON list "
+        "in FORGEHUB_OIDC); see docs/users.md.",
+    )
     log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
     modules: list[str] = Field(
         default_factory=list,
@@ -205,6 +263,8 @@ class Settings(BaseModel):
                 value = mask_url(value.get_secret_value()) if value.get_secret_value() else None
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+                value = [v.model_dump(mode="json") for v in value]  # secrets come out masked
             out[name] = value
         out["database_url"] = out["database_url"] or mask_url(self.db_url)
         return out
@@ -230,6 +290,11 @@ def _env_values(environ: dict[str, str]) -> dict[str, Any]:
             raw = environ[key]
             if field.annotation in (list[str], list[Path]):
                 out[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            elif field.annotation == list[OidcProvider]:
+                try:
+                    out[name] = json.loads(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{key} must be a JSON list: {exc}") from exc
             else:
                 out[name] = raw
     return out

@@ -51,26 +51,44 @@ def login_file() -> Path:
     return Path(base) / "forgehub" / "login.json"
 
 
-def saved_login() -> dict[str, str]:
-    """What ``forgehub login`` saved: ``{"server": …, "token": …}`` (empty if nothing)."""
+def saved_login() -> dict[str, Any]:
+    """What ``forgehub login`` saved: ``{"server": …, "token": …}`` and, after a sign-in with
+    a provider, its refresh token and where to use it (empty if nothing)."""
     try:
         data = json.loads(login_file().read_text())
     except (OSError, ValueError):
         return {}
-    return (
-        {k: str(v) for k, v in data.items() if k in ("server", "token")}
-        if isinstance(data, dict)
-        else {}
-    )
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str):
+        return {}
+    return {**data, "server": str(data.get("server") or "")}
 
 
-def save_login(server: str, token: str) -> Path:
+def save_login(server: str, token: str, **extra: Any) -> Path:
+    """Save the login (mode 0600 from the start); ``extra``: a provider's refresh details."""
     from forgehub.auth import write_secret_file
 
     path = login_file()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_secret_file(path, json.dumps({"server": server, "token": token}))
+    write_secret_file(path, json.dumps({**extra, "server": server, "token": token}))
     return path
+
+
+def _login_token(login: dict[str, Any]) -> str | None:
+    """The saved token; a provider's access token is refreshed when it is about to expire."""
+    if login.get("refresh_token"):
+        import time
+
+        from forgehub.cli.oidc import REFRESH_AHEAD_S
+
+        if float(login.get("expires_at") or 0) - time.time() < REFRESH_AHEAD_S:
+            from forgehub.cli.oidc import fresh
+
+            renewed = fresh(login)
+            if renewed is not None:
+                save_login(**renewed)
+                return str(renewed["token"])
+    token = login.get("token")
+    return str(token) if token else None
 
 
 def read_token_file(path: Path) -> str:
@@ -97,7 +115,7 @@ class Client:
         self.token = (
             token
             or os.environ.get("FORGEHUB_TOKEN")
-            or (login.get("token") if login.get("server", "").rstrip("/") == self.server else None)
+            or (_login_token(login) if login.get("server", "").rstrip("/") == self.server else None)
             or self._local_token(local)
         )
         self.api = ApiClient(self.server, self.token, timeout=60.0)

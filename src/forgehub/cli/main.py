@@ -272,6 +272,13 @@ def user_create(
         out.print(f"token (shown once): {t['token']}")
 
 
+@user_app.command("approve")
+def user_approve(name: str, server: str = ServerOpt, api_token: str = TokenOpt) -> None:
+    """Let in a user who signed in with a provider that requires approval."""
+    u = Client(server, api_token).post(f"/api/v1/users/{name}/approve")
+    out.print(f"approved {u['name']}")
+
+
 @user_app.command("ls")
 def user_ls(
     server: str = ServerOpt,
@@ -285,7 +292,8 @@ def user_ls(
         return
     table = Table("name", "role", "id", "created")
     for u in users:
-        table.add_row(u["name"], u["role"], u["id"], _when(u["created_at"]))
+        role = u["role"] if u.get("active", True) else f"{u['role']} (awaiting approval)"
+        table.add_row(u["name"], role, u["id"], _when(u["created_at"]))
     out.print(table)
 
 
@@ -350,15 +358,30 @@ def login(
     token_file: Path = typer.Option(
         None, "--token-file", help="Read the token from this file instead of asking."
     ),
+    provider: str = typer.Option(
+        None,
+        "--provider",
+        help="Sign in with this OpenID provider of the server (the device flow: open the "
+        "link it prints, confirm the code); the tokens are refreshed on their own.",
+    ),
 ) -> None:
     """Sign in: save a server and an API token (mode 0600) for the CLI and the worker.
 
-    The token is checked first; afterwards no token has to go on a command line."""
+    The token is checked first; afterwards no token has to go on a command line. With
+    --provider, sign in with your institution instead (`forgehub login --provider NAME`)."""
     import getpass
 
     from forgehub.cli.client import DEFAULT_URL, read_token_file, save_login
 
     url = (server or DEFAULT_URL).rstrip("/")
+    if provider is not None:
+        from forgehub.cli.oidc import device_login
+
+        saved = device_login(url, provider)
+        me = Client(url, saved["token"]).get("/api/v1/users/me")
+        path = save_login(**saved)
+        out.print(f"signed in to {url} as {me['name']} with {provider}; saved to {path}")
+        return
     if token_file is not None:
         value = read_token_file(token_file)
     elif sys.stdin.isatty():

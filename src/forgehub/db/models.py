@@ -70,6 +70,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[Role] = mapped_column(Enum(Role, native_enum=False, length=16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # False while a user who signed in with a provider that requires approval waits for it
+    active: Mapped[bool] = mapped_column(default=True)
 
     tokens: Mapped[list[Token]] = relationship(back_populates="user", cascade="all, delete")
 
@@ -92,6 +94,47 @@ class Token(Base):
     parent_id: Mapped[str | None] = mapped_column(String(32), default=None, index=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Identity(Base):
+    """How a user signs in with an OpenID provider. Users are matched by issuer and subject,
+    never by e-mail (an address can change hands; two providers may both vouch for one)."""
+
+    __tablename__ = "identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    issuer: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str] = mapped_column(String(255))
+    email: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Group(Base):
+    """A group of users: from a provider's groups claim, or made in forgehub."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GroupMember(Base):
+    """Membership; ``source`` says who manages it: ``local`` (forgehub) or ``oidc:<provider>``
+    (replaced by the provider's claim at each sign-in and token)."""
+
+    __tablename__ = "group_members"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    source: Mapped[str] = mapped_column(String(64), default="local")
 
 
 class Training(Base):

@@ -100,6 +100,7 @@ for _name, _res, _rule, _doc in [
     ("token.create_for", "server", "admin", "create a token for another user"),
     ("user.read", "user", "owner", "see a user"),
     ("user.create", "server", "admin", "create users"),
+    ("user.approve", "server", "admin", "let in a user who waits for approval"),
     ("connection.read", "connection", "owner", "see a connection (secrets masked)"),
     ("connection.delete", "connection", "owner", "remove a connection"),
     ("connection.use", "connection", "owner_only", "store to, run on or test a connection"),

@@ -37,6 +37,7 @@ from forgehub.server.routers import (
     jobs,
     pipelines,
     runner,
+    signin,
     storage,
     tokens,
     users,
@@ -116,6 +117,11 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
             app.state.platform = platform
             for name in ("db", "blobs", "secrets", "policy", "local_principal"):
                 setattr(app.state, name, getattr(platform, name))
+            if settings.oidc:
+                from forgehub.identity.oidc import Registry
+
+                app.state.oidc = Registry(settings.oidc)
+                stack.callback(app.state.oidc.close)
             await stack.enter_async_context(_model_api_running(app))
             await stack.enter_async_context(_jobs_running(app, settings))
             stack.push_async_callback(_close_proxy, app)
@@ -138,6 +144,7 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
     )
     app.state.settings = settings
     app.state.local_principal = None
+    app.state.oidc = None  # OpenID providers (identity.oidc.Registry), when configured
     app.state.tunnels = {}  # service job id → its runner's reverse tunnel
     errors.install(app)
     docs.install(app, "/api/v1/openapi.json", "/api/v1/docs")
@@ -161,6 +168,7 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(users.router)
+    api.include_router(signin.router)
     api.include_router(tokens.router)
     api.include_router(catalog.router)
     api.include_router(blobs.router)

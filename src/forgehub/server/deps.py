@@ -8,7 +8,14 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from forgehub.auth import AuthError, Principal, authenticate
+from forgehub.auth import (
+    TOKEN_PREFIX,
+    AuthError,
+    AwaitingApproval,
+    Principal,
+    ProviderError,
+    authenticate,
+)
 from forgehub.db import Database
 from forgehub.db.models import Role
 from forgehub.identity.sessions import SAFE_METHODS, SESSION_COOKIE, csrf_ok
@@ -53,11 +60,24 @@ def principal_from_request(request: Request, check_csrf: bool = True) -> Princip
             and not csrf_ok(request, request.headers.get("x-csrf-token"))
         ):
             raise HTTPException(403, "missing or wrong CSRF token (X-CSRF-Token header)")
+    return authenticate_value(request, value)
+
+
+def authenticate_value(request: Request, value: str) -> Principal:
+    """A forgehub token (``fh_…``), or an access token of a configured OpenID provider."""
+    oidc = request.app.state.oidc
     with get_db(request).session() as s:
         try:
+            if oidc and not value.startswith(TOKEN_PREFIX):
+                return oidc.authenticate(s, value)
             return authenticate(s, value)
+        except AwaitingApproval as exc:
+            waiting = exc  # caught inside: a new user stays recorded for an admin to approve
+        except ProviderError as exc:
+            raise HTTPException(503, str(exc)) from exc
         except AuthError as exc:
             raise HTTPException(401, f"invalid token: {exc}", headers=CHALLENGE) from exc
+    raise HTTPException(403, str(waiting))
 
 
 def current_principal(request: Request) -> Principal:

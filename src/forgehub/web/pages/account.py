@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import secrets
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -48,6 +50,7 @@ def _login_page(
         admin_hint=hint,
         error=error,
         login_csrf=token,
+        providers=[(p.name, p.label or f"Sign in with {p.name}") for p in settings.oidc],
     )
     if not csrf_token(request):
         set_csrf(resp, token, secure=request.url.scheme == "https")
@@ -57,6 +60,113 @@ def _login_page(
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = "/") -> Response:
     return _login_page(request, next)
+
+
+def _signed_in(request: Request, user_id: str, parent_id: str | None, next: str) -> Response:
+    """A dashboard session for the user (a short-lived token of its own in the cookie)."""
+    from forgehub.identity.sessions import SESSION_TTL
+
+    with request.app.state.db.session() as s:
+        u = s.get(User, user_id)
+        assert u is not None
+        _, session_token = create_token(s, u, "dashboard session", SESSION_TTL, parent_id=parent_id)
+    resp = RedirectResponse(_safe_next(next), status_code=303)
+    set_session(resp, session_token, secure=request.url.scheme == "https")
+    return resp
+
+
+OIDC_COOKIE = "forgehub_oidc"
+OIDC_PENDING_S = 600
+
+
+def _callback_url(request: Request, name: str) -> str:
+    return str(request.url_for("oidc_callback", name=name))
+
+
+@router.get("/login/oidc/{name}")
+def oidc_start(request: Request, name: str, next: str = "/") -> Response:
+    """Send the browser to the provider (authorization code flow with PKCE). What the
+    callback checks (state, nonce, the PKCE verifier) travels in an encrypted, HttpOnly
+    cookie bound to this browser."""
+    registry = request.app.state.oidc
+    provider = registry.get(name) if registry else None
+    if provider is None:
+        return _login_page(request, next, 404, f"There is no sign-in provider named {name!r}.")
+    from forgehub.auth import ProviderError
+
+    try:
+        url, pending = provider.authorization_url(_callback_url(request, name))
+    except ProviderError as exc:
+        return _login_page(request, next, 503, f"{exc}.")
+    sealed = request.app.state.secrets.seal(
+        {**pending, "provider": name, "next": _safe_next(next), "at": time.time()}
+    )
+    resp = RedirectResponse(url, status_code=303)
+    resp.set_cookie(
+        OIDC_COOKIE,
+        sealed,
+        max_age=OIDC_PENDING_S,
+        httponly=True,
+        samesite="lax",  # it must come back on the provider's redirect (a top-level GET)
+        secure=request.url.scheme == "https",
+        path="/login/oidc",
+    )
+    return resp
+
+
+@router.get("/login/oidc/{name}/callback", name="oidc_callback")
+def oidc_callback(
+    request: Request,
+    name: str,
+    code: str = "",
+    state: str = "",
+    error: str = "",
+    error_description: str = "",
+) -> Response:
+    from forgehub.auth import AuthError, AwaitingApproval
+    from forgehub.identity.oidc import link_user
+    from forgehub.secrets import SecretsError
+
+    registry = request.app.state.oidc
+    provider = registry.get(name) if registry else None
+    try:
+        pending = request.app.state.secrets.open(request.cookies.get(OIDC_COOKIE))
+    except SecretsError:
+        pending = {}
+    next = str(pending.get("next") or "/")
+    if error:
+        why = error_description or error
+        return _done(_login_page(request, next, 401, f"The provider did not sign you in: {why}."))
+    if (
+        provider is None
+        or pending.get("provider") != name
+        or not state
+        or not hmac.compare_digest(str(pending.get("state", "")), state)
+        or time.time() - float(pending.get("at", 0)) > OIDC_PENDING_S
+    ):
+        return _done(
+            _login_page(
+                request, next, 400, "That sign-in expired or did not start here; try again."
+            )
+        )
+    waiting: AuthError | None = None
+    try:
+        claims = provider.finish(code, _callback_url(request, name), pending)
+        with request.app.state.db.session() as s:
+            try:
+                user_id = link_user(s, claims).id
+            except AwaitingApproval as exc:  # caught inside: the new user stays recorded
+                waiting = exc
+    except AuthError as exc:
+        return _done(_login_page(request, next, 403, f"Sign-in refused: {exc}."))
+    if waiting is not None:
+        return _done(_login_page(request, next, 403, f"Signed in, but {waiting}."))
+    return _done(_signed_in(request, user_id, None, next))
+
+
+def _done(resp: Response) -> Response:
+    resp.delete_cookie(OIDC_COOKIE, path="/login/oidc")  # one sign-in per start
+    return resp
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -71,16 +181,7 @@ def login(
             principal = authenticate(s, token.strip())
         except AuthError as exc:
             return _login_page(request, next, 401, f"That token did not work: {exc}.")
-        u = s.get(User, principal.user_id)
-        assert u is not None
-        from forgehub.identity.sessions import SESSION_TTL
-
-        _, session_token = create_token(
-            s, u, "dashboard session", SESSION_TTL, parent_id=principal.token_id
-        )
-    resp = RedirectResponse(_safe_next(next), status_code=303)
-    set_session(resp, session_token, secure=request.url.scheme == "https")
-    return resp
+    return _signed_in(request, principal.user_id, principal.token_id, next)
 
 
 @router.post("/logout")
