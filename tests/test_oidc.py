@@ -428,3 +428,115 @@ def test_new_users_wait_for_approval_when_the_provider_requires_it(tmp_path: Pat
     finally:
         server.stop()
         provider.stop()
+
+
+# -- the whole story -----------------------------------------------------------------------------
+def test_a_new_user_signs_in_trains_on_group_storage_and_meets_the_quota(
+    env: Env, webdav_url: str
+) -> None:
+    """Bob signs in with the provider for the first time, lands in 'physics', trains with the
+    storage alice shares with the group without ever seeing its password, and is stopped by
+    the group's quota with a message that names it."""
+    import io
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from tests.services import WEBDAV_PASSWORD, WEBDAV_USER
+
+    alice = {
+        "Authorization": "Bearer " + provider_tokens(env, "alice-sub", API_RESOURCE)["access_token"]
+    }
+    # carol is new to forgehub: her first token creates her, in her provider groups
+    users = json.loads(json.dumps(env.provider.users))
+    users["carol-sub"] = {"preferred_username": "carol", "groups": ["physics"]}
+    env.provider.users = users
+    env.provider.restart(env.provider.keys)
+    try:
+        carol_token = provider_tokens(env, "carol-sub", API_RESOURCE)["access_token"]
+    finally:
+        env.provider.users = json.loads(json.dumps(USERS))
+        env.provider.restart(env.provider.keys)
+    carol = {"Authorization": f"Bearer {carol_token}"}
+    me = httpx.get(f"{env.url}/api/v1/users/me", headers=carol).json()
+    assert me["name"] == "carol" and me["groups"] == ["physics"], me
+
+    with httpx.Client(base_url=env.url, timeout=60) as api:
+        r = api.post(
+            "/api/v1/storage/connections",
+            headers=alice,
+            json={
+                "name": "group-dav",
+                "kind": "webdav",
+                "config": {
+                    "url": f"{webdav_url}/physics-{secrets.token_hex(4)}",
+                    "username": WEBDAV_USER,
+                    "password": WEBDAV_PASSWORD,
+                },
+            },
+        )
+        assert r.status_code == 201, r.text
+        r = api.put(
+            "/api/v1/shares/storage/group-dav",
+            headers=alice,
+            json={"group": "physics", "role": "use"},
+        )
+        assert r.status_code == 200, r.text
+        listed = api.get("/api/v1/storage/connections", headers=carol).json()
+        assert "alice/group-dav" in {c["ref"] for c in listed}
+        assert WEBDAV_PASSWORD not in json.dumps(listed)
+
+        d = load_digits()
+        buf = io.BytesIO()
+        np.savez(buf, X=d.data[:300], y=d.target[:300])
+        r = api.post(
+            "/api/v1/artifacts",
+            headers=carol,
+            params={"filename": "digits.npz", "name": "digits", "connection": "alice/group-dav"},
+            content=buf.getvalue(),
+        )
+        assert r.status_code == 201, r.text
+        r = api.post(
+            "/api/v1/jobs",
+            headers=carol,
+            json={
+                "module": "digits",
+                "args": {"epochs": 2},
+                "inputs": {"dataset": "digits"},
+                "storage": "alice/group-dav",
+            },
+        )
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 120
+        while (j := api.get(f"/api/v1/jobs/{job_id}", headers=carol).json())["state"] not in (
+            "succeeded",
+            "failed",
+            "cancelled",
+        ):
+            assert time.monotonic() < deadline, j
+            time.sleep(0.2)
+        assert j["state"] == "succeeded", j
+        logs = api.get(f"/api/v1/jobs/{job_id}/logs", headers=carol).text
+        assert WEBDAV_PASSWORD not in json.dumps(j) and WEBDAV_PASSWORD not in logs
+        out = api.get(f"/api/v1/artifacts/{j['result']['output']['digest']}", headers=carol)
+        assert out.status_code == 200, out.text
+        # the weights landed on the group's store (through the server, with alice's password)
+        assert out.json()["locations"] == [{"connection": "group-dav", "kind": "webdav"}]
+
+        # the group may hold one job at a time: a queued one on a compute nobody serves
+        admin = {"Authorization": f"Bearer {env.server.admin_token}"}
+        r = api.put("/api/v1/quotas/group/physics", headers=admin, json={"running_jobs": 1})
+        assert r.status_code == 200, r.text
+        try:
+            body = {"module": "digits", "compute": "workers", "storage": "alice/group-dav"}
+            api.post("/api/v1/workers", headers=carol, json={"name": "carol-pc"})
+            first = api.post("/api/v1/jobs", headers=carol, json=body)
+            assert first.status_code == 201, first.text
+            r = api.post("/api/v1/jobs", headers=carol, json=body)
+            assert r.status_code == 403, r.text
+            assert "group 'physics'" in r.json()["detail"]
+            assert "running_jobs" in r.json()["detail"]
+            api.post(f"/api/v1/jobs/{first.json()['id']}/cancel", headers=carol)
+        finally:
+            api.put("/api/v1/quotas/group/physics", headers=admin, json={})

@@ -17,7 +17,7 @@ from typing import TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from forgehub.db.models import Role, Token, User, utcnow
+from forgehub.db.models import GroupMember, Role, Token, User, utcnow
 
 TOKEN_PREFIX = "fh_"
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{1,63}$")
@@ -34,6 +34,7 @@ class Principal:
     role: Role
     token_id: str | None = None
     job_id: str | None = None
+    groups: frozenset[str] = frozenset()  # ids of the groups the user is a member of
 
     @property
     def is_admin(self) -> bool:
@@ -125,7 +126,20 @@ def authenticate(session: Session, value: str) -> Principal:
     user = token.user
     if not user.active:
         raise AwaitingApproval(f"the account {user.name!r} is not approved (or was suspended)")
-    return Principal(user_id=user.id, name=user.name, role=user.role, token_id=token.id)
+    return Principal(
+        user_id=user.id,
+        name=user.name,
+        role=user.role,
+        token_id=token.id,
+        groups=group_ids(session, user.id),
+    )
+
+
+def group_ids(session: Session, user_id: str) -> frozenset[str]:
+    """The groups ``user_id`` is a member of, as of now (a removed member is out at once)."""
+    return frozenset(
+        session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id))
+    )
 
 
 def write_secret_file(path: Path, content: str) -> None:

@@ -85,6 +85,30 @@ class Family(Generic[C]):
         stmt = select(model).where(model.owner_id == owner_id).order_by(model.name)
         return list(session.scalars(stmt))
 
+    def listed(self, session: Session, principal: Principal) -> list[dict[str, Any]]:
+        """The caller's connections, then those their groups share with them (named
+        ``owner/name``, which is how jobs and pushes refer to them), secrets masked."""
+        from forgehub.db.models import User
+
+        model: Any = self.model
+        mine = [self.out(c) for c in self.owned(session, principal.user_id)]
+        if not principal.groups or principal.is_admin:  # admins: their own, as before
+            return mine
+        stmt = authz.visible(
+            select(model, User.name)
+            .join(User, User.id == model.owner_id)
+            .where(model.owner_id != principal.user_id)
+            .order_by(User.name, model.name),
+            model,
+            principal,
+            "connection.read",
+        )
+        shared = [
+            {**self.out(c), "ref": f"{owner}/{c.name}", "owner": owner}
+            for c, owner in session.execute(stmt)
+        ]
+        return mine + shared
+
     def adapter_for(self, conn: Any, box: SecretBox) -> Any:
         cls = self.adapter_class(conn.kind)
         return cls(cls.Config.model_validate({**conn.config, **box.open(conn.secrets)}))
@@ -130,8 +154,18 @@ class Family(Generic[C]):
         return conn  # type: ignore[no-any-return,unused-ignore]
 
     def find(self, session: Session, principal: Principal, name_or_id: str) -> C:
+        """By id, by your own name, or ``owner/name`` (one shared with your group)."""
         model: Any = self.model
         conn = session.get(model, name_or_id)
+        if conn is None and "/" in name_or_id:
+            from forgehub.db.models import User
+
+            owner, _, name = name_or_id.partition("/")
+            conn = session.scalar(
+                select(model)
+                .join(User, User.id == model.owner_id)
+                .where(User.name == owner, model.name == name)
+            )
         if conn is None or not authz.can(principal, "connection.read", conn):
             conn = session.scalar(
                 select(model).where(model.owner_id == principal.user_id, model.name == name_or_id)
@@ -147,6 +181,7 @@ class Family(Generic[C]):
         return {
             "id": conn.id,
             "name": conn.name,
+            "ref": conn.name,
             "kind": conn.kind,
             "config": config,
             "default": conn.is_default,

@@ -3,6 +3,7 @@ describe a page of them. Used by the API, the dashboard and the jobs that produc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,31 +25,35 @@ from forgehub.errors import NotFound
 from forgehub.identity import authz
 from forgehub.storage.blobstore import DIGEST_RE
 
+ID_RE = re.compile(r"^[0-9a-f]{32}$")
+
 
 class NoSuchArtifact(NotFound):
     """No artifact by that reference that the caller may see; the message is safe to show."""
 
 
 def resolve(session: Session, principal: Principal, ref: str) -> Artifact:
-    """``sha256:<hex>``, ``name``, ``name:tag`` or ``owner/name:tag``."""
+    """``sha256:<hex>``, an artifact id, ``name``, ``name:tag`` or ``owner/name:tag`` (someone
+    else's only when it is shared with one of your groups); your own first."""
+    art: Artifact | None
     if DIGEST_RE.match(ref):
         stmt = authz.visible(
             select(Artifact).where(Artifact.digest == ref), Artifact, principal, "artifact.read"
         )
-        art = session.scalars(stmt.order_by(Artifact.created_at)).first()
+        mine_first = (Artifact.owner_id == principal.user_id).desc()
+        art = session.scalars(stmt.order_by(mine_first, Artifact.created_at)).first()
+    elif ID_RE.match(ref) and (art := session.get(Artifact, ref)) is not None:
+        pass
     else:
         owner_id = principal.user_id
         rest = ref
         if "/" in ref:
             owner_name, rest = ref.split("/", 1)
-            owner = session.scalar(select(User).where(User.name == owner_name))
-            if owner is None or not authz.can(principal, "user.read", owner):
-                raise NoSuchArtifact(f"no artifact {ref!r} of yours")
-            owner_id = owner.id
+            owner_id = session.scalar(select(User.id).where(User.name == owner_name)) or ""
         name, _, tag = rest.partition(":")
-        row = session.get(ArtifactTag, (owner_id, name, tag or "latest"))
+        row = session.get(ArtifactTag, (owner_id, name, tag or "latest")) if owner_id else None
         art = session.get(Artifact, row.artifact_id) if row else None
-    if art is None:
+    if art is None or not authz.can(principal, "artifact.read", art):
         raise NoSuchArtifact(f"no artifact {ref!r} of yours")
     return art
 
@@ -71,6 +76,11 @@ def record(
         select(Artifact).where(Artifact.owner_id == owner_id, Artifact.digest == digest)
     )
     if art is None:
+        conn = session.get(StorageConnection, connection_id)
+        if conn is not None and conn.is_default:  # forgehub-managed storage: a quota's bytes
+            from forgehub.identity import quotas
+
+            quotas.check(session, owner_id, {"stored_bytes": size})
         art = Artifact(
             owner_id=owner_id,
             digest=digest,

@@ -20,6 +20,8 @@ from forgehub.cli.compute import compute_app
 from forgehub.cli.demo import demo_app
 from forgehub.cli.deployments import app as deployment_app
 from forgehub.cli.deployments import deploy
+from forgehub.cli.groups import app as group_app
+from forgehub.cli.groups import quota_app, share, unshare
 from forgehub.cli.jobs import job_app, train
 from forgehub.cli.module import app as module_app
 from forgehub.cli.pipelines import app as pipeline_app
@@ -51,6 +53,10 @@ app.add_typer(compute_app, name="compute")
 app.add_typer(demo_app, name="demo")
 app.add_typer(deployment_app, name="deployment")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(group_app, name="group")
+app.add_typer(quota_app, name="quota")
+app.command("share")(share)
+app.command("unshare")(unshare)
 out = Console(soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", envvar="FORGEHUB_CONFIG", help="TOML config file.")

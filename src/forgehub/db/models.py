@@ -137,6 +137,34 @@ class GroupMember(Base):
     source: Mapped[str] = mapped_column(String(64), default="local")
 
 
+class GroupShare(Base):
+    """A resource its owner shared with a group, at a role: ``read`` (see it, download it),
+    ``use`` (also run jobs with it) or ``admin`` (also change and share it). ``kind`` is the
+    authorizer's resource kind (artifact, connection, module, deployment, pipeline)."""
+
+    __tablename__ = "group_shares"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Quota(Base):
+    """Limits an admin set on a user or a group (see :mod:`forgehub.identity.quotas`):
+    ``{"running_jobs": 4, "gpus": 2, "deployments": 1, "stored_bytes": 10**10}``; a missing
+    key is no limit."""
+
+    __tablename__ = "quotas"
+
+    subject_kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # user | group
+    subject_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class Training(Base):
     """A training run started through the model API (DEEPaaS ``/train/``)."""
 

@@ -189,6 +189,10 @@ def create(
     if body.replicas is not None and body.service != "api":
         raise DeploymentError("replicas: only an api deployment has replicas", 422)
     _check_limits(session, principal, body, limits)
+    from forgehub.identity import quotas
+
+    most = body.replicas.max if body.replicas is not None else 1
+    quotas.check(session, principal.user_id, {"deployments": 1, "gpus": body.resources.gpu * most})
     ensure_default_compute(session, principal.user_id)
     compute = COMPUTE.find(session, principal, body.compute)
     if body.service == "jupyterlab":

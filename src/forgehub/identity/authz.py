@@ -25,8 +25,14 @@ Rules (see docs/security.md for the whole model):
 ``own_code``    admins, and users the admin lists in ``own_code_users`` (``*``: everyone)
 
 A job token is a :class:`~forgehub.auth.Principal` with ``job_id`` set: it may only do ``job``
-actions on its own job. Groups will slot in by widening :func:`_owns`, with no call site
-changing.
+actions on its own job.
+
+Groups: an owner shares a resource with a group at a role (:class:`~forgehub.db.models.
+GroupShare`): ``read`` < ``use`` < ``admin``. An action with a group role in
+:data:`GROUP_ROLE` is also allowed to the members of a group the resource is shared with at
+that role or above, whatever its rule (``owner``, ``shared``, ``owner_only``, ``published``);
+listings include those rows. Membership is read at each request, so a former member loses
+access at once.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select
+from sqlalchemy import Select, select
 
 from forgehub.auth import Principal
 from forgehub.errors import Forbidden, NotFound
@@ -101,6 +107,13 @@ for _name, _res, _rule, _doc in [
     ("user.read", "user", "owner", "see a user"),
     ("user.create", "server", "admin", "create users"),
     ("user.approve", "server", "admin", "let in a user who waits for approval"),
+    ("group.manage", "server", "admin", "create groups, add and remove members"),
+    ("quota.manage", "server", "admin", "set users' and groups' quotas"),
+    ("artifact.share", "artifact", "owner", "share an artifact with a group"),
+    ("connection.share", "connection", "owner", "share a connection with a group"),
+    ("module.share", "module", "owner", "share a catalogue entry with a group"),
+    ("deployment.share", "deployment", "owner", "share a deployment with a group"),
+    ("pipeline.share", "pipeline", "owner", "share a pipeline with a group"),
     ("connection.read", "connection", "owner", "see a connection (secrets masked)"),
     ("connection.delete", "connection", "owner", "remove a connection"),
     ("connection.use", "connection", "owner_only", "store to, run on or test a connection"),
@@ -125,6 +138,67 @@ for _name, _res, _rule, _doc in [
     ("storage.local", "server", "admin", "store in any folder of the server (users: the roots)"),
 ]:
     register(_name, _res, _rule, _doc)
+
+# the least group role that allows an action on a resource shared with the group
+ROLES = ("read", "use", "admin")
+GROUP_ROLE = {
+    "artifact.read": "read",
+    "artifact.tag": "admin",
+    "artifact.copy": "admin",
+    "artifact.delete": "admin",
+    "deployment.read": "read",
+    "deployment.use": "use",
+    "deployment.stop": "admin",
+    "pipeline.read": "read",
+    "pipeline.write": "admin",
+    "connection.read": "read",
+    "connection.use": "use",
+    "connection.delete": "admin",
+    "store.gc": "admin",
+    "module.write": "admin",
+    **{
+        f"{kind}.share": "admin"
+        for kind in ("artifact", "connection", "module", "deployment", "pipeline")
+    },
+}
+SHAREABLE = ("artifact", "connection", "module", "deployment", "pipeline")
+
+
+def roles_at_least(role: str) -> tuple[str, ...]:
+    return ROLES[ROLES.index(role) :]
+
+
+def group_role(principal: Principal, kind: str, resource: Any) -> str | None:
+    """The highest role any of the principal's groups holds on ``resource``."""
+    rid = getattr(resource, "id", None)
+    if not principal.groups or not rid or kind not in SHAREABLE:
+        return None
+    from sqlalchemy.orm import object_session
+
+    from forgehub.db.models import GroupShare
+
+    session = object_session(resource)
+    if session is None:
+        return None
+    held = set(
+        session.scalars(
+            select(GroupShare.role).where(
+                GroupShare.kind == kind,
+                GroupShare.resource_id == rid,
+                GroupShare.group_id.in_(principal.groups),
+            )
+        )
+    )
+    return next((r for r in reversed(ROLES) if r in held), None)
+
+
+def _by_group(principal: Principal, action: Action, resource: Any) -> bool:
+    needed = GROUP_ROLE.get(action.name)
+    if needed is None or resource is None:
+        return False
+    held = group_role(principal, action.resource, resource)
+    return held is not None and ROLES.index(held) >= ROLES.index(needed)
+
 
 # the action that decides 403 (may read, may not do) against 404 (may not even read)
 READ = {
@@ -188,10 +262,12 @@ def can(principal: Principal | None, action: str, resource: Any = None) -> bool:
         listed: Iterable[str] = getattr(resource, "own_code_users", ())
         return principal.is_admin or "*" in listed or principal.name in listed
     if a.rule == "owner_only":
-        return _owns(principal, resource, a.resource)
+        return _owns(principal, resource, a.resource) or _by_group(principal, a, resource)
     if a.rule == "shared" and principal.user_id in getattr(resource, "shared_with", ()):
         return True
-    return principal.is_admin or _owns(principal, resource, a.resource)  # owner
+    if principal.is_admin or _owns(principal, resource, a.resource):  # owner
+        return True
+    return _by_group(principal, a, resource)
 
 
 def require(
@@ -229,11 +305,23 @@ def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) ->
     col = getattr(model, OWNER_ATTR.get(a.resource, "owner_id"))
     if principal.job_id is not None or not principal.user_id:
         return stmt.where(col.is_(None) & col.is_not(None))  # nothing
+    mine = col == principal.user_id
+    needed = GROUP_ROLE.get(action)
+    if needed is not None and principal.groups and a.resource in SHAREABLE:
+        from forgehub.db.models import GroupShare
+
+        mine = mine | model.id.in_(
+            select(GroupShare.resource_id).where(
+                GroupShare.kind == a.resource,
+                GroupShare.group_id.in_(principal.groups),
+                GroupShare.role.in_(roles_at_least(needed)),
+            )
+        )
     if a.rule == "shared":
-        return stmt.where((col == principal.user_id) | model.shared_rows(principal.user_id))
+        return stmt.where(mine | model.shared_rows(principal.user_id))
     if a.rule == "published":
-        return stmt.where((col == principal.user_id) | model.published.is_(True))
-    return stmt.where(col == principal.user_id)
+        return stmt.where(mine | model.published.is_(True))
+    return stmt.where(mine)
 
 
 # -- workers: whose jobs a worker may run ------------------------------------------------------

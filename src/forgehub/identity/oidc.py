@@ -30,7 +30,14 @@ import jwt
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from forgehub.auth import AuthError, AwaitingApproval, Principal, ProviderError, validate_user_name
+from forgehub.auth import (
+    AuthError,
+    AwaitingApproval,
+    Principal,
+    ProviderError,
+    group_ids,
+    validate_user_name,
+)
 from forgehub.config import OidcProvider
 from forgehub.db.models import Group, GroupMember, Identity, Role, User, utcnow
 
@@ -343,7 +350,9 @@ class Registry:
             claims.enriched = True  # once per token: its claims are cached with it
             claims.values = {**self._userinfo(claims.provider.name, token), **claims.values}
         user = link_user(session, claims)
-        return Principal(user_id=user.id, name=user.name, role=user.role)
+        return Principal(
+            user_id=user.id, name=user.name, role=user.role, groups=group_ids(session, user.id)
+        )
 
 
 # -- users and groups ---------------------------------------------------------------------------

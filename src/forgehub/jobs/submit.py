@@ -20,7 +20,7 @@ from forgehub.db.models import (
     JobState,
 )
 from forgehub.envs import sources
-from forgehub.identity import authz
+from forgehub.identity import authz, quotas
 from forgehub.identity.policy import Policy
 from forgehub.jobs.child import SOURCE_INPUT, WEIGHTS_INPUT
 from forgehub.jobs.common import COMPUTE, JobError, ensure_default_compute
@@ -120,6 +120,8 @@ def submit(
         authz.require(principal, "connection.use", storage, f"storage connection {body.storage!r}")
     else:
         storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
+    if service is None:  # a deployment checked its own (deployments, gpus) already
+        quotas.check(session, principal.user_id, {"running_jobs": 1, "gpus": body.resources.gpu})
     on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
     if (
         body.kind == "command"

@@ -34,8 +34,10 @@ from forgehub.server.routers import (
     catalog,
     compute,
     deployments,
+    groups,
     jobs,
     pipelines,
+    quotas,
     runner,
     signin,
     storage,
@@ -169,6 +171,8 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
     api = APIRouter(prefix="/api/v1")
     api.include_router(users.router)
     api.include_router(signin.router)
+    api.include_router(groups.router)
+    api.include_router(quotas.router)
     api.include_router(tokens.router)
     api.include_router(catalog.router)
     api.include_router(blobs.router)

@@ -39,7 +39,7 @@ def list_kinds(principal: CurrentUser) -> list[dict[str, Any]]:
 def list_connections(principal: CurrentUser, session: DbSession) -> list[dict[str, Any]]:
     if principal.user_id:
         service.ensure_default_compute(session, principal.user_id)
-    return [COMPUTE.out(c) for c in COMPUTE.owned(session, principal.user_id)]
+    return COMPUTE.listed(session, principal)
 
 
 @router.post("/connections", status_code=201, summary="Add a connection (tested first)")

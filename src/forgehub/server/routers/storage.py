@@ -45,7 +45,7 @@ def list_connections(
         conns.ensure_default(
             session, box(request), principal.user_id, request.app.state.settings.data_dir
         )
-    return [conns.out(c) for c in conns.STORAGE.owned(session, principal.user_id)]
+    return conns.STORAGE.listed(session, principal)
 
 
 @router.post("/connections", status_code=201, summary="Add a connection (tested first)")

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 
 from forgehub.auth import AuthError, authenticate, create_token, hash_token, revoke_token
-from forgehub.db.models import Token, User, utcnow
-from forgehub.identity import authz
+from forgehub.db.models import Group, Token, User, utcnow
+from forgehub.identity import authz, quotas
 from forgehub.identity.sessions import (
     SESSION_COOKIE,
     clear_session,
@@ -210,7 +210,21 @@ def tokens_page(request: Request) -> Response:
                 .order_by(Token.created_at.desc())
             )
         )
-    return render(request, "tokens.html", principal=p, tokens=rows, created=None, error=None)
+        usage = quotas.report(s, p.user_id) if p.user_id else []
+        groups = sorted(
+            s.scalars(select(Group.name).where(Group.id.in_(p.groups or {""})))
+        )
+    return render(
+        request,
+        "tokens.html",
+        principal=p,
+        tokens=rows,
+        created=None,
+        error=None,
+        usage=usage,
+        groups=groups,
+        quota_keys=quotas.KEYS,
+    )
 
 
 @router.post("/tokens", response_class=HTMLResponse)
