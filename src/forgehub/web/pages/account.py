@@ -211,9 +211,7 @@ def tokens_page(request: Request) -> Response:
             )
         )
         usage = quotas.report(s, p.user_id) if p.user_id else []
-        groups = sorted(
-            s.scalars(select(Group.name).where(Group.id.in_(p.groups or {""})))
-        )
+        groups = sorted(s.scalars(select(Group.name).where(Group.id.in_(p.groups or {""}))))
     return render(
         request,
         "tokens.html",
