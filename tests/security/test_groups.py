@@ -210,3 +210,65 @@ def test_stored_bytes_quota_keeps_nothing_over_it(world: World, physics: dict[st
     assert len(names) == 1
     # the same content again is no new bytes
     world.push(world.bob, b"x" * 60, name="again")
+
+
+def test_a_group_compute_runs_members_module_jobs_only(
+    world: World, physics: dict[str, Any]
+) -> None:
+    w = world.as_(world.alice, "POST", "/api/v1/workers", json={"name": "alice-gpu-box"}).json()
+    body = {"module": "digits", "compute": "alice/workers", "max_retries": 0}
+    # not shared yet: bob cannot even see it; then read only: he may not run on it
+    assert world.as_(world.bob, "POST", "/api/v1/jobs", json=body).status_code == 404
+    assert share(world, world.alice, "compute", "workers", "read").status_code == 200
+    assert world.as_(world.bob, "POST", "/api/v1/jobs", json=body).status_code == 403
+    assert share(world, world.alice, "compute", "workers", "use").status_code == 200
+    r = world.as_(
+        world.bob,
+        "POST",
+        "/api/v1/jobs",
+        json={**body, "kind": "command", "command": ["id"], "module": None},
+    )
+    assert r.status_code == 403 and "shared with your group" in r.json()["detail"], r.text
+    job = world.as_(world.bob, "POST", "/api/v1/jobs", json=body)
+    assert job.status_code == 201, job.text
+    # alice's worker takes bob's module job; its runner reaches bob's store through the server
+    got = world.as_(world.alice, "POST", f"/api/v1/workers/{w['id']}/claim", json={"wait": 0})
+    assert got.status_code == 200, got.text
+    assert job.json()["id"] in json.dumps(got.json())
+    spec = world.as_(
+        None,
+        "POST",
+        f"/api/v1/jobs/{job.json()['id']}/runner/start",
+        json={},
+        headers={"Authorization": f"Bearer {got.json()['token']}"},
+    ).json()
+    assert spec["output_storage"]["kind"] == "relay"
+    assert world.as_(physics["eve"], "POST", "/api/v1/jobs", json=body).status_code == 404
+
+
+def test_pipelines_and_catalogue_entries_shared_by_role(
+    world: World, physics: dict[str, Any]
+) -> None:
+    from tests.test_pipelines import EXAMPLE
+
+    p = world.as_(
+        world.alice, "POST", "/api/v1/pipelines", json={"definition": EXAMPLE.read_text()}
+    )
+    assert p.status_code in (200, 201), p.text
+    pid = p.json()["id"]
+    assert world.as_(world.bob, "GET", f"/api/v1/pipelines/{pid}").status_code == 404
+    assert share(world, world.alice, "pipeline", pid, "read").status_code == 200
+    assert world.as_(world.bob, "GET", f"/api/v1/pipelines/{pid}").status_code == 200
+    assert pid in {x["id"] for x in world.as_(world.bob, "GET", "/api/v1/pipelines").json()}
+    r = world.as_(world.bob, "POST", f"/api/v1/pipelines/{pid}/publish", json={"published": True})
+    assert r.status_code == 403, r.text
+
+    meta = {"title": "Alice's", "summary": "alice's module", "tags": []}
+    url = "/api/v1/catalog/modules/alices"
+    assert world.as_(world.alice, "PUT", url, json={"metadata": meta}).status_code in (200, 201)
+    changed = {**meta, "summary": "bob was here"}
+    assert world.as_(world.bob, "PUT", url, json={"metadata": changed}).status_code == 403
+    assert share(world, world.alice, "module", "alices", "admin").status_code == 200
+    r = world.as_(world.bob, "PUT", url, json={"metadata": changed})
+    assert r.status_code == 200, r.text
+    assert world.as_(physics["eve"], "PUT", url, json={"metadata": meta}).status_code == 403

@@ -297,6 +297,26 @@ def sees_all(principal: Principal | None, action: str) -> bool:
     return a.rule in ("owner", "shared", "published") and principal.is_admin
 
 
+def group_rows(model: Any, principal: Principal, action: str) -> Any:
+    """Where-clause: the rows of ``model`` shared with one of the principal's groups at a role
+    that allows ``action`` (false when none can be)."""
+    from sqlalchemy import false
+
+    a = ACTIONS[action]
+    needed = GROUP_ROLE.get(action)
+    if needed is None or not principal.groups or a.resource not in SHAREABLE:
+        return false()
+    from forgehub.db.models import GroupShare
+
+    return model.id.in_(
+        select(GroupShare.resource_id).where(
+            GroupShare.kind == a.resource,
+            GroupShare.group_id.in_(principal.groups),
+            GroupShare.role.in_(roles_at_least(needed)),
+        )
+    )
+
+
 def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) -> Select[Any]:
     """``stmt`` restricted to the rows of ``model`` on which ``principal`` may do ``action``."""
     a = ACTIONS[action]
@@ -305,18 +325,7 @@ def visible(stmt: Select[Any], model: Any, principal: Principal, action: str) ->
     col = getattr(model, OWNER_ATTR.get(a.resource, "owner_id"))
     if principal.job_id is not None or not principal.user_id:
         return stmt.where(col.is_(None) & col.is_not(None))  # nothing
-    mine = col == principal.user_id
-    needed = GROUP_ROLE.get(action)
-    if needed is not None and principal.groups and a.resource in SHAREABLE:
-        from forgehub.db.models import GroupShare
-
-        mine = mine | model.id.in_(
-            select(GroupShare.resource_id).where(
-                GroupShare.kind == a.resource,
-                GroupShare.group_id.in_(principal.groups),
-                GroupShare.role.in_(roles_at_least(needed)),
-            )
-        )
+    mine = (col == principal.user_id) | group_rows(model, principal, action)
     if a.rule == "shared":
         return stmt.where(mine | model.shared_rows(principal.user_id))
     if a.rule == "published":
@@ -335,10 +344,20 @@ def runs_for(worker: Any, user_id: str) -> bool:
     return bool(user_id) and worker.owner_id == user_id
 
 
-def worker_refuses(worker: Any, job_owner_id: str, kind: str, shared_ok: bool) -> str | None:
-    """Why ``worker`` may not run a ``kind`` job of ``job_owner_id``'s, or None if it may."""
+def worker_refuses(
+    worker: Any,
+    job_owner_id: str,
+    kind: str,
+    shared_ok: bool,
+    compute_owner_id: str | None = None,
+) -> str | None:
+    """Why ``worker`` may not run a ``kind`` job of ``job_owner_id``'s, or None if it may. A
+    job sent to the worker owner's own compute connection (shared with the job owner's group
+    at ``use``) is one the owner agreed to run: module jobs only, as on shared workers."""
     if runs_for(worker, job_owner_id):
         return None
+    if compute_owner_id is not None and compute_owner_id == worker.owner_id:
+        return "runs module jobs only for its group" if kind == "command" else None
     if not worker.shared:
         return "belongs to another user"
     if not shared_ok:
@@ -348,9 +367,13 @@ def worker_refuses(worker: Any, job_owner_id: str, kind: str, shared_ok: bool) -
     return None
 
 
-def claimable(stmt: Select[Any], job: Any, worker: Any) -> Select[Any]:
-    """``stmt`` (over jobs) restricted to the jobs ``worker`` may claim (the SQL side of
-    :func:`worker_refuses`; consent to shared workers is in the job's spec, checked per row)."""
+def claimable(stmt: Select[Any], job: Any, worker: Any, compute: Any) -> Select[Any]:
+    """``stmt`` (over jobs joined with their compute connection) restricted to the jobs
+    ``worker`` may claim (the SQL side of :func:`worker_refuses`; consent to shared workers is
+    in the job's spec, checked per row)."""
     if worker.shared:
         return stmt.where((job.owner_id == worker.owner_id) | (job.kind != "command"))
-    return stmt.where(job.owner_id == worker.owner_id)
+    return stmt.where(
+        (job.owner_id == worker.owner_id)
+        | ((compute.owner_id == worker.owner_id) & (job.kind != "command"))
+    )

@@ -5,6 +5,7 @@ PostgreSQL); giving back a job a worker never started.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,9 +31,10 @@ def fits(
     res: Resources,
     labels: list[str],
     shared_ok: bool = False,
+    compute_owner_id: str | None = None,
 ) -> str | None:
     """Why ``worker`` could never run such a job, or None if it could."""
-    refused = authz.worker_refuses(worker, owner_id, kind, shared_ok)
+    refused = authz.worker_refuses(worker, owner_id, kind, shared_ok, compute_owner_id)
     if refused:
         return refused
     if res.gpu > worker.gpus:
@@ -63,18 +65,19 @@ def check_some_worker_fits(
     res: Resources,
     labels: list[str],
     shared_ok: bool = False,
+    compute_owner_id: str | None = None,
 ) -> None:
     """Refuse a job that no connected worker could ever run (a waiting job needs a chance)."""
     reasons = []
     workers = [
         w
         for w in online_workers(session)
-        if authz.worker_refuses(w, owner_id, "train", shared_ok) is None
+        if authz.worker_refuses(w, owner_id, "train", shared_ok, compute_owner_id) is None
     ]
     if not workers:
         return  # nobody connected yet: the job waits for a worker
     for w in workers:
-        why = fits(w, kind, owner_id, res, labels, shared_ok)
+        why = fits(w, kind, owner_id, res, labels, shared_ok, compute_owner_id)
         if why is None:
             return
         reasons.append(f"{w.name}: {why}")
@@ -89,20 +92,22 @@ def claim(
     dialect: str,
 ) -> tuple[Job, str] | None:
     """Atomically take the oldest queued job this worker may and can run."""
-    stmt = (
-        select(Job)
+    stmt: Any = (  # Select[Job, str]
+        select(Job, ComputeConnection.owner_id)
         .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
         .where(Job.state == JobState.queued, ComputeConnection.kind.in_(kinds_with("pull")))
         .order_by(Job.created_at)
         .limit(32)
     )
-    stmt = authz.claimable(stmt, Job, worker)
+    stmt = authz.claimable(stmt, Job, worker, ComputeConnection)
     if dialect == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
-    for job in session.scalars(stmt):
+    rows: list[tuple[Job, str]] = [(r[0], r[1]) for r in session.execute(stmt).all()]
+    for job, compute_owner in rows:
         res = Resources.model_validate(job.spec.get("resources", {}))
         shared_ok = bool(job.spec.get("shared_workers"))
-        if fits(worker, job.kind, job.owner_id, res, job.spec.get("labels", []), shared_ok):
+        labels = job.spec.get("labels", [])
+        if fits(worker, job.kind, job.owner_id, res, labels, shared_ok, compute_owner):
             continue
         if (
             res.cpu > free.cpu

@@ -122,6 +122,12 @@ def submit(
         storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
     if service is None:  # a deployment checked its own (deployments, gpus) already
         quotas.check(session, principal.user_id, {"running_jobs": 1, "gpus": body.resources.gpu})
+    if compute.owner_id != principal.user_id and (body.kind == "command" or body.source):
+        raise JobError(
+            f"compute {body.compute!r} is shared with your group: it runs modules from the "
+            "catalogue; commands and your own module source run on your own compute",
+            403,
+        )
     on_server = COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
     if (
         body.kind == "command"
@@ -199,7 +205,13 @@ def submit(
         spec["service"] = service
     if COMPUTE.adapter_class(compute.kind).pull:
         check_some_worker_fits(
-            session, principal.user_id, body.kind, body.resources, labels, body.shared_workers
+            session,
+            principal.user_id,
+            body.kind,
+            body.resources,
+            labels,
+            body.shared_workers,
+            compute.owner_id,
         )
     job = Job(
         owner_id=principal.user_id,

@@ -167,7 +167,13 @@ def _check_step(
         if kind.pull:
             labels = sorted(set(body.labels) | set(compute.config.get("labels", [])))
             check_some_worker_fits(
-                session, principal.user_id, body.kind, body.resources, labels, False
+                session,
+                principal.user_id,
+                body.kind,
+                body.resources,
+                labels,
+                False,
+                compute.owner_id,
             )
         elif kind.runs_on_server(compute.config):  # the server's machine: known at once
             short = _short(COMPUTE.adapter_for(compute, ctx.box).capacity(), body.resources)

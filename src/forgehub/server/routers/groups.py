@@ -140,8 +140,10 @@ def shared_resource(session: Session, principal: Principal, kind: str, ref: str)
         if kind == "artifact":
             return "artifact", records.resolve(session, principal, ref)
         if kind in ("storage", "compute"):
-            from forgehub.jobs.common import COMPUTE
+            from forgehub.jobs.common import COMPUTE, ensure_default_compute
 
+            if kind == "compute" and principal.user_id:
+                ensure_default_compute(session, principal.user_id)  # 'local' and 'workers'
             family: Any = storage_conns.STORAGE if kind == "storage" else COMPUTE
             return "connection", family.find(session, principal, ref)
     except ConnectionProblem as exc:

@@ -194,8 +194,11 @@ def list_pipelines(principal: CurrentUser, session: DbSession, published: bool =
     stmt = select(Pipeline)
     if published:  # the marketplace's: anyone's, published
         stmt = stmt.where(Pipeline.published.is_(True))
-    else:
-        stmt = stmt.where(Pipeline.owner_id == principal.user_id)
+    else:  # yours, and those shared with your groups
+        stmt = stmt.where(
+            (Pipeline.owner_id == principal.user_id)
+            | authz.group_rows(Pipeline, principal, "pipeline.read")
+        )
     return [_pipeline_out(session, p) for p in session.scalars(stmt.order_by(Pipeline.name))]
 
 
