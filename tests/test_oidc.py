@@ -318,6 +318,10 @@ def test_dashboard_sign_in_in_chromium(env: Env, browser: Any) -> None:  # noqa:
         page.wait_for_url(f"{env.url}/jobs")
         me = page.request.get(f"{env.url}/api/v1/users/me").json()
         assert me["name"] == "alice" and me["role"] == "admin"
+        # the account page shows her groups and her usage
+        page.goto(f"{env.url}/tokens")
+        usage = page.locator("section", has_text="Usage and quotas").inner_text()
+        assert "fh-admins, physics" in usage and "running jobs" in usage
     finally:
         context.close()
 
