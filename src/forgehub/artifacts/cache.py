@@ -178,14 +178,14 @@ def materialise(
                 cache.put_bytes(d, data)
                 progress()
 
+        packed = by_pack(layout, needed)
+        loose = sorted(needed - set(layout))
+        prepare = getattr(adapter, "prepare_reads", None)  # grants: signed in batches
+        if prepare is not None:
+            prepare([blob_key(d) for d in [*packed, *loose]])
         with ThreadPoolExecutor(WORKERS) as pool:
-            jobs: list[Future[Any]] = [
-                pool.submit(unpack, p, m) for p, m in by_pack(layout, needed).items()
-            ]
-            jobs += [
-                pool.submit(cache.fetch, adapter, d, progress, False)
-                for d in sorted(needed - set(layout))
-            ]
+            jobs: list[Future[Any]] = [pool.submit(unpack, p, m) for p, m in packed.items()]
+            jobs += [pool.submit(cache.fetch, adapter, d, progress, False) for d in loose]
             results(jobs)
         cache.evict()
     dest.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -148,21 +148,62 @@ class Transfers:
 
         try:
             etags = results([self.pool.submit(one, n) for n in range(len(grant["parts"]))])
-            body = "".join(
-                f"<Part><PartNumber>{n + 1}</PartNumber><ETag>{escape(t)}</ETag></Part>"
-                for n, t in enumerate(etags)
-            )
-            doc = f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode()
-            answer = self.request("POST", grant["complete"], body=doc).read()
-            if b"<Error>" in answer:  # S3 can fail a completion inside a 200
-                why = _s3_message(answer.decode(errors="replace"))
-                raise Unavailable(f"the store did not complete the upload: {why}")
+            self._complete(grant, etags)
         except BaseException:
-            try:
-                self.request("DELETE", grant["abort"]).read()
-            except Unavailable:
-                pass
+            self._abort(grant)
             raise
+
+    def put_stream(self, grant: dict[str, Any], chunks: Iterable[bytes], size: int) -> None:
+        """Upload ``size`` bytes arriving as ``chunks`` (one part in memory at a time)."""
+        if "url" in grant:
+            data = b"".join(chunks)
+            if len(data) != size:
+                raise IntegrityError(f"got {len(data)} of {size} bytes")
+            self.put_bytes(grant, data)
+            return
+        part = int(grant["part_size"])
+        etags: list[str] = []
+        buf = bytearray()
+
+        def send(block: bytes | bytearray) -> None:
+            r = self.request("PUT", grant["parts"][len(etags)], body=block)
+            r.read()
+            etags.append(str(r.getheader("etag", "")))
+            self.progress(len(block))
+
+        total = 0
+        try:
+            for c in chunks:
+                buf += c
+                total += len(c)
+                while len(buf) >= part and len(etags) < len(grant["parts"]) - 1:
+                    send(buf[:part])
+                    del buf[:part]
+            if buf or not etags:
+                send(buf)
+            if total != size or len(etags) != len(grant["parts"]):
+                raise IntegrityError(f"got {total} bytes, {size} were granted")
+            self._complete(grant, etags)
+        except BaseException:
+            self._abort(grant)
+            raise
+
+    def _complete(self, grant: dict[str, Any], etags: list[str]) -> None:
+        body = "".join(
+            f"<Part><PartNumber>{n + 1}</PartNumber><ETag>{escape(t)}</ETag></Part>"
+            for n, t in enumerate(etags)
+        )
+        doc = f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>".encode()
+        answer = self.request("POST", grant["complete"], body=doc).read()
+        if b"<Error>" in answer:  # S3 can fail a completion inside a 200
+            why = _s3_message(answer.decode(errors="replace"))
+            raise Unavailable(f"the store did not complete the upload: {why}")
+
+    def _abort(self, grant: dict[str, Any]) -> None:
+        try:
+            self.request("DELETE", grant["abort"]).read()
+        except Unavailable:
+            pass
 
     # -- downloads ----------------------------------------------------------------------------
     def get_bytes(self, url: str, start: int = 0, end: int | None = None) -> bytes:

@@ -69,9 +69,25 @@ def relayed(session: Session, job: Job, conn: StorageConnection) -> bool:
     return not COMPUTE.adapter_class(compute.kind).runs_on_server(compute.config)
 
 
+def granted(session: Session, job: Job, conn: StorageConnection) -> bool:
+    """Does the job's runner reach ``conn`` with signed requests the server grants (a store
+    that can sign for others, on its owner's own compute)?"""
+    if relayed(session, job, conn):
+        return False
+    try:
+        return bool(storage_class(conn.kind).direct)
+    except StorageError:
+        return False
+
+
 def storage_spec(session: Session, job: Job, conn: StorageConnection, box: SecretBox) -> Any:
+    """How the runner reaches a store: through the server (``relay``), with grants the server
+    signs per object (``grants``: S3), or, for a store that cannot sign for others on its
+    owner's own compute (WebDAV, a folder of this machine), with its configuration."""
     if relayed(session, job, conn):
         return {"name": conn.name, "kind": "relay", "config": {"connection": conn.id}}
+    if granted(session, job, conn):
+        return {"name": conn.name, "kind": "grants", "config": {"connection": conn.id}}
     return {
         "name": conn.name,
         "kind": conn.kind,

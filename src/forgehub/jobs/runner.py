@@ -46,11 +46,12 @@ class Cancelled(Exception):
 
 
 def storage_adapter(spec: dict[str, Any], api: RunnerAPI) -> Any:
-    """The adapter for a storage spec; ``relay`` goes through the server with the job token."""
-    if spec["kind"] == "relay":
+    """The adapter for a storage spec; ``relay`` goes through the server with the job token,
+    ``grants`` straight to the store with requests the server signs for it."""
+    if spec["kind"] in ("relay", "grants"):
         from pydantic import SecretStr
 
-        from forgehub.jobs.relay import RelayStorage
+        from forgehub.jobs.relay import GrantStorage, RelayStorage
 
         cfg = RelayStorage.Config(
             url=api.base,
@@ -58,7 +59,7 @@ def storage_adapter(spec: dict[str, Any], api: RunnerAPI) -> Any:
             connection=spec["config"]["connection"],
             token=SecretStr(api.token),
         )
-        return RelayStorage(cfg)
+        return GrantStorage(cfg) if spec["kind"] == "grants" else RelayStorage(cfg)
     from forgehub.storage import make
 
     return make(spec["kind"], spec["config"])

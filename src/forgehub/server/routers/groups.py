@@ -156,6 +156,8 @@ def shared_resource(session: Session, principal: Principal, kind: str, ref: str)
         obj = session.get(Pipeline, ref) or session.scalar(
             select(Pipeline).where(Pipeline.owner_id == principal.user_id, Pipeline.name == ref)
         )
+    if obj is None:
+        raise HTTPException(404, f"no {kind} {ref!r}")
     read = authz.READ["connection" if kind in ("storage", "compute") else kind]
     authz.require(principal, read, obj, f"{kind} {ref!r}")
     return kind, obj

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from forgehub.artifacts.connections import adapter_for
 from forgehub.db.models import Job
-from forgehub.errors import Invalid, NotFound, Upstream
+from forgehub.errors import Forbidden, Invalid, NotFound, Upstream
 from forgehub.jobs import access, service
 from forgehub.server.deps import bearer
 from forgehub.storage import StorageError
@@ -226,6 +226,58 @@ async def relay_put(
     except StorageError as exc:
         raise Upstream(str(exc)) from exc
     return {"stored": key}
+
+
+GRANT_S = 900  # how long a runner's grant lives
+
+
+class GrantPut(BaseModel):
+    key: str = Field(max_length=200)
+    size: int = Field(ge=0)
+
+
+class GrantsIn(BaseModel):
+    get: list[str] = Field(default_factory=list, max_length=1000)
+    put: list[GrantPut] = Field(default_factory=list, max_length=1000)
+
+
+@router.post(
+    "/{job_id}/runner/grants/{connection}",
+    summary="Runner: short-lived signed requests to read inputs from and write blobs to a store",
+)
+async def runner_grants(
+    job_id: str, connection: str, body: GrantsIn, request: Request, auth: RunnerJob
+) -> Any:
+    """For a store that signs requests for others (S3), on its owner's own compute: the runner
+    moves the bytes itself, never holding the store's credentials. It may read only its
+    inputs' objects and write only content-addressed blobs to its output storage (what it
+    claims as output is checked against the store when it finishes)."""
+    state = request.app.state
+
+    def sign() -> dict[str, Any]:
+        with state.db.session() as s:
+            job = auth.job(s)
+            conn = access.relay_connection(s, job, connection)
+            if not access.granted(s, job, conn):
+                raise Forbidden("this job reaches that store through the server's relay")
+            adapter = adapter_for(conn, state.secrets)
+            gets = {}
+            for key in body.get:
+                if not access.may_read(s, job, state.secrets, access.readable_digest_of(key)):
+                    raise NotFound(f"no object {key}")
+                gets[key] = adapter.presign(key, GRANT_S)
+            if body.put:
+                access.check_write(job, conn)
+            puts = {}
+            for p in body.put:
+                access.blob_digest_of(p.key)
+                puts[p.key] = adapter.grant_put(p.key, p.size, GRANT_S)
+        return {"get": gets, "put": puts}
+
+    try:
+        return await anyio.to_thread.run_sync(sign)
+    except StorageError as exc:
+        raise Upstream(f"storage failed: {exc}") from exc
 
 
 class ServiceIn(BaseModel):
