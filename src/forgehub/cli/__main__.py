@@ -1,3 +1,3 @@
-from forgehub.cli.main import main
+from forgehub.cli.entry import main
 
 main()

@@ -11,23 +11,18 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail, key_values
 from forgehub.client import error_for
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 storage_app = typer.Typer(
     rich_markup_mode=None,
@@ -54,6 +49,15 @@ def _size(n: int) -> str:
 
 
 def _progress() -> Progress:
+    from rich.progress import (  # only where something moves
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

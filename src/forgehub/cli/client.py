@@ -13,20 +13,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 from forgehub.cli.messages import fail
 from forgehub.client import ApiClient, Unreachable
-from forgehub.config import ConfigError, Settings, load_settings
 from forgehub.errors import ForgehubError
+
+if TYPE_CHECKING:
+    from forgehub.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def local_settings() -> Settings | None:
     """This machine's configuration (``FORGEHUB_DATA_DIR``, the config file, …), if valid."""
+    from forgehub.config import ConfigError, load_settings  # pydantic: only when needed
+
     try:
         return load_settings()
     except ConfigError:

@@ -1,0 +1,68 @@
+"""A command starts in the time its own imports take: ``forgehub artifact …`` and the other
+command groups load their own module, not the whole CLI, the server, the database layer or
+the server's configuration (the start-up benchmark times it; this keeps it from creeping
+back)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = (
+    "forgehub.cli.main",
+    "forgehub.config",
+    "forgehub.server",
+    "forgehub.db",
+    "sqlalchemy",
+    "fastapi",
+    "rich.progress",
+    "rich.syntax",  # httpx's own command-line client would bring it
+)
+PROBE = """
+import sys
+sys.argv = ["forgehub", *sys.argv[1:]]
+from forgehub.cli import entry
+try:
+    entry.main()
+except SystemExit:
+    pass
+print("MODULES", " ".join(sorted(sys.modules)))
+"""
+
+
+def _loaded(*args: str, importtime: bool = False) -> tuple[set[str], str]:
+    flags = ["-X", "importtime"] if importtime else []
+    r = subprocess.run(
+        [sys.executable, *flags, "-c", PROBE, *args], capture_output=True, text=True, timeout=60
+    )
+    line = next(x for x in r.stdout.splitlines() if x.startswith("MODULES "))
+    return set(line.split()[1:]), r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("artifact", "ls", "--help"), ("job", "ls", "--help"), ("storage", "ls", "--help")],
+)
+def test_a_command_group_loads_only_its_own_module(args: tuple[str, ...]) -> None:
+    mods, _ = _loaded(*args)
+    assert "forgehub.cli.entry" in mods
+    for heavy in HEAVY:
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in mods), heavy
+
+
+def test_its_imports_stay_under_budget() -> None:
+    """``python -X importtime``: what ``forgehub artifact ls`` imports, summed over the
+    top-level imports (~100 ms on a quiet machine; the server's app alone takes over a
+    second). The bound is loose so a busy machine does not fail it: the module test above is
+    the exact guard, this one catches a heavy import creeping in."""
+    _, report = _loaded("artifact", "ls", "--help", importtime=True)
+    top = [
+        int(m.group(1))
+        for m in re.finditer(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", report, re.M)
+        if not m.group(2).startswith(" ")
+    ]
+    assert top, report[-2000:]
+    assert sum(top) / 1e6 < 0.5, f"{sum(top) / 1e3:.0f} ms of imports"
