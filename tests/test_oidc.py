@@ -34,6 +34,7 @@ from tests.services import (
     ForgehubServer,
     OidcProvider,
     rsa_jwk,
+    started,
 )
 from tests.test_dashboard import browser  # noqa: F401 - the fixture
 
@@ -544,3 +545,41 @@ def test_a_new_user_signs_in_trains_on_group_storage_and_meets_the_quota(
             api.post(f"/api/v1/jobs/{first.json()['id']}/cancel", headers=carol)
         finally:
             api.put("/api/v1/quotas/group/physics", headers=admin, json={})
+
+
+def test_two_providers_each_with_its_own_keys_and_groups_claim(env: Env, tmp_path: Path) -> None:
+    """A second provider (EGI-style: groups as eduperson_entitlement URNs) next to the first:
+    each one's tokens are checked against its own keys, the same subject at both is two
+    users, and a token naming one issuer but signed with the other's key is refused."""
+    egi_group = "urn:mace:egi.eu:group:vo.example.org:role=member#aai.egi.eu"
+    server = ForgehubServer(tmp_path / "server")
+    second = OidcProvider(
+        {"bob-sub": {"preferred_username": "bob", "eduperson_entitlement": [egi_group]}},
+        [f"http://127.0.0.1:{server.port}/login/oidc/egi/callback"],
+        keys=[rsa_jwk("egi-1")],
+    )
+    second.start()
+    try:
+        first_cfg = env.provider.provider_config()
+        second_cfg = {
+            **second.provider_config(),
+            "name": "egi",
+            "groups_claim": "eduperson_entitlement",
+        }
+        server.env["FORGEHUB_OIDC"] = json.dumps([first_cfg, second_cfg])
+        with started(server):
+            here = Env(second, server)
+            there = Env(env.provider, server)
+            from_egi = provider_tokens(here, "bob-sub", API_RESOURCE)["access_token"]
+            from_first = provider_tokens(there, "bob-sub", API_RESOURCE)["access_token"]
+            a, b = here.me(from_egi), here.me(from_first)
+            assert a.status_code == b.status_code == 200, (a.text, b.text)
+            assert a.json()["id"] != b.json()["id"]  # same subject, other issuer
+            assert a.json()["groups"] == [egi_group]
+            assert b.json()["groups"] == ["physics"]
+            # the second provider's issuer, signed with the first provider's key
+            forged = mint(here, key=env.provider.keys[0])
+            r = here.me(forged)
+            assert r.status_code == 401, r.text
+    finally:
+        second.stop()

@@ -41,7 +41,9 @@ const provider = new Provider(cfg.issuer, {
   async extraTokenClaims(_ctx, token) {
     const claims = cfg.users[token.accountId];
     if (!claims || claims.bare_tokens) return undefined;
-    return { groups: claims.groups ?? [], preferred_username: claims.preferred_username };
+    const extra = { groups: claims.groups ?? [], preferred_username: claims.preferred_username };
+    if (claims.eduperson_entitlement) extra.eduperson_entitlement = claims.eduperson_entitlement;
+    return extra;
   },
   issueRefreshToken: async (_ctx, client, code) =>
     client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
