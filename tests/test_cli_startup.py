@@ -66,3 +66,19 @@ def test_its_imports_stay_under_budget() -> None:
     ]
     assert top, report[-2000:]
     assert sum(top) / 1e6 < 0.5, f"{sum(top) / 1e3:.0f} ms of imports"
+
+
+def test_each_fast_group_dispatches_like_the_whole_cli() -> None:
+    """Every group the entry point loads on its own answers as a group (its commands listed),
+    as it does inside the whole CLI."""
+    from forgehub.cli.entry import GROUPS
+
+    for name in GROUPS:
+        r = subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", name, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0 and "Commands" in r.stdout, (name, r.stdout, r.stderr)
+        assert f"forgehub {name}" in r.stdout, (name, r.stdout)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import sys
 
-# group name → (module, the Typer app's attribute); each is also registered in cli.main
+# group name → (module, the Typer app's attribute); each is also registered in cli.main, and
+# has several commands (a Typer app with one command would run it instead of dispatching)
 GROUPS = {
     "artifact": ("forgehub.cli.artifacts", "artifact_app"),
     "storage": ("forgehub.cli.artifacts", "storage_app"),
     "catalog": ("forgehub.cli.catalog", "app"),
     "compute": ("forgehub.cli.compute", "compute_app"),
-    "demo": ("forgehub.cli.demo", "demo_app"),
     "deployment": ("forgehub.cli.deployments", "app"),
     "group": ("forgehub.cli.groups", "app"),
     "quota": ("forgehub.cli.groups", "quota_app"),
