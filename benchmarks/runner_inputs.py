@@ -65,7 +65,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="fh-runner-bench-", dir=os.environ.get("BENCH_DIR")))
     rgw = CephRGW(memory_mb=4096)
-    srv = ForgehubServer(tmp / "server")
+    srv = ForgehubServer(tmp / "server", FORGEHUB_JOB_LEASE_S="3600")  # no heartbeats here
     try:
         url = rgw.start()
         server = srv.start()
