@@ -37,18 +37,6 @@ BIN = Path(sys.executable).parent
 BUCKET = "bench"
 
 
-def make_tree(root: Path, n: int) -> Path:
-    for i in range(n):
-        d = root / f"d{i // 1000:03d}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i:06d}.bin").write_bytes(os.urandom(4096))
-    return root
-
-
-def med(xs: list[float]) -> str:
-    return f"{statistics.median(xs):7.2f} [{min(xs):.2f}-{max(xs):.2f}]"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -57,6 +45,7 @@ def main() -> None:
 
     import boto3
     import httpx
+    from benchmarks.storage import make_tree, med
     from pydantic import SecretStr
     from tests.services import S3_ACCESS, S3_SECRET, CephRGW, ForgehubServer
 

@@ -16,14 +16,19 @@ from tests.services import S3_ACCESS, S3_SECRET
 from tests.test_storage_conformance import s3_config
 
 
-def test_runners_get_grants_never_s3_keys(world: World, ceph_s3: str) -> None:
+def s3_connection(world: World, url: str) -> None:
+    """The admin's S3 connection 's3' (admins may point at loopback)."""
     r = world.as_(
         world.admin,
         "POST",
         "/api/v1/storage/connections",
-        json={"name": "s3", "kind": "s3", "config": s3_config(ceph_s3)},
+        json={"name": "s3", "kind": "s3", "config": s3_config(url)},
     )
     assert r.status_code == 201, r.text
+
+
+def test_runners_get_grants_never_s3_keys(world: World, ceph_s3: str) -> None:
+    s3_connection(world, ceph_s3)
     data = world.push(world.admin, b"the job's input", connection="s3", name="in")
     other = world.push(world.admin, b"not the job's input", connection="s3", name="other")
     job, token = claimed_job(
@@ -89,13 +94,7 @@ def test_runners_get_grants_never_s3_keys(world: World, ceph_s3: str) -> None:
 
 def test_a_relayed_store_is_never_granted(world: World, ceph_s3: str) -> None:
     """Alice's job on a shared worker reaches her S3 store through the relay only."""
-    r = world.as_(
-        world.admin,
-        "POST",
-        "/api/v1/storage/connections",
-        json={"name": "s3", "kind": "s3", "config": s3_config(ceph_s3)},
-    )
-    assert r.status_code == 201, r.text
+    s3_connection(world, ceph_s3)
     job, token = claimed_job(world, world.admin, True, storage="s3")
     assert job["spec"]["output_storage"]["kind"] == "grants"
     # the same store for a job of alice's that a shared worker of the admin's runs: relayed

@@ -59,6 +59,7 @@ class Claims:
     values: dict[str, Any]
     expires: float
     enriched: bool = False  # userinfo was asked for the names the token lacks
+    user_id: str = ""  # the user these claims were linked to (groups and role applied)
 
     @property
     def subject(self) -> str:
@@ -100,7 +101,7 @@ class Provider:
     def metadata(self) -> dict[str, Any]:
         if self._meta is None or time.monotonic() - self._meta_at > METADATA_TTL:
             url = self.config.issuer + "/.well-known/openid-configuration"
-            meta = self._get_json(url)
+            meta = self.get_json(url)
             if meta.get("issuer", "").rstrip("/") != self.config.issuer:
                 raise ProviderError(
                     f"{self.name}: the discovery document names issuer {meta.get('issuer')!r}"
@@ -108,7 +109,7 @@ class Provider:
             self._meta, self._meta_at = meta, time.monotonic()
         return self._meta
 
-    def _get_json(self, url: str, **kw: Any) -> dict[str, Any]:
+    def get_json(self, url: str, **kw: Any) -> dict[str, Any]:
         try:
             r = self.http.get(url, **kw)
             r.raise_for_status()
@@ -134,7 +135,7 @@ class Provider:
         """The signing key ``kid``; the key set is fetched again for a key not seen yet."""
         with self._lock:
             if kid not in self._keys and time.monotonic() - self._keys_at > JWKS_MIN_REFRESH:
-                doc = self._get_json(self.metadata()["jwks_uri"])
+                doc = self.get_json(self.metadata()["jwks_uri"])
                 keys: dict[str | None, Any] = {}
                 for k in doc.get("keys", []):
                     if k.get("use", "sig") != "sig":
@@ -240,7 +241,7 @@ class Provider:
         claims = self.verify_jwt(tokens["id_token"], [self.config.client_id], pending["nonce"])
         userinfo = self.metadata().get("userinfo_endpoint")
         if userinfo and tokens.get("access_token"):
-            info = self._get_json(
+            info = self.get_json(
                 userinfo, headers={"Authorization": f"Bearer {tokens['access_token']}"}
             )
             if info.get("sub") == claims.subject:
@@ -316,11 +317,10 @@ class Registry:
             url = provider.metadata().get("userinfo_endpoint")
             if not url:
                 return {}
-            r = self.http.get(url, headers={"Authorization": f"Bearer {token}"})
-            info = r.json() if r.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError, ProviderError):
+            info = provider.get_json(url, headers={"Authorization": f"Bearer {token}"})
+        except ProviderError:
             return {}
-        return {k: v for k, v in info.items() if k in NAME_CLAIMS} if isinstance(info, dict) else {}
+        return {k: v for k, v in info.items() if k in NAME_CLAIMS}
 
     def _remember(self, key: str, entry: _Cached) -> None:
         with self._lock:
@@ -349,7 +349,12 @@ class Registry:
         if not claims.enriched and not NAME_CLAIMS & set(claims.values):
             claims.enriched = True  # once per token: its claims are cached with it
             claims.values = {**self._userinfo(claims.provider.name, token), **claims.values}
-        user = link_user(session, claims)
+        user = session.get(User, claims.user_id) if claims.user_id else None
+        if user is None:  # first use of this token: match, create, bring groups up to date
+            user = link_user(session, claims)
+            claims.user_id = user.id  # the claims are cached with the token: once per token
+        elif not user.active:
+            raise AwaitingApproval(f"the account {user.name!r} is not approved (or was suspended)")
         return Principal(
             user_id=user.id, name=user.name, role=user.role, groups=group_ids(session, user.id)
         )

@@ -10,6 +10,7 @@ digest on the way in (a broken-off or corrupt upload is never stored).
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,6 @@ class GrantStorage(RelayStorage):
     def prepare_reads(self, keys: list[str]) -> None:
         """Have the server sign the reads of many objects at once (a folder's packs and files):
         one request per thousand instead of one per object."""
-        import time
-
         fresh = [k for k in keys if k not in self._reads]
         for i in range(0, len(fresh), 1000):
             got = self._grant(get=fresh[i : i + 1000])["get"]
@@ -176,8 +175,6 @@ class GrantStorage(RelayStorage):
             self._reads.update({k: (now, str(u)) for k, u in got.items()})
 
     def _read_url(self, key: str) -> str:
-        import time
-
         hit = self._reads.get(key)
         if hit is not None and time.monotonic() - hit[0] < GRANT_REUSE_S:
             return hit[1]

@@ -173,6 +173,15 @@ def _shares(session: Session, kind: str, rid: str) -> list[ShareOut]:
     return [ShareOut.model_validate({"group": n, "role": r}) for n, r in rows]
 
 
+def _sharing(
+    session: Session, principal: Principal, kind: str, ref: str, group: str
+) -> tuple[str, Any, Group]:
+    """The resource the caller may share (owner, admin, or a group admin of it) and the group."""
+    akind, obj = shared_resource(session, principal, kind, ref)
+    authz.require(principal, f"{akind}.share", obj, f"{kind} {ref!r}")
+    return akind, obj, _group(session, group)
+
+
 @router.get("/shares/{kind}/{ref:path}", response_model=list[ShareOut])
 def list_shares(kind: Kind, ref: str, principal: CurrentUser, session: DbSession) -> list[ShareOut]:
     """The groups a resource is shared with."""
@@ -185,9 +194,7 @@ def share(
     kind: Kind, ref: str, body: ShareIn, principal: CurrentUser, session: DbSession
 ) -> list[ShareOut]:
     """Share a resource with one of your groups at a role (replaces its earlier role)."""
-    akind, obj = shared_resource(session, principal, kind, ref)
-    authz.require(principal, f"{akind}.share", obj, f"{kind} {ref!r}")
-    g = _group(session, body.group)
+    akind, obj, g = _sharing(session, principal, kind, ref, body.group)
     if not principal.is_admin and g.id not in principal.groups:
         raise HTTPException(403, f"you may share only with groups you belong to ({g.name!r})")
     row = session.get(GroupShare, (akind, obj.id, g.id))
@@ -204,9 +211,7 @@ def unshare(
     kind: Kind, ref: str, group: str, principal: CurrentUser, session: DbSession
 ) -> list[ShareOut]:
     """Stop sharing a resource with a group."""
-    akind, obj = shared_resource(session, principal, kind, ref)
-    authz.require(principal, f"{akind}.share", obj, f"{kind} {ref!r}")
-    g = _group(session, group)
+    akind, obj, g = _sharing(session, principal, kind, ref, group)
     row = session.get(GroupShare, (akind, obj.id, g.id))
     if row is None:
         raise HTTPException(404, f"{kind} {ref!r} is not shared with {group!r}")
