@@ -86,3 +86,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     srv = ForgehubServer(tmp_path_factory.mktemp("live") / "data")
     with started(srv):
         yield srv
+
+
+@pytest.fixture(scope="session")
+def sciserver() -> Iterator[object]:
+    """The SciServer stand-in (tests/sciserver_standin.py): SciServer itself cannot run here."""
+    from tests.services import SciServerStandIn
+
+    standin = SciServerStandIn()
+    with started(standin):
+        yield standin

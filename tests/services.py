@@ -719,3 +719,35 @@ class OidcProvider:
             stop_pid(self.proc.pid)
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SCISERVER_USERS = {"alice": "sciserver-token-alice", "bob": "sciserver-token-bob"}
+
+
+class SciServerStandIn:
+    """The SciServer STAND-IN of ``tests/sciserver_standin.py`` (not SciServer, which cannot run
+    here): its Files service and JOBM, on a free port, with users alice and bob."""
+
+    def __init__(self, slots: int = 2) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-sciserver-"))
+        self.port = free_port()
+        self.slots = slots
+
+    def start(self) -> str:
+        import sys
+
+        argv = [sys.executable, "-m", "tests.sciserver_standin", "--port", str(self.port)]
+        argv += ["--dir", str(self.dir / "root"), "--slots", str(self.slots)]
+        for name, token in SCISERVER_USERS.items():
+            argv += ["--user", f"{name}:{token}"]
+        root = Path(__file__).resolve().parent.parent
+        log = open(self.dir / "log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(argv, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        wait_port(self.port, 30, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.url
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            stop_pid(self.proc.pid)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -20,7 +20,14 @@ from forgehub.storage import (
     make,
 )
 from forgehub.testing.storage import StorageConformance, digest_key
-from tests.services import S3_ACCESS, S3_SECRET, WEBDAV_PASSWORD, WEBDAV_USER, missing
+from tests.services import (
+    S3_ACCESS,
+    S3_SECRET,
+    SCISERVER_USERS,
+    WEBDAV_PASSWORD,
+    WEBDAV_USER,
+    missing,
+)
 
 
 def s3_config(url: str, **kw: Any) -> dict[str, Any]:
@@ -36,7 +43,7 @@ def s3_config(url: str, **kw: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(params=["local", "s3", "webdav", "blob"])
+@pytest.fixture(params=["local", "s3", "webdav", "blob", "sciserver"])
 def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageAdapter]:
     kind = request.param
     if kind == "local":
@@ -50,13 +57,27 @@ def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StorageA
             "webdav",
             {"url": f"{base}/{folder}", "username": WEBDAV_USER, "password": WEBDAV_PASSWORD},
         )
+    elif kind == "sciserver":
+        yield make("sciserver", sciserver_config(request.getfixturevalue("sciserver")))
     else:
         srv = request.getfixturevalue("live_server")
         yield make("blob", {"url": srv.url, "token": srv.admin_token})
 
 
+def sciserver_config(standin: Any, user: str = "alice", **kw: Any) -> dict[str, Any]:
+    """A folder in ``user``'s persistent volume on the SciServer STAND-IN."""
+    return {
+        "url": f"{standin.url}/fileservice",
+        "volume": f"Storage/{user}/persistent",
+        "folder": f"t{uuid.uuid4().hex[:8]}",
+        "token": SCISERVER_USERS[user],
+        **kw,
+    }
+
+
 class TestEveryAdapter(StorageConformance):
-    """The shared suite on local disk, S3 (Ceph RGW), WebDAV (wsgidav) and the blob server."""
+    """The shared suite on local disk, S3 (Ceph RGW), WebDAV (wsgidav), the blob server and
+    SciServer's Files service (its stand-in: SciServer cannot run here)."""
 
 
 def test_wrong_credentials_give_a_clear_error(request: pytest.FixtureRequest) -> None:
@@ -82,6 +103,26 @@ def test_wrong_credentials_give_a_clear_error(request: pytest.FixtureRequest) ->
     blob = make("blob", {"url": srv.url, "token": "fh_wrong"})
     with pytest.raises(AccessDenied, match="."):
         blob.test()
+    standin = request.getfixturevalue("sciserver")
+    sci = make("sciserver", sciserver_config(standin, token="not-a-token"))
+    with pytest.raises(AccessDenied, match="refused the credentials"):
+        sci.test()
+
+
+def test_sciserver_volumes_of_others_are_out_of_reach(sciserver: Any) -> None:
+    """Another SciServer user's token cannot read or write alice's volume (the service says
+    403), and a data volume is no place to store into: clear errors, nothing written."""
+    alice = make("sciserver", sciserver_config(sciserver))
+    alice.put("secret/model.bin", b"alice's weights")
+    bob = sciserver_config(sciserver, "bob")
+    as_bob = make("sciserver", {**bob, "volume": alice.config.volume})
+    with pytest.raises(AccessDenied, match="403"):
+        as_bob.put("secret/model.bin", b"overwritten")
+    with pytest.raises(AccessDenied, match="403"):
+        as_bob.get_bytes("secret/model.bin")
+    assert alice.get_bytes("secret/model.bin") == b"alice's weights"
+    with pytest.raises(ValueError, match="volume"):
+        make("sciserver", {**sciserver_config(sciserver), "volume": "Storage/../etc"})
 
 
 def test_s3_presigned_url_reads_without_credentials(ceph_s3: str) -> None:

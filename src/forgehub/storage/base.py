@@ -173,6 +173,14 @@ class StorageAdapter(abc.ABC):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return self._list(check_prefix(prefix))
 
+    def copy(self, src: str, dst: str) -> None:
+        """Store a copy of ``src`` at ``dst`` (atomically, like a put). Streams through this
+        process; back ends that copy on the server override it."""
+        info = self.stat(check_key(src))
+        if info is None:
+            raise ObjectNotFound(f"no object {src!r}")
+        self.put(dst, self.open(src), info.size)
+
     def presign(self, key: str, expires: int = 3600) -> str | None:
         """A URL that reads ``key`` without credentials, where the back end can make one."""
         return None

@@ -20,6 +20,7 @@ REGISTRY = Registry(
         "s3": "forgehub.storage.s3:S3Storage",
         "webdav": "forgehub.storage.webdav:WebDAVStorage",
         "blob": "forgehub.storage.blob:BlobStorage",
+        "sciserver": "forgehub.storage.sciserver:SciServerStorage",
     },
     UnknownKind,
     {"s3": "pip install 'forgehub[s3]'"},

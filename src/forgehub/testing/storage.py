@@ -120,3 +120,21 @@ class StorageConformance:
         (key,) = keys_for(adapter, b"probe after test")
         adapter.put(key, b"probe after test")  # and a tested connection really works
         assert adapter.get_bytes(key) == b"probe after test"
+
+    def test_copy(self, adapter: StorageAdapter) -> None:
+        data = os.urandom(5000)
+        if adapter.kind == "blob":  # keys are digests: a copy under another digest is refused
+            ka, kb = keys_for(adapter, data, b"other")
+            adapter.put(ka, data)
+            with pytest.raises(StorageError, match="."):
+                adapter.copy(ka, kb)
+            assert adapter.stat(kb) is None
+            return
+        adapter.put("src/a.bin", data)
+        adapter.copy("src/a.bin", "dst/b.bin")
+        adapter.put("src/a.bin", b"changed")  # the copy is its own object
+        assert adapter.get_bytes("dst/b.bin") == data
+        with pytest.raises(ObjectNotFound, match="."):
+            adapter.copy("src/missing.bin", "dst/c.bin")
+        with pytest.raises(InvalidKey, match="key"):
+            adapter.copy("src/a.bin", "../escape")
