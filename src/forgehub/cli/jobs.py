@@ -113,8 +113,11 @@ SharedWorkersOpt = typer.Option(
 )
 
 
-def _resources(cpu: float, gpu: int, memory: int, time_limit: int) -> dict[str, Any]:
-    return {"cpu": cpu, "gpu": gpu, "memory_mb": memory, "time_limit_s": time_limit}
+def _resources(
+    cpu: float, gpu: int, memory: int, time_limit: int, gpu_type: str | None = None
+) -> dict[str, Any]:
+    res = {"cpu": cpu, "gpu": gpu, "memory_mb": memory, "time_limit_s": time_limit}
+    return {**res, "gpu_model": gpu_type} if gpu_type else res
 
 
 ArgOpt = typer.Option([], "--arg", "-a", help="NAME=VALUE module argument (repeat).")
@@ -122,7 +125,12 @@ InputOpt = typer.Option([], "--input", "-i", help="NAME=ARTIFACT input (repeat).
 ComputeOpt = typer.Option("local", "--on", help="Compute connection.")
 StorageOpt = typer.Option(None, "--store", help="Storage connection for outputs [default]")
 CpuOpt = typer.Option(1.0, "--cpu", help="CPU cores.")
-GpuOpt = typer.Option(0, "--gpu", help="GPUs.")
+GpuOpt = typer.Option(0, "--gpu", help="GPUs (each job gets its own).")
+GpuTypeOpt = typer.Option(
+    None,
+    "--gpu-type",
+    help="GPU model, e.g. A100 (Slurm --gres=gpu:TYPE:N, Ray accelerator_type, workers' models).",
+)
 MemOpt = typer.Option(0, "--memory", help="Memory in MiB (0: no limit).")
 TimeOpt = typer.Option(3600, "--time-limit", help="Wall-clock limit in seconds.")
 LabelOpt = typer.Option([], "--label", help="Worker label required (repeat).")
@@ -141,6 +149,7 @@ def submit(
     store: str = StorageOpt,
     cpu: float = CpuOpt,
     gpu: int = GpuOpt,
+    gpu_type: str = GpuTypeOpt,
     memory: int = MemOpt,
     time_limit: int = TimeOpt,
     label: list[str] = LabelOpt,
@@ -172,7 +181,7 @@ def submit(
         input_,
         on,
         store,
-        _resources(cpu, gpu, memory, time_limit),
+        _resources(cpu, gpu, memory, time_limit, gpu_type),
         labels=label,
         output=output,
         command=argv,
@@ -352,6 +361,7 @@ def train(
     arg: list[str] = ArgOpt,
     cpu: float = CpuOpt,
     gpu: int = GpuOpt,
+    gpu_type: str = GpuTypeOpt,
     memory: int = MemOpt,
     time_limit: int = TimeOpt,
     publish: bool = typer.Option(False, "--publish", help="Publish the weights as a version."),
@@ -369,7 +379,7 @@ def train(
         [data] if data else [],
         on,
         store,
-        _resources(cpu, gpu, memory, time_limit),
+        _resources(cpu, gpu, memory, time_limit, gpu_type),
         publish=publish,
         shared_workers=shared_workers,
         publish_version=publish_version,

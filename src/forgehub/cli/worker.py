@@ -31,7 +31,13 @@ def worker(
     name: str = typer.Option(None, "--name", help="Worker name [default: the hostname]."),
     labels: str = typer.Option("", "--labels", help="Comma-separated labels, e.g. gpu,a100."),
     cpus: float = typer.Option(None, "--cpus", help="CPUs to offer [default: all]."),
-    gpus: int = typer.Option(0, "--gpus", help="GPUs to offer."),
+    gpus: int = typer.Option(
+        None,
+        "--gpus",
+        help="GPUs to offer [default: those found by NVML or nvidia-smi]; each job gets its "
+        "own through CUDA_VISIBLE_DEVICES.",
+        show_default=False,
+    ),
     memory: int = typer.Option(0, "--memory", help="Memory to offer, MiB (0: unlimited)."),
     shared: bool = typer.Option(
         False,

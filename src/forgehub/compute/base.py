@@ -68,6 +68,7 @@ class Launch:
     token: str  # the job token: scoped to this attempt, expiring; passed in the environment
     resources: Resources
     name: str = ""
+    gpus: str | None = None  # CUDA_VISIBLE_DEVICES chosen by the platform (local compute)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,11 @@ class ComputeAdapter(abc.ABC):
 
     @abc.abstractmethod
     def capacity(self) -> Capacity: ...
+
+    def refuses(self, res: Resources) -> str | None:
+        """Why this back end could never run a job that asks for ``res`` (asked at submit for
+        GPU jobs, so that they are refused at once instead of waiting forever), or None."""
+        return None
 
     def submit(self, launch: Launch) -> str:
         raise ComputeError(f"{self.kind} compute does not start jobs itself")

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from forgehub.compute import gpus
 from forgehub.compute.base import (
     BackendStatus,
     Capacity,
@@ -22,6 +23,7 @@ from forgehub.compute.base import (
     ComputeConfig,
     ComputeError,
     Launch,
+    Resources,
 )
 from forgehub.jobs.leftovers import start_time
 from forgehub.states import JobState
@@ -61,7 +63,11 @@ class LocalCompute(ComputeAdapter):
     def capacity(self) -> Capacity:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         slots = getattr(self.config, "slots", 0) or None
-        return Capacity(float(os.cpu_count() or 1), 0, pages // (1 << 20), slots)
+        found = gpus.machine_gpus()
+        return Capacity(float(os.cpu_count() or 1), len(found), pages // (1 << 20), slots)
+
+    def refuses(self, res: Resources) -> str | None:
+        return gpus.refusal(gpus.machine_gpus(), res.gpu, res.gpu_model, "the server")
 
     def submit(self, launch: Launch) -> str:
         env = {**os.environ, "FORGEHUB_JOB_TOKEN": launch.token}
@@ -69,6 +75,8 @@ class LocalCompute(ComputeAdapter):
         env["FORGEHUB_SANDBOX"] = os.environ.get("FORGEHUB_SANDBOX", "auto")
         if self.cache_dir is not None:
             env.setdefault("FORGEHUB_CACHE_DIR", str(self.cache_dir))
+        if launch.gpus is not None:  # the job's own GPUs ("": none), chosen by the dispatcher
+            env["CUDA_VISIBLE_DEVICES"] = launch.gpus
         log = subprocess.DEVNULL
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +98,8 @@ class LocalCompute(ComputeAdapter):
             if isinstance(log, int) and log > 0:
                 os.close(log)
         _reap_later(proc)
-        return f"{proc.pid}:{start_time(proc.pid) or ''}:{launch.job_id}-{launch.attempt}"
+        name = f"{launch.job_id}-{launch.attempt}"
+        return f"{proc.pid}:{start_time(proc.pid) or ''}:{name}:{launch.gpus or ''}"
 
     def status(self, handles: list[str]) -> dict[str, BackendStatus]:
         out = {}
@@ -125,6 +134,11 @@ class LocalCompute(ComputeAdapter):
                 os.killpg(int(pid), signal.SIGTERM)  # the runner stops its module, then exits
             except ProcessLookupError:
                 pass
+
+
+def held_gpus(handles: list[str]) -> set[str]:
+    """The GPUs that local jobs with these handles hold."""
+    return {d for h in handles for d in (h.split(":") + ["", "", ""])[3].split(",") if d}
 
 
 def _reap_later(proc: subprocess.Popen[bytes]) -> None:

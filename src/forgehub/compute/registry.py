@@ -13,6 +13,7 @@ REGISTRY = Registry(
         "worker": "forgehub.compute.worker:WorkerCompute",
         "slurm": "forgehub.compute.slurm:SlurmCompute",
         "ray": "forgehub.compute.ray:RayCompute",
+        "sciserver": "forgehub.compute.sciserver:SciServerCompute",
     },
     ComputeError,
 )

@@ -15,6 +15,7 @@ unreachable cluster never holds up anyone else's jobs:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -25,7 +26,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from forgehub.compute import ComputeAdapter, ComputeError, Launch, Resources, kinds, kinds_with
+from forgehub.compute import (
+    ComputeAdapter,
+    ComputeError,
+    Launch,
+    Resources,
+    gpus,
+    kinds,
+    kinds_with,
+)
+from forgehub.compute.local import held_gpus
 from forgehub.db import Database
 from forgehub.db.models import ComputeConnection, Job, JobState, utcnow
 from forgehub.jobs import service
@@ -266,8 +276,14 @@ class Dispatcher:
                 adapter = self.adapter(conn)
                 if adapter.pull:
                     return
+                devices = self.local_gpus(s, job) if adapter.slots_on_server else None
+                if devices is False:
+                    return  # waits for a GPU to come free
                 token, token_columns = service.new_job_token(job)
-                handle = adapter.submit(self.launch(job, conn, token))
+                launch = self.launch(job, conn, token)
+                if isinstance(devices, str):
+                    launch = dataclasses.replace(launch, gpus=devices)
+                handle = adapter.submit(launch)
             except (ComputeError, ValueError) as exc:
                 transition(s, job, JobState.failed, str(exc), error=f"cannot start: {exc}")
                 return
@@ -282,6 +298,32 @@ class Dispatcher:
                     None if adapter.queues_itself else utcnow() + timedelta(seconds=self.lease_s)
                 ),
             )
+
+    def local_gpus(self, s: Any, job: Job) -> str | bool:
+        """The server's GPUs for a job on local compute, as CUDA_VISIBLE_DEVICES ("": none,
+        for a job that asked for none on a machine with GPUs), or False when not enough are
+        free now: the job stays queued. Held GPUs are read from the running jobs' handles,
+        so they survive a server restart."""
+        machine = gpus.machine_gpus()
+        res = Resources.model_validate(job.spec.get("resources", {}))
+        if not res.gpu:
+            return ""
+        refs = s.scalars(
+            select(Job.backend_ref)
+            .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
+            .where(
+                Job.state.in_(service.ACTIVE),
+                ComputeConnection.kind.in_(kinds_with("slots_on_server")),
+                Job.backend_ref.is_not(None),
+            )
+        )
+        got = gpus.pick(machine, held_gpus(list(refs)), res.gpu, res.gpu_model)
+        if got is None:
+            why = f"waiting for {res.gpu} free GPU(s) on the server"
+            if job.reason != why:
+                job.reason = why
+            return False
+        return gpus.visible(got)
 
     # -- 2. follow ----------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class JobRun:
         token: str,
         cache: ContentCache | None = None,
         http: httpx.Client | None = None,
+        gpus: str | None = None,
     ):
         self.api = RunnerAPI(server, job_id, token, http)
         self.reporter = Reporter(self.api)
@@ -117,6 +118,8 @@ class JobRun:
         self.proc: subprocess.Popen[bytes] | None = None
         self.environment: dict[str, Any] | None = None  # the module's lock, once resolved
         self.described: dict[str, Any] | None = None  # the module's arguments, as it said
+        # the GPUs this job may use, as CUDA_VISIBLE_DEVICES ("": none); None: as it is here
+        self.gpus = gpus
 
     @property
     def cache(self) -> ContentCache:
@@ -261,6 +264,8 @@ class JobRun:
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("FORGEHUB_JOB_TOKEN", None)  # the module never sees the job's credentials
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus
         for name, path in inputs.items():
             env[f"FORGEHUB_INPUT_{name.upper()}"] = str(path)
         python, readable = sys.executable, None
@@ -442,7 +447,8 @@ class JobRun:
             return argv, env
         readable = [*(readable or sandbox.python_paths()), *inputs.values()]
         self.reporter.line("system", "in a sandbox: no network, only its work directory writable")
-        return sandbox.wrap(argv, work, readable, tool), sandbox.clean_env(env, work)
+        gpus = bool(env.get("CUDA_VISIBLE_DEVICES"))
+        return sandbox.wrap(argv, work, readable, tool, gpus), sandbox.clean_env(env, work)
 
     def _pump(self, stream: Any, name: str) -> None:
         for raw in iter(stream.readline, b""):

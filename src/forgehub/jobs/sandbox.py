@@ -14,6 +14,7 @@ says when it is not) or ``off``.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sys
@@ -96,9 +97,15 @@ def clean_env(env: dict[str, str], work: Path) -> dict[str, str]:
     return out
 
 
-def wrap(argv: list[str], work: Path, readable: Iterable[Path], tool: str) -> list[str]:
-    """``argv`` run inside the sandbox: ``work`` writable, ``readable`` read-only."""
+def wrap(
+    argv: list[str], work: Path, readable: Iterable[Path], tool: str, gpus: bool = False
+) -> list[str]:
+    """``argv`` run inside the sandbox: ``work`` writable, ``readable`` read-only; with
+    ``gpus``, the NVIDIA device nodes too (``CUDA_VISIBLE_DEVICES`` picks the job's own)."""
     args = [tool, "--unshare-all", "--die-with-parent", "--proc", "/proc", "--dev", "/dev"]
+    if gpus:
+        for node in sorted(glob.glob("/dev/nvidia*")):
+            args += ["--dev-bind", node, node]
     args += ["--tmpfs", "/tmp"]  # first: what is bound below may lie under /tmp
     for top in SYSTEM:
         p = Path(top)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from forgehub.compute import Resources, kinds_with
+from forgehub.compute.gpus import model_matches
 from forgehub.db.models import (
     ComputeConnection,
     Job,
@@ -39,6 +40,11 @@ def fits(
         return refused
     if res.gpu > worker.gpus:
         return f"has {worker.gpus} GPU(s), the job needs {res.gpu}"
+    if res.gpu and res.gpu_model:
+        fit = sum(1 for m in worker.gpu_models if model_matches(res.gpu_model, str(m)))
+        if fit < res.gpu:
+            have = ", ".join(sorted(set(map(str, worker.gpu_models)))) or "models unknown"
+            return f"has {fit} {res.gpu_model} GPU(s) ({have}), the job needs {res.gpu}"
     if res.cpu > worker.cpus:
         return f"has {worker.cpus:g} CPU(s), the job needs {res.cpu:g}"
     if res.memory_mb and worker.memory_mb and res.memory_mb > worker.memory_mb:
@@ -90,6 +96,7 @@ def claim(
     free: Resources,
     lease_s: float,
     dialect: str,
+    free_models: list[str] | None = None,
 ) -> tuple[Job, str] | None:
     """Atomically take the oldest queued job this worker may and can run."""
     stmt: Any = (  # Select[Job, str]
@@ -115,6 +122,9 @@ def claim(
             or (free.memory_mb and res.memory_mb > free.memory_mb)
         ):
             continue
+        if res.gpu and res.gpu_model and free_models is not None:
+            if sum(1 for m in free_models if model_matches(res.gpu_model, m)) < res.gpu:
+                continue
         value, token_columns = new_job_token(job)
         ok = transition(
             session,

@@ -4,6 +4,7 @@ connections, the admin's policy and the installed modules, then one queued row w
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ from sqlalchemy.orm import Session
 from forgehub.artifacts import connections as storage_conns
 from forgehub.artifacts import records
 from forgehub.auth import Principal
-from forgehub.compute import Resources
+from forgehub.compute import ComputeError, Resources
 from forgehub.db.models import (
     Job,
     JobEvent,
@@ -27,6 +28,7 @@ from forgehub.jobs.common import COMPUTE, JobError, ensure_default_compute
 from forgehub.jobs.scheduling import check_some_worker_fits
 from forgehub.secrets import SecretBox
 
+log = logging.getLogger("forgehub.jobs")
 INPUT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
@@ -203,6 +205,8 @@ def submit(
     spec["output"] = body.output or _default_output(body.kind, module)
     if service is not None:
         spec["service"] = service
+    if body.resources.gpu and not COMPUTE.adapter_class(compute.kind).pull:
+        _check_back_end_fits(compute, body.resources, box)
     if COMPUTE.adapter_class(compute.kind).pull:
         check_some_worker_fits(
             session,
@@ -224,6 +228,18 @@ def submit(
         max_retries=body.max_retries,
     )
     return _enqueue(session, job, "submitted")
+
+
+def _check_back_end_fits(compute: Any, res: Resources, box: SecretBox) -> None:
+    """Refuse at once a GPU job that ``compute`` could never run (no GPUs, none of that model);
+    a back end that cannot be asked now gets the job, which fails there if it must."""
+    try:
+        why = COMPUTE.adapter_for(compute, box).refuses(res)
+    except ComputeError as exc:
+        log.warning("cannot ask %s whether it fits a GPU job: %s", compute.name, exc)
+        return
+    if why:
+        raise JobError(f"compute {compute.name!r} cannot run this job: {why}", 422)
 
 
 FUNCTION_CALL = ["{python}", "-m", "forgehub.pipelines.call"]

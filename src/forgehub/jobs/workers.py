@@ -22,6 +22,7 @@ def worker_out(w: Worker, running: int) -> dict[str, Any]:
         "labels": w.labels,
         "cpus": w.cpus,
         "gpus": w.gpus,
+        "gpu_models": w.gpu_models,
         "memory_mb": w.memory_mb,
         "shared": w.shared,
         "version": w.version,

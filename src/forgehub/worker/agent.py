@@ -22,7 +22,7 @@ import httpx
 
 from forgehub import __version__
 from forgehub.client import ApiClient, Patience, Unreachable
-from forgehub.compute import Resources
+from forgehub.compute import Resources, gpus
 from forgehub.errors import Conflict, ForgehubError, NotFound, Upstream
 from forgehub.jobs import leftovers
 from forgehub.jobs.runner import JobRun, cache_root, machine_cache
@@ -40,7 +40,7 @@ class WorkerAgent:
     name: str = field(default_factory=socket.gethostname)
     labels: list[str] = field(default_factory=list)
     cpus: float = float(os.cpu_count() or 1)
-    gpus: int = 0
+    gpus: int | None = None  # None: the GPUs detected here; N: the first N of them
     memory_mb: int = 0
     shared: bool = False
     max_jobs: int = 0  # jobs at once (0: as many as the CPUs allow)
@@ -63,6 +63,12 @@ class WorkerAgent:
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
         )
         self.cache = machine_cache()
+        found = gpus.machine_gpus()
+        if self.gpus is not None:  # as many as asked: the detected ones, then unknown ones
+            extra = [gpus.Gpu(i, "", "unknown", 0) for i in range(len(found), self.gpus)]
+            found = (found + extra)[: self.gpus]
+        self.devices = gpus.Devices(found)
+        self.gpus = len(found)
 
     # -- server calls, patient through outages -----------------------------------------------
 
@@ -90,6 +96,7 @@ class WorkerAgent:
                     "labels": self.labels,
                     "cpus": self.cpus,
                     "gpus": self.gpus,
+                    "gpu_models": [g.model for g in self.devices.gpus],
                     "memory_mb": self.memory_mb,
                     "shared": self.shared,
                     "version": __version__,
@@ -107,7 +114,7 @@ class WorkerAgent:
             used = [res for _, res in self.running.values()]
         return Resources(
             cpu=max(self.cpus - sum(r.cpu for r in used), 0.001),
-            gpu=max(self.gpus - sum(r.gpu for r in used), 0),
+            gpu=len(self.devices.free()),
             memory_mb=max(self.memory_mb - sum(r.memory_mb for r in used), 0),
         )
 
@@ -123,6 +130,8 @@ class WorkerAgent:
             log.info("cleaned up after %d job(s) a killed runner left: %s", len(reaped), reaped)
         self.register()
         log.info("worker %s (%s) connected to %s", self.name, self.worker_id, self.server)
+        for gpu in self.devices.gpus:
+            log.info("offering %s", gpu)
         beat = threading.Thread(target=self._heartbeats, daemon=True, name="worker-heartbeat")
         beat.start()
         try:
@@ -151,7 +160,11 @@ class WorkerAgent:
         try:
             got: dict[str, Any] | None = self._post(
                 f"/api/v1/workers/{self.worker_id}/claim",
-                {"free": self.free().model_dump(), "wait": wait},
+                {
+                    "free": self.free().model_dump(),
+                    "free_gpu_models": [g.model for g in self.devices.free()],
+                    "wait": wait,
+                },
             )
         except ConnectionError:
             return None
@@ -165,8 +178,15 @@ class WorkerAgent:
 
     def start(self, got: dict[str, Any]) -> None:
         job_id = got["job_id"]
-        run = JobRun(self.server, job_id, got["token"], self.cache, self.runner_http)
         res = Resources.model_validate(got.get("resources") or {})
+        held = self.devices.take(job_id, res.gpu, res.gpu_model) or []
+        if len(held) < res.gpu:  # cannot happen: claims ask with what is free
+            log.error("job %s needs %d GPU(s) and none are free", job_id, res.gpu)
+        run = JobRun(
+            self.server, job_id, got["token"], self.cache, self.runner_http, gpus.visible(held)
+        )
+        if held:
+            log.info("job %s gets GPU(s) %s", job_id, gpus.visible(held))
         with self._lock:
             self.running[job_id] = (run, res)
         log.info("running job %s (attempt %s)", job_id, got.get("attempt"))
@@ -176,6 +196,7 @@ class WorkerAgent:
                 code = run.run()
                 log.info("job %s ended (runner exit %s)", job_id, code)
             finally:
+                self.devices.give(job_id)
                 with self._lock:
                     self.running.pop(job_id, None)
                     self.done += 1

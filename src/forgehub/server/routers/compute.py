@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
@@ -120,6 +120,9 @@ class WorkerIn(BaseModel):
     labels: list[str] = Field(default_factory=list)
     cpus: float = Field(default=1.0, gt=0, le=4096, allow_inf_nan=False)
     gpus: int = Field(default=0, ge=0, le=1024)
+    gpu_models: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=1024, description="The model of each GPU."
+    )
     memory_mb: int = Field(default=0, ge=0, le=1 << 40)
     shared: bool = Field(default=False, description="Also run other users' module jobs.")
     version: str = ""
@@ -127,6 +130,9 @@ class WorkerIn(BaseModel):
 
 class ClaimIn(BaseModel):
     free: Resources = Field(default_factory=Resources)
+    free_gpu_models: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=1024, description="The models of the free GPUs."
+    )
     wait: float = Field(default=20.0, ge=0, le=60, description="Long-poll for this long.")
     running: list[str] = Field(default_factory=list)
 
@@ -171,7 +177,14 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
             w.last_seen_at = utcnow()
             if w.stopped_at is not None:
                 raise Conflict("this worker was stopped; register again")
-            got = service.claim(s, w, body.free, state.settings.job_lease_s, state.db.dialect)
+            got = service.claim(
+                s,
+                w,
+                body.free,
+                state.settings.job_lease_s,
+                state.db.dialect,
+                body.free_gpu_models,
+            )
             if got is None:
                 return None
             job, token = got
