@@ -239,6 +239,29 @@ def test_train_on_slurm(api: httpx.Client, dataset: str, slurm: str) -> None:
     assert ref["state"] == "running"
     api.post(f"/api/v1/jobs/{sleeper['id']}/cancel")
     assert wait(api, sleeper["id"], FINISHED, 60)["state"] == "cancelled"
+    # and Slurm's own record says CANCELLED, not FAILED
+    name = f"forgehub-command-{sleeper['id'][:8]}"
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(
+            ["squeue", "--json"],
+            env={**os.environ, "SLURM_CONF": slurm},
+            capture_output=True,
+            text=True,
+        ).stdout
+        states = [j["job_state"] for j in json.loads(out)["jobs"] if j["name"] == name]
+        if states and states[0] not in ("RUNNING", "COMPLETING"):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.3)
+    assert states == ["CANCELLED"]
+    # a cluster without GPUs (no GRES) refuses a GPU job at once, saying why
+    r = api.post(
+        "/api/v1/jobs",
+        json={"kind": "command", "command": ["true"], "compute": "hpc", "resources": {"gpu": 1}},
+    )
+    assert r.status_code == 422, r.text
+    assert "no GPUs" in r.json()["detail"] and "GRES" in r.json()["detail"]
 
 
 def test_slurm_states_map_with_reasons() -> None:
@@ -321,6 +344,26 @@ def test_train_on_ray(api: httpx.Client, dataset: str, ray_head: str) -> None:
             break
         time.sleep(0.5)
     assert status in ("STOPPED", "SUCCEEDED", "FAILED")
+    # a job Ray holds PENDING (it waits for CPUs the cluster lacks) cancels at once
+    waiting = submit(
+        api, kind="command", command=["true"], compute="cluster", resources={"cpu": 64}
+    )
+    wait(api, waiting["id"], {"starting"}, 30)
+    ref = f"forgehub-{waiting['id']}-0"
+    assert httpx.get(f"{ray_head}/api/jobs/{ref}").json()["status"] == "PENDING"
+    api.post(f"/api/v1/jobs/{waiting['id']}/cancel")
+    assert wait(api, waiting["id"], FINISHED, 15)["state"] == "cancelled"
+    # a cluster without GPUs refuses a GPU job at once
+    r = api.post(
+        "/api/v1/jobs",
+        json={
+            "kind": "command",
+            "command": ["true"],
+            "compute": "cluster",
+            "resources": {"gpu": 1},
+        },
+    )
+    assert r.status_code == 422 and "0 GPU(s)" in r.json()["detail"], r.text
 
 
 # -- reliability --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from forgehub.compute.base import (
     ComputeConfig,
     ComputeError,
     Launch,
+    Resources,
 )
 from forgehub.states import JobState
 from forgehub.urls import url_host
@@ -103,6 +104,12 @@ class RayCompute(ComputeAdapter):
             None,
             ["Ray queues jobs itself"],
         )
+
+    def refuses(self, res: Resources) -> str | None:
+        have = self.capacity().gpus
+        if res.gpu > have:
+            return f"the Ray cluster has {have} GPU(s); the job needs {res.gpu}"
+        return None
 
     def submit(self, launch: Launch) -> str:
         res = launch.resources

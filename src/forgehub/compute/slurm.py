@@ -28,6 +28,7 @@ from forgehub.compute.base import (
     ComputeConfig,
     ComputeError,
     Launch,
+    Resources,
 )
 from forgehub.states import JobState
 
@@ -226,6 +227,24 @@ class SlurmCompute(ComputeAdapter):
                     gpus += int(tail) if tail.isdigit() else 0
         return Capacity(float(cpus), gpus, mem, None, ["Slurm queues jobs itself"])
 
+    def refuses(self, res: Resources) -> str | None:
+        """A GPU job where no node (of the partition) has that many GPUs of that type in its
+        GRES: refused up front, not left pending for ever or failed late."""
+        if not res.gpu:
+            return None
+        argv = ["sinfo", "-h", "-N", "-o", "%G"]
+        if self.cfg.partition:
+            argv += ["-p", self.cfg.partition]
+        where = f"partition {self.cfg.partition!r}" if self.cfg.partition else "the cluster"
+        nodes = self.run(argv).splitlines()
+        best = max((gres_gpus(line, res.gpu_model) for line in nodes), default=0)
+        if best >= res.gpu:
+            return None
+        if not any(gres_gpus(line, None) for line in nodes):
+            return f"Slurm {where} has no GPUs (no GRES gpu is configured on its nodes)"
+        kind = f" {res.gpu_model}" if res.gpu_model else ""
+        return f"Slurm {where} has at most {best}{kind} GPU(s) a node; the job needs {res.gpu}"
+
     def script(self, launch: Launch) -> str:
         cfg = self.cfg
         res = launch.resources
@@ -318,6 +337,20 @@ class SlurmCompute(ComputeAdapter):
             msg = (r.stderr or r.stdout).strip().splitlines()
             raise ComputeError(f"sbatch failed: {msg[-1] if msg else r.returncode}")
         return r.stdout.strip()
+
+
+def gres_gpus(gres: str, model: str | None) -> int:
+    """GPUs of ``model`` (any when None) in one node's GRES, as sinfo's %G prints it:
+    ``gpu:a100:4(S:0-1),gpu:v100:2`` or ``gpu:2`` or ``(null)``."""
+    total = 0
+    for item in gres.strip().split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] != "gpu" or not parts[-1].isdigit():
+            continue
+        kind = parts[1] if len(parts) == 3 else ""
+        if model is None or kind.lower() == model.lower():
+            total += int(parts[-1])
+    return total
 
 
 # a constant: no user value is in it

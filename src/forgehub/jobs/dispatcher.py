@@ -424,6 +424,20 @@ class Dispatcher:
             self.adapter(conn).cancel(ref)
         except ComputeError as exc:
             log.warning("cannot cancel %s on %s: %s", job_id, conn.name, exc)
+            return
+        # A job still waiting in the back end's own queue (Ray keeps a stopped job PENDING
+        # until it could have started) has no runner to report: it is cancelled now. A runner
+        # that starts later finds its job over and its token dead, and exits.
+        with self.db.session() as s:
+            job = s.get(Job, job_id)
+            if (
+                job is not None
+                and job.state == JobState.starting
+                and job.started_at is None
+                and job.backend_ref == ref
+            ):
+                transition(s, job, JobState.cancelled, "cancelled before it started")
+                self.notify()
 
     def notify(self) -> None:
         self.wake.set()

@@ -510,7 +510,25 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     runner = JobRun(args.server, args.job, token)
     signal.signal(signal.SIGTERM, lambda *_: runner.request_cancel())
-    return runner.run()
+    code = runner.run()
+    if runner.reporter.cancel.is_set():
+        end_as_cancelled()
+    return code
+
+
+def end_as_cancelled() -> None:
+    """Under Slurm, a cancelled job ends by cancelling its own allocation, so that Slurm's
+    accounting says CANCELLED (not FAILED) whether forgehub's scancel or the runner's own
+    stop came first."""
+    slurm_job = os.environ.get("SLURM_JOB_ID", "")
+    if not slurm_job.isdigit() or shutil.which("scancel") is None:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        subprocess.run(["scancel", "--quiet", slurm_job], timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    time.sleep(10)  # scancel's SIGTERM ends this process; exit anyway if it never comes
 
 
 if __name__ == "__main__":
