@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -411,9 +412,14 @@ def module_server(data_dir: Path, *args: str) -> Iterator[int]:
 
 
 class Slurm:
-    """slurmctld + slurmd on this host (auth/none, loopback only), with their own state dirs."""
+    """slurmctld + slurmd on this host (auth/none, loopback only), with their own state dirs.
 
-    def __init__(self) -> None:
+    ``gpus=N`` SIMULATES N GPUs of type ``fake``: a GRES whose device files are character
+    devices made in the state directory with the numbers of /dev/null (no GPU exists here);
+    Slurm counts, assigns and schedules them and sets CUDA_VISIBLE_DEVICES in the job."""
+
+    def __init__(self, gpus: int = 0) -> None:
+        self.gpus = gpus
         if not (shutil.which("slurmctld") and shutil.which("slurmd") and shutil.which("sbatch")):
             missing("Slurm (apt slurm-wlm slurm-client)")
         self.dir = Path(tempfile.mkdtemp(prefix="fh-slurm-"))
@@ -426,6 +432,15 @@ class Slurm:
         for d in ("state", "spool", "log", "run"):
             (self.dir / d).mkdir()
         cpus = os.cpu_count() or 2
+        gres = ""
+        if self.gpus:
+            for i in range(self.gpus):  # slurmd wants a character device: /dev/null's numbers
+                os.mknod(self.dir / f"fakegpu{i}", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+            files = f"{self.dir}/fakegpu[0-{self.gpus - 1}]"
+            (self.dir / "gres.conf").write_text(
+                f"AutoDetect=off\nNodeName={self.host} Name=gpu Type=fake File={files}\n"
+            )
+            gres = f" Gres=gpu:fake:{self.gpus}"
         self.conf.write_text(
             "\n".join(
                 [
@@ -452,8 +467,9 @@ class Slurm:
                     f"SlurmctldLogFile={self.dir}/log/slurmctld.log",
                     f"SlurmdLogFile={self.dir}/log/slurmd.log",
                     "JobAcctGatherType=jobacct_gather/none",
+                    *(["GresTypes=gpu"] if self.gpus else []),
                     f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 "
-                    "State=UNKNOWN",
+                    f"State=UNKNOWN{gres}",
                     f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
                     "",
                 ]

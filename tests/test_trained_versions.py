@@ -250,3 +250,48 @@ def test_a_trained_version_records_where_it_came_from_and_can_be_reproduced(
         assert theirs.returncode != 0 and "Traceback" not in theirs.stderr
         assert threes["digest"] in theirs.stderr or "input" in theirs.stderr, theirs.stderr
         assert [j for j in carol.get("/api/v1/jobs").json()["jobs"] if j["kind"] == "train"] == []
+
+
+def test_digits_cnn_trains_on_the_cpu_and_serves_its_weights(server: ForgehubServer) -> None:
+    """The PyTorch demo: its shipped weights read digits; a training job runs on the CPU here
+    (no GPU is visible), says so, and its published version answers with its own weights."""
+    cnn_predict = PREDICT.replace("/digits/", "/digits-cnn/")
+    with _client(server, server.admin_token) as admin:
+        hits = 0
+        for i in range(10):
+            png, truth = digit_png(i)
+            r = admin.post(cnn_predict, files={"image": ("d.png", png, "image/png")})
+            hits += _label(r) == truth
+        assert hits >= 8, hits  # the pre-trained CNN reads real handwriting
+        buf = io.BytesIO()
+        rng = np.random.default_rng(0)
+        np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
+        r = admin.post(
+            "/api/v1/artifacts",
+            params={"filename": "threes.npz", "name": "cnn-threes-data"},
+            content=buf.getvalue(),
+        )
+        assert r.status_code == 201, r.text
+        r = admin.post(
+            "/api/v1/jobs",
+            json={
+                "module": "digits-cnn",
+                "args": {"epochs": 3},
+                "inputs": {"dataset": "cnn-threes-data"},
+                "publish": True,
+                "publish_version": "cnn-threes",
+            },
+        )
+        assert r.status_code == 201, r.text
+        done = _wait(admin, r.json()["id"])
+        assert done["state"] == "succeeded", done
+        assert done["result"]["device"] == "cpu"
+        lines = admin.get(f"/api/v1/jobs/{done['id']}/logs").json()["lines"]
+        assert any("training on cpu" in line[2] for line in lines)
+        png, _ = digit_png(0)
+        r = admin.post(
+            cnn_predict,
+            params={"version": "cnn-threes"},
+            files={"image": ("d.png", png, "image/png")},
+        )
+        assert _label(r) == 3 and r.headers["x-forgehub-version"] == "cnn-threes"
