@@ -131,6 +131,8 @@ def test_local_gpu_jobs_get_their_own_devices_and_wait_for_a_free_one(api: httpx
 
 
 def test_local_refuses_what_the_server_could_never_run(api: httpx.Client) -> None:
+    cap = api.post("/api/v1/compute/connections/local/test").json()["capacity"]
+    assert cap["gpus"] == 2 and "GPU 1: NVIDIA A100-SXM4-80GB, 81920 MiB" in cap["notes"]
     r = command(api, "local", gpu=3)
     assert r.status_code == 422 and "the server has 2 GPU(s)" in r.json()["detail"], r.text
     r = command(api, "local", gpu=1, gpu_model="V100")
@@ -149,6 +151,7 @@ def test_two_gpu_jobs_on_a_two_gpu_worker_get_different_devices(
         wait_worker(api, "gpu-box")
         listed = next(x for x in api.get("/api/v1/workers").json() if x["name"] == "gpu-box")
         assert listed["gpus"] == 2 and listed["gpu_models"] == ["NVIDIA A100-SXM4-80GB"] * 2
+        assert listed["gpu_memory_mb"] == [81920, 81920]
         a, b = command(api, "workers", gpu=1), command(api, "workers", gpu=1)
         assert a.status_code == 201 and b.status_code == 201, a.text + b.text
         deadline = time.monotonic() + 60

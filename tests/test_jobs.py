@@ -264,6 +264,38 @@ def test_train_on_slurm(api: httpx.Client, dataset: str, slurm: str) -> None:
     assert "no GPUs" in r.json()["detail"] and "GRES" in r.json()["detail"]
 
 
+def test_a_runner_stopped_by_a_cancel_ends_its_slurm_job_as_cancelled(
+    slurm: str, tmp_path: Path
+) -> None:
+    """When the runner sees the cancel before forgehub's scancel arrives, it ends its own
+    allocation: Slurm records CANCELLED, where a plain non-zero exit would be FAILED."""
+    env = {**os.environ, "SLURM_CONF": slurm}
+    ends = {
+        "runner": f"exec {sys.executable} -c "
+        "'from forgehub.jobs.runner import end_as_cancelled; end_as_cancelled()'",
+        "plain": "exit 1",
+    }
+    ids = {}
+    for name, line in ends.items():
+        script = f"#!/bin/sh\n#SBATCH --output={tmp_path}/%j.out\n{line}\n"
+        r = subprocess.run(
+            ["sbatch", "--parsable"], input=script, env=env, capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        ids[name] = r.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = json.loads(
+            subprocess.run(["squeue", "--json"], env=env, capture_output=True, text=True).stdout
+        )["jobs"]
+        states = {n: s["job_state"] for s in jobs for n, i in ids.items() if str(s["job_id"]) == i}
+        if all(s not in ("PENDING", "RUNNING", "COMPLETING") for s in states.values()):
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.3)
+    assert states == {"runner": "CANCELLED", "plain": "FAILED"}
+
+
 def test_slurm_states_map_with_reasons() -> None:
     from forgehub.compute.slurm import map_state
 

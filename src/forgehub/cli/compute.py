@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -82,13 +83,26 @@ def compute_ls(as_json: bool = JsonOpt, server: str = ServerOpt, token: str = To
             w["name"],
             "yes" if w["online"] else "no",
             f"{w['cpus']:g}",
-            str(w["gpus"]),
+            _gpus(w),
             f"{w['memory_mb']} MiB",
             ",".join(w["labels"]),
             str(w["running_jobs"]),
             w["last_seen_at"][:19].replace("T", " "),
         )
     out.print(wt)
+
+
+def _gpus(w: dict[str, Any]) -> str:
+    """``2 × NVIDIA A100-SXM4-80GB (80 GiB)``, or the count where models are unknown."""
+    models = w.get("gpu_models") or []
+    if not models:
+        return str(w["gpus"])
+    memory = w.get("gpu_memory_mb") or [0] * len(models)
+    kinds: dict[str, int] = {}
+    for model, mem in zip(models, memory, strict=False):
+        label = f"{model} ({mem / 1024:.0f} GiB)" if mem else str(model)
+        kinds[label] = kinds.get(label, 0) + 1
+    return ", ".join(f"{n} × {label}" for label, n in kinds.items())
 
 
 @compute_app.command("rm")

@@ -64,7 +64,8 @@ class LocalCompute(ComputeAdapter):
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         slots = getattr(self.config, "slots", 0) or None
         found = gpus.machine_gpus()
-        return Capacity(float(os.cpu_count() or 1), len(found), pages // (1 << 20), slots)
+        notes = [str(g) for g in found]
+        return Capacity(float(os.cpu_count() or 1), len(found), pages // (1 << 20), slots, notes)
 
     def refuses(self, res: Resources) -> str | None:
         return gpus.refusal(gpus.machine_gpus(), res.gpu, res.gpu_model, "the server")

@@ -452,6 +452,7 @@ class Worker(Base):
     cpus: Mapped[float] = mapped_column(default=1.0)
     gpus: Mapped[int] = mapped_column(default=0)
     gpu_models: Mapped[list[Any]] = mapped_column(JSON, default=list)  # one per GPU
+    gpu_memory_mb: Mapped[list[Any]] = mapped_column(JSON, default=list)  # one per GPU
     memory_mb: Mapped[int] = mapped_column(default=0)
     shared: Mapped[bool] = mapped_column(default=False)
     version: Mapped[str] = mapped_column(String(32), default="")

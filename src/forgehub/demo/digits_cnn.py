@@ -53,7 +53,7 @@ class DigitsCNNModule(DigitsModule):
         "libraries": ["PyTorch"],
     }
     PredictArgs = DigitsPredictArgs
-    TrainArgs = DigitsCNNTrainArgs
+    TrainArgs = DigitsCNNTrainArgs  # type: ignore[assignment]  # its own training arguments
 
     def __init__(self, weights: Path | None = None) -> None:
         super().__init__(weights or WEIGHTS)

@@ -23,6 +23,7 @@ def worker_out(w: Worker, running: int) -> dict[str, Any]:
         "cpus": w.cpus,
         "gpus": w.gpus,
         "gpu_models": w.gpu_models,
+        "gpu_memory_mb": w.gpu_memory_mb,
         "memory_mb": w.memory_mb,
         "shared": w.shared,
         "version": w.version,

@@ -97,6 +97,7 @@ class WorkerAgent:
                     "cpus": self.cpus,
                     "gpus": self.gpus,
                     "gpu_models": [g.model for g in self.devices.gpus],
+                    "gpu_memory_mb": [g.memory_mb for g in self.devices.gpus],
                     "memory_mb": self.memory_mb,
                     "shared": self.shared,
                     "version": __version__,

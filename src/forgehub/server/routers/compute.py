@@ -123,6 +123,9 @@ class WorkerIn(BaseModel):
     gpu_models: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=list, max_length=1024, description="The model of each GPU."
     )
+    gpu_memory_mb: list[Annotated[int, Field(ge=0, le=1 << 30)]] = Field(
+        default_factory=list, max_length=1024, description="The memory of each GPU, MiB."
+    )
     memory_mb: int = Field(default=0, ge=0, le=1 << 40)
     shared: bool = Field(default=False, description="Also run other users' module jobs.")
     version: str = ""

@@ -1,4 +1,4 @@
-"""workers.gpu_models: the model of each GPU a worker offers
+"""workers.gpu_models, gpu_memory_mb: the model and memory of each GPU a worker offers
 
 Revision ID: 0018
 Revises: 0017
@@ -18,8 +18,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("workers") as batch:
         batch.add_column(sa.Column("gpu_models", sa.JSON(), nullable=False, server_default="[]"))
+        batch.add_column(sa.Column("gpu_memory_mb", sa.JSON(), nullable=False, server_default="[]"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("workers") as batch:
+        batch.drop_column("gpu_memory_mb")
         batch.drop_column("gpu_models")
