@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select, text
 from typer.testing import CliRunner
 
 from forgehub.catalog.metadata import from_v1, validate
@@ -101,19 +103,20 @@ def test_search_finds_digits_and_counts_facets(cat_client: TestClient) -> None:
     assert r.status_code == 200
     body = r.json()
     names = [m["name"] for m in body["items"]]
-    assert names[0] == "digits"  # title/tags match ranks above a description-only match
-    assert set(names) == {"digits", "numbers"}
-    assert body["total"] == 2
-    assert body["facets"]["category"] == {"trainable": 2, "inference": 1, "pre-trained": 1}
+    # (digits and digits-cnn are installed) title/tags matches rank above a description's
+    assert names[-1] == "numbers"
+    assert set(names) == {"digits", "digits-cnn", "numbers"}
+    assert body["total"] == 3
+    assert body["facets"]["category"] == {"trainable": 3, "inference": 2, "pre-trained": 2}
     # facets over everything, then filtered
     everything = c.get(CAT).json()
-    assert everything["total"] == 4
-    assert everything["facets"]["category"]["inference"] == 3
-    assert everything["facets"]["library"] == {"PyTorch": 2, "Scikit-learn": 1, "TensorFlow": 1}
+    assert everything["total"] == 5
+    assert everything["facets"]["category"]["inference"] == 4
+    assert everything["facets"]["library"] == {"PyTorch": 3, "Scikit-learn": 1, "TensorFlow": 1}
     trainable = c.get(CAT, params={"category": "trainable", "sort": "name"}).json()
-    assert [m["name"] for m in trainable["items"]] == ["digits", "dogs", "numbers"]
+    assert [m["name"] for m in trainable["items"]] == ["digits", "digits-cnn", "dogs", "numbers"]
     page2 = c.get(CAT, params={"sort": "name", "per_page": 3, "page": 2}).json()
-    assert [m["name"] for m in page2["items"]] == ["numbers"]
+    assert [m["name"] for m in page2["items"]] == ["dogs", "numbers"]
     assert c.get(CAT, params={"sort": "nope"}).status_code == 422
 
 
@@ -273,3 +276,82 @@ def test_cli_add_search_show(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(db_url: str) -> None:
+    """Writes patch the in-memory index in place (no rebuild on each write): after adding,
+    re-tagging, deprecating and deleting entries, every search answers exactly as an index
+    built from scratch does."""
+    from sqlalchemy import delete
+
+    from forgehub.catalog import service
+    from forgehub.catalog.metadata import ModuleMetadata
+    from forgehub.db import Database, upgrade
+    from forgehub.db.models import CatalogFacet, CatalogModule
+
+    def entry(i: int, tags: list[str], cats: list[str]) -> ModuleMetadata:
+        return ModuleMetadata.model_validate(
+            {
+                "title": f"Model {i} for {tags[0]}",
+                "summary": f"Finds {tags[-1]} things.",
+                "description": "A model.",
+                "tags": tags,
+                "categories": cats,
+                "libraries": ["PyTorch" if i % 2 else "Keras"],
+            }
+        )
+
+    queries = [
+        service.SearchQuery(q="cats"),
+        service.SearchQuery(q="dogs", filters={"category": ["trainable"]}),
+        service.SearchQuery(filters={"library": ["PyTorch"]}),
+        service.SearchQuery(sort="name", per_page=5, page=2),
+        service.SearchQuery(sort="updated"),
+        service.SearchQuery(q="model", include_deprecated=True),
+    ]
+    upgrade(db_url)
+    db = Database(db_url)
+    try:
+        with db.session() as s:
+            for i in range(20):
+                service.save_module(s, f"m{i:02d}", entry(i, ["cats"], ["AI4 inference"]), None)
+        with db.session() as s:
+            service.search(s, queries[0])  # the index, built
+        steps = [
+            lambda s: service.save_module(
+                s, "m03", entry(3, ["dogs"], ["AI4 trainable"]), None
+            ),  # re-tagged
+            lambda s: service.save_module(
+                s, "new", entry(99, ["dogs", "cats"], ["AI4 trainable"]), None
+            ),
+            lambda s: _deprecate(s, "m05", CatalogModule),
+            lambda s: _delete_entry(s, "m07", delete, CatalogFacet, CatalogModule),
+        ]
+        for step in steps:
+            with db.session() as s:
+                step(s)
+            with db.session() as s:
+                patched = [service.search(s, q) for q in queries]
+            service._indexes.clear()  # noqa: SLF001 - a rebuilt index is the reference
+            with db.session() as s:
+                rebuilt = [service.search(s, q) for q in queries]
+            assert patched == rebuilt
+        assert {i["name"] for i in rebuilt[1]["items"]} == {"m03", "new"}
+        assert rebuilt[0]["total"] == 18  # 20 - m03 (now dogs) + new - m05 (deprecated) - m07
+    finally:
+        db.dispose()
+
+
+def _deprecate(s: Any, name: str, module: Any) -> None:
+    from forgehub.db.models import utcnow
+
+    m = s.scalar(select(module).where(module.name == name))
+    m.deprecated, m.updated_at = True, utcnow()  # as the API's deprecation does
+
+
+def _delete_entry(s: Any, name: str, delete: Any, facet: Any, module: Any) -> None:
+    m = s.scalar(select(module).where(module.name == name))
+    s.execute(delete(facet).where(facet.module_id == m.id))
+    if s.get_bind().dialect.name != "postgresql":
+        s.execute(text("DELETE FROM catalog_fts WHERE module_id = :id"), {"id": m.id})
+    s.delete(m)

@@ -9,6 +9,7 @@ module's own training (rebuild: ``python -m forgehub.demo.digits_cnn``). Predict
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ from forgehub.module import TrainContext
 
 WEIGHTS = Path(__file__).with_name("digits-cnn-weights.pt")
 NEEDS_TORCH = "digits-cnn needs PyTorch: pip install 'forgehub[torch]'"
+if importlib.util.find_spec("torch") is None:  # not installed: the module is not offered
+    raise ImportError(NEEDS_TORCH)  # (PyTorch itself is imported when the module is used)
 
 
 class DigitsCNNTrainArgs(BaseModel):
