@@ -3,7 +3,8 @@
 Fills a fresh store with generated entries (realistic titles, summaries, descriptions, tags and
 categories), then times searches through the service layer the API uses: free text, free text
 with a facet filter, facet-only browsing, and sorted listings, each returning facet counts.
-Prints p50/p95/max per query kind and overall. Target: p95 below 50 ms.
+Prints p50/p95/max per query kind and overall (target: p95 below 20 ms), and the first search
+after a catalogue write (target: below 30 ms; the search index is patched in place).
 
     python benchmarks/catalog.py [--entries 10000] [--runs 200] [--no-postgres]
 """
@@ -113,6 +114,29 @@ def measure(db: Database, runs: int, rng: random.Random) -> dict[str, list[float
     return times
 
 
+def after_write(db: Database, rounds: int, rng: random.Random) -> list[float]:
+    """The first search after a catalogue write (an entry re-saved with new tags), in ms: what a
+    user sees right after anyone publishes or edits a module."""
+    qs = queries(rng)
+    out = []
+    for i in range(rounds):
+        with db.session() as s:
+            meta = ModuleMetadata.model_validate(
+                {
+                    "title": f"Edited model {i}",
+                    "summary": "Edited.",
+                    "tags": rng.sample(WORDS[:200], 3),
+                    "categories": rng.sample(CATS, 2),
+                }
+            )
+            save_module(s, f"module-{rng.randrange(1000)}", meta, None)
+        with db.session() as s:
+            t0 = time.perf_counter()
+            search(s, qs[i % len(qs)][1])
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))]
@@ -159,9 +183,14 @@ def main() -> None:
             with db.engine.begin() as conn:  # what autovacuum / PRAGMA optimize keep doing
                 conn.exec_driver_sql("ANALYZE")
             p95 = report(name, measure(db, opts.runs, random.Random(2)))
+            first = after_write(db, 30, random.Random(3))
+            print(
+                f"{name:<11}{'after write':<13}{len(first):>6}{statistics.median(first):>9.1f}"
+                f"{pct(first, 0.95):>9.1f}{max(first):>9.1f}   (target < 30 ms)"
+            )
             print(
                 f"{name:<11}fill {opts.entries} entries: {fill_s:.1f} s; overall p95 "
-                f"{p95:.1f} ms -> target < 50 ms: {'met' if p95 < 50 else 'MISSED'}\n"
+                f"{p95:.1f} ms -> target < 20 ms: {'met' if p95 < 20 else 'MISSED'}\n"
             )
             db.dispose()
     finally:

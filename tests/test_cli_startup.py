@@ -20,6 +20,8 @@ HEAVY = (
     "fastapi",
     "rich.progress",
     "rich.syntax",  # httpx's own command-line client would bring it
+    "httpx",  # a plain JSON call goes through http.client; streams load httpx when they run
+    "pydantic",
 )
 PROBE = """
 import sys

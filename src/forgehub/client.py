@@ -20,36 +20,11 @@ from typing import Any
 
 import httpx
 
-from forgehub.errors import (
-    BadRequest,
-    Conflict,
-    Forbidden,
-    ForgehubError,
-    Invalid,
-    NotFound,
-    TooLarge,
-    Unauthorized,
-    Upstream,
-)
+from forgehub.errors import ForgehubError, Unreachable, from_answer
 
 __all__ = ["ApiClient", "Patience", "Unreachable", "detail", "error_for"]
 
 AWAY = (502, 503, 504)  # the server, or what is in front of it, is away for a moment
-BY_STATUS: dict[int, type[ForgehubError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: TooLarge,
-    422: Invalid,
-}
-
-
-class Unreachable(ForgehubError):
-    """The server could not be reached (or stayed away longer than the caller's patience)."""
-
-    default_status = 503
 
 
 @dataclass(frozen=True)
@@ -80,15 +55,7 @@ def detail(r: httpx.Response) -> str:
 
 def error_for(r: httpx.Response) -> ForgehubError:
     """The typed error of a 4xx/5xx answer."""
-    errors = None
-    try:
-        body = r.json()
-        if isinstance(body, dict):
-            errors = body.get("errors")
-    except ValueError:
-        pass
-    cls = BY_STATUS.get(r.status_code, Upstream if r.status_code >= 500 else ForgehubError)
-    return cls(detail(r), r.status_code, errors)
+    return from_answer(r.status_code, r.text)
 
 
 def _no_tls() -> Any:

@@ -12,7 +12,8 @@ dashboard. Code raises these; no router translates errors by hand.
      ├── Conflict (409)
      ├── TooLarge (413)
      ├── Invalid (422)         with ``errors``: one entry per field
-     └── Upstream (502)        a storage or compute back end failed; its message is safe
+     ├── Upstream (502)        a storage or compute back end failed; its message is safe
+     └── Unreachable (503)     a client could not reach the server
 """
 
 from __future__ import annotations
@@ -66,3 +67,38 @@ class Invalid(ForgehubError):
 
 class Upstream(ForgehubError):
     default_status = 502
+
+
+class Unreachable(ForgehubError):
+    """The server could not be reached (or stayed away longer than the caller's patience)."""
+
+    default_status = 503
+
+
+BY_STATUS: dict[int, type[ForgehubError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    413: TooLarge,
+    422: Invalid,
+}
+
+
+def from_answer(status: int, text: str) -> ForgehubError:
+    """The typed error of a 4xx/5xx answer: its problem+json ``detail`` (else its text) and
+    field ``errors``, as the class the server raised."""
+    import json
+
+    message, errors = text, None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if "detail" in body:
+            message = str(body["detail"])
+    cls = BY_STATUS.get(status, Upstream if status >= 500 else ForgehubError)
+    return cls(message, status, errors)

@@ -13,13 +13,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from forgehub.cli.client import Client, ServerOpt, TokenOpt, exit_for, fail, key_values
-from forgehub.client import error_for
+from forgehub.cli.client import (
+    Client,
+    ServerOpt,
+    TokenOpt,
+    exit_for,
+    fail,
+    httpx_module,
+    key_values,
+)
+from forgehub.errors import from_answer
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -346,6 +353,7 @@ def pull(
             os.utime(dest, (stored, stored))
         out.print(f"{art['digest']} -> {dest}")
         return
+    httpx = httpx_module()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".pull-")
     h = hashlib.sha256()
     try:
@@ -356,7 +364,7 @@ def pull(
             with c.http.stream("GET", f"/api/v1/artifacts/{ref}/content", timeout=None) as r:
                 if r.status_code >= 400:
                     r.read()
-                    exit_for(error_for(r), c.server)
+                    exit_for(from_answer(r.status_code, r.text), c.server)
                 for block in r.iter_bytes(CHUNK):
                     fh.write(block)
                     h.update(block)

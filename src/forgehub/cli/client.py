@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from forgehub.cli.messages import fail
-from forgehub.client import ApiClient, Unreachable
-from forgehub.errors import ForgehubError
+from forgehub.errors import ForgehubError, Unreachable, from_answer
 
 if TYPE_CHECKING:
+    from forgehub.client import ApiClient
     from forgehub.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -122,8 +122,24 @@ class Client:
             or (_login_token(login) if login.get("server", "").rstrip("/") == self.server else None)
             or self._local_token(local)
         )
-        self.api = ApiClient(self.server, self.token, timeout=60.0)
-        self.http = self.api.http  # for streams: knows the server and the token
+        self._api: ApiClient | None = None
+
+    @property
+    def api(self) -> ApiClient:
+        """The full client (httpx), for streams, uploads and custom calls; made when needed."""
+        if self._api is None:
+            from forgehub.cli.entry import skip_httpx_cli
+
+            skip_httpx_cli()
+            from forgehub.client import ApiClient
+
+            self._api = ApiClient(self.server, self.token, timeout=60.0)
+        return self._api
+
+    @property
+    def http(self) -> Any:
+        """httpx, for streams: knows the server and the token."""
+        return self.api.http
 
     @staticmethod
     def _local_token(settings: Settings | None) -> str | None:
@@ -137,11 +153,53 @@ class Client:
             return None
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
-        """Call the API; any error ends the command with its message (:func:`exit_for`)."""
+        """Call the API; any error ends the command with its message (:func:`exit_for`).
+        A plain JSON call goes through the standard library's ``http.client``: most commands
+        are one such call, and this way they never load httpx (a third of their start)."""
         try:
+            if set(kw) <= {"json", "params"}:
+                return self._plain(method, path, kw.get("json"), kw.get("params"))
             return self.api.call(method, path, **kw)
         except ForgehubError as exc:
             exit_for(exc, self.server)
+
+    def _plain(self, method: str, path: str, body: Any, params: Any) -> Any:
+        import http.client
+        from urllib.parse import urlencode, urlsplit
+
+        url = urlsplit(self.server)
+        if params:
+            kept = {
+                k: (str(v).lower() if isinstance(v, bool) else v)
+                for k, v in dict(params).items()
+                if v is not None
+            }
+            path += ("&" if "?" in path else "?") + urlencode(kept, doseq=True)
+        headers = {"Accept": "application/json", "User-Agent": "forgehub-cli"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn: http.client.HTTPConnection
+        if url.scheme == "https":
+            conn = http.client.HTTPSConnection(url.netloc, timeout=60)
+        else:
+            conn = http.client.HTTPConnection(url.netloc, timeout=60)
+        try:
+            conn.request(method, url.path.rstrip("/") + path, body=data, headers=headers)
+            r = conn.getresponse()
+            raw = r.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"cannot reach {self.server}: {exc}") from None
+        finally:
+            conn.close()
+        if r.status >= 400:
+            raise from_answer(r.status, raw.decode("utf-8", "replace"))
+        if r.status == 204 or not raw:
+            return None
+        return json.loads(raw)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
@@ -200,3 +258,13 @@ TokenOpt = typer.Option(
     help="API token (default: forgehub login's, else the local admin token file).",
     show_default=False,
 )
+
+
+def httpx_module() -> Any:
+    """httpx, loaded only by the commands that stream (without its own CLI: see cli.entry)."""
+    from forgehub.cli.entry import skip_httpx_cli
+
+    skip_httpx_cli()
+    import httpx
+
+    return httpx

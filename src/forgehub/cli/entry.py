@@ -22,7 +22,7 @@ GROUPS = {
 }
 
 
-def _skip_httpx_cli() -> None:
+def skip_httpx_cli() -> None:
     """httpx imports its own command-line client (click, rich, pygments: ~45 ms) when it is
     imported; a placeholder makes that import fail, which httpx expects and handles."""
     import types
@@ -31,7 +31,7 @@ def _skip_httpx_cli() -> None:
 
 
 def main() -> None:
-    _skip_httpx_cli()
+    skip_httpx_cli()
     args = sys.argv[1:]
     if args[:2] == ["module", "serve"]:
         import gc

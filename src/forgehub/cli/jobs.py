@@ -7,7 +7,6 @@ import os
 import time
 from typing import Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -18,10 +17,11 @@ from forgehub.cli.client import (
     TokenOpt,
     exit_for,
     fail,
+    httpx_module,
     key_values,
     unique_id,
 )
-from forgehub.client import error_for
+from forgehub.errors import from_answer
 
 job_app = typer.Typer(
     rich_markup_mode=None,
@@ -266,6 +266,7 @@ def show(
 
 def _follow(c: Client, job_id: str) -> int:
     """Print the log as it comes (Server-Sent Events); return 0 if the job succeeded."""
+    httpx = httpx_module()
     state = "?"
     url = f"/api/v1/jobs/{job_id}/logs"
     cursor = 0
@@ -276,7 +277,7 @@ def _follow(c: Client, job_id: str) -> int:
             ) as r:
                 if r.status_code >= 400:
                     r.read()
-                    exit_for(error_for(r), c.server)
+                    exit_for(from_answer(r.status_code, r.text), c.server)
                 event = ""
                 for line in r.iter_lines():
                     if line.startswith("event: "):

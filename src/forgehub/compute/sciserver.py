@@ -13,6 +13,7 @@ nothing of it to the results folder. The token is scoped to this attempt and die
 
 from __future__ import annotations
 
+import functools
 import shlex
 from typing import Any
 from urllib.parse import quote
@@ -109,11 +110,14 @@ class SciServerCompute(ComputeAdapter):
         assert isinstance(self.config, SciServerCompute.Config)
         return self.config
 
-    def _call(self, method: str, url: str, **kw: Any) -> httpx.Response:
+    @functools.cached_property
+    def http(self) -> httpx.Client:
         headers = {"X-Auth-Token": self.cfg.token.get_secret_value()}
+        return httpx.Client(headers=headers, timeout=30, follow_redirects=False)
+
+    def _call(self, method: str, url: str, **kw: Any) -> httpx.Response:
         try:
-            with httpx.Client(headers=headers, timeout=30, follow_redirects=False) as http:
-                r = http.request(method, url, **kw)
+            r = self.http.request(method, url, **kw)
         except httpx.HTTPError as exc:
             raise ComputeError(f"cannot reach SciServer at {url_host(url)}: {exc}") from exc
         if r.status_code in (401, 403):

@@ -27,6 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+if "httpx" not in sys.modules:  # a runner process of its own: start it fast (see cli.entry)
+    from forgehub.cli.entry import skip_httpx_cli
+
+    skip_httpx_cli()
+
 import httpx
 
 from forgehub.jobs import leftovers
