@@ -50,6 +50,7 @@ def _loaded(*args: str, importtime: bool = False) -> tuple[set[str], str]:
 )
 def test_a_command_group_loads_only_its_own_module(args: tuple[str, ...]) -> None:
     mods, _ = _loaded(*args)
+    mods.discard("httpx._main")  # the placeholder that keeps httpx's CLI out (cli.entry)
     assert "forgehub.cli.entry" in mods
     for heavy in HEAVY:
         assert not any(m == heavy or m.startswith(heavy + ".") for m in mods), heavy
