@@ -125,6 +125,17 @@ def pick(gpus: Iterable[Gpu], busy: set[str], n: int, model: str | None) -> list
     return free[:n] if len(free) >= n else None
 
 
+def without(models: list[str], n: int, model: str | None) -> list[str]:
+    """``models`` (of free GPUs) less the ``n`` that a job of ``model`` takes."""
+    left, taken = [], 0
+    for m in models:
+        if taken < n and model_matches(model, m):
+            taken += 1
+        else:
+            left.append(m)
+    return left
+
+
 def refusal(gpus: list[Gpu], n: int, model: str | None, where: str) -> str | None:
     """Why ``n`` GPUs of ``model`` could never be had from ``gpus``, or None."""
     if n <= 0:

@@ -116,17 +116,22 @@ class Reporter:
                 }
             return self._inflight
 
-    def flush(self, patience_s: float) -> None:
-        """Send what is buffered (and a heartbeat). Keeps it if the server is away."""
+    def flush(self, patience_s: float, keep_last: bool = False) -> dict[str, Any] | None:
+        """Send what is buffered (and a heartbeat). Keeps it if the server is away. With
+        ``keep_last``, the last batch is not sent but returned (to go with the finish)."""
         while True:
             batch = self._next_batch()
+            if keep_last:
+                with self._lock:
+                    if not (self.lines or self.metrics):
+                        return batch
             try:
                 reply = self.api.call("events", batch, patience_s=patience_s)
             except Revoked as exc:
                 log.warning("the server stopped this attempt: %s", exc)
                 self.revoked.set()
                 self.cancel.set()
-                return
+                return None
             except ConnectionError as exc:
                 if not self._outage_logged:
                     log.warning("%s; buffering logs and retrying", exc)
@@ -134,7 +139,7 @@ class Reporter:
                 away = time.monotonic() - self._last_contact
                 if self.give_up_s is not None and away > self.give_up_s:
                     self.give_up()
-                return
+                return None
             self._outage_logged = False
             self._last_contact = time.monotonic()
             with self._lock:
@@ -143,7 +148,7 @@ class Reporter:
             if reply and reply.get("cancel"):
                 self.cancel.set()
             if not more:
-                return
+                return None
 
     def give_up(self) -> None:
         """Longer than a restart takes: the server is gone, and a service that nobody can
@@ -152,9 +157,12 @@ class Reporter:
         self.revoked.set()
         self.cancel.set()
 
-    def close(self) -> None:
+    def close(self, keep_last: bool = False) -> dict[str, Any] | None:
+        """Stop reporting and send what is left (but the last batch, with ``keep_last``: it is
+        returned, to go with the finish)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         if not self.revoked.is_set():
-            self.flush(patience_s=PATIENCE_S)
+            return self.flush(patience_s=PATIENCE_S, keep_last=keep_last)
+        return None

@@ -178,7 +178,9 @@ class JobRun:
             outcome["described"] = self.described
         if outcome["state"] == "failed":
             self.reporter.line("system", f"failed: {outcome['error']}")
-        self.reporter.close()
+        last = self.reporter.close(keep_last=bool(spec.get("finish_events")))
+        if last is not None and (last["lines"] or last["metrics"] or last["progress"] is not None):
+            outcome["events"] = last
         if self.reporter.revoked.is_set():
             self.api.close()
             return 3

@@ -119,11 +119,12 @@ class WorkerAgent:
             memory_mb=max(self.memory_mb - sum(r.memory_mb for r in used), 0),
         )
 
-    def slots_left(self) -> bool:
+    def slots_left(self) -> int:
+        """How many more jobs this worker may start now."""
         with self._lock:
             n = len(self.running)
         limit = self.max_jobs or max(1, int(self.cpus))
-        return n < limit and self.free().cpu > 0.001
+        return max(limit - n, 0) if self.free().cpu > 0.001 else 0
 
     def run(self) -> int:
         reaped = leftovers.clean(cache_root() / "work")
@@ -139,17 +140,21 @@ class WorkerAgent:
             while not self.stopping.is_set():
                 if self.stop_after and self.done + len(self.running) >= self.stop_after:
                     break
-                if not self.slots_left():
+                slots = self.slots_left()
+                if self.stop_after:
+                    slots = min(slots, self.stop_after - self.done - len(self.running))
+                if slots <= 0:
                     time.sleep(0.05)
                     continue
-                got = self.claim(0.0 if self.burst else self.poll_s)
-                if got is None:
+                got = self.claim(0.0 if self.burst else self.poll_s, slots)
+                if not got:
                     if self.burst and not self.running:
                         break
                     if self.burst:
                         time.sleep(0.1)
                     continue
-                self.start(got)
+                for job in got:
+                    self.start(job)
         finally:
             self.stopping.set()
             for t in list(self._threads):
@@ -157,7 +162,8 @@ class WorkerAgent:
             self._unregister()
         return 0
 
-    def claim(self, wait: float) -> dict[str, Any] | None:
+    def claim(self, wait: float, slots: int = 1) -> list[dict[str, Any]]:
+        """Up to ``slots`` jobs that fit what is free, in one request (long-polling)."""
         try:
             got: dict[str, Any] | None = self._post(
                 f"/api/v1/workers/{self.worker_id}/claim",
@@ -165,17 +171,20 @@ class WorkerAgent:
                     "free": self.free().model_dump(),
                     "free_gpu_models": [g.model for g in self.devices.free()],
                     "wait": wait,
+                    "max_jobs": max(1, min(slots, 64)),
                 },
             )
         except ConnectionError:
-            return None
+            return []
         except (NotFound, Conflict) as exc:
             log.warning("the server forgot this worker (%s); registering again", exc)
             self.register()
-            return None
+            return []
         except ForgehubError as exc:
             raise PermissionError(str(exc)) from None
-        return got  # None: nothing to do (204)
+        if got is None:  # 204: nothing to do
+            return []
+        return list(got["jobs"]) if "jobs" in got else [got]
 
     def start(self, got: dict[str, Any]) -> None:
         job_id = got["job_id"]

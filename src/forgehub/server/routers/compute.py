@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from forgehub import __version__
-from forgehub.compute import ComputeError, Resources
+from forgehub.compute import ComputeError, Resources, gpus
 from forgehub.db.models import Job, Worker, utcnow
 from forgehub.errors import Conflict, Forbidden
 from forgehub.identity import authz
@@ -137,6 +137,13 @@ class ClaimIn(BaseModel):
         default_factory=list, max_length=1024, description="The models of the free GPUs."
     )
     wait: float = Field(default=20.0, ge=0, le=60, description="Long-poll for this long.")
+    max_jobs: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Take up to this many jobs at once (answered as {'jobs': [...]}); 1: one "
+        "job, answered as itself.",
+    )
     running: list[str] = Field(default_factory=list)
 
 
@@ -174,47 +181,56 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
     state = request.app.state
     deadline = asyncio.get_running_loop().time() + body.wait
 
-    def attempt() -> dict[str, Any] | None:
+    def attempt() -> list[dict[str, Any]]:
+        """Up to ``max_jobs`` jobs that fit what is free, in one transaction."""
+        taken: list[dict[str, Any]] = []
         with state.db.session() as s:
             w = _own_worker(s, principal, worker_id)
             w.last_seen_at = utcnow()
             if w.stopped_at is not None:
                 raise Conflict("this worker was stopped; register again")
-            got = service.claim(
-                s,
-                w,
-                body.free,
-                state.settings.job_lease_s,
-                state.db.dialect,
-                body.free_gpu_models,
-            )
-            if got is None:
-                return None
-            job, token = got
-            return {
-                "job_id": job.id,
-                "attempt": job.attempt,
-                "token": token,
-                "resources": job.spec.get("resources", {}),
-            }
+            free, models = body.free.model_copy(), list(body.free_gpu_models)
+            while len(taken) < body.max_jobs and free.cpu > 0.001:
+                got = service.claim(
+                    s, w, free, state.settings.job_lease_s, state.db.dialect, models
+                )
+                if got is None:
+                    break
+                job, token = got
+                res = Resources.model_validate(job.spec.get("resources", {}))
+                free.cpu -= res.cpu
+                free.gpu -= res.gpu
+                if free.memory_mb and res.memory_mb:
+                    free.memory_mb = max(free.memory_mb - res.memory_mb, 1)
+                models = gpus.without(models, res.gpu, res.gpu_model)
+                taken.append(
+                    {
+                        "job_id": job.id,
+                        "attempt": job.attempt,
+                        "token": token,
+                        "resources": job.spec.get("resources", {}),
+                    }
+                )
+        return taken
 
-    def release(job_id: str) -> None:
+    def release(job_ids: list[str]) -> None:
         with state.db.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                service.release(s, job, "the worker went away before it took the job")
+            for job_id in job_ids:
+                job = s.get(Job, job_id)
+                if job is not None:
+                    service.release(s, job, "the worker went away before it took the job")
 
     while True:
         waiter = state.jobs_signal.waiter()
         if await request.is_disconnected():
             return Response(status_code=204)
         got = await anyio.to_thread.run_sync(attempt)
-        if got is not None:
-            if await request.is_disconnected():  # nobody to hand it to: back to the queue
-                await anyio.to_thread.run_sync(release, got["job_id"])
+        if got:
+            if await request.is_disconnected():  # nobody to hand them to: back to the queue
+                await anyio.to_thread.run_sync(release, [g["job_id"] for g in got])
                 state.dispatcher.notify()
                 return Response(status_code=204)
-            return got
+            return {"jobs": got} if body.max_jobs > 1 else got[0]
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0 or await request.is_disconnected():
             return Response(status_code=204)

@@ -66,6 +66,12 @@ class EventsIn(BaseModel):
     progress: float | None = None
 
 
+class FinishWithEventsIn(service.FinishIn):
+    events: EventsIn | None = Field(
+        default=None, description="The attempt's last batch of logs and metrics, sent with it."
+    )
+
+
 async def _runner_call(request: Request, auth: RunnerAuth, fn: Any) -> Any:
     state = request.app.state
 
@@ -98,6 +104,7 @@ async def runner_start(job_id: str, body: StartIn, request: Request, auth: Runne
     def fn(s: Session, job: Job) -> Any:
         service.runner_started(s, job, body.host or "?", lease)
         spec = service.runner_spec(s, job, state.secrets)
+        spec["finish_events"] = True  # the last batch of logs may come with the finish
         if job.kind == "service":
             # a service whose server stays away longer than a restart takes ends itself
             spec["give_up_s"] = max(GIVE_UP_MIN_S, GIVE_UP_LEASES * lease)
@@ -121,11 +128,15 @@ async def runner_events(job_id: str, body: EventsIn, request: Request, auth: Run
 
 @router.post("/{job_id}/runner/finish", summary="Runner: the attempt ended; its output")
 async def runner_finish(
-    job_id: str, body: service.FinishIn, request: Request, auth: RunnerJob
+    job_id: str, body: FinishWithEventsIn, request: Request, auth: RunnerJob
 ) -> Any:
     box = request.app.state.secrets
+    lease = request.app.state.settings.job_lease_s
 
     def fn(s: Session, job: Job) -> Any:
+        if body.events is not None:  # one request less for every job: its last logs
+            e = body.events
+            service.runner_events(s, job, e.seq, e.lines, e.metrics, e.progress, lease)
         service.runner_finished(s, job, body, box)
         return {"state": job.state}
 
