@@ -778,3 +778,32 @@ def test_batch_prediction_over_a_folder_of_images(api: httpx.Client, tmp_path: P
         (row := json.loads(line))["input"]: row["output"]["labels"][0]["label"] for line in lines
     }
     assert sum(got[k] == v for k, v in truth.items()) >= 4, (got, truth)
+
+
+def test_a_worker_claims_what_fits_in_one_request_and_a_finish_carries_the_last_logs(
+    server: ForgehubServer, api: httpx.Client
+) -> None:
+    """Throughput: one claim takes up to max_jobs jobs, as many as the free CPUs allow; the
+    runner's last batch of logs comes with its finish and is stored with it."""
+    w = api.post("/api/v1/workers", json={"name": "batch-probe", "cpus": 8}).json()
+    ids = [
+        submit(api, kind="command", command=["true"], compute="workers", resources={"cpu": 2})["id"]
+        for _ in range(4)
+    ]
+    got = api.post(
+        f"/api/v1/workers/{w['id']}/claim",
+        json={"wait": 5, "max_jobs": 8, "free": {"cpu": 5}},
+    ).json()
+    assert [g["job_id"] for g in got["jobs"]] == ids[:2]  # 2 + 2 CPUs of 5 free: two fit
+    job_id, token = got["jobs"][0]["job_id"], got["jobs"][0]["token"]
+    runner = {"Authorization": f"Bearer {token}"}
+    base = f"{server.url}/api/v1/jobs/{job_id}/runner"
+    spec = httpx.post(f"{base}/start", json={}, headers=runner).json()
+    assert spec["finish_events"] is True
+    last = {"seq": 1, "lines": [[time.time(), "stdout", "the last words"]], "metrics": []}
+    r = httpx.post(f"{base}/finish", json={"state": "succeeded", "events": last}, headers=runner)
+    assert r.status_code == 200, r.text
+    assert wait(api, job_id, FINISHED)["state"] == "succeeded"
+    assert "the last words" in log_text(api, job_id)
+    for rest in ids[1:]:
+        api.post(f"/api/v1/jobs/{rest}/cancel")
