@@ -112,7 +112,7 @@ def test_search_open_digits_and_predict_an_image(
     page = s.page
     page.get_by_label("Search modules").fill("digits")
     page.get_by_role("button", name="Search").click()
-    card = page.locator(".card", has_text="digits").first
+    card = page.locator(".card", has=page.locator("a[href='/modules/digits']"))
     assert "trainable" in card.inner_text()
     s.shot("1-marketplace-search")
     card.get_by_role("link").click()
@@ -167,7 +167,7 @@ def test_train_watch_publish(browser: Any, server: ForgehubServer) -> None:
     page.get_by_text("Published as").wait_for()
     s.shot("2-job-published")
     page.goto("/?category=pre-trained")
-    card = page.locator(".card", has_text="digits")
+    card = page.locator(".card", has=page.locator("a[href='/modules/digits']"))
     assert "pre-trained" in card.inner_text()
     page.goto("/modules/digits")
     row = page.locator("tr", has_text="browser-trained")
