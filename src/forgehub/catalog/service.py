@@ -6,9 +6,11 @@ step with the entry, in the caller's transaction.
 
 from __future__ import annotations
 
+import bisect
 import re
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,7 +256,19 @@ class _Index:
             True: {f: {} for f in FACETS},
             False: {f: {} for f in FACETS},
         }
+        # sorted keys, patched with bisect: (name, id) and (updated, name, id)
+        self._names: list[tuple[str, str]] = []
+        self._times: list[tuple[Any, str, str]] = []
         self.apply(rows, facets, fts_rows or {})
+
+    @property
+    def by_name(self) -> Iterator[str]:
+        return (k[1] for k in self._names)
+
+    @property
+    def by_updated(self) -> Iterator[str]:
+        """Newest first (ties: by name, backwards)."""
+        return (k[2] for k in reversed(self._times))
 
     def apply(
         self,
@@ -282,15 +296,22 @@ class _Index:
         for rowid, mid in fts_rows.items():
             self.fts_row[rowid] = mid
             self.fts_of[mid] = rowid
-        self.by_name = sorted(self.rows, key=lambda m: self.rows[m][0])
-        self.by_updated = sorted(
-            self.rows, key=lambda m: (self.rows[m][2], self.rows[m][0]), reverse=True
-        )
+        if len(changed) > 64 or not self._names:  # many (or the first build): sort once
+            self._names = sorted((r[0], m) for m, r in self.rows.items())
+            self._times = sorted((r[2], r[0], m) for m, r in self.rows.items())
+        else:
+            for mid, name, _deprecated, updated in rows:
+                bisect.insort(self._names, (name, mid))
+                bisect.insort(self._times, (updated, name, mid))
 
     def _drop(self, mid: str) -> None:
         old = self.rows.pop(mid, None)
         if old is None:
             return
+        for keys, key in ((self._names, (old[0], mid)), (self._times, (old[2], old[0], mid))):
+            at = bisect.bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                del keys[at]
         pairs = self.facets_of.pop(mid, [])
         for pair in pairs:
             self.postings.get(pair, set()).discard(mid)
