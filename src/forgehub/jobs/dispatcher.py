@@ -44,6 +44,7 @@ from forgehub.secrets import SecretBox
 
 log = logging.getLogger("forgehub.jobs")
 STATUS_EVERY_S = 2.0
+MIN_ROUND_S = 0.02  # rounds at most 50 times a second
 LANES = 8  # connections served at once; each connection's work runs one at a time
 GRACE_S = 15.0  # a runner's own report may be in flight when its back end says it ended
 
@@ -139,6 +140,9 @@ class Dispatcher:
                 self.tick()
             except Exception:  # noqa: BLE001 - the loop must survive a bad round
                 log.exception("job dispatcher round failed")
+            # a burst of submits and reports wakes it hundreds of times a second: what comes
+            # in the next moment is handled by the next round, not a round each
+            self.stopping.wait(MIN_ROUND_S)
 
     def tick(self) -> None:
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
