@@ -18,7 +18,7 @@ HEAVY = (
     "forgehub.db",
     "sqlalchemy",
     "fastapi",
-    "rich.progress",
+    "rich",  # made when a command prints, after its request went out
     "rich.syntax",  # httpx's own command-line client would bring it
     "httpx",  # a plain JSON call goes through http.client; streams load httpx when they run
     "pydantic",

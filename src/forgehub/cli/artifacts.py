@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.client import (
     Client,
@@ -26,6 +24,7 @@ from forgehub.cli.client import (
     httpx_module,
     key_values,
 )
+from forgehub.cli.messages import Console, Table
 from forgehub.errors import from_answer
 
 if TYPE_CHECKING:
@@ -71,7 +70,7 @@ def _progress() -> Progress:
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
+        console=err.rich,
     )
 
 

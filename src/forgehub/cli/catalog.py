@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.messages import Console, Table
 
 app = typer.Typer(
     rich_markup_mode=None, help="Browse and publish the module marketplace.", no_args_is_help=True

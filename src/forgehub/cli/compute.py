@@ -6,11 +6,10 @@ import json
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.artifacts import connection_config
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail
+from forgehub.cli.messages import Console, Table
 
 compute_app = typer.Typer(
     rich_markup_mode=None,

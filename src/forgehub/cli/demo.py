@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from forgehub.cli.client import fail
+from forgehub.cli.messages import Console
 
 demo_app = typer.Typer(
     rich_markup_mode=None, help="Sample data for the demo modules.", no_args_is_help=True

@@ -9,10 +9,9 @@ import webbrowser
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail, unique_id
+from forgehub.cli.messages import Console, Table
 from forgehub.humanize import duration
 
 app = typer.Typer(

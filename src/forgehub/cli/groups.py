@@ -7,10 +7,9 @@ from typing import Any
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt
+from forgehub.cli.messages import Console, Table
 
 app = typer.Typer(
     rich_markup_mode=None,

@@ -8,8 +8,6 @@ import time
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.client import (
     Client,
@@ -21,6 +19,7 @@ from forgehub.cli.client import (
     key_values,
     unique_id,
 )
+from forgehub.cli.messages import Console, Table
 from forgehub.errors import from_answer
 
 job_app = typer.Typer(

@@ -9,8 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub import __version__
 from forgehub.cli.artifacts import artifact_app, storage_app
@@ -23,6 +21,7 @@ from forgehub.cli.deployments import deploy
 from forgehub.cli.groups import app as group_app
 from forgehub.cli.groups import quota_app, share, unshare
 from forgehub.cli.jobs import job_app, train
+from forgehub.cli.messages import Console, Table
 from forgehub.cli.module import app as module_app
 from forgehub.cli.pipelines import app as pipeline_app
 from forgehub.cli.worker import worker

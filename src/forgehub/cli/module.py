@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from forgehub.cli.messages import fail
+from forgehub.cli.messages import Console, Table, fail
 
 app = typer.Typer(
     rich_markup_mode=None,
@@ -412,7 +410,7 @@ def train(
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         TextColumn("{task.fields[m]}"),
-        console=err,
+        console=err.rich,
     ) as progress:
         task = progress.add_task(f"training {module.name}", total=1.0, m="")
 

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from forgehub.cli.client import Client, ServerOpt, TokenOpt, fail, key_values
+from forgehub.cli.messages import Console, Table
 
 app = typer.Typer(
     rich_markup_mode=None,

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from forgehub.cli.client import fail
+from forgehub.cli.messages import Console
 
 err = Console(stderr=True, soft_wrap=True)
 
