@@ -19,7 +19,6 @@ from sqlalchemy import (
     column,
     delete,
     func,
-    literal_column,
     select,
     table,
     text,
@@ -259,6 +258,10 @@ class _Index:
         # sorted keys, patched with bisect: (name, id) and (updated, name, id)
         self._names: list[tuple[str, str]] = []
         self._times: list[tuple[Any, str, str]] = []
+        # facet counting over many matches: each entry has a bit position, each facet value a
+        # bit mask of its entries; a count is a popcount of (matches & mask), done in C
+        self.pos: dict[str, int] = {}
+        self.bits: dict[tuple[str, str], int] = {}
         self.apply(rows, facets, fts_rows or {})
 
     @property
@@ -283,6 +286,7 @@ class _Index:
         new_facets: dict[str, list[tuple[str, str]]] = {}
         for mid, facet, value in facets:
             new_facets.setdefault(mid, []).append((facet, value))
+        bulk = len(changed) > 64 or not self._names  # many (or the first build)
         for mid, name, deprecated, updated in rows:
             self.rows[mid] = (name, bool(deprecated), updated)
             self.every.add(mid)
@@ -290,13 +294,18 @@ class _Index:
                 self.live.add(mid)
             pairs = new_facets.get(mid, [])
             self.facets_of[mid] = pairs
+            at = self.pos.setdefault(mid, len(self.pos))
             for pair in pairs:
                 self.postings.setdefault(pair, set()).add(mid)
+                if not bulk:
+                    self.bits[pair] = self.bits.get(pair, 0) | (1 << at)
             self._tally(pairs, bool(deprecated), +1)
+        if bulk:
+            self.bits = {pair: self.mask(ids) for pair, ids in self.postings.items() if ids}
         for rowid, mid in fts_rows.items():
             self.fts_row[rowid] = mid
             self.fts_of[mid] = rowid
-        if len(changed) > 64 or not self._names:  # many (or the first build): sort once
+        if bulk:  # sort once
             self._names = sorted((r[0], m) for m, r in self.rows.items())
             self._times = sorted((r[2], r[0], m) for m, r in self.rows.items())
         else:
@@ -313,9 +322,21 @@ class _Index:
             if at < len(keys) and keys[at] == key:
                 del keys[at]
         pairs = self.facets_of.pop(mid, [])
+        at = self.pos[mid]  # kept: the entry comes back in apply (a deletion rebuilds it all)
         for pair in pairs:
             self.postings.get(pair, set()).discard(mid)
+            if pair in self.bits:
+                self.bits[pair] &= ~(1 << at)
         self._tally(pairs, old[1], -1)
+
+    def mask(self, ids: Any) -> int:
+        """The bit mask of these entries."""
+        buf = bytearray(len(self.pos) // 8 + 1)
+        pos = self.pos
+        for mid in ids:
+            at = pos[mid]
+            buf[at >> 3] |= 1 << (at & 7)
+        return int.from_bytes(buf, "little")
         self.every.discard(mid)
         self.live.discard(mid)
         rowid = self.fts_of.pop(mid, None)
@@ -341,6 +362,14 @@ class _Index:
     def facet_counts(
         self, matched: set[str], population: set[str], everything: bool
     ) -> dict[str, dict[str, int]]:
+        if len(matched) >= MASK_FROM and len(matched) * 2 <= len(population):
+            found = self.mask(matched)
+            counts: dict[str, dict[str, int]] = {f: {} for f in FACETS}
+            for (facet, value), bits in self.bits.items():
+                n = (bits & found).bit_count()
+                if n:
+                    counts.setdefault(facet, {})[value] = n
+            return counts
         if len(matched) * 2 <= len(population):
             return self.count(matched)
         rest = self.count(population - matched)  # fewer rows: subtract them from the whole
@@ -352,6 +381,7 @@ class _Index:
 
 
 # per engine (weakly: an index never outlives its database, nor is taken for another's)
+MASK_FROM = 1500  # matches from which bit masks count facets faster than a walk over them
 _indexes: weakref.WeakKeyDictionary[Any, tuple[tuple[int, str], _Index]] = (
     weakref.WeakKeyDictionary()
 )
@@ -437,15 +467,19 @@ def _fts(
         terms = [f'"{t}"' for t in tokens[:-1]] + [
             f'"{tokens[-1]}"*' if len(tokens[-1]) < 4 else f'"{tokens[-1]}"'
         ]
-        fts_t = table("catalog_fts", column("rowid"))
-        stmt = select(fts_t.c.rowid).where(
-            literal_column("catalog_fts").op("MATCH")(bindparam("match", " ".join(terms)))
-        )
+        # thousands of rowids for a common word: straight from the driver, not row by row
+        # through the ORM (which took as long as the match itself)
+        sql = "SELECT rowid FROM catalog_fts WHERE catalog_fts MATCH ?"
+        params: list[Any] = [" ".join(terms)]
         if order:
-            stmt = stmt.order_by(literal_column("catalog_fts.rank"))
+            sql += " ORDER BY rank"
         if limit:
-            stmt = stmt.limit(limit).offset(offset)
-        return [idx.fts_row[int(r)] for r in session.scalars(stmt) if int(r) in idx.fts_row]
+            sql += " LIMIT ? OFFSET ?"
+            params += [limit, offset]
+        driver: Any = session.connection().connection.driver_connection  # sqlite3's own
+        cursor = driver.execute(sql, params)
+        get = idx.fts_row.get
+        return [m for (rowid,) in cursor.fetchall() if (m := get(rowid)) is not None]
     if limit:
         stmt = stmt.limit(limit).offset(offset)
     return list(session.scalars(stmt))
