@@ -329,6 +329,12 @@ class _Index:
                 self.bits[pair] &= ~(1 << at)
         self._tally(pairs, old[1], -1)
 
+        self.every.discard(mid)
+        self.live.discard(mid)
+        rowid = self.fts_of.pop(mid, None)
+        if rowid is not None:
+            self.fts_row.pop(rowid, None)
+
     def mask(self, ids: Any) -> int:
         """The bit mask of these entries."""
         buf = bytearray(len(self.pos) // 8 + 1)
@@ -337,11 +343,6 @@ class _Index:
             at = pos[mid]
             buf[at >> 3] |= 1 << (at & 7)
         return int.from_bytes(buf, "little")
-        self.every.discard(mid)
-        self.live.discard(mid)
-        rowid = self.fts_of.pop(mid, None)
-        if rowid is not None:
-            self.fts_row.pop(rowid, None)
 
     def _tally(self, pairs: list[tuple[str, str]], deprecated: bool, sign: int) -> None:
         for everything in (True, False) if not deprecated else (True,):
