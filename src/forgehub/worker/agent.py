@@ -146,7 +146,10 @@ class WorkerAgent:
                 if slots <= 0:
                     time.sleep(0.05)
                     continue
-                got = self.claim(0.0 if self.burst else self.poll_s, slots)
+                # one job per claim: parallel jobs spread over idle workers (a pipeline's
+                # branches, one on each) instead of filling the first worker that asks; the
+                # server takes several at once (max_jobs) for clients that want them
+                got = self.claim(0.0 if self.burst else self.poll_s, 1)
                 if not got:
                     if self.burst and not self.running:
                         break
