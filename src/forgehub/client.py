@@ -22,7 +22,7 @@ import httpx
 
 from forgehub.errors import ForgehubError, Unreachable, from_answer
 
-__all__ = ["ApiClient", "Patience", "Unreachable", "detail", "error_for"]
+__all__ = ["ApiClient", "Patience", "Unreachable", "error_for"]
 
 AWAY = (502, 503, 504)  # the server, or what is in front of it, is away for a moment
 
@@ -40,17 +40,6 @@ class Patience:
 
 
 ONCE = Patience()
-
-
-def detail(r: httpx.Response) -> str:
-    """The ``detail`` of a problem+json answer, else its text."""
-    try:
-        body = r.json()
-    except ValueError:
-        return r.text
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return r.text
 
 
 def error_for(r: httpx.Response) -> ForgehubError:
