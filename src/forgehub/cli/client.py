@@ -128,9 +128,7 @@ class Client:
     def api(self) -> ApiClient:
         """The full client (httpx), for streams, uploads and custom calls; made when needed."""
         if self._api is None:
-            from forgehub.cli.entry import skip_httpx_cli
-
-            skip_httpx_cli()
+            httpx_module()  # first: without httpx's own CLI
             from forgehub.client import ApiClient
 
             self._api = ApiClient(self.server, self.token, timeout=60.0)
@@ -262,7 +260,7 @@ TokenOpt = typer.Option(
 
 def httpx_module() -> Any:
     """httpx, loaded only by the commands that stream (without its own CLI: see cli.entry)."""
-    from forgehub.cli.entry import skip_httpx_cli
+    from forgehub.fastimport import skip_httpx_cli
 
     skip_httpx_cli()
     import httpx

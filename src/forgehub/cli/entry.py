@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from forgehub.fastimport import skip_httpx_cli
+
 # group name → (module, the Typer app's attribute); each is also registered in cli.main, and
 # has several commands (a Typer app with one command would run it instead of dispatching)
 GROUPS = {
@@ -20,14 +22,6 @@ GROUPS = {
     "module": ("forgehub.cli.module", "app"),
     "pipeline": ("forgehub.cli.pipelines", "app"),
 }
-
-
-def skip_httpx_cli() -> None:
-    """httpx imports its own command-line client (click, rich, pygments: ~45 ms) when it is
-    imported; a placeholder makes that import fail, which httpx expects and handles."""
-    import types
-
-    sys.modules.setdefault("httpx._main", types.ModuleType("httpx._main"))
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if "httpx" not in sys.modules:  # a runner process of its own: start it fast (see cli.entry)
-    from forgehub.cli.entry import skip_httpx_cli
+    from forgehub.fastimport import skip_httpx_cli
 
     skip_httpx_cli()
 
