@@ -119,12 +119,11 @@ class WorkerAgent:
             memory_mb=max(self.memory_mb - sum(r.memory_mb for r in used), 0),
         )
 
-    def slots_left(self) -> int:
-        """How many more jobs this worker may start now."""
+    def slots_left(self) -> bool:
         with self._lock:
             n = len(self.running)
         limit = self.max_jobs or max(1, int(self.cpus))
-        return max(limit - n, 0) if self.free().cpu > 0.001 else 0
+        return n < limit and self.free().cpu > 0.001
 
     def run(self) -> int:
         reaped = leftovers.clean(cache_root() / "work")
@@ -140,24 +139,19 @@ class WorkerAgent:
             while not self.stopping.is_set():
                 if self.stop_after and self.done + len(self.running) >= self.stop_after:
                     break
-                slots = self.slots_left()
-                if self.stop_after:
-                    slots = min(slots, self.stop_after - self.done - len(self.running))
-                if slots <= 0:
+                if not self.slots_left():
                     time.sleep(0.05)
                     continue
                 # one job per claim: parallel jobs spread over idle workers (a pipeline's
-                # branches, one on each) instead of filling the first worker that asks; the
-                # server takes several at once (max_jobs) for clients that want them
-                got = self.claim(0.0 if self.burst else self.poll_s, 1)
-                if not got:
+                # branches, one on each) instead of filling the first worker that asks
+                got = self.claim(0.0 if self.burst else self.poll_s)
+                if got is None:
                     if self.burst and not self.running:
                         break
                     if self.burst:
                         time.sleep(0.1)
                     continue
-                for job in got:
-                    self.start(job)
+                self.start(got)
         finally:
             self.stopping.set()
             for t in list(self._threads):
@@ -165,8 +159,7 @@ class WorkerAgent:
             self._unregister()
         return 0
 
-    def claim(self, wait: float, slots: int = 1) -> list[dict[str, Any]]:
-        """Up to ``slots`` jobs that fit what is free, in one request (long-polling)."""
+    def claim(self, wait: float) -> dict[str, Any] | None:
         try:
             got: dict[str, Any] | None = self._post(
                 f"/api/v1/workers/{self.worker_id}/claim",
@@ -174,20 +167,17 @@ class WorkerAgent:
                     "free": self.free().model_dump(),
                     "free_gpu_models": [g.model for g in self.devices.free()],
                     "wait": wait,
-                    "max_jobs": max(1, min(slots, 64)),
                 },
             )
         except ConnectionError:
-            return []
+            return None
         except (NotFound, Conflict) as exc:
             log.warning("the server forgot this worker (%s); registering again", exc)
             self.register()
-            return []
+            return None
         except ForgehubError as exc:
             raise PermissionError(str(exc)) from None
-        if got is None:  # 204: nothing to do
-            return []
-        return list(got["jobs"]) if "jobs" in got else [got]
+        return got  # None: nothing to do (204)
 
     def start(self, got: dict[str, Any]) -> None:
         job_id = got["job_id"]
