@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from forgehub.compute.base import (
     BackendStatus,
@@ -31,6 +31,7 @@ from forgehub.compute.base import (
     Resources,
 )
 from forgehub.states import JobState
+from forgehub.storage.sciserver import no_dot_segments
 from forgehub.urls import url_host
 
 PENDING, QUEUED, ACCEPTED, STARTED, FINISHED, SUCCESS, ERROR, CANCELED = (
@@ -101,6 +102,11 @@ class SciServerCompute(ComputeAdapter):
             default=0, ge=0, le=64, description="GPUs a job gets in this domain (0: CPU only)."
         )
 
+        @field_validator("results_folder")
+        @classmethod
+        def _plain(cls, v: str) -> str:
+            return no_dot_segments(v)
+
     @classmethod
     def hosts(cls, config: dict[str, Any]) -> list[str]:
         return url_host(config.get("racm_url")) + url_host(config.get("files_url"))
@@ -144,6 +150,12 @@ class SciServerCompute(ComputeAdapter):
         names = ", ".join(str(d.get("name")) for d in domains) or "none"
         raise ComputeError(f"no compute domain {self.cfg.domain!r} (yours: {names})")
 
+    @functools.cached_property
+    def endpoint(self) -> str:
+        """The domain's dockerComputeEndpoint, asked once per adapter (the dispatcher keeps
+        one a connection), not before every job."""
+        return str(self._domain().get("apiEndpoint"))
+
     def test(self) -> None:
         self._domain()
 
@@ -165,11 +177,10 @@ class SciServerCompute(ComputeAdapter):
         return f"export FORGEHUB_JOB_TOKEN={token}; exec {shlex.join(run)}"
 
     def submit(self, launch: Launch) -> str:
-        domain = self._domain()
         body = {
             "command": self.command(launch),
             "submitterDID": launch.name,
-            "dockerComputeEndpoint": domain.get("apiEndpoint"),
+            "dockerComputeEndpoint": self.endpoint,
             "dockerImageName": self.cfg.image,
             "volumeContainers": [{"name": v} for v in self.cfg.data_volumes],
             "userVolumes": [],

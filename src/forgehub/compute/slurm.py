@@ -222,9 +222,8 @@ class SlurmCompute(ComputeAdapter):
             if len(parts) >= 2 and parts[0].isdigit():
                 cpus += int(parts[0])
                 mem += int(parts[1]) if parts[1].isdigit() else 0
-                if len(parts) > 2 and "gpu:" in parts[2]:
-                    tail = parts[2].split("gpu:")[-1].split(":")[-1].split("(")[0]
-                    gpus += int(tail) if tail.isdigit() else 0
+                if len(parts) > 2:
+                    gpus += gres_gpus(parts[2], None)
         return Capacity(float(cpus), gpus, mem, None, ["Slurm queues jobs itself"])
 
     def refuses(self, res: Resources) -> str | None:

@@ -63,10 +63,15 @@ class SciServerConfig(AdapterConfig):
 
     @field_validator("volume", "folder")
     @classmethod
-    def _no_dot_segments(cls, v: str) -> str:
-        if any(part in (".", "..") for part in v.split("/")):
-            raise ValueError("'.' and '..' are not folder names")
-        return v
+    def _plain(cls, v: str) -> str:
+        return no_dot_segments(v)
+
+
+def no_dot_segments(path: str) -> str:
+    """A SciServer path setting with no '.' or '..' folder (it must stay where it says)."""
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ValueError("'.' and '..' are not folder names")
+    return path
 
 
 class SciServerStorage(StorageAdapter):
