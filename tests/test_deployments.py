@@ -422,7 +422,7 @@ def test_an_api_deployment_on_slurm_answers_through_the_tunnel(
     assert r.status_code == 201, r.text
     from tests.test_trained_versions import publish_all_threes
 
-    version = publish_all_threes(admin)
+    version = publish_all_threes(admin)["result"]["published"]["version"]
     r = admin.post(
         "/api/v1/deployments",
         json={

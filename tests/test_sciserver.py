@@ -196,3 +196,20 @@ def _digits(path: Path) -> None:
 
     d = load_digits()
     np.savez(path, X=d.data[:400], y=d.target[:400])
+
+
+def test_no_setting_or_job_value_escapes_the_jobs_command_line(sciserver: Any) -> None:
+    """The JOBM command is a shell line: a hostile server URL or token stays one quoted word,
+    and a Python path with shell syntax is refused before anything is sent."""
+    import shlex
+
+    a = adapter(sciserver, server_url="http://x; touch /tmp/pwned")
+    launch = Launch("job-1", 0, "http://x; touch /tmp/pwned #", "t'; id; '", Resources())
+    words = list(shlex.shlex(a.command(launch), posix=True, punctuation_chars=True))
+    assert words.count(";") == 1  # two statements: the export and the runner, nothing else
+    assert words[:3] == ["export", "FORGEHUB_JOB_TOKEN=t'; id; '", ";"]
+    assert words[-4:] == ["--server", "http://x; touch /tmp/pwned #", "--job", "job-1"]
+    with pytest.raises(ValueError, match="python"):
+        adapter(sciserver, python="python3; id")
+    with pytest.raises(ValueError, match="results_folder"):
+        adapter(sciserver, results_folder="Storage/alice/../bob")

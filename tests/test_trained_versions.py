@@ -54,8 +54,11 @@ def _label(r: httpx.Response) -> int:
     return int(r.json()["predictions"]["labels"][0]["label"])
 
 
-def publish_all_threes(admin: httpx.Client) -> str:
-    """A deliberately bad training of digits (every label is 3), published as "all-threes"."""
+def publish_all_threes(
+    admin: httpx.Client, module: str = "digits", version: str = "all-threes"
+) -> dict[str, Any]:
+    """A deliberately bad training of ``module`` (every label is 3), published as ``version``;
+    the finished job."""
     buf = io.BytesIO()
     rng = np.random.default_rng(0)
     np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
@@ -68,24 +71,24 @@ def publish_all_threes(admin: httpx.Client) -> str:
     r = admin.post(
         "/api/v1/jobs",
         json={
-            "module": "digits",
+            "module": module,
             "args": {"epochs": 5},
             "inputs": {"dataset": "threes"},
             "publish": True,
-            "publish_version": "all-threes",
+            "publish_version": version,
         },
     )
     assert r.status_code == 201, r.text
     done = _wait(admin, r.json()["id"])
     assert done["state"] == "succeeded", done
-    assert done["result"]["published"] == {"module": "digits", "version": "all-threes"}
-    return "all-threes"
+    assert done["result"]["published"] == {"module": module, "version": version}
+    return done
 
 
 @pytest.fixture(scope="module")
 def all_threes(server: ForgehubServer) -> str:
     with _client(server, server.admin_token) as admin:
-        return publish_all_threes(admin)
+        return str(publish_all_threes(admin)["result"]["published"]["version"])
 
 
 def test_a_published_training_predicts_with_its_weights(
@@ -263,28 +266,7 @@ def test_digits_cnn_trains_on_the_cpu_and_serves_its_weights(server: ForgehubSer
             r = admin.post(cnn_predict, files={"image": ("d.png", png, "image/png")})
             hits += _label(r) == truth
         assert hits >= 8, hits  # the pre-trained CNN reads real handwriting
-        buf = io.BytesIO()
-        rng = np.random.default_rng(0)
-        np.savez(buf, X=rng.integers(0, 17, (200, 64)).astype(float), y=np.full(200, 3))
-        r = admin.post(
-            "/api/v1/artifacts",
-            params={"filename": "threes.npz", "name": "cnn-threes-data"},
-            content=buf.getvalue(),
-        )
-        assert r.status_code == 201, r.text
-        r = admin.post(
-            "/api/v1/jobs",
-            json={
-                "module": "digits-cnn",
-                "args": {"epochs": 3},
-                "inputs": {"dataset": "cnn-threes-data"},
-                "publish": True,
-                "publish_version": "cnn-threes",
-            },
-        )
-        assert r.status_code == 201, r.text
-        done = _wait(admin, r.json()["id"])
-        assert done["state"] == "succeeded", done
+        done = publish_all_threes(admin, "digits-cnn", "cnn-threes")
         assert done["result"]["device"] == "cpu"
         lines = admin.get(f"/api/v1/jobs/{done['id']}/logs").json()["lines"]
         assert any("training on cpu" in line[2] for line in lines)

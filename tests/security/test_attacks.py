@@ -309,6 +309,7 @@ def test_bob_cannot_use_alices_connections_or_workers(world: World) -> None:
         ("DELETE", f"/api/v1/storage/connections/{conn['id']}", {}),
         ("POST", "/api/v1/artifacts", {"params": {"connection": conn["id"]}, "content": b"x"}),
         ("POST", f"/api/v1/workers/{w['id']}/claim", {"json": {"wait": 0}}),
+        ("POST", f"/api/v1/workers/{w['id']}/claim", {"json": {"wait": 0, "max_jobs": 64}}),
         ("POST", f"/api/v1/workers/{w['id']}/heartbeat", {}),
         ("DELETE", f"/api/v1/workers/{w['id']}", {}),
     ]:
@@ -321,6 +322,46 @@ def test_bob_cannot_use_alices_connections_or_workers(world: World) -> None:
         json={"module": "digits", "compute": "workers", "storage": conn["id"]},
     )
     assert r.status_code == 404
+
+
+def test_a_batch_claim_takes_none_of_another_users_jobs(world: World) -> None:
+    """Asking for many jobs at once (max_jobs) widens nothing: bob's own worker takes none of
+    alice's queued jobs, however many it asks for."""
+    job = world.as_(
+        world.alice, "POST", "/api/v1/jobs", json={"module": "digits", "compute": "workers"}
+    ).json()
+    w = world.as_(world.bob, "POST", "/api/v1/workers", json={"name": "bob-pc", "cpus": 64})
+    got = world.as_(
+        world.bob,
+        "POST",
+        f"/api/v1/workers/{w.json()['id']}/claim",
+        json={"wait": 0, "max_jobs": 64, "free": {"cpu": 64}},
+    )
+    assert got.status_code == 204, got.text
+    assert world.as_(world.alice, "GET", f"/api/v1/jobs/{job['id']}").json()["state"] == "queued"
+
+
+def test_a_finish_cannot_carry_logs_into_another_job(world: World) -> None:
+    """The last batch of logs that comes with a finish goes to the job whose token sent it:
+    bob's job token posts nothing into alice's job."""
+    alices, _ = claimed_job(world, world.alice, False)
+    _, bobs_token = claimed_job(world, world.bob, False)
+    r = world.as_(
+        None,
+        "POST",
+        f"/api/v1/jobs/{alices['id']}/runner/finish",
+        json={
+            "state": "failed",
+            "error": "x",
+            "events": {"seq": 1, "lines": [[0, "stdout", "written by bob"]], "metrics": []},
+        },
+        headers={"Authorization": f"Bearer {bobs_token}"},
+    )
+    assert r.status_code in (401, 403, 404), r.text
+    job = world.as_(world.alice, "GET", f"/api/v1/jobs/{alices['id']}").json()
+    assert job["state"] == "running"  # still: the finish was not its token's to send
+    logs = world.as_(world.alice, "GET", f"/api/v1/jobs/{alices['id']}/logs").json()
+    assert "written by bob" not in str(logs)
 
 
 def test_only_admins_share_workers_and_only_with_consent(world: World) -> None:
@@ -584,6 +625,10 @@ def test_a_revoked_token_fails_on_the_very_next_request(live_server: Any) -> Non
         ("webdav", {"url": "http://localhost:8000/api/v1"}),
         ("webdav", {"url": "http://[::1]:22/"}),
         ("blob", {"url": "http://0.0.0.0:8000", "token": "x"}),
+        (
+            "sciserver",
+            {"url": "http://127.0.0.1:9/fileservice", "volume": "Storage/b/v", "token": "x"},
+        ),
     ],
 )
 def test_users_connections_cannot_reach_the_servers_own_network(
@@ -599,6 +644,17 @@ def test_users_connections_cannot_reach_the_servers_own_network(
     for compute_kind, cfg in [
         ("ray", {"address": config.get("endpoint_url") or config["url"]}),
         ("slurm", {"ssh_host": "127.0.0.1"}),
+        (
+            "sciserver",
+            {
+                "racm_url": config.get("endpoint_url") or config["url"],
+                "files_url": "https://files.example.org",
+                "token": "x",
+                "domain": "d",
+                "image": "i",
+                "results_folder": "Storage/b/v/jobs",
+            },
+        ),
     ]:
         r = world.as_(
             world.bob,
