@@ -4,6 +4,7 @@
 # libnss-myhostname (*.localhost for S3 virtual-host addressing tests), bubblewrap (the sandbox
 # module jobs run in on the server and on workers that ask for it),
 # Chromium (the dashboard's end-to-end tests drive it with Playwright; never `playwright install`),
+# nginx (the load balancer in front of several servers in the scale-out tests),
 # Node.js and npm (the OpenID provider of the sign-in tests: the `oidc-provider` package from the
 # npm registry, installed into tests/oidc/node_modules from its lock file). WebDAV (wsgidav) and
 # Ray are Python packages installed by `make install`.
@@ -17,6 +18,7 @@ for tool in slurmctld slurmd sbatch; do
   command -v "$tool" >/dev/null 2>&1 || { need+=(slurm-wlm slurm-client); break; }
 done
 [ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v bwrap >/dev/null 2>&1 || need+=(bubblewrap)
 getent hosts forgehub-probe.localhost >/dev/null 2>&1 || need+=(libnss-myhostname)
 [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1 || need+=(openssh-server openssh-client)

@@ -767,3 +767,135 @@ class SciServerStandIn:
         if hasattr(self, "proc"):
             stop_pid(self.proc.pid)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """A real nginx on a free loopback port, in front of forgehub servers, with the
+    configuration ``forgehub config nginx`` prints (included, as an operator would)."""
+
+    def __init__(self, upstreams: list[str]) -> None:
+        if not Path("/usr/sbin/nginx").exists():
+            missing("nginx (apt nginx-light)")
+        self.upstreams = upstreams
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="fh-nginx-"))
+
+    def start(self) -> str:
+        import sys
+
+        site = subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", "config", "nginx", "--listen",
+             f"127.0.0.1:{self.port}", *[a for u in self.upstreams for a in ("--upstream", u)]],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        (self.dir / "forgehub.conf").write_text(site)
+        d = self.dir
+        (d / "nginx.conf").write_text(
+            f"""daemon off;
+user root;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    include {d}/forgehub.conf;
+}}
+"""
+        )
+        self.log = open(d / "nginx.out", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/nginx", "-p", str(d), "-c", str(d / "nginx.conf")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_port(self.port, 15, self.proc)
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self.url
+
+    def stop(self) -> None:
+        if hasattr(self, "proc"):
+            stop_pid(self.proc.pid)  # SIGTERM: the master stops its workers
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Cluster:
+    """Several ``forgehub serve`` on one PostgreSQL database, behind a real nginx, sharing a
+    folder (the blob server) and, when given, an S3 bucket as the default store."""
+
+    def __init__(
+        self, root: Path, db_url: str, n: int = 3, default_storage: str = "", **env: str
+    ) -> None:
+        from cryptography.fernet import Fernet
+
+        self.root = root
+        self.ports = [free_port() for _ in range(n)]
+        self.nginx = Nginx([f"127.0.0.1:{p}" for p in self.ports])
+        shared = root / "shared"
+        self.env = {
+            "FORGEHUB_DATABASE_URL": db_url,
+            "FORGEHUB_CLUSTER": "true",
+            "FORGEHUB_SHARED_DIR": str(shared),
+            "FORGEHUB_PUBLIC_URL": f"http://127.0.0.1:{self.nginx.port}",
+            "FORGEHUB_SECRET_KEYS": Fernet.generate_key().decode(),
+            "FORGEHUB_JOB_LEASE_S": "6",
+            **({"FORGEHUB_DEFAULT_STORAGE": default_storage} if default_storage else {}),
+            **env,
+        }
+        self.servers = [ForgehubServer(root / f"server{i}", **self.env) for i in range(n)]
+        for srv, port in zip(self.servers, self.ports, strict=True):
+            srv.port = port
+
+    def start(self) -> str:
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.servers)) as pool:
+            list(pool.map(lambda s: s.start(), self.servers))  # at once: they wait in turn
+        self.url = self.nginx.start()
+        return self.url
+
+    @property
+    def admin_token(self) -> str:
+        for srv in self.servers:  # the first to start made the admin
+            f = srv.data_dir / "admin.token"
+            if f.exists():
+                return f.read_text().strip()
+        raise RuntimeError("no server wrote an admin token")
+
+    def kill(self, i: int) -> None:
+        """``kill -9`` server ``i`` (its runners live on, as after a crash)."""
+        srv = self.servers[i]
+        os.kill(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait()
+        srv.log.close()
+
+    def restart(self, i: int) -> None:
+        """Stop server ``i`` gracefully (SIGTERM) and start it again on its port."""
+        srv = self.servers[i]
+        srv.stop(keep_runners=True)
+        srv.start()
+
+    def runners(self) -> list[int]:
+        mark = b"forgehub.jobs.runner\0--server\0" + self.url.encode() + b"\0"
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError):
+                    if mark in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+        return found
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        for srv in self.servers:
+            if hasattr(srv, "proc") and srv.proc.poll() is None:
+                srv.stop(keep_runners=True)
+        for pid in self.runners():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -203,6 +203,28 @@ class Settings(BaseModel):
         description="Networks users' storage and compute connections may not point at (admins "
         "are exempt); default: loopback and link-local.",
     )
+    cluster: bool = Field(
+        default=False,
+        description="This server is one of several on one PostgreSQL database (behind a load "
+        "balancer): it then refuses a store that only it can see; see docs/operations.md.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The address users, runners and workers reach the platform at (the load "
+        "balancer's, with several servers); default: this server's own.",
+    )
+    shared_dir: Path | None = Field(
+        default=None,
+        description="A folder every server sees (NFS, CephFS): the blob server and resumable "
+        "uploads live there, and the default store too unless default_storage names one; "
+        "default: the data directory.",
+    )
+    default_storage: SecretStr | None = Field(
+        default=None,
+        description='Where users\' default store lives, as JSON: {"kind": "s3", "config": '
+        "{...}} (any storage kind and its settings); default: a folder of the shared or data "
+        "directory. Its secrets stay on the server: runners get signed grants or the relay.",
+    )
     oidc: list[OidcProvider] = Field(
         default_factory=list,
         description="OpenID Connect providers ([[oidc]] tables in the config file, a JSON list "
@@ -245,6 +267,46 @@ class Settings(BaseModel):
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def shared(self) -> Path:
+        """Where what every server must see lives (blobs, uploads, the local default store)."""
+        return self.shared_dir or self.data_dir
+
+    @property
+    def advertised_url(self) -> str:
+        """The URL runners, workers and links use: the load balancer's in a cluster."""
+        return (self.public_url or self.server_url).rstrip("/")
+
+    @property
+    def default_store(self) -> tuple[str, dict[str, Any]]:
+        """(kind, config) of every user's default store."""
+        if self.default_storage is not None and self.default_storage.get_secret_value():
+            try:
+                spec = json.loads(self.default_storage.get_secret_value())
+                kind, config = spec["kind"], dict(spec.get("config") or {})
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ConfigError(
+                    'default_storage must be JSON like {"kind": "s3", "config": {...}}'
+                ) from exc
+            return str(kind), config
+        return "local", {"path": str(self.shared / "objects")}
+
+    def check_cluster(self) -> None:
+        """One of several servers: refuse what only this one would see."""
+        if not self.cluster:
+            return
+        if not self.db_url.startswith("postgresql"):
+            raise ConfigError(
+                "cluster = true needs PostgreSQL (database_url): SQLite is one host's"
+            )
+        self.default_store  # noqa: B018 - a malformed default_storage is refused here
+        if self.shared_dir is None:
+            raise ConfigError(
+                "cluster = true: the blob server, resumable uploads and the default store "
+                "would be on this server's own disk; set shared_dir to a folder every server "
+                "sees (and, optionally, default_storage to an S3 bucket)"
+            )
 
     def check_listen(self) -> None:
         """Refuse unsafe combinations before a server binds."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,9 +27,10 @@ out = STORAGE.out
 
 
 def ensure_default(
-    session: Session, box: SecretBox, owner_id: str, data_dir: Path
+    session: Session, box: SecretBox, owner_id: str, store: tuple[str, dict[str, Any]]
 ) -> StorageConnection:
-    """Every user has a default connection: the platform's own content-addressed store."""
+    """Every user has a default connection: the platform's own content-addressed store
+    (``store``: its kind and configuration, ``Settings.default_store``)."""
     conn = session.scalar(
         select(StorageConnection).where(
             StorageConnection.owner_id == owner_id, StorageConnection.is_default.is_(True)
@@ -53,8 +54,8 @@ def ensure_default(
             box,
             owner_id,
             "default",
-            "local",
-            {"path": str(data_dir / "objects")},
+            store[0],
+            dict(store[1]),
             test=False,
             default=True,
         )

@@ -7,6 +7,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -94,28 +95,34 @@ def serve(
         False, "--no-auth", help="Switch authentication off (loopback addresses only)."
     ),
     log_level: str = typer.Option(None, help="debug, info, warning or error."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        max=64,
+        help="Server processes on this port (each a full server; background duties are held "
+        "by one at a time). More than one works best on PostgreSQL.",
+    ),
 ) -> None:
     """Start the platform server (API, dashboard, model APIs)."""
     import uvicorn
 
-    from forgehub.server import create_app
     from forgehub.server.accesslog import setup
-    from forgehub.server.gcfreeze import freeze_after_startup
 
-    settings = settings_or_exit(
-        config,
-        host=host,
-        port=port,
-        data_dir=data_dir,
-        auth=False if no_auth else None,
-        log_level=log_level,
-    )
+    overrides = {
+        "host": host,
+        "port": port,
+        "data_dir": data_dir,
+        "auth": False if no_auth else None,
+        "log_level": log_level,
+    }
+    settings = settings_or_exit(config, **overrides)
     try:
         settings.check_listen()
+        settings.check_cluster()
     except ConfigError as exc:
         fail(str(exc))
     setup(settings.log_level)
-    app_ = freeze_after_startup(create_app(settings, listening=True))
     if settings.host not in LOOPBACK_HOSTS:
         out.print(
             f"[yellow]warning:[/yellow] listening on {settings.host}, reachable from the network"
@@ -131,16 +138,33 @@ def serve(
     marker = settings.server_file
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"url": settings.server_url, "pid": os.getpid()}) + "\n")
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+        "server_header": False,
+    }
     try:
-        uvicorn.run(
-            app_,
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            server_header=False,
-        )
+        if workers == 1:
+            from forgehub.server import create_app
+            from forgehub.server.gcfreeze import freeze_after_startup
+
+            uvicorn.run(freeze_after_startup(create_app(settings, listening=True)), **common)
+        else:
+            # each worker process builds its app from the same settings, passed down as the
+            # environment it reads them from (the command line's overrides included)
+            for name, value in overrides.items():
+                if value is not None:
+                    os.environ[f"FORGEHUB_{name.upper()}"] = (
+                        str(value).lower() if isinstance(value, bool) else str(value)
+                    )
+            if config is not None:
+                os.environ["FORGEHUB_CONFIG"] = str(config)
+            uvicorn.run(
+                "forgehub.server.app:from_environment", factory=True, workers=workers, **common
+            )
     finally:
         try:
             if json.loads(marker.read_text()).get("pid") == os.getpid():
@@ -191,6 +215,24 @@ def config_show(
     for k, v in data.items():
         table.add_row(k, str(v), f"FORGEHUB_{k.upper()}")
     out.print(table)
+
+
+@config_app.command("nginx")
+def config_nginx(
+    upstream: list[str] = typer.Option(
+        ..., "--upstream", help="A forgehub server's HOST:PORT; repeat it for each server."
+    ),
+    listen: str = typer.Option("80", help="What nginx listens on: PORT or ADDRESS:PORT."),
+    server_name: str = typer.Option("_", help="nginx server_name (the public host name)."),
+) -> None:
+    """Print an nginx configuration for several forgehub servers (an http-level include:
+    Debian's /etc/nginx/conf.d/forgehub.conf); see docs/operations.md."""
+    from forgehub.server.balancer import nginx_config
+
+    try:
+        sys.stdout.write(nginx_config(upstream, listen, server_name))
+    except ValueError as exc:
+        fail(str(exc))
 
 
 @db_app.command("upgrade")

@@ -6,6 +6,7 @@ does not stop it: the runner buffers its logs and reconnects.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -100,13 +101,15 @@ class LocalCompute(ComputeAdapter):
                 os.close(log)
         _reap_later(proc)
         name = f"{launch.job_id}-{launch.attempt}"
-        return f"{proc.pid}:{start_time(proc.pid) or ''}:{name}:{launch.gpus or ''}"
+        return f"{proc.pid}:{start_time(proc.pid) or ''}:{name}:{launch.gpus or ''}:{this_host()}"
 
     def status(self, handles: list[str]) -> dict[str, BackendStatus]:
         out = {}
         for h in handles:
             pid, started, name = (h.split(":") + ["", ""])[:3]
-            if pid.isdigit() and started and start_time(int(pid)) == started:
+            if not here(h):  # another server machine started it: its runner's lease tells
+                out[h] = BackendStatus(None, "running on another server machine")
+            elif pid.isdigit() and started and start_time(int(pid)) == started:
                 out[h] = BackendStatus(None, "running on the server")
             else:
                 why = "the job runner process exited"
@@ -130,6 +133,8 @@ class LocalCompute(ComputeAdapter):
 
     def cancel(self, handle: str) -> None:
         pid, started = (handle.split(":") + [""])[:2]
+        if not here(handle):
+            return  # on another server machine: the runner hears the cancel at its next report
         if pid.isdigit() and started and start_time(int(pid)) == started:
             try:
                 os.killpg(int(pid), signal.SIGTERM)  # the runner stops its module, then exits
@@ -139,7 +144,27 @@ class LocalCompute(ComputeAdapter):
 
 def held_gpus(handles: list[str]) -> set[str]:
     """The GPUs that local jobs with these handles hold."""
-    return {d for h in handles for d in (h.split(":") + ["", "", ""])[3].split(",") if d}
+    return {d for h in handles if here(h) for d in (h.split(":") + ["", "", ""])[3].split(",") if d}
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine, as a local job's handle names it (several servers may share a database)."""
+    try:
+        host = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        host = ""
+    if not host.isalnum():
+        import socket
+
+        host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")
+    return host
+
+
+def here(handle: str) -> bool:
+    """Was the local job of ``handle`` started on this machine? (Older handles name none.)"""
+    parts = handle.split(":")
+    return len(parts) < 5 or not parts[4] or parts[4] == this_host()
 
 
 def _reap_later(proc: subprocess.Popen[bytes]) -> None:

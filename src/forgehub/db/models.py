@@ -357,6 +357,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner_id", "created_at"),
         Index("ix_jobs_state_compute", "state", "compute_id"),
+        # a submit retried (through a load balancer, after a lost answer) finds its first job
+        Index("ux_jobs_owner_idempotency", "owner_id", "idempotency_key", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -378,6 +380,7 @@ class Job(Base):
     attempt: Mapped[int] = mapped_column(default=0)
     max_retries: Mapped[int] = mapped_column(default=2)
     retry_of: Mapped[str | None] = mapped_column(String(32), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(64), default=None)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)  # why it waits, in words

@@ -295,7 +295,7 @@ async def _to_replica(
         if chosen is None:
             try:
                 chosen = await pool.wait_for_replica(
-                    state.db, dispatcher.wake.set, target.queue, target.wait_s
+                    state.db, dispatcher.notify, target.queue, target.wait_s
                 )
             except scaling.Overloaded as exc:
                 raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc

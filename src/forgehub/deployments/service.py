@@ -175,7 +175,7 @@ def create(
     principal: Principal,
     body: DeployIn,
     box: SecretBox,
-    data_dir: Any,
+    default_store: Any,
     modules: dict[str, Any],
     policy: Any,
     limits: tuple[int, int],
@@ -232,7 +232,7 @@ def create(
     if on_serve and body.replicas is not None:
         service["ray_serve"] = body.replicas.model_dump()
         service["replica_cpu"] = body.resources.cpu
-    job = submit(session, principal, job_in, box, data_dir, modules, policy, service=service)
+    job = submit(session, principal, job_in, box, default_store, modules, policy, service=service)
     d = Deployment(
         id=dep_id,
         owner_id=principal.user_id,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -222,7 +223,7 @@ def serve(
     _wait_ready(run, f"http://127.0.0.1:{port}{probe}", headers)
     address = f"127.0.0.1:{port}"
     if spec["service"].get("reach") == "tunnel":
-        stop = _tunnel(run, address)
+        stop = _tunnel(run, address, str(spec["service"].get("deployment") or ""))
         address = "tunnel"
         say("system", "connected to the server through a tunnel (no inbound connection needed)")
     else:
@@ -334,9 +335,10 @@ def _keep(
     raise Cancelled()
 
 
-def _tunnel(run: JobRun, local: str) -> Any:
+def _tunnel(run: JobRun, local: str, deployment: str) -> Any:
     """Keep a reverse tunnel to the server open (reconnecting) in a thread of its own; returns
-    the function that closes it. Returns once the first connection is up."""
+    the function that closes it. Returns once the first connection is up. The URL names the
+    deployment, so that a load balancer sends the tunnel where the deployment's requests go."""
     import asyncio
 
     from forgehub.deployments.tunnel import client
@@ -344,6 +346,8 @@ def _tunnel(run: JobRun, local: str) -> Any:
     base = run.api.base.rstrip("/")
     url = "ws" + base[4:] if base.startswith("http") else base
     url += f"/api/v1/jobs/{run.job_id}/runner/tunnel"
+    if deployment:
+        url += "?" + urllib.parse.urlencode({"deployment": deployment})
     up = threading.Event()
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()

@@ -93,7 +93,7 @@ class TryIt:
                     owner,
                     body,
                     state.secrets,
-                    state.settings.data_dir,
+                    state.settings.default_store,
                     state.model_api.modules,
                     state.policy,
                     (1 << 30, 0),  # the platform's own: no user's limits

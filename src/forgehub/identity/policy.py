@@ -32,6 +32,7 @@ class Policy:
     own_code_users: tuple[str, ...] = ("*",)
     local_storage_roots: tuple[Path, ...] = ()
     egress_deny: tuple[str, ...] = ()
+    shared_dir: Path | None = None  # the servers' shared folder: as private as the data dir
 
     @classmethod
     def from_settings(cls, settings: Any) -> Policy:
@@ -41,6 +42,7 @@ class Policy:
             own_code_users=tuple(settings.own_code_users),
             local_storage_roots=tuple(Path(p).resolve() for p in settings.local_storage_roots),
             egress_deny=tuple(settings.egress_deny),
+            shared_dir=Path(settings.shared_dir).resolve() if settings.shared_dir else None,
         )
 
     # -- compute -------------------------------------------------------------------------------
@@ -103,11 +105,12 @@ class Policy:
         if not path.is_absolute():
             raise Invalid("config.path: a local folder must be an absolute path")
         real = path.expanduser().resolve()
-        data = self.data_dir
-        if real == data or data in real.parents or real in data.parents:
+        for data in (self.data_dir, self.shared_dir):
+            if data is None or not (real == data or data in real.parents or real in data.parents):
+                continue
             raise Forbidden(
-                "config.path: the server's data directory (and the folders above it) cannot be "
-                "a storage connection"
+                "config.path: the server's data or shared directory (and the folders above them) "
+                "cannot be a storage connection"
             )
         if authz.can(principal, "storage.local", None):
             return real

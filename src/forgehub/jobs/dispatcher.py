@@ -11,6 +11,11 @@ unreachable cluster never holds up anyone else's jobs:
    cannot: a job that never started, was killed for time or memory, or lost its node;
 3. pass cancels on to the back end, and fail jobs past their time limit;
 4. re-queue (or fail) jobs whose lease lapsed: their worker or runner is gone.
+
+Every server runs this loop; each duty in it (``dispatcher``: 1–3 but time limits; ``reaper``:
+time limits and leases; ``deployments``; ``autoscaler``; ``pipelines``) is done by one server at a
+time, the one holding it (:class:`forgehub.db.coordination.Duties`). A wake-up published on any
+server (a submit, a report, a cancel) reaches the holder through the :class:`Bus`.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from forgehub.compute import (
 )
 from forgehub.compute.local import held_gpus
 from forgehub.db import Database
+from forgehub.db.coordination import Bus, Duties
 from forgehub.db.models import ComputeConnection, Job, JobState, utcnow
 from forgehub.jobs import service
 from forgehub.jobs.states import lose, transition
@@ -87,11 +93,15 @@ class Dispatcher:
         self._lanes: set[tuple[str, str]] = set()  # (what, connection id) with work in flight
         self._lanes_lock = threading.Lock()
         self.pipeline_context: Any = None  # set by the server: () -> pipelines.runs.Context
+        self.duties = Duties(db.url, data_dir / "run")
+        self.bus = Bus(db.url)
+        self.bus.subscribe("jobs", lambda _key: self.woken())
+        self._reaping = False  # holds the reaper duty (a new holder first grants grace)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.grace_leases()
+        self.bus.start()
         self.thread = threading.Thread(target=self._loop, name="forgehub-jobs", daemon=True)
         self.thread.start()
 
@@ -101,6 +111,8 @@ class Dispatcher:
         if self.thread is not None:
             self.thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.duties.close()
+        self.bus.stop()
 
     def in_lane(self, what: str, conn_id: str, fn: Any, *args: Any) -> bool:
         """Run ``fn(*args)`` in the connection's lane, unless its lane is busy (then the next
@@ -145,14 +157,26 @@ class Dispatcher:
             self.stopping.wait(MIN_ROUND_S)
 
     def tick(self) -> None:
+        holds = self.duties.holds
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()
-            self.follow()
-            self.sync_deployments()
-        self.autoscale()
-        self.advance_pipelines()
-        self.start_queued()  # what the autoscaler and pipelines queued starts in this round
-        self.enforce()
+            if holds("dispatcher"):
+                self.follow()
+            if holds("deployments"):
+                self.sync_deployments()
+        if holds("autoscaler"):
+            self.autoscale()
+        if holds("pipelines"):
+            self.advance_pipelines()
+        dispatching = holds("dispatcher")
+        if dispatching:
+            self.start_queued()  # what the autoscaler and pipelines queued starts in this round
+        reaping = holds("reaper")
+        if reaping and not self._reaping:
+            self.grace_leases()  # after a restart or a takeover: two leases to report
+        self._reaping = reaping
+        if dispatching or reaping:
+            self.enforce(cancels=dispatching, reap=reaping)
 
     def autoscale(self) -> None:
         """Scaled deployments' replicas follow the load the proxy counts."""
@@ -271,7 +295,9 @@ class Dispatcher:
 
     def start_one(self, job_id: str) -> None:
         with self.db.session() as s:
-            job = s.get(Job, job_id)
+            # the row stays locked until the start is stored: should two servers ever both
+            # think they dispatch (a partition), the second skips it
+            job = s.get(Job, job_id, with_for_update={"skip_locked": True})
             if job is None or job.state != JobState.queued:
                 return
             conn = s.get(ComputeConnection, job.compute_id)
@@ -385,7 +411,7 @@ class Dispatcher:
 
     # -- 3. cancel and time limits; 4. leases ---------------------------------------------------
 
-    def enforce(self) -> None:
+    def enforce(self, cancels: bool = True, reap: bool = True) -> None:
         now = utcnow()
         with self.db.session() as s:
             active = list(
@@ -400,10 +426,12 @@ class Dispatcher:
             over = job.started_at is not None and now - job.started_at > timedelta(
                 seconds=limit + GRACE_S
             )
-            if (job.cancel_requested_at is not None or over) and job.backend_ref:
+            if cancels and (job.cancel_requested_at is not None or over) and job.backend_ref:
                 if job.id not in self._cancelled and not self.adapter(conn).pull:
                     self._cancelled.add(job.id)
                     self._pool.submit(self._cancel_one, job.id, job.backend_ref, conn)
+            if not reap:
+                continue
             if over:
                 with self.db.session() as s:
                     j = s.get(Job, job.id)
@@ -444,6 +472,10 @@ class Dispatcher:
                 self.notify()
 
     def notify(self) -> None:
+        """Jobs may have become claimable or startable: wake this server and the others."""
+        self.bus.publish("jobs")
+
+    def woken(self) -> None:
         self.wake.set()
         for listener in self.listeners:
             listener()

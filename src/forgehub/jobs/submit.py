@@ -103,10 +103,11 @@ def submit(
     principal: Principal,
     body: JobIn,
     box: SecretBox,
-    data_dir: Any,
+    default_store: Any,
     modules: dict[str, Any],
     policy: Policy,
     service: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
     if not principal.user_id:
         raise JobError("jobs belong to a user; use a user's token", 403)
@@ -121,7 +122,7 @@ def submit(
         storage = storage_conns.find(session, principal, body.storage)
         authz.require(principal, "connection.use", storage, f"storage connection {body.storage!r}")
     else:
-        storage = storage_conns.ensure_default(session, box, principal.user_id, data_dir)
+        storage = storage_conns.ensure_default(session, box, principal.user_id, default_store)
     if service is None:  # a deployment checked its own (deployments, gpus) already
         quotas.check(session, principal.user_id, {"running_jobs": 1, "gpus": body.resources.gpu})
     if compute.owner_id != principal.user_id and (body.kind == "command" or body.source):
@@ -226,6 +227,7 @@ def submit(
         compute_id=compute.id,
         storage_id=storage.id,
         max_retries=body.max_retries,
+        idempotency_key=idempotency_key,
     )
     return _enqueue(session, job, "submitted")
 

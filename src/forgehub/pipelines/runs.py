@@ -59,7 +59,7 @@ class Context:
     """What submitting a job needs from the server."""
 
     box: Any
-    data_dir: Any
+    default_store: Any
     modules: dict[str, Any]
     policy: Any
 
@@ -381,7 +381,9 @@ def _begin(
 
     try:
         with session.begin_nested():
-            job = submit(session, principal, body, ctx.box, ctx.data_dir, ctx.modules, ctx.policy)
+            job = submit(
+                session, principal, body, ctx.box, ctx.default_store, ctx.modules, ctx.policy
+            )
     except JobError as exc:
         s.state, s.error, s.finished_at = "failed", str(exc), utcnow()
         return

@@ -20,6 +20,7 @@ from forgehub import __version__
 from forgehub.auth import Principal, bootstrap_admin
 from forgehub.config import Settings
 from forgehub.db import Database, upgrade
+from forgehub.db.coordination import exclusive
 from forgehub.db.models import Role, User
 from forgehub.fsutil import private_dir, private_file
 from forgehub.identity.policy import Policy
@@ -58,19 +59,22 @@ async def _close_proxy(app: FastAPI) -> None:
 def init_store(settings: Settings) -> Database:
     """Create the data directory, migrate the store and make sure a local admin exists."""
     private_dir(settings.data_dir)
+    if settings.shared_dir is not None:
+        private_dir(settings.shared_dir)
     if settings.db_url.startswith("sqlite:///"):
         private_file(Path(settings.db_url.removeprefix("sqlite:///")))
-    upgrade(settings.db_url)
-    db = Database(settings.db_url)
-    if db.dialect == "sqlite":  # keep the query planner's statistics fresh
-        with db.engine.begin() as conn:
-            conn.exec_driver_sql("PRAGMA optimize=0x10002")
-    if settings.local_admin:
-        with db.session() as s:
-            if bootstrap_admin(
-                s, settings.admin_token_file, timedelta(days=max(settings.token_ttl_days, 365))
-            ):
-                log.info("admin token written to %s (mode 0600)", settings.admin_token_file)
+    with exclusive("startup", settings.db_url, settings.data_dir / "run"):
+        # several servers starting at once: one migrates and makes the admin, then the next
+        upgrade(settings.db_url)
+        db = Database(settings.db_url)
+        if db.dialect == "sqlite":  # keep the query planner's statistics fresh
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql("PRAGMA optimize=0x10002")
+        if settings.local_admin:
+            with db.session() as s:
+                ttl = timedelta(days=max(settings.token_ttl_days, 365))
+                if bootstrap_admin(s, settings.admin_token_file, ttl):
+                    log.info("admin token written to %s (mode 0600)", settings.admin_token_file)
     return db
 
 
@@ -111,7 +115,7 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
             platform = Platform(
                 settings=settings,
                 db=db,
-                blobs=BlobStore(settings.data_dir / "blobstore"),
+                blobs=BlobStore(settings.shared / "blobstore"),
                 secrets=SecretBox.for_data_dir(settings.data_dir),
                 policy=Policy.from_settings(settings),
                 local_principal=None if settings.auth else local_admin(db),
@@ -153,7 +157,37 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
+        """Alive: the process answers (a load balancer's liveness check)."""
         return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
+    async def readyz() -> Any:
+        """Ready to take requests: started, not stopping, and its database answers. A load
+        balancer sends traffic only to ready servers; a server stopping answers 503 first."""
+        from fastapi.responses import JSONResponse
+
+        platform = getattr(app.state, "platform", None)
+        if platform is None or getattr(app.state, "stopping", False):
+            return JSONResponse({"status": "stopping"}, status_code=503)
+
+        def ping() -> None:
+            from sqlalchemy import text
+
+            with platform.db.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+
+        try:
+            await anyio.to_thread.run_sync(ping)
+        except Exception as exc:  # noqa: BLE001 - any database failure means not ready
+            return JSONResponse(
+                {"status": "database unreachable", "detail": type(exc).__name__}, status_code=503
+            )
+        d = getattr(app.state, "dispatcher", None)
+        return {
+            "status": "ready",
+            "version": __version__,
+            "duties": d.duties.held() if d is not None else [],
+        }
 
     from forgehub.deployments import proxy
 
@@ -234,7 +268,11 @@ async def _model_api_running(app: FastAPI) -> AsyncIterator[None]:
     try:
 
         def register() -> int:
-            with app.state.db.session() as s:
+            settings = app.state.settings
+            with (
+                exclusive("catalogue", settings.db_url, settings.data_dir / "run"),
+                app.state.db.session() as s,
+            ):
                 return int(register_installed(s, list(model_api.modules.values())))
 
         n = await anyio.to_thread.run_sync(register)
@@ -292,7 +330,7 @@ async def _jobs_running(app: FastAPI, settings: Settings) -> AsyncIterator[None]
     d = Dispatcher(
         app.state.db,
         app.state.secrets,
-        settings.server_url,
+        settings.advertised_url,
         settings.data_dir,
         settings.local_job_slots,
         float(settings.job_lease_s),
@@ -303,12 +341,25 @@ async def _jobs_running(app: FastAPI, settings: Settings) -> AsyncIterator[None]
         from forgehub.pipelines.runs import Context
 
         state = app.state
-        return Context(state.secrets, settings.data_dir, state.model_api.modules, state.policy)
+        return Context(state.secrets, settings.default_store, state.model_api.modules, state.policy)
 
     d.pipeline_context = pipeline_context
     app.state.dispatcher = d
+    app.state.bus = d.bus
     await anyio.to_thread.run_sync(d.start)
     try:
         yield
     finally:
         await anyio.to_thread.run_sync(d.stop)
+
+
+def from_environment() -> FastAPI:
+    """The app of one ``forgehub serve --workers N`` process: settings from the environment
+    (and config file) the parent passed down."""
+    from forgehub.config import load_settings
+    from forgehub.server.accesslog import setup
+    from forgehub.server.gcfreeze import freeze_after_startup
+
+    settings = load_settings()
+    setup(settings.log_level)
+    return freeze_after_startup(create_app(settings, listening=True))

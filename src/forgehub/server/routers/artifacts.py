@@ -87,7 +87,7 @@ def _conn(
         authz.require(principal, "connection.use", conn, f"storage connection {name!r}")
         return conn
     return conns.ensure_default(
-        session, _box(request), principal.user_id, request.app.state.settings.data_dir
+        session, _box(request), principal.user_id, request.app.state.settings.default_store
     )
 
 

@@ -49,7 +49,7 @@ async def deploy(body: service.DeployIn, principal: CurrentUser, request: Reques
                 principal,
                 body,
                 state.secrets,
-                settings.data_dir,
+                settings.default_store,
                 state.model_api.modules,
                 state.policy,
                 (settings.max_deployments, settings.max_deployment_gpus),

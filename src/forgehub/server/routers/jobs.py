@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import anyio.to_thread
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from forgehub.db.models import (
@@ -39,20 +40,69 @@ async def _in_thread(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn)
 
 
-@router.post("", status_code=201, summary="Submit a job")
-async def submit(body: service.JobIn, principal: CurrentUser, request: Request) -> Any:
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit a job",
+    responses={200: {"description": "The job an earlier submit with this Idempotency-Key made"}},
+)
+async def submit(
+    body: service.JobIn,
+    principal: CurrentUser,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(
+        default=None,
+        description="Any unique string (1-64 of A-Z a-z 0-9 . _ : -): sending the same submit "
+        "again (a retry after a lost answer) returns the job the first one made.",
+    ),
+) -> Any:
     state = request.app.state
     modules = state.model_api.modules
+    if idempotency_key is not None and not IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise HTTPException(422, "Idempotency-Key: 1-64 characters of A-Z a-z 0-9 . _ : -")
 
-    def work() -> dict[str, Any]:
-        with state.db.session() as s:
-            job = service.submit(
-                s, principal, body, state.secrets, state.settings.data_dir, modules, state.policy
+    def earlier(s: Any) -> Job | None:
+        if idempotency_key is None:
+            return None
+        return s.scalar(
+            select(Job).where(
+                Job.owner_id == principal.user_id, Job.idempotency_key == idempotency_key
             )
-            return _out(s, [job])[0]
+        )
 
-    out = await _in_thread(work)
-    state.dispatcher.notify()
+    def work() -> tuple[dict[str, Any], bool]:
+        with state.db.session() as s:
+            first = earlier(s)
+            if first is None:
+                try:
+                    job = service.submit(
+                        s,
+                        principal,
+                        body,
+                        state.secrets,
+                        state.settings.default_store,
+                        modules,
+                        state.policy,
+                        idempotency_key=idempotency_key,
+                    )
+                    return _out(s, [job])[0], True
+                except IntegrityError:
+                    s.rollback()  # the same submit, at the same moment, on another server
+                    first = earlier(s)
+                    if first is None:
+                        raise
+            return _out(s, [first])[0], False
+
+    out, new = await _in_thread(work)
+    if new:
+        state.dispatcher.notify()
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
     return out
 
 
@@ -131,7 +181,9 @@ async def logs(
                 return
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(0.25)
+            # a report on any server wakes it; the stored rows are the truth, so a missed
+            # wake-up costs at most this long
+            await request.app.state.bus.wait("job", job_id, 1.0)
             lines, cursor, state = await anyio.to_thread.run_sync(page, cursor)
 
     return StreamingResponse(
@@ -171,7 +223,8 @@ def metrics(
 def cancel(job_id: str, principal: CurrentUser, session: DbSession, request: Request) -> Any:
     job = service.get_job(session, principal, job_id, "job.cancel")
     changed = service.cancel(session, job)
-    request.app.state.dispatcher.wake.set()
+    session.commit()
+    request.app.state.dispatcher.notify()
     return {"id": job.id, "state": job.state, "cancel_requested": changed}
 
 

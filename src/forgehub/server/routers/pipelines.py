@@ -64,7 +64,7 @@ class ResumeIn(BaseModel):
 def _ctx(request: Request) -> runs.Context:
     state = request.app.state
     return runs.Context(
-        state.secrets, state.settings.data_dir, state.model_api.modules, state.policy
+        state.secrets, state.settings.default_store, state.model_api.modules, state.policy
     )
 
 

@@ -77,7 +77,9 @@ async def _runner_call(request: Request, auth: RunnerAuth, fn: Any) -> Any:
 
     def work() -> Any:
         with state.db.session() as s:
-            return fn(s, auth.job(s))
+            out = fn(s, auth.job(s))
+        state.bus.publish("job", auth.job_id)  # its followers, on whichever server, look again
+        return out
 
     return await _in_thread(work)
 
@@ -141,7 +143,7 @@ async def runner_finish(
         return {"state": job.state}
 
     out = await _runner_call(request, auth, fn)
-    request.app.state.dispatcher.wake.set()  # a local slot is free
+    request.app.state.dispatcher.notify()  # a local slot is free, wherever its holder is
     return out
 
 

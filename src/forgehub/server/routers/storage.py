@@ -43,7 +43,7 @@ def list_connections(
 ) -> list[dict[str, Any]]:
     if principal.user_id:
         conns.ensure_default(
-            session, box(request), principal.user_id, request.app.state.settings.data_dir
+            session, box(request), principal.user_id, request.app.state.settings.default_store
         )
     return conns.STORAGE.listed(session, principal)
 

@@ -128,7 +128,7 @@ def train_page(request: Request, name: str) -> Response:
     state = request.app.state
     with state.db.session() as s:
         service.ensure_default_compute(s, p.user_id)
-        ensure_default(s, state.secrets, p.user_id, state.settings.data_dir)
+        ensure_default(s, state.secrets, p.user_id, state.settings.default_store)
         # the default connection first, then the others by name
         computes = sorted(service.COMPUTE.owned(s, p.user_id), key=lambda c: not c.is_default)
         storages = sorted(STORAGE.owned(s, p.user_id), key=lambda c: not c.is_default)

@@ -26,7 +26,7 @@ def storage_page(request: Request, page: int = Query(1, ge=1, le=100_000)) -> Re
     p = user(request)
     state = request.app.state
     with state.db.session() as s:
-        ensure_default(s, state.secrets, p.user_id, state.settings.data_dir)
+        ensure_default(s, state.secrets, p.user_id, state.settings.default_store)
         conns = [STORAGE.out(c) for c in STORAGE.owned(s, p.user_id)]
         mine = authz.visible(select(Artifact), Artifact, p, "artifact.read")
         total = s.scalar(select(func.count()).select_from(mine.subquery())) or 0

@@ -1,0 +1,371 @@
+"""Several forgehub servers on one PostgreSQL, behind a real nginx, with S3 (Ceph RGW) as the
+default store and a shared folder for the blob server: nothing is lost or done twice while
+servers are killed (kill -9) or restarted one at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.services import S3_ACCESS, S3_SECRET, Cluster, Postgres
+
+N_JOBS = 200
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    postgres: Postgres, ceph_s3: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    db = postgres.create_database(f"cluster_{uuid.uuid4().hex[:8]}")
+    store = {
+        "kind": "s3",
+        "config": {
+            "bucket": f"fh-cluster-{uuid.uuid4().hex[:8]}",
+            "endpoint_url": ceph_s3,
+            "access_key_id": S3_ACCESS,
+            "secret_access_key": S3_SECRET,
+        },
+    }
+    c = Cluster(
+        tmp_path_factory.mktemp("cluster"),
+        db,
+        n=3,
+        default_storage=json.dumps(store),
+        FORGEHUB_LOCAL_JOB_SLOTS="6",
+    )
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def _api(c: Cluster, base: str | None = None) -> httpx.Client:
+    return httpx.Client(
+        base_url=base or c.url,
+        headers={"Authorization": f"Bearer {c.admin_token}"},
+        timeout=30,
+    )
+
+
+RESENT: list[str] = []  # submits sent again after a lost answer
+REPLAYED: list[str] = []  # ... that found the job their first try had made
+
+
+def _submit(api: httpx.Client, body: dict[str, Any], key: str) -> dict[str, Any]:
+    """Submit as a careful client does through a balancer: a lost answer (the server died with
+    the request) is sent again with the same Idempotency-Key."""
+    for attempt in range(40):
+        if attempt:
+            RESENT.append(key)
+        try:
+            r = api.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        except httpx.TransportError:
+            time.sleep(0.25)
+            continue
+        if r.status_code in (502, 503, 504):
+            time.sleep(0.25)
+            continue
+        assert r.status_code in (200, 201), r.text
+        if r.status_code == 200:
+            REPLAYED.append(key)
+        return dict(r.json())
+    raise AssertionError(f"submit {key} never answered")
+
+
+def _get(api: httpx.Client, path: str, **params: Any) -> Any:
+    for _ in range(40):
+        try:
+            r = api.get(path, params=params)
+        except httpx.TransportError:
+            time.sleep(0.25)
+            continue
+        if r.status_code in (502, 503, 504):
+            time.sleep(0.25)
+            continue
+        assert r.status_code == 200, r.text
+        return r.json()
+    raise AssertionError(f"GET {path} never answered")
+
+
+def test_cluster_refuses_what_only_one_server_would_see(tmp_path: Path, postgres: Postgres) -> None:
+    def serve(**env: str) -> subprocess.CompletedProcess[str]:
+        full = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path / "d"), **env}
+        full.pop("FORGEHUB_CONFIG", None)
+        return subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", "serve", "--port", "0"],
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    r = serve(FORGEHUB_CLUSTER="true")
+    assert r.returncode == 1 and "needs PostgreSQL" in r.stderr, r.stderr
+    db = postgres.create_database(f"refuse_{uuid.uuid4().hex[:8]}")
+    r = serve(FORGEHUB_CLUSTER="true", FORGEHUB_DATABASE_URL=db)
+    assert r.returncode == 1 and "set shared_dir" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    r = serve(
+        FORGEHUB_CLUSTER="true",
+        FORGEHUB_DATABASE_URL=db,
+        FORGEHUB_SHARED_DIR=str(tmp_path / "shared"),
+        FORGEHUB_DEFAULT_STORAGE="{not json",
+    )
+    assert r.returncode == 1 and "default_storage must be JSON" in r.stderr, r.stderr
+
+
+def test_nginx_config_refuses_values_that_would_inject_directives() -> None:
+    from forgehub.server.balancer import nginx_config
+
+    text = nginx_config(["10.0.0.1:8000", "[::1]:8001"], "443", "hub.example.org")
+    assert "server 10.0.0.1:8000" in text and "server [::1]:8001" in text
+    for bad in (["a:1; include /etc/passwd"], ["host"], []):
+        with pytest.raises(ValueError):
+            nginx_config(bad)
+    with pytest.raises(ValueError):
+        nginx_config(["a:1"], "80; root /", "x")
+    with pytest.raises(ValueError):
+        nginx_config(["a:1"], "80", "x; return 200")
+
+
+def test_one_holder_of_each_duty_and_it_fails_over(cluster: Cluster) -> None:
+    def duties() -> dict[int, list[str]]:
+        out = {}
+        for i, srv in enumerate(cluster.servers):
+            if srv.proc.poll() is not None:
+                continue
+            r = httpx.get(f"http://127.0.0.1:{srv.port}/readyz", timeout=10)
+            assert r.status_code == 200, r.text
+            out[i] = r.json()["duties"]
+        return out
+
+    deadline = time.monotonic() + 20
+    while True:
+        held = duties()
+        every = [d for ds in held.values() for d in ds]
+        if {"dispatcher", "reaper"} <= set(every) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(every) == len(set(every)), f"a duty held twice: {held}"
+    holder = next(i for i, ds in held.items() if "dispatcher" in ds)
+    cluster.kill(holder)
+    killed_at = time.monotonic()
+    try:
+        while time.monotonic() - killed_at < 15:
+            held = duties()
+            if any("dispatcher" in ds for ds in held.values()):
+                break
+            time.sleep(0.1)
+        took = time.monotonic() - killed_at
+        assert any("dispatcher" in ds for ds in held.values()), held
+        assert took < 5, f"the dispatcher duty came back after {took:.1f} s"
+    finally:
+        cluster.servers[holder].start()
+
+
+def test_jobs_run_exactly_once_while_servers_are_killed(cluster: Cluster) -> None:
+    """200 jobs through the balancer while one server after another is killed with kill -9
+    and started again: every job ends, succeeded, in its first attempt (attempts count from 0)."""
+    run_id = uuid.uuid4().hex[:8]
+    stop = threading.Event()
+    kills: list[int] = []
+
+    def chaos() -> None:
+        i = 0
+        while not stop.is_set():
+            time.sleep(1.0)
+            if stop.is_set():
+                break
+            # every other time the one dispatching (its jobs are mid-start), else the next one
+            victim = _holder(cluster, "dispatcher") if i % 2 == 0 else i % len(cluster.servers)
+            cluster.kill(victim)
+            kills.append(victim)
+            time.sleep(0.5)
+            cluster.servers[victim].start()
+            i += 1
+
+    monkey = threading.Thread(target=chaos, daemon=True)
+    monkey.start()
+    submitted: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def submit_range(lo: int, hi: int) -> None:
+        with _api(cluster) as api:
+            for i in range(lo, hi):
+                what = ["sh", "-c", 'echo "$0"; sleep 1', f"ran {run_id} {i}"]
+                job = _submit(api, {"kind": "command", "command": what}, f"{run_id}-{i}")
+                with lock:
+                    submitted[i] = job["id"]
+                time.sleep(0.05)
+
+    try:
+        threads = [
+            threading.Thread(target=submit_range, args=(k * 50, (k + 1) * 50)) for k in range(4)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert len(submitted) == N_JOBS
+        deadline = time.monotonic() + 240
+        with _api(cluster) as api:
+            while time.monotonic() < deadline:
+                jobs = _get(api, "/api/v1/jobs", limit=500)["jobs"]
+                mine = {j["id"]: j for j in jobs if j["id"] in set(submitted.values())}
+                if len(mine) == N_JOBS and all(j["state"] in FINISHED for j in mine.values()):
+                    break
+                time.sleep(1.0)
+    finally:
+        stop.set()
+        monkey.join(timeout=30)
+    assert len(kills) >= 4, kills
+    with _api(cluster) as api:
+        everything = _get(api, "/api/v1/jobs", limit=500)["jobs"]
+        ours = [j for j in everything if f"ran {run_id} " in " ".join(j["spec"]["command"])]
+        lost = [j for j in mine.values() if j["state"] != "succeeded"]
+        # one job per submit (a retried submit found its first job), one attempt per job
+        duplicated = len(ours) - N_JOBS + sum(1 for j in mine.values() if j["attempt"] != 0)
+        ran_twice = []
+        for i, job_id in list(submitted.items())[::10]:  # the logs of every tenth job
+            lines = _get(api, f"/api/v1/jobs/{job_id}/logs")["lines"]
+            n = sum(1 for ln in lines if ln[2] == f"ran {run_id} {i}")
+            if n != 1:
+                ran_twice.append((job_id, n))
+    print(
+        f"\nkill -9: {len(kills)} kills, {len(lost)} lost, {duplicated} duplicated; "
+        f"{len(RESENT)} submits sent again, {len(REPLAYED)} of them found their first job"
+    )
+    assert not lost, [(j["id"], j["state"], j.get("error")) for j in lost[:5]]
+    assert duplicated == 0
+    assert not ran_twice, ran_twice
+
+
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def _holder(c: Cluster, duty: str) -> int:
+    """The server holding ``duty`` now (the first live one if none says so yet)."""
+    live = [i for i, s in enumerate(c.servers) if s.proc.poll() is None]
+    for i in live:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{c.servers[i].port}/readyz", timeout=5)
+        except httpx.TransportError:
+            continue
+        if r.status_code == 200 and duty in r.json()["duties"]:
+            return i
+    return live[0]
+
+
+def test_a_follower_sees_every_line_while_the_runner_reports_elsewhere(cluster: Cluster) -> None:
+    script = "for i in $(seq 1 30); do echo line $i; sleep 0.05; done"
+    with _api(cluster) as api:
+        job = _submit(api, {"kind": "command", "command": ["sh", "-c", script]}, uuid.uuid4().hex)
+        seen: list[str] = []
+        with api.stream(
+            "GET", f"/api/v1/jobs/{job['id']}/logs", params={"follow": "true"}, timeout=90
+        ) as r:
+            assert r.status_code == 200
+            event = ""
+            for raw in r.iter_lines():
+                if raw.startswith("event: "):
+                    event = raw[7:]
+                elif raw.startswith("data: ") and event == "lines":
+                    seen += [ln[2] for ln in json.loads(raw[6:])["lines"]]
+                elif raw.startswith("data: ") and event == "end":
+                    assert json.loads(raw[6:])["state"] == "succeeded"
+                    break
+    assert [s for s in seen if s.startswith("line ")] == [f"line {i}" for i in range(1, 31)]
+
+
+def test_a_rolling_restart_answers_every_request(cluster: Cluster) -> None:
+    stop = threading.Event()
+    answers: dict[int, int] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def load(k: int) -> None:
+        with _api(cluster) as api:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    if n % 5 == 0:
+                        body = {"kind": "command", "command": ["true"]}
+                        key = f"roll-{k}-{n}-{uuid.uuid4().hex[:6]}"
+                        r = api.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
+                    else:
+                        r = api.get("/api/v1/jobs", params={"limit": 5})
+                except httpx.TransportError as exc:
+                    with lock:
+                        failures.append(repr(exc))
+                    continue
+                with lock:
+                    answers[r.status_code] = answers.get(r.status_code, 0) + 1
+                    if r.status_code >= 300:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=load, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        for i in range(len(cluster.servers)):
+            cluster.restart(i)  # SIGTERM, wait for it to end, start, wait for its port
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    print(f"\nrolling restart: {answers}")
+    assert sum(answers.values()) > 50
+    assert not failures, failures[:5]
+
+
+def test_a_resumable_upload_continues_on_another_server(cluster: Cluster) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    a, b, c = (_api(cluster, f"http://127.0.0.1:{s.port}") for s in cluster.servers)
+    with a, b, c:
+        r = a.post("/api/v1/blobs/uploads")
+        assert r.status_code == 201, r.text
+        upload = r.json()["location"]
+        half = len(data) // 2
+        r = a.patch(upload, content=data[:half], headers={"Upload-Offset": "0"})
+        assert r.status_code in (200, 204), r.text
+        r = b.head(upload)  # another server knows how far it got
+        assert int(r.headers["Upload-Offset"]) == half
+        r = b.patch(upload, content=data[half:], headers={"Upload-Offset": str(half)})
+        assert r.status_code in (200, 204), r.text
+        r = c.put(upload, params={"digest": digest})  # and a third commits it
+        assert r.status_code == 201, r.text
+        got = a.get(f"/api/v1/blobs/{digest}")
+        assert got.status_code == 200 and got.content == data
+
+
+def test_artifacts_in_the_s3_default_store_are_seen_by_every_server(cluster: Cluster) -> None:
+    body = os.urandom(200_000)
+    a, b = (_api(cluster, f"http://127.0.0.1:{s.port}") for s in cluster.servers[:2])
+    with a, b:
+        r = a.post(
+            "/api/v1/artifacts", params={"filename": "w.bin", "name": "cluster-w"}, content=body
+        )
+        assert r.status_code == 201, r.text
+        conns = b.get("/api/v1/storage/connections").json()
+        default = next(x for x in conns if x["name"] == "default")
+        assert default["kind"] == "s3"
+        assert S3_SECRET not in json.dumps(conns)  # the platform's key stays on the server
+        got = b.get("/api/v1/artifacts/cluster-w:latest/content")
+        assert got.status_code == 200 and got.content == body
