@@ -882,7 +882,8 @@ class Cluster:
         srv.start()
 
     def runners(self) -> list[int]:
-        mark = b"forgehub.jobs.runner\0--server\0" + self.url.encode() + b"\0"
+        url = self.env["FORGEHUB_PUBLIC_URL"]
+        mark = b"forgehub.jobs.runner\0--server\0" + url.encode() + b"\0"
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():

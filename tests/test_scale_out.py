@@ -369,3 +369,153 @@ def test_artifacts_in_the_s3_default_store_are_seen_by_every_server(cluster: Clu
         assert S3_SECRET not in json.dumps(conns)  # the platform's key stays on the server
         got = b.get("/api/v1/artifacts/cluster-w:latest/content")
         assert got.status_code == 200 and got.content == body
+
+
+def _tunnel_holder(c: Cluster, job_id: str) -> int | None:
+    """Which server holds the job's tunnel: the peer address it recorded, matched against the
+    peer port each server logged."""
+    import psycopg
+
+    url = c.env["FORGEHUB_DATABASE_URL"].replace("+psycopg", "")
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT tunnel_peer FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    if not row or not row[0]:
+        return None
+    for i, srv in enumerate(c.servers):
+        log = (srv.data_dir / "server.log").read_text(errors="replace")
+        said = [
+            ln.split("peer port: ", 1)[1].strip() for ln in log.splitlines() if "peer port: " in ln
+        ]
+        if said and said[-1] == row[0]:  # its latest start's peer port
+            return i
+    return None
+
+
+def _every_server_answers(c: Cluster, path: str, timeout: float = 45) -> None:
+    deadline = time.monotonic() + timeout
+    pending = [s for s in c.servers if s.proc.poll() is None]
+    last = ""
+    while pending and time.monotonic() < deadline:
+        srv = pending[0]
+        with _api(c, f"http://127.0.0.1:{srv.port}") as api:
+            try:
+                r = api.get(path)
+            except httpx.TransportError as exc:
+                last = repr(exc)
+                time.sleep(0.3)
+                continue
+        if r.status_code == 200 and r.json()["models"][0]["name"] == "digits":
+            pending.pop(0)
+            continue
+        last = f"{r.status_code} {r.text[:200]}"
+        time.sleep(0.3)
+    assert not pending, f"server on port {pending[0].port} did not answer: {last}"
+
+
+def test_a_deployment_answers_on_every_server_even_after_its_tunnel_holder_dies(
+    cluster: Cluster,
+) -> None:
+    with _api(cluster) as api:
+        r = api.post(
+            "/api/v1/deployments", json={"module": "digits", "service": "api", "title": "c"}
+        )
+        assert r.status_code == 201, r.text
+        dep = r.json()
+        deadline = time.monotonic() + 120
+        while (d := _get(api, f"/api/v1/deployments/{dep['id']}"))["state"] not in (
+            "running",
+            "failed",
+            "stopped",
+        ):
+            assert time.monotonic() < deadline, d
+            time.sleep(0.3)
+        assert d["state"] == "running", d
+        path = f"/deployments/{dep['id']}/v2/models/"
+        try:
+            assert api.get(path).status_code == 200  # through the balancer
+            _every_server_answers(cluster, path)  # each: its own tunnel, or the holder's
+            # the attack: claiming to be a forwarding server, without the deployment's token
+            for srv in cluster.servers:
+                r = httpx.get(
+                    f"http://127.0.0.1:{srv.port}{path}",
+                    headers={"X-Forgehub-Tunnel-Job": d["job"], "X-Forgehub-Service-Token": "x"},
+                )
+                assert r.status_code == 403, r.text
+            holder = _tunnel_holder(cluster, d["job"])
+            assert holder is not None
+            cluster.kill(holder)
+            try:
+                _every_server_answers(cluster, path)  # the runner reconnected elsewhere
+            finally:
+                cluster.servers[holder].start()
+            # nginx sends the deployment back to the restarted server, which has no tunnel
+            # now: it forwards to the one that has
+            _every_server_answers(cluster, path)
+        finally:
+            api.post(f"/api/v1/deployments/{dep['id']}/stop")
+
+
+def test_a_training_outlives_another_servers_restart_and_fails_with_its_own(
+    cluster: Cluster,
+) -> None:
+    """Model API trainings run in the process of the server that took them: a second server
+    starting must not declare them dead; their own server dying does, within a lease."""
+    train = "/api/v1/model-api/v2/models/digits/train/"
+    first, other = cluster.servers[0], cluster.servers[1]
+    with _api(cluster, f"http://127.0.0.1:{first.port}") as a:
+        r = a.post(train, params={"epochs": 60, "epoch_delay": 0.25})
+        assert r.status_code in (200, 201), r.text
+        tid = r.json()["uuid"]
+    cluster.restart(1)  # its start-up recovers trainings: not this one, whose lease is fresh
+    view = f"/api/v1/model-api/models/digits/trainings/{tid}"
+    with _api(cluster, f"http://127.0.0.1:{other.port}") as b:
+        assert b.get(view).json()["state"] in ("queued", "running")
+        cluster.kill(0)
+        try:
+            deadline = time.monotonic() + 40
+            while (t := b.get(view).json())["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline, t
+                time.sleep(0.3)
+            assert t["state"] == "failed" and "server running this training stopped" in t["error"]
+        finally:
+            first.start()
+
+
+def test_the_autoscaler_counts_requests_that_reach_other_servers(cluster: Cluster) -> None:
+    """A scaled deployment at zero: a request to a server that does not hold the autoscaler
+    duty waits there, and that server's report makes the autoscaler (elsewhere) start a
+    replica; while requests keep coming only there, the replica is not scaled away."""
+    holder = _holder(cluster, "autoscaler")
+    x = next(i for i, s in enumerate(cluster.servers) if i != holder and s.proc.poll() is None)
+    with _api(cluster, f"http://127.0.0.1:{cluster.servers[x].port}") as api:
+        r = api.post(
+            "/api/v1/deployments",
+            json={
+                "module": "digits",
+                "title": "scaled in a cluster",
+                "replicas": {"min": 0, "max": 2, "target": 4, "idle_s": 4},
+            },
+        )
+        assert r.status_code == 201, r.text
+        dep = r.json()
+
+        def wait(ok: Any, timeout: float = 120) -> dict[str, Any]:
+            deadline = time.monotonic() + timeout
+            while not ok(d := api.get(f"/api/v1/deployments/{dep['id']}").json()):
+                assert time.monotonic() < deadline, d
+                time.sleep(0.25)
+            return dict(d)
+
+        try:
+            wait(lambda d: d["state"] == "running")
+            wait(lambda d: d["replicas"]["ready"] == 0 and d["replicas"]["starting"] == 0)
+            path = f"/deployments/{dep['id']}/v2/models/"
+            r = api.get(path, timeout=90)  # waits at x for the first replica
+            assert r.status_code == 200, r.text
+            until = time.monotonic() + 8  # twice idle_s of requests, all through x
+            while time.monotonic() < until:
+                assert api.get(path).status_code == 200
+                time.sleep(0.2)
+            assert api.get(f"/api/v1/deployments/{dep['id']}").json()["replicas"]["ready"] >= 1
+        finally:
+            api.post(f"/api/v1/deployments/{dep['id']}/stop")

@@ -213,6 +213,12 @@ class Settings(BaseModel):
         description="The address users, runners and workers reach the platform at (the load "
         "balancer's, with several servers); default: this server's own.",
     )
+    peer_host: str = Field(
+        default="127.0.0.1",
+        description="With several servers (cluster, or serve --workers): the address the "
+        "others reach this one's private peer port at, to forward a deployment's requests to "
+        "the server holding its runner's tunnel; the machine's own address across machines.",
+    )
     shared_dir: Path | None = Field(
         default=None,
         description="A folder every server sees (NFS, CephFS): the blob server and resumable "

@@ -162,6 +162,7 @@ def serve(
                     )
             if config is not None:
                 os.environ["FORGEHUB_CONFIG"] = str(config)
+            os.environ["FORGEHUB_SERVE_WORKERS"] = str(workers)  # each opens a peer port
             uvicorn.run(
                 "forgehub.server.app:from_environment", factory=True, workers=workers, **common
             )

@@ -184,6 +184,8 @@ class Training(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    # one of several servers: the one training it renews this; lapsed, it is marked failed
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class CatalogModule(Base):
@@ -381,6 +383,8 @@ class Job(Base):
     max_retries: Mapped[int] = mapped_column(default=2)
     retry_of: Mapped[str | None] = mapped_column(String(32), default=None)
     idempotency_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    # a deployment's runner tunnel: the server (host:port of its peer listener) that holds it
+    tunnel_peer: Mapped[str | None] = mapped_column(String(255), default=None)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)  # why it waits, in words

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Request, WebSocket
 
-from forgehub.db.models import Deployment
+from forgehub.db.models import Deployment, Job
 from forgehub.deployments import service
 from forgehub.errors import ForgehubError
 from forgehub.identity import authz
@@ -43,11 +43,13 @@ HOP = {
     b"upgrade",
     b"host",
 }
-PRIVATE = {b"authorization", b"x-forgehub-service-token", b"x-csrf-token"}
+PEER = "x-forgehub-tunnel-job"  # a request another server forwards to this tunnel's holder
+PRIVATE = {b"authorization", b"x-forgehub-service-token", b"x-csrf-token", PEER.encode()}
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 REUSE_S = 2.0  # how long one caller's answer for one deployment is reused (no store, no crypto)
+PEER_REUSE_S = 1.0  # how long where a tunnel is held is reused
 
 
 class Target(NamedTuple):
@@ -245,6 +247,9 @@ async def forward(request: Request, send: Any) -> None:
     dep_id = request.url.path[len(PREFIX) :].split("/", 1)[0]
     if request.method not in METHODS:
         raise HTTPException(405, f"{request.method} is not allowed")
+    if PEER in request.headers:  # another server checked the caller: this one has the tunnel
+        await _from_peer(request, dep_id, send)
+        return
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         _same_origin(request)
     target = await _resolve(request, dep_id)
@@ -422,6 +427,63 @@ async def _stream(request: Request, send: Any, status: int, raw: Any, chunks: An
             task.cancel()
 
 
+async def _elsewhere(conn: Any, job_id: str) -> str | None:
+    """The peer address of the server holding ``job_id``'s tunnel, when it is not this one
+    (and this request was not forwarded here already)."""
+    state = conn.app.state
+    tunnel = state.tunnels.get(job_id)
+    if (tunnel is not None and not tunnel.closed.is_set()) or PEER in conn.headers:
+        return None
+    if state.peer_address is None:
+        return None  # the only server
+    cache = getattr(state, "tunnel_peers", None)
+    if cache is None:
+        cache = state.tunnel_peers = {}
+    hit = cache.get(job_id)
+    now = time.monotonic()
+    if hit is None or now - hit[0] > PEER_REUSE_S:
+
+        def look() -> str | None:
+            with state.db.session() as s:
+                job = s.get(Job, job_id)
+                return job.tunnel_peer if job is not None else None
+
+        hit = cache[job_id] = (now, await anyio.to_thread.run_sync(look))
+        if len(cache) > 10_000:
+            cache.clear()
+    peer = hit[1]
+    return peer if peer and peer != state.peer_address else None
+
+
+def _peer_check(conn: Any, dep_id: str, job_id: str) -> tuple[bytes, bytes]:
+    """A forwarded request carries the deployment's service token (only the servers and its
+    runner know it) for a job of that deployment; returns that header."""
+    import hmac
+
+    state = conn.app.state
+    with state.db.session() as s:
+        d = service.for_job(s, job_id)
+        if d is None or d.id != dep_id:
+            raise HTTPException(404, f"deployment {dep_id!r} has no such replica")
+        name, value = _auth_header(d.service, service.token(state.secrets, d))
+    got = conn.headers.get(name.decode(), "").encode()
+    if not hmac.compare_digest(got, value):
+        raise HTTPException(403, "a forwarded request without the deployment's token")
+    return name, value
+
+
+async def _from_peer(request: Request, dep_id: str, send: Any) -> None:
+    job_id = request.headers[PEER]
+    await anyio.to_thread.run_sync(_peer_check, request, dep_id, job_id)
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() not in HOP | {PEER.encode()}]
+    body = request.stream() if request.method not in ("GET", "HEAD") else None
+    try:
+        await _through_tunnel(request, job_id, path, headers, body, send)
+    except Unreachable as exc:
+        raise HTTPException(503, str(exc)) from exc
+
+
 def _tunnel(app: Any, job_id: str) -> Any:
     tunnel = app.state.tunnels.get(job_id)
     if tunnel is None or tunnel.closed.is_set():
@@ -439,6 +501,11 @@ async def _through_tunnel(
 ) -> None:
     from forgehub.deployments.tunnel import TunnelClosed
 
+    peer = await _elsewhere(request, job_id)
+    if peer is not None:  # another server holds the tunnel: the request goes there
+        peered = [*headers, (PEER.encode(), job_id.encode())]
+        await _to_service(request, peer, None, path, peered, body, send)
+        return
     tunnel = _tunnel(request.app, job_id)
     try:
         status, raw, chunks = await tunnel.request(request.method, path, headers, body)
@@ -453,6 +520,9 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
+    if PEER in websocket.headers:  # forwarded by the server the caller reached
+        await _ws_from_peer(websocket, dep_id, path)
+        return
     try:
         _same_origin(websocket)
         address, kind, token, job_id, *_ = await _resolve(websocket, dep_id)
@@ -472,8 +542,12 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
     if cookie:
         extra.append(("Cookie", cookie.decode()))
     if address == "tunnel":
-        await _ws_through_tunnel(websocket, job_id or "", path, extra, protocols)
-        return
+        peer = await _elsewhere(websocket, job_id or "")
+        if peer is None:
+            await _ws_through_tunnel(websocket, job_id or "", path, extra, protocols)
+            return
+        address, url = peer, f"ws://{peer}{path}"  # the server holding the tunnel
+        extra.append((PEER, job_id or ""))
     try:
         upstream = await connect(
             url,
@@ -515,6 +589,23 @@ async def forward_ws(websocket: WebSocket, dep_id: str, path: str) -> None:
         await upstream.close()
         with contextlib.suppress(Exception):
             await websocket.close()
+
+
+async def _ws_from_peer(websocket: WebSocket, dep_id: str, path: str) -> None:
+    job_id = websocket.headers[PEER]
+    try:
+        name, value = await anyio.to_thread.run_sync(_peer_check, websocket, dep_id, job_id)
+    except HTTPException as exc:
+        await websocket.close(code=4000 + exc.status_code, reason=str(exc.detail)[:120])
+        return
+    path = websocket.url.path + (f"?{websocket.url.query}" if websocket.url.query else "")
+    protocols = [
+        p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p
+    ]
+    extra = [(name.decode(), value.decode())]
+    if websocket.headers.get("cookie"):
+        extra.append(("Cookie", websocket.headers["cookie"]))
+    await _ws_through_tunnel(websocket, job_id, path, extra, protocols)
 
 
 async def _any_replica(websocket: WebSocket, dep_id: str) -> tuple[str, str]:

@@ -14,6 +14,10 @@ Two halves share one :class:`Pool` per scaled deployment in the server process:
 Each second the autoscaler also samples the pool (replicas, requests per second, latency
 percentiles, errors, cold starts) for the deployment's plots. Samples live in this process's
 memory (the last half hour).
+
+With several servers, the autoscaler runs on the one holding its duty, while requests may reach
+any of them: each other server reports its pools' counts over the bus a few times a second
+(:meth:`Pool.report`), and the autoscaler adds the fresh reports to its own counts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from forgehub.db.models import Deployment, DeploymentReplica, Job, JobState, utc
 from forgehub.deployments import service
 
 REFRESH_S = 0.5  # how old the proxy's list of ready replicas may be
+REPORT_S = 0.25  # how often another server reports its counts to the autoscaler
+FRESH_S = 2.0  # a report older than this no longer counts
 DRAIN_S = 30.0  # a draining replica's requests get this long to finish
 SAMPLE_S = 1.0
 KEEP = 1800  # samples kept per deployment
@@ -60,6 +66,40 @@ class Pool:
     latencies: list[float] = field(default_factory=list)
     series: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=KEEP))
     last_sample: float = field(default_factory=time.monotonic)
+    # other servers' counts: server → (when it came, its report)
+    remote: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+
+    def busy(self) -> bool:
+        """Anything to report: requests in flight, waiting, or done since the last report."""
+        return bool(self.load() or self.peak or self.done)
+
+    def report(self) -> dict[str, Any]:
+        """This server's counts for the autoscaler on another one (and start counting anew)."""
+        out = {
+            "peak": self.take_peak(),
+            "waiting": self.waiting,
+            "in_flight": dict(self.in_flight),
+            "done": self.done,
+            "errors": self.errors,
+            "cold": self.cold,
+        }
+        self.done = self.errors = self.cold = 0
+        self.latencies = []
+        return out
+
+    def merge(self, server: str, report: dict[str, Any]) -> None:
+        self.remote[server] = (time.monotonic(), report)
+
+    def fresh(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        for server in [s for s, (at, _) in self.remote.items() if now - at > FRESH_S]:
+            self.remote.pop(server, None)
+        return [r for _, r in self.remote.values()]
+
+    def in_flight_everywhere(self, job_id: str, fresh: list[dict[str, Any]]) -> int:
+        return self.in_flight.get(job_id, 0) + sum(
+            int(r.get("in_flight", {}).get(job_id, 0)) for r in fresh
+        )
 
     def load(self) -> int:
         return sum(self.in_flight.values()) + self.waiting
@@ -206,7 +246,9 @@ def autoscale(session: Session, d: Deployment, p: Pool, scaler: Scaler, now: flo
     cfg = d.spec["scaling"]
     if d.stop_requested_at is not None or d.state not in ("starting", "running"):
         return
-    load = p.take_peak()
+    fresh = p.fresh()  # what other servers' proxies see
+    load = p.take_peak() + sum(int(r.get("peak", 0)) for r in fresh)
+    waiting = p.waiting + sum(int(r.get("waiting", 0)) for r in fresh)
     scaler.history.append((now, load))
     while scaler.history and scaler.history[0][0] < now - cfg["idle_s"]:
         scaler.history.popleft()
@@ -217,7 +259,7 @@ def autoscale(session: Session, d: Deployment, p: Pool, scaler: Scaler, now: flo
         return max(cfg["min"], min(cfg["max"], math.ceil(n / cfg["target"])))
 
     up = wanted(load)
-    if p.waiting:
+    if waiting:
         up = max(up, 1)
     if up > len(serving):
         for _ in range(up - len(serving)):
@@ -229,7 +271,8 @@ def autoscale(session: Session, d: Deployment, p: Pool, scaler: Scaler, now: flo
         if covered and down < len(serving):
             # the ones not ready yet first, then the least busy
             order = sorted(
-                serving, key=lambda r: (r.address is not None, p.in_flight.get(r.job_id, 0))
+                serving,
+                key=lambda r: (r.address is not None, p.in_flight_everywhere(r.job_id, fresh)),
             )
             for r in order[: len(serving) - down]:
                 service.drain(session, r)
@@ -237,11 +280,16 @@ def autoscale(session: Session, d: Deployment, p: Pool, scaler: Scaler, now: flo
     for r in live:
         if r.draining_at is None or r.ended_reason is not None:
             continue
-        idle = p.in_flight.get(r.job_id, 0) == 0
+        idle = p.in_flight_everywhere(r.job_id, fresh) == 0
         if idle or (utcnow() - r.draining_at).total_seconds() > DRAIN_S:
             service.end_replica(session, r, "scaled down")
     if time.monotonic() - p.last_sample >= SAMPLE_S:
         ready = sum(1 for r in live if r.address and r.draining_at is None)
+        for rep in fresh:  # the other servers' requests count in the plots' rates
+            p.done += int(rep.get("done", 0))
+            p.errors += int(rep.get("errors", 0))
+            p.cold += int(rep.get("cold", 0))
+            rep["done"] = rep["errors"] = rep["cold"] = 0
         p.sample(ready, sum(1 for r in live if not r.address and r.draining_at is None))
 
 

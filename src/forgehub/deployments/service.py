@@ -179,8 +179,11 @@ def create(
     modules: dict[str, Any],
     policy: Any,
     limits: tuple[int, int],
+    tunnel: bool = False,
 ) -> Deployment:
-    """Store the deployment and queue the job that serves it."""
+    """Store the deployment and queue the job that serves it. ``tunnel``: reach it through its
+    runner's tunnel even on the server's own machine (one of several servers: the balancer
+    sends the tunnel and the deployment's requests to the same server)."""
     from forgehub.jobs.common import COMPUTE, ensure_default_compute
     from forgehub.jobs.submit import submit
 
@@ -225,6 +228,8 @@ def create(
         "deployment": dep_id,
         "base_path": f"/deployments/{dep_id}/",
     }
+    if tunnel:
+        service["reach"] = "tunnel"
     if body.batch_size is not None or body.batch_wait_ms is not None:
         if body.service != "api":
             raise DeploymentError("batch_size, batch_wait_ms: only an api deployment batches", 422)

@@ -21,9 +21,11 @@ server (a submit, a report, a cancel) reaches the holder through the :class:`Bus
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -96,6 +98,9 @@ class Dispatcher:
         self.duties = Duties(db.url, data_dir / "run")
         self.bus = Bus(db.url)
         self.bus.subscribe("jobs", lambda _key: self.woken())
+        self.bus.subscribe("load", self._load_reported)
+        self.server_id = uuid.uuid4().hex[:12]  # this process, in its load reports
+        self._reported = 0.0
         self._reaping = False  # holds the reaper duty (a new holder first grants grace)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -164,8 +169,12 @@ class Dispatcher:
                 self.follow()
             if holds("deployments"):
                 self.sync_deployments()
+            if holds("reaper"):
+                self.reap_trainings()
         if holds("autoscaler"):
             self.autoscale()
+        else:
+            self.report_loads()
         if holds("pipelines"):
             self.advance_pipelines()
         dispatching = holds("dispatcher")
@@ -177,6 +186,42 @@ class Dispatcher:
         self._reaping = reaping
         if dispatching or reaping:
             self.enforce(cancels=dispatching, reap=reaping)
+
+    def reap_trainings(self) -> None:
+        """Model API trainings whose server died (their lease lapsed) fail."""
+        from forgehub.modelapi.trainings import reap_lapsed
+
+        with self.db.session() as s:
+            if n := reap_lapsed(s):
+                log.warning("%d model API training(s) lost with their server: failed", n)
+
+    def report_loads(self) -> None:
+        """Not the autoscaler: tell it what this server's proxy counts (a few times a second,
+        and at once while a request waits for a first replica)."""
+        from forgehub.deployments import scaling
+
+        if not self.bus.postgres:
+            return
+        now = time.monotonic()
+        waiting = any(p.waiting for p in list(self.pools.values()))
+        if now - self._reported < scaling.REPORT_S and not waiting:
+            return
+        self._reported = now
+        for dep_id, pool in list(self.pools.items()):
+            if pool.busy():
+                report = {"d": dep_id, "s": self.server_id, **pool.report()}
+                self.bus.publish("load", json.dumps(report, separators=(",", ":")))
+
+    def _load_reported(self, payload: str) -> None:
+        from forgehub.deployments import scaling
+
+        try:
+            report = json.loads(payload)
+            dep_id, server = str(report.pop("d")), str(report.pop("s"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        if server != self.server_id:
+            scaling.pool(self.pools, dep_id).merge(server, report)
 
     def autoscale(self) -> None:
         """Scaled deployments' replicas follow the load the proxy counts."""

@@ -147,6 +147,7 @@ class ModelAPI:
         batch: tuple[int | None, float | None] = (None, None),
         weights: Callable[[], WeightsOnServer] | None = None,
         hosting: Callable[[WeightsOnServer], Hosting] | None = None,
+        training_lease_s: float | None = None,
     ) -> None:
         """``prepare`` (run in the background at start-up, before trainings open) readies the
         store; with ``open_predict`` (a standalone server, which has no users) predictions do
@@ -158,6 +159,7 @@ class ModelAPI:
         self.runner = ThreadRunner(self.modules, batch=batch)
         self.recover = recover
         self.max_trainings = max_trainings
+        self.training_lease_s = training_lease_s  # one of several servers: trainings' leases
         self.prepare = prepare
         self.open_predict = open_predict
         self.anonymous: Callable[[Request], None] | None = None
@@ -202,7 +204,7 @@ class ModelAPI:
         from forgehub.modelapi import trainings as store
 
         trainings = store.TrainingManager(
-            self.db_getter(), self.modules, self.work_dir, self.max_trainings
+            self.db_getter(), self.modules, self.work_dir, self.max_trainings, self.training_lease_s
         )
         lost = trainings.recover() if self.recover else 0
         if lost:

@@ -117,29 +117,92 @@ class _Pending:
         self.upload_dir = upload_dir
 
 
+LAPSED = "the server running this training stopped; start it again"
+
+
+def reap_lapsed(session: Any) -> int:
+    """Fail the trainings whose server stopped renewing their lease (several servers)."""
+    n = 0
+    for t in session.scalars(
+        select(Training).where(
+            Training.state.in_([TrainingState.queued, TrainingState.running]),
+            Training.lease_expires_at.is_not(None),
+            Training.lease_expires_at < utcnow(),
+        )
+    ):
+        n += transition(session, t, TrainingState.failed, TRAININGS, error=LAPSED)
+    return n
+
+
 class TrainingManager:
-    """Runs at most ``max_running`` trainings at once per server process; the rest queue."""
+    """Runs at most ``max_running`` trainings at once per server process; the rest queue.
+
+    With ``lease_s`` (one of several server processes on one database) each training this
+    process holds, queued or running, has a lease it renews; another server restarting leaves
+    it alone, and the reaper duty fails it only once its lease lapsed (this process died)."""
 
     def __init__(
-        self, db: Database, modules: dict[str, LoadedModule], work_dir: Path, max_running: int = 2
+        self,
+        db: Database,
+        modules: dict[str, LoadedModule],
+        work_dir: Path,
+        max_running: int = 2,
+        lease_s: float | None = None,
     ) -> None:
         self.db = db
         self.modules = modules
         self.work_dir = work_dir
         self.max_running = max_running
+        self.lease_s = lease_s
         self.runs: dict[str, _Run] = {}
         self.queue: dict[str, _Pending] = {}  # insertion order = FIFO
         self.lock = threading.RLock()
+        self._stop = threading.Event()
+        if lease_s is not None:
+            threading.Thread(target=self._renew, daemon=True, name="training-leases").start()
+
+    def _lease(self) -> Any:
+        from datetime import timedelta
+
+        assert self.lease_s is not None
+        return utcnow() + timedelta(seconds=self.lease_s)
+
+    def _renew(self) -> None:
+        from sqlalchemy import update
+
+        assert self.lease_s is not None
+        while not self._stop.wait(self.lease_s / 3):
+            with self.lock:
+                ids = [*self.queue, *self.runs]
+            if not ids:
+                continue
+            try:
+                with self.db.session() as s:
+                    s.execute(
+                        update(Training)
+                        .where(Training.id.in_(ids))
+                        .values(lease_expires_at=self._lease())
+                    )
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.warning("cannot renew the leases of %d training(s)", len(ids), exc_info=True)
 
     def recover(self) -> int:
-        """Mark trainings that a dead server left unfinished as failed; returns how many."""
+        """Mark trainings that a dead server left unfinished as failed; returns how many. With
+        leases, only those whose lease lapsed (or that never had one): the others belong to a
+        server that is still running them."""
         n = 0
+        stmt = (
+            select(Training)
+            .where(Training.state.in_([TrainingState.queued, TrainingState.running]))
+            .where(Training.module.in_(list(self.modules)))
+        )
+        if self.lease_s is not None:
+            from sqlalchemy import or_
+
+            lapsed = or_(Training.lease_expires_at.is_(None), Training.lease_expires_at < utcnow())
+            stmt = stmt.where(lapsed)
         with self.db.session() as s:
-            for t in s.scalars(
-                select(Training)
-                .where(Training.state.in_([TrainingState.queued, TrainingState.running]))
-                .where(Training.module.in_(list(self.modules)))
-            ):
+            for t in s.scalars(stmt):
                 n += transition(
                     s,
                     t,
@@ -165,6 +228,7 @@ class TrainingManager:
                 args=stored_args,
                 state=TrainingState.queued,
                 result={"metrics": {}, "progress": 0.0},
+                lease_expires_at=self._lease() if self.lease_s is not None else None,
             )
             s.add(training)
         with self.lock:
@@ -365,6 +429,7 @@ class TrainingManager:
             time.sleep(0.1)
 
     def shutdown(self) -> None:
+        self._stop.set()
         with self.lock:
             queued = list(self.queue)
             self.queue.clear()

@@ -130,6 +130,7 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
                 stack.callback(app.state.oidc.close)
             await stack.enter_async_context(_model_api_running(app))
             await stack.enter_async_context(_jobs_running(app, settings))
+            await stack.enter_async_context(_peer_listening(app, settings))
             stack.push_async_callback(_close_proxy, app)
             log.info(
                 "forgehub %s ready in %.0f ms (store: %s)",
@@ -152,6 +153,7 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
     app.state.local_principal = None
     app.state.oidc = None  # OpenID providers (identity.oidc.Registry), when configured
     app.state.tunnels = {}  # service job id → its runner's reverse tunnel
+    app.state.peer_address = None  # host:port other servers forward tunnel traffic to
     errors.install(app)
     docs.install(app, "/api/v1/openapi.json", "/api/v1/docs")
 
@@ -193,7 +195,9 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
 
     app.include_router(proxy.router)  # its WebSockets; HTTP goes through proxy.Front
     _mount_model_api(app, settings)
-    if listening and settings.tryit_deployments:
+    if listening and settings.tryit_deployments and not settings.cluster:
+        # (one of several servers: try-it predicts in-process, since a shared deployment's
+        # tunnel is held by the one server the balancer routes that deployment to)
         from forgehub.deployments.tryit import TryIt
 
         app.state.model_api.tryit = TryIt(app, settings.tryit_max_replicas, settings.tryit_idle_s)
@@ -248,6 +252,7 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
         settings.data_dir / "modelapi",
         current_principal,
         max_trainings=settings.max_trainings,
+        training_lease_s=float(settings.job_lease_s) if several_servers(settings) else None,
         weights=lambda: WeightsOnServer(app.state.db, app.state.secrets, cache),
         hosting=lambda weights: Hosting(app.state.db, app.state.policy, weights, cache),
     )
@@ -316,6 +321,49 @@ class JobSignal:
         except RuntimeError:
             pass
         loop.call_soon_threadsafe(self._fire)
+
+
+def several_servers(settings: Settings) -> bool:
+    """Is this one of several server processes on one database (a cluster, or one of
+    ``serve --workers N``)?"""
+    return settings.cluster or int(os.environ.get("FORGEHUB_SERVE_WORKERS") or 1) > 1
+
+
+@asynccontextmanager
+async def _peer_listening(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+    """One of several servers (a cluster, or ``serve --workers N``): this process also listens
+    on a private port of its own, where the others forward requests for the deployment tunnels
+    it holds (``jobs.tunnel_peer``). Every request there is checked like any other."""
+    if not several_servers(settings):
+        yield
+        return
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=settings.peer_host,
+        port=0,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    # its sockets only (not serve(), which would take over the process's signal handlers):
+    # the main server handles signals and the lifespan, which is off here
+    server.lifespan = config.lifespan_class(config)
+    await server.startup()
+    port = server.servers[0].sockets[0].getsockname()[1]
+    host = f"[{settings.peer_host}]" if ":" in settings.peer_host else settings.peer_host
+    app.state.peer_address = f"{host}:{port}"
+    log.info("peer port: %s", app.state.peer_address)
+    try:
+        yield
+    finally:
+        app.state.peer_address = None
+        server.should_exit = True
+        await server.shutdown()
 
 
 def _install_jobs(app: FastAPI, settings: Settings) -> None:

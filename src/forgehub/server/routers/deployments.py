@@ -53,6 +53,7 @@ async def deploy(body: service.DeployIn, principal: CurrentUser, request: Reques
                 state.model_api.modules,
                 state.policy,
                 (settings.max_deployments, settings.max_deployment_gpus),
+                tunnel=settings.cluster,
             )
             return _out(s, d)
 

@@ -372,8 +372,25 @@ async def runner_tunnel(websocket: WebSocket, job_id: str) -> None:
     tunnel = Tunnel(websocket.send_bytes, websocket.receive_bytes)
     tunnels: dict[str, Tunnel] = state.tunnels
     tunnels[job_key] = tunnel  # a runner that reconnects replaces its old tunnel
+    peer = state.peer_address
+    if peer is not None:  # the other servers forward this deployment's requests here
+        await _in_thread(lambda: _tunnel_peer(state.db, job_key, None, peer))
     try:
         await tunnel.run()
     finally:
         if tunnels.get(job_key) is tunnel:
             del tunnels[job_key]
+            if peer is not None:
+                await _in_thread(lambda: _tunnel_peer(state.db, job_key, peer, None))
+
+
+def _tunnel_peer(db: Any, job_id: str, was: str | None, now: str | None) -> None:
+    """Record which server holds a job's tunnel (a reconnect elsewhere wins; going away
+    clears only our own mark)."""
+    from sqlalchemy import update
+
+    stmt = update(Job).where(Job.id == job_id)
+    if was is not None:
+        stmt = stmt.where(Job.tunnel_peer == was)
+    with db.session() as s:
+        s.execute(stmt.values(tunnel_peer=now))

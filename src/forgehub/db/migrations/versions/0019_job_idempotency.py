@@ -1,4 +1,6 @@
-"""jobs.idempotency_key: a submit sent twice (a retry through a load balancer) makes one job
+"""jobs.idempotency_key: a submit sent twice (a retry through a load balancer) makes one job;
+jobs.tunnel_peer: which of several servers holds a deployment runner's tunnel;
+trainings.lease_expires_at: the server running a model API training is still there
 
 Revision ID: 0019
 Revises: 0018
@@ -18,12 +20,19 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("idempotency_key", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("tunnel_peer", sa.String(255), nullable=True))
         batch.create_index(
             "ux_jobs_owner_idempotency", ["owner_id", "idempotency_key"], unique=True
         )
 
+    with op.batch_alter_table("trainings") as batch:
+        batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("trainings") as batch:
+        batch.drop_column("lease_expires_at")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_index("ux_jobs_owner_idempotency")
+        batch.drop_column("tunnel_peer")
         batch.drop_column("idempotency_key")
