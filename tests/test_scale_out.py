@@ -519,3 +519,143 @@ def test_the_autoscaler_counts_requests_that_reach_other_servers(cluster: Cluste
             assert api.get(f"/api/v1/deployments/{dep['id']}").json()["replicas"]["ready"] >= 1
         finally:
             api.post(f"/api/v1/deployments/{dep['id']}/stop")
+
+
+def test_a_submit_sent_again_with_its_key_makes_no_second_job(client: Any) -> None:
+    from tests.conftest import make_user
+
+    body = {"kind": "command", "command": ["true"], "compute": "workers"}
+    first = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 201, first.text
+    again = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "k-1"})
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "k-2"})
+    assert other.json()["id"] != first.json()["id"]
+    # the attack: another user's same key finds nothing of the first user's
+    mallory = make_user(client, "mallory")
+    theirs = client.post("/api/v1/jobs", json=body, headers={**mallory, "Idempotency-Key": "k-1"})
+    assert theirs.status_code == 201 and theirs.json()["id"] != first.json()["id"]
+    assert client.get(f"/api/v1/jobs/{first.json()['id']}", headers=mallory).status_code == 404
+    bad = client.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": "a b;c"})
+    assert bad.status_code == 422 and "Idempotency-Key" in bad.json()["detail"]
+
+
+def test_the_cli_sends_a_submit_again_when_its_answer_is_lost(
+    live_server: Any, tmp_path: Path
+) -> None:
+    """A proxy that forwards the first submit but drops its answer (a server dying with the
+    request): `forgehub job submit` sends it again, and one job exists."""
+    import socket
+
+    upstream = ("127.0.0.1", live_server.port)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    dropped: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                with socket.create_connection(upstream) as up:
+                    up.sendall(head + b"\r\n\r\n" + body)
+                    answer = b""
+                    while chunk := up.recv(65536):
+                        answer += chunk
+                if head.startswith(b"POST /api/v1/jobs ") and not dropped:
+                    dropped.append(head)  # done upstream; the caller never hears of it
+                    continue
+                conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    marker = f"lost-answer-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "FORGEHUB_URL": f"http://127.0.0.1:{port}",
+        "FORGEHUB_TOKEN": live_server.admin_token,
+    }
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", "job", "submit", "--kind", "command",
+             "--on", "workers", "--command", json.dumps(["echo", marker])],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        listener.close()
+    assert r.returncode == 0, r.stderr
+    assert dropped, "the proxy dropped nothing"
+    with httpx.Client(
+        base_url=live_server.url, headers={"Authorization": f"Bearer {live_server.admin_token}"}
+    ) as api:
+        jobs = api.get("/api/v1/jobs", params={"limit": 500}).json()["jobs"]
+    assert sum(1 for j in jobs if marker in (j["spec"].get("command") or [])) == 1
+
+
+def test_serve_workers_runs_processes_that_share_the_duties(tmp_path: Path) -> None:
+    """`forgehub serve --workers 2` on SQLite: two processes answer on one port, each duty is
+    held by one of them (file locks), and jobs run once each."""
+    from tests.services import free_port, stop_pid, wait_port
+
+    port = free_port()
+    env = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path / "data")}
+    env.pop("FORGEHUB_CONFIG", None)
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "forgehub.cli", "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_port(port, 60, proc)  # type: ignore[arg-type]
+        base = f"http://127.0.0.1:{port}"
+        seen: dict[str, list[str]] = {}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = httpx.get(base + "/readyz", headers={"Connection": "close"})
+            if r.status_code == 200:
+                seen[r.json()["server"]] = r.json()["duties"]
+            held = [d for ds in seen.values() for d in ds]
+            if len(seen) == 2 and {"dispatcher", "reaper"} <= set(held):
+                break
+            time.sleep(0.05)
+        assert len(seen) == 2, seen
+        held = [d for ds in seen.values() for d in ds]
+        assert len(held) == len(set(held)), f"a duty held twice: {seen}"
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as api:
+            ids = [
+                api.post("/api/v1/jobs", json={"kind": "command", "command": ["true"]}).json()["id"]
+                for _ in range(6)
+            ]
+            deadline = time.monotonic() + 90
+            while True:
+                jobs = [api.get(f"/api/v1/jobs/{i}").json() for i in ids]
+                if all(j["state"] in FINISHED for j in jobs):
+                    break
+                assert time.monotonic() < deadline, jobs
+                time.sleep(0.3)
+        assert all(j["state"] == "succeeded" and j["attempt"] == 0 for j in jobs), jobs
+    finally:
+        stop_pid(proc.pid)
+    assert proc.wait(10) is not None

@@ -161,7 +161,32 @@ class Client:
         except ForgehubError as exc:
             exit_for(exc, self.server)
 
-    def _plain(self, method: str, path: str, body: Any, params: Any) -> Any:
+    def submit_job(self, body: dict[str, Any]) -> Any:
+        """``POST /api/v1/jobs``, sent again when the answer is lost (a server of several died
+        with the request, the balancer answered 502): its ``Idempotency-Key`` makes the server
+        return the job the first try made rather than make a second."""
+        import time
+        import uuid
+
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(4):
+            try:
+                return self._plain("POST", "/api/v1/jobs", body, None, key)
+            except ForgehubError as exc:
+                lost = isinstance(exc, Unreachable) or exc.status in (502, 503, 504)
+                if not lost or attempt == 3:
+                    exit_for(exc, self.server)
+                time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _plain(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: Any,
+        extra_headers: dict[str, str] | None = None,
+    ) -> Any:
         import http.client
         from urllib.parse import urlencode, urlsplit
 
@@ -176,6 +201,7 @@ class Client:
         headers = {"Accept": "application/json", "User-Agent": "forgehub-cli"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        headers.update(extra_headers or {})
         data = None
         if body is not None:
             data = json.dumps(body).encode()

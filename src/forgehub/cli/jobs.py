@@ -191,7 +191,7 @@ def submit(
         name=name,
     )
     c = Client(server, token)
-    job = c.post("/api/v1/jobs", json=body)
+    job = c.submit_job(body)
     out.print(f"job {job['id']} {_state(job['state'])} on {job['compute']}")
     if follow:
         raise typer.Exit(_follow(c, job["id"]))
@@ -386,7 +386,7 @@ def train(
         name=name,
     )
     c = Client(server, token)
-    job = c.post("/api/v1/jobs", json=body)
+    job = c.submit_job(body)
     err.print(f"job {job['id']} {_state(job['state'])} on {job['compute']}")
     if detach:
         return

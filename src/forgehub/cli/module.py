@@ -475,7 +475,7 @@ def reproduce(
     if publish_version:
         body["publish"] = True
         body["publish_version"] = publish_version
-    job = c.post("/api/v1/jobs", json=body)
+    job = c.submit_job(body)
     out.print(
         f"job {job['id']} re-runs the training of {name} {version} (job {prov['job']}) "
         f"on {job['compute']}; follow it with: forgehub job logs -f {job['id']}"
