@@ -44,6 +44,8 @@ def cluster(
         n=3,
         default_storage=json.dumps(store),
         FORGEHUB_LOCAL_JOB_SLOTS="6",
+        FORGEHUB_ANONYMOUS_TRY="true",
+        FORGEHUB_ANONYMOUS_TRY_PER_MINUTE="6",
     )
     try:
         c.start()
@@ -659,3 +661,21 @@ def test_serve_workers_runs_processes_that_share_the_duties(tmp_path: Path) -> N
     finally:
         stop_pid(proc.pid)
     assert proc.wait(10) is not None
+
+
+def test_visitors_rate_limit_holds_across_servers(cluster: Cluster) -> None:
+    """6 anonymous predictions a minute per address: through the balancer, which spreads them
+    over three servers, the seventh is refused as on one server."""
+    from tests.modelapi_helpers import digit_png
+
+    image, _ = digit_png(3)
+    codes = []
+    for _ in range(9):
+        r = httpx.post(
+            cluster.url + "/api/v1/model-api/v2/models/digits/predict/",
+            files={"image": ("d.png", image, "image/png")},
+            timeout=60,
+        )
+        codes.append(r.status_code)
+    assert codes[:6] == [200] * 6, codes
+    assert codes[6:] == [429] * 3, codes

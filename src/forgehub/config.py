@@ -219,6 +219,11 @@ class Settings(BaseModel):
         "others reach this one's private peer port at, to forward a deployment's requests to "
         "the server holding its runner's tunnel; the machine's own address across machines.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="Addresses of load balancers whose X-Forwarded-For and X-Forwarded-Proto "
+        "the server believes (the client's address, for visitors' rate limits); '*' any.",
+    )
     shared_dir: Path | None = Field(
         default=None,
         description="A folder every server sees (NFS, CephFS): the blob server and resumable "

@@ -145,6 +145,8 @@ def serve(
         "access_log": False,
         "timeout_graceful_shutdown": 10,
         "server_header": False,
+        "proxy_headers": True,
+        "forwarded_allow_ips": ",".join(settings.trusted_proxies),
     }
     try:
         if workers == 1:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -604,6 +605,17 @@ class PipelineRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
 
     steps: Mapped[list[PipelineStep]] = relationship(cascade="all, delete-orphan")
+
+
+class RateBucket(Base):
+    """A token bucket shared by several servers (visitors' try-it rate, per address)."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    at: Mapped[float] = mapped_column(Float)  # time.time() of the last take
+    ok: Mapped[bool] = mapped_column(default=True)  # whether the last take got a token
 
 
 class PipelineStep(Base):

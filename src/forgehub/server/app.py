@@ -261,7 +261,11 @@ def _mount_model_api(app: FastAPI, settings: Settings) -> None:
     )
     from forgehub.server.visitors import AnonymousTry
 
-    model_api.anonymous = AnonymousTry(settings.anonymous_try_per_minute, settings.anonymous_try)
+    model_api.anonymous = AnonymousTry(
+        settings.anonymous_try_per_minute,
+        settings.anonymous_try,
+        shared=(lambda: app.state.db) if several_servers(settings) else None,
+    )
     model_api.add_routes(app, prefix="/api/v1/model-api", native_prefix="/api/v1/model-api")
     app.state.model_api = model_api
 
@@ -350,6 +354,7 @@ async def _peer_listening(app: FastAPI, settings: Settings) -> AsyncIterator[Non
         log_level="warning",
         access_log=False,
         server_header=False,
+        forwarded_allow_ips=",".join(settings.trusted_proxies),
     )
     config.load()
     server = uvicorn.Server(config)

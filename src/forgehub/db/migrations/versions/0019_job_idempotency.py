@@ -1,6 +1,7 @@
 """jobs.idempotency_key: a submit sent twice (a retry through a load balancer) makes one job;
 jobs.tunnel_peer: which of several servers holds a deployment runner's tunnel;
-trainings.lease_expires_at: the server running a model API training is still there
+trainings.lease_expires_at: the server running a model API training is still there;
+rate_buckets: visitors' rate limits, shared by several servers
 
 Revision ID: 0019
 Revises: 0018
@@ -25,11 +26,19 @@ def upgrade() -> None:
             "ux_jobs_owner_idempotency", ["owner_id", "idempotency_key"], unique=True
         )
 
+    op.create_table(
+        "rate_buckets",
+        sa.Column("key", sa.String(128), primary_key=True),
+        sa.Column("tokens", sa.Float(), nullable=False),
+        sa.Column("at", sa.Float(), nullable=False),
+        sa.Column("ok", sa.Boolean(), nullable=False),
+    )
     with op.batch_alter_table("trainings") as batch:
         batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_table("rate_buckets")
     with op.batch_alter_table("trainings") as batch:
         batch.drop_column("lease_expires_at")
     with op.batch_alter_table("jobs") as batch:
