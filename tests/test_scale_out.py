@@ -66,40 +66,43 @@ RESENT: list[str] = []  # submits sent again after a lost answer
 REPLAYED: list[str] = []  # ... that found the job their first try had made
 
 
+def _answered(send: Any, what: str) -> httpx.Response:
+    """``send()`` until an answer comes that is not the balancer's "no server answered"."""
+    for _ in range(40):
+        try:
+            r = send()
+        except httpx.TransportError:
+            time.sleep(0.25)
+            continue
+        if r.status_code not in (502, 503, 504):
+            return r
+        time.sleep(0.25)
+    raise AssertionError(f"{what} never answered")
+
+
 def _submit(api: httpx.Client, body: dict[str, Any], key: str) -> dict[str, Any]:
     """Submit as a careful client does through a balancer: a lost answer (the server died with
     the request) is sent again with the same Idempotency-Key."""
-    for attempt in range(40):
-        if attempt:
+    tries = 0
+
+    def send() -> httpx.Response:
+        nonlocal tries
+        tries += 1
+        if tries > 1:
             RESENT.append(key)
-        try:
-            r = api.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
-        except httpx.TransportError:
-            time.sleep(0.25)
-            continue
-        if r.status_code in (502, 503, 504):
-            time.sleep(0.25)
-            continue
-        assert r.status_code in (200, 201), r.text
-        if r.status_code == 200:
-            REPLAYED.append(key)
-        return dict(r.json())
-    raise AssertionError(f"submit {key} never answered")
+        return api.post("/api/v1/jobs", json=body, headers={"Idempotency-Key": key})
+
+    r = _answered(send, f"submit {key}")
+    assert r.status_code in (200, 201), r.text
+    if r.status_code == 200:
+        REPLAYED.append(key)
+    return dict(r.json())
 
 
 def _get(api: httpx.Client, path: str, **params: Any) -> Any:
-    for _ in range(40):
-        try:
-            r = api.get(path, params=params)
-        except httpx.TransportError:
-            time.sleep(0.25)
-            continue
-        if r.status_code in (502, 503, 504):
-            time.sleep(0.25)
-            continue
-        assert r.status_code == 200, r.text
-        return r.json()
-    raise AssertionError(f"GET {path} never answered")
+    r = _answered(lambda: api.get(path, params=params), f"GET {path}")
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def test_cluster_refuses_what_only_one_server_would_see(tmp_path: Path, postgres: Postgres) -> None:
@@ -629,7 +632,7 @@ def test_serve_workers_runs_processes_that_share_the_duties(tmp_path: Path) -> N
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_port(port, 60, proc)  # type: ignore[arg-type]
+        wait_port(port, 60, proc)
         base = f"http://127.0.0.1:{port}"
         seen: dict[str, list[str]] = {}
         deadline = time.monotonic() + 30
