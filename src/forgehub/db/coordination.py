@@ -82,6 +82,7 @@ class Duties:
         self._conn: Any = None
         self._held: dict[str, Any] = {}  # duty → True (PostgreSQL) or its locked file (SQLite)
         self._checked = 0.0
+        self._retry_at = 0.0  # after a failed connection: not before this (no 5 s stall a round)
         self._lock = threading.Lock()
 
     def holds(self, name: str) -> bool:
@@ -112,6 +113,8 @@ class Duties:
     def _holds_pg(self, name: str) -> bool:
         import psycopg
 
+        if self._conn is None and time.monotonic() < self._retry_at:
+            return False
         try:
             if self._conn is None:
                 self._conn = psycopg.connect(
@@ -130,6 +133,7 @@ class Duties:
             if self._held:
                 log.warning("duties lost with the database connection: %s", exc)
             self._drop_connection()
+            self._retry_at = time.monotonic() + 2.0
             return False
         if row and row[0]:
             self._held[name] = True

@@ -138,7 +138,10 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
                 (time.perf_counter() - started) * 1000,
                 db.dialect,
             )
-            yield {"platform": platform}
+            try:
+                yield {"platform": platform}
+            finally:
+                app.state.stopping = True  # /readyz says so while the parts stop
 
     app = FastAPI(
         title="forgehub",
