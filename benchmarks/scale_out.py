@@ -104,6 +104,32 @@ def dispatch_latency(url: str, token: str, n: int) -> list[float]:
     return out
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and all their descendants (``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0.0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        todo += children.get(pid, [])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def fmt(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f} ({min(values):.1f}–{max(values):.1f})"
 
@@ -131,10 +157,26 @@ def main() -> None:
         with httpx.Client(base_url=urls[2], headers={"Authorization": f"Bearer {token}"}) as api:
             api.post("/api/v1/jobs", json={"kind": "command", "command": ["true"]})  # warm
         results: dict[tuple[str, int], list[float]] = {}
+        parts = {
+            "servers": [s.proc.pid for s in cluster.servers],
+            "PostgreSQL": [pg.pid],
+            "nginx": [b.proc.pid for b in balancers],
+        }
+        used = {name: 0.0 for name in [*parts, "load generator"]}
+        per_k = {1: 0.0, 2: 0.0, 3: 0.0}  # CPU of everything, by number of servers
         for _ in range(args.rounds):
             for what in ("read", "submit"):
                 for k, url in enumerate(urls, start=1):
+                    before = {n: cpu_seconds(p) for n, p in parts.items()}
+                    me = time.process_time()
                     rps = asyncio.run(closed_loop(url, token, what, args.seconds, args.clients))
+                    mine = time.process_time() - me
+                    used["load generator"] += mine
+                    per_k[k] += mine
+                    for n, p in parts.items():
+                        spent = cpu_seconds(p) - before[n]
+                        used[n] += spent
+                        per_k[k] += spent
                     results.setdefault((what, k), []).append(rps)
         latency = dispatch_latency(urls[2], token, 20)
     finally:
@@ -155,6 +197,17 @@ def main() -> None:
             + "".join(f"{fmt(r):>22}" for r in row)
             + f"{statistics.median(row[1]) / base:7.2f}{statistics.median(row[2]) / base:7.2f}"
         )
+    wall = args.rounds * 2 * 3 * args.seconds
+    print(
+        "CPU used during the rounds (of "
+        f"{wall * (cores or 1):.0f} core-seconds there were): "
+        + ", ".join(f"{n} {v:.0f} s ({v / (wall * (cores or 1)):.0%})" for n, v in used.items())
+    )
+    span = args.rounds * 2 * args.seconds
+    print(
+        "cores busy (servers, PostgreSQL, nginx, load generator), by servers behind nginx: "
+        + ", ".join(f"{k}: {v / span:.2f}" for k, v in per_k.items())
+    )
     lat = sorted(latency)
     print(
         f"dispatch latency, 3 servers: p50 {statistics.median(lat) * 1000:.0f} ms, "
