@@ -261,17 +261,21 @@ def test_jobs_run_exactly_once_while_servers_are_killed(cluster: Cluster) -> Non
 FINISHED = {"succeeded", "failed", "cancelled"}
 
 
-def _holder(c: Cluster, duty: str) -> int:
-    """The server holding ``duty`` now (the first live one if none says so yet)."""
-    live = [i for i, s in enumerate(c.servers) if s.proc.poll() is None]
-    for i in live:
-        try:
-            r = httpx.get(f"http://127.0.0.1:{c.servers[i].port}/readyz", timeout=5)
-        except httpx.TransportError:
-            continue
-        if r.status_code == 200 and duty in r.json()["duties"]:
-            return i
-    return live[0]
+def _holder(c: Cluster, duty: str, wait: float = 10) -> int:
+    """The server holding ``duty`` now (the first live one if none says so in ``wait`` s)."""
+    deadline = time.monotonic() + wait
+    while True:
+        live = [i for i, s in enumerate(c.servers) if s.proc.poll() is None]
+        for i in live:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{c.servers[i].port}/readyz", timeout=5)
+            except httpx.TransportError:
+                continue
+            if r.status_code == 200 and duty in r.json()["duties"]:
+                return i
+        if time.monotonic() > deadline:
+            return live[0]
+        time.sleep(0.2)
 
 
 def test_a_follower_sees_every_line_while_the_runner_reports_elsewhere(cluster: Cluster) -> None:
@@ -682,3 +686,32 @@ def test_visitors_rate_limit_holds_across_servers(cluster: Cluster) -> None:
         codes.append(r.status_code)
     assert codes[:6] == [200] * 6, codes
     assert codes[6:] == [429] * 3, codes
+
+
+def test_an_idle_stop_counts_requests_on_every_server(cluster: Cluster) -> None:
+    """A deployment that stops itself after 10 s without requests keeps running while its
+    requests all reach servers other than the one that holds the deployments duty."""
+    holder = _holder(cluster, "deployments")
+    x = next(i for i, s in enumerate(cluster.servers) if i != holder and s.proc.poll() is None)
+    with _api(cluster, f"http://127.0.0.1:{cluster.servers[x].port}") as api:
+        r = api.post("/api/v1/deployments", json={"module": "digits", "idle_stop_s": 10})
+        assert r.status_code == 201, r.text
+        dep = r.json()
+        try:
+            deadline = time.monotonic() + 120
+            while (d := api.get(f"/api/v1/deployments/{dep['id']}").json())["state"] != "running":
+                assert d["state"] in ("pending", "starting") and time.monotonic() < deadline, d
+                time.sleep(0.3)
+            path = f"/deployments/{dep['id']}/v2/models/"
+            until = time.monotonic() + 16
+            while time.monotonic() < until:
+                assert api.get(path).status_code == 200
+                time.sleep(1.0)
+            assert api.get(f"/api/v1/deployments/{dep['id']}").json()["state"] == "running"
+            deadline = time.monotonic() + 40  # and once unused, it stops itself
+            while (d := api.get(f"/api/v1/deployments/{dep['id']}").json())["state"] != "stopped":
+                assert time.monotonic() < deadline, d
+                time.sleep(0.5)
+            assert "without a request" in json.dumps(d), d
+        finally:
+            api.post(f"/api/v1/deployments/{dep['id']}/stop")

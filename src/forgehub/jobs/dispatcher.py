@@ -99,6 +99,8 @@ class Dispatcher:
         self.bus = Bus(db.url)
         self.bus.subscribe("jobs", lambda _key: self.woken())
         self.bus.subscribe("load", self._load_reported)
+        self.bus.subscribe("used", self._use_reported)
+        self._use_sent: dict[str, float] = {}  # deployment → the last use told the others
         self.server_id = uuid.uuid4().hex[:12]  # this process, in its load reports
         self._reported = 0.0
         self._reaping = False  # holds the reaper duty (a new holder first grants grace)
@@ -175,6 +177,7 @@ class Dispatcher:
             self.autoscale()
         else:
             self.report_loads()
+        self.report_use()
         if holds("pipelines"):
             self.advance_pipelines()
         dispatching = holds("dispatcher")
@@ -211,6 +214,26 @@ class Dispatcher:
             if pool.busy():
                 report = {"d": dep_id, "s": self.server_id, **pool.report()}
                 self.bus.publish("load", json.dumps(report, separators=(",", ":")))
+
+    def report_use(self) -> None:
+        """Tell the other servers when this one's proxy last forwarded to each deployment
+        (at most once a second each): an idle stop counts from the last use anywhere."""
+        if not self.bus.postgres:
+            return
+        for dep_id, at in list(self.last_request.items()):
+            if at - self._use_sent.get(dep_id, 0.0) >= 1.0:
+                self._use_sent[dep_id] = at
+                self.bus.publish("used", json.dumps({"d": dep_id, "t": at}))
+
+    def _use_reported(self, payload: str) -> None:
+        try:
+            report = json.loads(payload)
+            dep_id, at = str(report["d"]), float(report["t"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if at > self.last_request.get(dep_id, 0.0):
+            self.last_request[dep_id] = at
+            self._use_sent[dep_id] = max(self._use_sent.get(dep_id, 0.0), at)
 
     def _load_reported(self, payload: str) -> None:
         from forgehub.deployments import scaling
