@@ -526,6 +526,11 @@ def test_the_autoscaler_counts_requests_that_reach_other_servers(cluster: Cluste
                 assert api.get(path).status_code == 200
                 time.sleep(0.2)
             assert api.get(f"/api/v1/deployments/{dep['id']}").json()["replicas"]["ready"] >= 1
+            # the plots: drawn by the autoscaler's server, with x's requests, seen from any
+            for srv in cluster.servers:
+                with _api(cluster, f"http://127.0.0.1:{srv.port}") as any_server:
+                    samples = any_server.get(f"/api/v1/deployments/{dep['id']}/metrics").json()
+                assert any(p["rps"] > 0 for p in samples["samples"]), (srv.port, samples)
         finally:
             api.post(f"/api/v1/deployments/{dep['id']}/stop")
 

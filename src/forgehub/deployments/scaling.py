@@ -13,7 +13,8 @@ Two halves share one :class:`Pool` per scaled deployment in the server process:
 
 Each second the autoscaler also samples the pool (replicas, requests per second, latency
 percentiles, errors, cold starts) for the deployment's plots. Samples live in this process's
-memory (the last half hour).
+memory (the last half hour); with several servers, the autoscaler's server sends each to the
+others, so that any of them can draw the plots.
 
 With several servers, the autoscaler runs on the one holding its duty, while requests may reach
 any of them: each other server reports its pools' counts over the bus a few times a second

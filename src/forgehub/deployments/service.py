@@ -623,7 +623,8 @@ def saved(
 def stop_if_idle(session: Session, d: Deployment, last_request: float | None) -> bool:
     """Stop a running deployment asked to stop when unused (``idle_stop_s``) that has had no
     request through the platform for that long (counted from when it came up, or from this
-    server's start: requests are remembered in memory). True if it was stopped."""
+    server's start: requests are remembered in memory, each server's told to the others over
+    the bus). True if it was stopped."""
     idle = d.spec.get("idle_stop_s")
     if not idle or d.state != DeploymentState.running or d.stop_requested_at is not None:
         return False

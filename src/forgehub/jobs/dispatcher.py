@@ -100,6 +100,7 @@ class Dispatcher:
         self.bus.subscribe("jobs", lambda _key: self.woken())
         self.bus.subscribe("load", self._load_reported)
         self.bus.subscribe("used", self._use_reported)
+        self.bus.subscribe("sample", self._sample_reported)
         self._use_sent: dict[str, float] = {}  # deployment → the last use told the others
         self.server_id = uuid.uuid4().hex[:12]  # this process, in its load reports
         self._reported = 0.0
@@ -235,6 +236,17 @@ class Dispatcher:
             self.last_request[dep_id] = at
             self._use_sent[dep_id] = max(self._use_sent.get(dep_id, 0.0), at)
 
+    def _sample_reported(self, payload: str) -> None:
+        from forgehub.deployments import scaling
+
+        try:
+            report = json.loads(payload)
+            dep_id, sample = str(report["d"]), dict(report["sample"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if report.get("s") != self.server_id:  # our own is in our series already
+            scaling.pool(self.pools, dep_id).series.append(sample)
+
     def _load_reported(self, payload: str) -> None:
         from forgehub.deployments import scaling
 
@@ -269,7 +281,12 @@ class Dispatcher:
                     continue
                 scaler = self._scalers.setdefault(dep_id, scaling.Scaler())
                 pool = scaling.pool(self.pools, dep_id)
+                last = pool.series[-1] if pool.series else None
                 scaling.autoscale(s, d, pool, scaler, time.monotonic())
+            if self.bus.postgres and pool.series and pool.series[-1] is not last:
+                # the plots' new point, for whichever server is asked for them
+                sample = {"d": dep_id, "s": self.server_id, "sample": pool.series[-1]}
+                self.bus.publish("sample", json.dumps(sample, separators=(",", ":")))
 
     def advance_pipelines(self) -> None:
         """Pipeline runs follow their steps' jobs and start the steps whose inputs exist."""
