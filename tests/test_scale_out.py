@@ -720,3 +720,41 @@ def test_an_idle_stop_counts_requests_on_every_server(cluster: Cluster) -> None:
             assert "without a request" in json.dumps(d), d
         finally:
             api.post(f"/api/v1/deployments/{dep['id']}/stop")
+
+
+def test_a_jupyterlab_kernel_runs_code_through_a_server_without_its_tunnel(
+    cluster: Cluster,
+) -> None:
+    """A JupyterLab's kernel WebSocket, sent to a server that does not hold the deployment's
+    tunnel, is forwarded to the one that does; and through the balancer."""
+    from types import SimpleNamespace
+
+    from tests.test_module_sources import _run_in_kernel
+
+    with _api(cluster) as api:
+        r = api.post("/api/v1/deployments", json={"module": "digits", "service": "jupyterlab"})
+        assert r.status_code == 201, r.text
+        dep = r.json()
+        try:
+            deadline = time.monotonic() + 180
+            while (d := _get(api, f"/api/v1/deployments/{dep['id']}"))["state"] != "running":
+                assert d["state"] in ("pending", "starting") and time.monotonic() < deadline, d
+                time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while (holder := _tunnel_holder(cluster, d["job"])) is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            x = next(i for i in range(len(cluster.servers)) if i != holder)
+            base = f"/deployments/{dep['id']}/"
+            direct = f"http://127.0.0.1:{cluster.servers[x].port}"
+            with _api(cluster, direct) as at_x:
+                kernel = at_x.post(f"{base}api/kernels", json={})
+                assert kernel.status_code == 201, kernel.text
+                kid = kernel.json()["id"]
+            for url in (direct, cluster.url):
+                out = _run_in_kernel(
+                    SimpleNamespace(url=url), cluster.admin_token, base, kid, "print(6 * 7)"
+                )
+                assert out.strip() == "42"
+        finally:
+            api.post(f"/api/v1/deployments/{dep['id']}/stop")
