@@ -3,8 +3,9 @@ first request arriving, against ``curl`` making the same request.
 
 A small HTTP listener on a free loopback port notes when each request's first line arrives and
 answers ``[]``. Each side is started ``--rounds`` times, interleaved: ``forgehub job ls``,
-``forgehub artifact ls`` (command groups, which load only their own module), ``forgehub user
-ls`` (a top-level group: the whole CLI), and ``curl -s URL``. Prints medians with [min-max]
+``forgehub artifact ls``, ``forgehub user ls`` (command groups, which load only their own
+module), ``forgehub deploy digits`` (a top-level command, which loads only its module too), and
+``curl -s URL``. Prints medians with [min-max]
 in milliseconds and the ratio to curl.
 
     python benchmarks/cli.py [--rounds 15]
@@ -75,6 +76,7 @@ def main() -> None:
         "forgehub job ls": [fh, "job", "ls"],
         "forgehub artifact ls": [fh, "artifact", "ls"],
         "forgehub user ls": [fh, "user", "ls"],
+        "forgehub deploy digits": [fh, "deploy", "digits", "--no-wait"],
         "curl": ["curl", "-s", f"{url}/api/v1/jobs"],
     }
     times: dict[str, list[float]] = {k: [] for k in sides}

@@ -46,7 +46,16 @@ def _loaded(*args: str, importtime: bool = False) -> tuple[set[str], str]:
 
 @pytest.mark.parametrize(
     "args",
-    [("artifact", "ls", "--help"), ("job", "ls", "--help"), ("storage", "ls", "--help")],
+    [
+        ("artifact", "ls", "--help"),
+        ("job", "ls", "--help"),
+        ("storage", "ls", "--help"),
+        ("user", "ls", "--help"),
+        ("token", "ls", "--help"),
+        ("train", "--help"),
+        ("deploy", "--help"),
+        ("share", "--help"),
+    ],
 )
 def test_a_command_group_loads_only_its_own_module(args: tuple[str, ...]) -> None:
     mods, _ = _loaded(*args)
@@ -85,3 +94,24 @@ def test_each_fast_group_dispatches_like_the_whole_cli() -> None:
         )
         assert r.returncode == 0 and "Commands" in r.stdout, (name, r.stdout, r.stderr)
         assert f"forgehub {name}" in r.stdout, (name, r.stdout)
+
+
+def test_each_fast_top_level_command_answers_as_in_the_whole_cli() -> None:
+    """`forgehub train|deploy|share|unshare` load only their module, and take the options the
+    whole CLI's same command does."""
+    from typer.main import get_command
+
+    from forgehub.cli.entry import COMMANDS
+    from forgehub.cli.main import app
+
+    whole = get_command(app)
+    for name in COMMANDS:
+        r = subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", name, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert r.returncode == 0 and f"forgehub {name}" in r.stdout, (name, r.stdout, r.stderr)
+        options = {o for p in whole.commands[name].params for o in p.opts}  # type: ignore[attr-defined]
+        assert options and all(o in r.stdout for o in options if o.startswith("--")), name

@@ -1,6 +1,7 @@
 """The ``forgehub`` program. A command group (``forgehub artifact …``, ``forgehub job …``, …)
-loads only its own module, so a command starts in the time its own imports take; anything
-else (top-level commands, ``--help``, ``--version``) loads the whole CLI."""
+and the top-level commands that live in a group's module (``forgehub train``, ``deploy``,
+``share``) load only that module, so a command starts in the time its own imports take;
+anything else (``serve``, ``--help``, ``--version``) loads the whole CLI."""
 
 from __future__ import annotations
 
@@ -21,6 +22,17 @@ GROUPS = {
     "job": ("forgehub.cli.jobs", "job_app"),
     "module": ("forgehub.cli.module", "app"),
     "pipeline": ("forgehub.cli.pipelines", "app"),
+    "user": ("forgehub.cli.users", "user_app"),
+    "token": ("forgehub.cli.users", "token_app"),
+}
+
+
+# top-level command → (module, function); each is also registered in cli.main
+COMMANDS = {
+    "train": ("forgehub.cli.jobs", "train"),
+    "deploy": ("forgehub.cli.deployments", "deploy"),
+    "share": ("forgehub.cli.groups", "share"),
+    "unshare": ("forgehub.cli.groups", "unshare"),
 }
 
 
@@ -39,6 +51,16 @@ def main() -> None:
         module, attr = GROUPS[args[0]]
         group = getattr(importlib.import_module(module), attr)
         group(args=args[1:], prog_name=f"forgehub {args[0]}")
+        return
+    if args[:1] and args[0] in COMMANDS:
+        import importlib
+
+        import typer
+
+        module, attr = COMMANDS[args[0]]
+        one = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+        one.command(args[0])(getattr(importlib.import_module(module), attr))
+        one(args=args[1:], prog_name=f"forgehub {args[0]}")  # one command: it runs it
         return
     from forgehub.cli.main import app
 
