@@ -6,6 +6,8 @@ Prints:
   `JobSubmissionClient`, as ratios.
 
 Usage: python benchmarks/jobs.py [--jobs 200] [--repeat 5] [--skip-slurm] [--skip-ray]
+       [--server-processes N]  (forgehub serve --workers N on PostgreSQL: the server's CPU is
+       what bounds no-op throughput)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ForgehubServer, RayHead, Slurm  # noqa: E402
+from tests.services import ForgehubServer, Postgres, RayHead, Slurm  # noqa: E402
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -160,9 +162,21 @@ def main() -> None:
     ap.add_argument("--skip-slurm", action="store_true")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--server-processes",
+        type=int,
+        default=1,
+        help="forgehub serve --workers N, on a PostgreSQL of its own when N > 1",
+    )
     a = ap.parse_args()
     data = Path(tempfile.mkdtemp(prefix="fh-bench-jobs-"))
-    srv = ForgehubServer(data / "data", FORGEHUB_LOG_LEVEL="warning", FORGEHUB_LOCAL_JOB_SLOTS="2")
+    env = {"FORGEHUB_LOG_LEVEL": "warning", "FORGEHUB_LOCAL_JOB_SLOTS": "2"}
+    pg = None
+    if a.server_processes > 1:
+        pg = Postgres()
+        pg.start()
+        env["FORGEHUB_DATABASE_URL"] = pg.create_database("jobs_bench")
+    srv = ForgehubServer(data / "data", "--workers", str(a.server_processes), **env)
     srv.start()
     rows: list[tuple[str, str]] = []
     workers: list[subprocess.Popen[bytes]] = []
@@ -263,6 +277,10 @@ def main() -> None:
             w.terminate()
             w.wait()
         srv.stop()
+        if pg is not None:
+            pg.stop()
+    if a.server_processes > 1:
+        print(f"(forgehub serve --workers {a.server_processes}, on PostgreSQL)")
     width = max(len(k) for k, _ in rows)
     print(f"{'measure':<{width}}  value")
     for k, v in rows:

@@ -324,9 +324,11 @@ logging:
 class ForgehubServer:
     """`forgehub serve` in a subprocess, on a free port, with its own data directory."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
+        """``args``: more ``forgehub serve`` options (``--workers 2``)."""
         self.data_dir = data_dir
         self.port = free_port()
+        self.args = args
         self.env = env
 
     def start(self) -> str:
@@ -337,7 +339,7 @@ class ForgehubServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forgehub.cli", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "forgehub.cli", "serve", "--port", str(self.port), *self.args],
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
