@@ -5,41 +5,24 @@ storage adapter share it:
   :class:`~forgehub.errors.ForgehubError` the server raised — :class:`~forgehub.errors.NotFound`,
   :class:`~forgehub.errors.Forbidden`, … — with its ``status``, ``detail`` and field ``errors``;
   a server that cannot be reached is :class:`Unreachable`;
-* **one retry policy**, :class:`Patience`: how long to keep trying through transport failures
-  and 502/503/504 (a restarting server, a proxy in front of it); off unless asked for, since only
-  the caller knows whether a request may be sent twice;
+* **one retry policy**, :class:`~forgehub.patience.Patience` (shared with the CLI's plain
+  calls): how long to keep trying through transport failures and 502/503/504 (a restarting
+  server, a proxy in front of it); off unless asked for, since only the caller knows whether a
+  request may be sent twice;
 * **one connection pool** per client (a worker shares one among all its jobs).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from forgehub.errors import ForgehubError, Unreachable, from_answer
+from forgehub.patience import ONCE, Patience, patiently
 
-__all__ = ["ApiClient", "Patience", "Unreachable", "error_for"]
-
-AWAY = (502, 503, 504)  # the server, or what is in front of it, is away for a moment
-
-
-@dataclass(frozen=True)
-class Patience:
-    """Keep trying for ``seconds`` through transport failures and the ``retry_statuses``,
-    waiting ``first_delay`` and doubling up to ``max_delay`` (0 seconds: one try). Only
-    idempotent calls should retry a 500 (a runner's numbered reports do)."""
-
-    seconds: float = 0.0
-    first_delay: float = 0.2
-    max_delay: float = 1.0
-    retry_statuses: tuple[int, ...] = AWAY
-
-
-ONCE = Patience()
+__all__ = ["ONCE", "ApiClient", "Patience", "Unreachable", "error_for"]
 
 
 def error_for(r: httpx.Response) -> ForgehubError:
@@ -97,26 +80,18 @@ class ApiClient:
         """One request; a 4xx/5xx answer raises its typed error. With ``patience``, transport
         failures and 502/503/504 are retried (``stop()`` ends the waiting early, ``on_retry``
         hears why and how long it waits)."""
-        p = patience or self.patience
-        deadline = time.monotonic() + p.seconds
-        delay = p.first_delay
         headers = {**self.headers, **(kw.pop("headers", None) or {})}
-        while True:
+
+        def attempt() -> httpx.Response:
             try:
                 r = self.http.request(method, self.url(path), headers=headers, **kw)
-                if r.status_code not in p.retry_statuses:
-                    if r.status_code >= 400:
-                        raise error_for(r)
-                    return r
-                problem: ForgehubError = error_for(r)
             except httpx.TransportError as exc:
-                problem = Unreachable(f"cannot reach {self.base_url}: {exc}")
-            if time.monotonic() + delay > deadline or (stop is not None and stop()):
-                raise problem
-            if on_retry is not None:
-                on_retry(str(problem), delay)
-            time.sleep(delay)
-            delay = min(delay * 2, p.max_delay)
+                raise Unreachable(f"cannot reach {self.base_url}: {exc}") from None
+            if r.status_code >= 400:
+                raise error_for(r)
+            return r
+
+        return patiently(attempt, patience or self.patience, stop, on_retry)
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         """:meth:`send`, and the JSON body of the answer (None when it has none)."""

@@ -165,19 +165,17 @@ class Client:
         """``POST /api/v1/jobs``, sent again when the answer is lost (a server of several died
         with the request, the balancer answered 502): its ``Idempotency-Key`` makes the server
         return the job the first try made rather than make a second."""
-        import time
         import uuid
 
+        from forgehub.patience import Patience, patiently
+
         key = {"Idempotency-Key": uuid.uuid4().hex}
-        for attempt in range(4):
-            try:
-                return self._plain("POST", "/api/v1/jobs", body, None, key)
-            except ForgehubError as exc:
-                lost = isinstance(exc, Unreachable) or exc.status in (502, 503, 504)
-                if not lost or attempt == 3:
-                    exit_for(exc, self.server)
-                time.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")
+        # a lost answer may take a while to show (a dying server holds the connection)
+        resend = Patience(seconds=20.0, first_delay=0.5, max_delay=4.0)
+        try:
+            return patiently(lambda: self._plain("POST", "/api/v1/jobs", body, None, key), resend)
+        except ForgehubError as exc:
+            exit_for(exc, self.server)
 
     def _plain(
         self,
