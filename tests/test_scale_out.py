@@ -107,7 +107,7 @@ def _get(api: httpx.Client, path: str, **params: Any) -> Any:
 
 def test_cluster_refuses_what_only_one_server_would_see(tmp_path: Path, postgres: Postgres) -> None:
     def serve(**env: str) -> subprocess.CompletedProcess[str]:
-        full = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path / "d"), **env}
+        full = {**os.environ, "FORGEHUB_DATA_DIR": str(tmp_path / "d"), "COLUMNS": "200", **env}
         full.pop("FORGEHUB_CONFIG", None)
         return subprocess.run(
             [sys.executable, "-m", "forgehub.cli", "serve", "--port", "0"],

@@ -248,6 +248,13 @@ class Settings(BaseModel):
         "every installed module is loaded anyway.",
     )
 
+    @field_validator("default_storage")
+    @classmethod
+    def _store(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value():
+            _store_spec(v.get_secret_value())  # refused at load, not at a user's first job
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -293,14 +300,7 @@ class Settings(BaseModel):
     def default_store(self) -> tuple[str, dict[str, Any]]:
         """(kind, config) of every user's default store."""
         if self.default_storage is not None and self.default_storage.get_secret_value():
-            try:
-                spec = json.loads(self.default_storage.get_secret_value())
-                kind, config = spec["kind"], dict(spec.get("config") or {})
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ConfigError(
-                    'default_storage must be JSON like {"kind": "s3", "config": {...}}'
-                ) from exc
-            return str(kind), config
+            return _store_spec(self.default_storage.get_secret_value())
         return "local", {"path": str(self.shared / "objects")}
 
     def check_cluster(self) -> None:
@@ -311,7 +311,6 @@ class Settings(BaseModel):
             raise ConfigError(
                 "cluster = true needs PostgreSQL (database_url): SQLite is one host's"
             )
-        self.default_store  # noqa: B018 - a malformed default_storage is refused here
         if self.shared_dir is None:
             raise ConfigError(
                 "cluster = true: the blob server, resumable uploads and the default store "
@@ -341,6 +340,17 @@ class Settings(BaseModel):
             out[name] = value
         out["database_url"] = out["database_url"] or mask_url(self.db_url)
         return out
+
+
+def _store_spec(raw: str) -> tuple[str, dict[str, Any]]:
+    """``default_storage``'s (kind, config)."""
+    try:
+        spec = json.loads(raw)
+        return str(spec["kind"]), dict(spec.get("config") or {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            'default_storage must be JSON like {"kind": "s3", "config": {...}}'
+        ) from None
 
 
 def mask_url(url: str) -> str:

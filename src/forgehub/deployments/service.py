@@ -550,11 +550,14 @@ def stop(session: Session, d: Deployment) -> Deployment:
 
 
 def dialed(session: Session, job: Job) -> bool:
-    """Whether the server dials the service itself: only a runner on its own machine (local).
-    A worker, a Slurm node or a Ray node keeps a tunnel open to the server instead."""
+    """Whether the server dials the service itself: only a runner on its own machine (local),
+    unless the deployment asked for a tunnel (one of several servers). A worker, a Slurm node
+    or a Ray node keeps a tunnel open to the server instead."""
     from forgehub.db.models import ComputeConnection
     from forgehub.jobs.common import COMPUTE
 
+    if job.spec.get("service", {}).get("reach") == "tunnel":
+        return False
     conn = session.get(ComputeConnection, job.compute_id)
     return conn is not None and COMPUTE.adapter_class(conn.kind).slots_on_server
 

@@ -75,8 +75,7 @@ def _service(session: Session, job: Job, box: SecretBox) -> dict[str, Any]:
         "service": {
             **job.spec.get("service", {}),
             "token": token(box, d),
-            "reach": job.spec.get("service", {}).get("reach")
-            or ("direct" if dialed(session, job) else "tunnel"),
+            "reach": "direct" if dialed(session, job) else "tunnel",
         }
     }
 
