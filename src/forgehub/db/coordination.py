@@ -216,9 +216,11 @@ class Bus:
 
     # -- every server ---------------------------------------------------------------------------
 
-    def publish(self, topic: str, key: str = "") -> None:
-        """Wake ``topic``/``key`` here at once, and on every other server."""
-        self._deliver(topic, key)
+    def publish(self, topic: str, key: str = "", here: bool = True) -> None:
+        """Wake ``topic``/``key`` on every other server, and here at once unless ``here`` is
+        False (a report meant for the others)."""
+        if here:
+            self._deliver(topic, key)
         if not self.postgres:
             return
         import psycopg

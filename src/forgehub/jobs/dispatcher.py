@@ -23,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +56,7 @@ STATUS_EVERY_S = 2.0
 MIN_ROUND_S = 0.02  # rounds at most 50 times a second
 LANES = 8  # connections served at once; each connection's work runs one at a time
 GRACE_S = 15.0  # a runner's own report may be in flight when its back end says it ended
+DUTIES = ("dispatcher", "reaper", "deployments", "autoscaler", "pipelines")
 
 
 def pushed() -> list[str]:
@@ -98,11 +100,11 @@ class Dispatcher:
         self.duties = Duties(db.url, data_dir / "run")
         self.bus = Bus(db.url)
         self.bus.subscribe("jobs", lambda _key: self.woken())
-        self.bus.subscribe("load", self._load_reported)
-        self.bus.subscribe("used", self._use_reported)
-        self.bus.subscribe("sample", self._sample_reported)
+        self._heard("load", lambda pool, server, report: pool.merge(server, report))
+        self._heard("used", self._use_heard)
+        self._heard("sample", lambda pool, _server, report: pool.series.append(report["sample"]))
         self._use_sent: dict[str, float] = {}  # deployment → the last use told the others
-        self.server_id = uuid.uuid4().hex[:12]  # this process, in its load reports
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}"  # in reports and /readyz
         self._reported = 0.0
         self._reaping = False  # holds the reaper duty (a new holder first grants grace)
 
@@ -165,31 +167,29 @@ class Dispatcher:
             self.stopping.wait(MIN_ROUND_S)
 
     def tick(self) -> None:
-        holds = self.duties.holds
+        held = {duty for duty in DUTIES if self.duties.holds(duty)}
         if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()
-            if holds("dispatcher"):
+            if "dispatcher" in held:
                 self.follow()
-            if holds("deployments"):
+            if "deployments" in held:
                 self.sync_deployments()
-            if holds("reaper"):
+            if "reaper" in held:
                 self.reap_trainings()
-        if holds("autoscaler"):
+        if "autoscaler" in held:
             self.autoscale()
         else:
             self.report_loads()
         self.report_use()
-        if holds("pipelines"):
+        if "pipelines" in held:
             self.advance_pipelines()
-        dispatching = holds("dispatcher")
-        if dispatching:
+        if "dispatcher" in held:
             self.start_queued()  # what the autoscaler and pipelines queued starts in this round
-        reaping = holds("reaper")
-        if reaping and not self._reaping:
+        if "reaper" in held and not self._reaping:
             self.grace_leases()  # after a restart or a takeover: two leases to report
-        self._reaping = reaping
-        if dispatching or reaping:
-            self.enforce(cancels=dispatching, reap=reaping)
+        self._reaping = "reaper" in held
+        if held & {"dispatcher", "reaper"}:
+            self.enforce(cancels="dispatcher" in held, reap="reaper" in held)
 
     def reap_trainings(self) -> None:
         """Model API trainings whose server died (their lease lapsed) fail."""
@@ -213,8 +213,7 @@ class Dispatcher:
         self._reported = now
         for dep_id, pool in list(self.pools.items()):
             if pool.busy():
-                report = {"d": dep_id, "s": self.server_id, **pool.report()}
-                self.bus.publish("load", json.dumps(report, separators=(",", ":")))
+                self._tell("load", dep_id, **pool.report())
 
     def report_use(self) -> None:
         """Tell the other servers when this one's proxy last forwarded to each deployment
@@ -224,39 +223,32 @@ class Dispatcher:
         for dep_id, at in list(self.last_request.items()):
             if at - self._use_sent.get(dep_id, 0.0) >= 1.0:
                 self._use_sent[dep_id] = at
-                self.bus.publish("used", json.dumps({"d": dep_id, "t": at}))
+                self._tell("used", dep_id, t=at)
 
-    def _use_reported(self, payload: str) -> None:
-        try:
-            report = json.loads(payload)
-            dep_id, at = str(report["d"]), float(report["t"])
-        except (ValueError, KeyError, TypeError):
-            return
-        if at > self.last_request.get(dep_id, 0.0):
-            self.last_request[dep_id] = at
-            self._use_sent[dep_id] = max(self._use_sent.get(dep_id, 0.0), at)
+    def _tell(self, topic: str, dep_id: str, **fields: Any) -> None:
+        """A report about a deployment, for the other servers only."""
+        report = {"d": dep_id, "s": self.server_id, **fields}
+        self.bus.publish(topic, json.dumps(report, separators=(",", ":")), here=False)
 
-    def _sample_reported(self, payload: str) -> None:
+    def _heard(self, topic: str, fn: Any) -> None:
+        """Subscribe ``fn(pool, server, report)`` to another server's reports on ``topic``."""
         from forgehub.deployments import scaling
 
-        try:
-            report = json.loads(payload)
-            dep_id, sample = str(report["d"]), dict(report["sample"])
-        except (ValueError, KeyError, TypeError):
-            return
-        if report.get("s") != self.server_id:  # our own is in our series already
-            scaling.pool(self.pools, dep_id).series.append(sample)
+        def heard(payload: str) -> None:
+            try:
+                report = json.loads(payload)
+                dep_id, server = str(report.pop("d")), str(report.pop("s"))
+                fn(scaling.pool(self.pools, dep_id), server, report)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return  # not a report (the bus's catch-up wake-up has none)
 
-    def _load_reported(self, payload: str) -> None:
-        from forgehub.deployments import scaling
+        self.bus.subscribe(topic, heard)
 
-        try:
-            report = json.loads(payload)
-            dep_id, server = str(report.pop("d")), str(report.pop("s"))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return
-        if server != self.server_id:
-            scaling.pool(self.pools, dep_id).merge(server, report)
+    def _use_heard(self, pool: Any, _server: str, report: dict[str, Any]) -> None:
+        at = float(report["t"])
+        if at > self.last_request.get(pool.dep_id, 0.0):
+            self.last_request[pool.dep_id] = at
+            self._use_sent[pool.dep_id] = max(self._use_sent.get(pool.dep_id, 0.0), at)
 
     def autoscale(self) -> None:
         """Scaled deployments' replicas follow the load the proxy counts."""
@@ -285,8 +277,7 @@ class Dispatcher:
                 scaling.autoscale(s, d, pool, scaler, time.monotonic())
             if self.bus.postgres and pool.series and pool.series[-1] is not last:
                 # the plots' new point, for whichever server is asked for them
-                sample = {"d": dep_id, "s": self.server_id, "sample": pool.series[-1]}
-                self.bus.publish("sample", json.dumps(sample, separators=(",", ":")))
+                self._tell("sample", dep_id, sample=pool.series[-1])
 
     def advance_pipelines(self) -> None:
         """Pipeline runs follow their steps' jobs and start the steps whose inputs exist."""

@@ -187,14 +187,12 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
             return JSONResponse(
                 {"status": "database unreachable", "detail": type(exc).__name__}, status_code=503
             )
-        d = getattr(app.state, "dispatcher", None)
-        import socket
-
+        d = app.state.dispatcher
         return {
             "status": "ready",
             "version": __version__,
-            "server": f"{socket.gethostname()}:{os.getpid()}",
-            "duties": d.duties.held() if d is not None else [],
+            "server": d.server_id,
+            "duties": d.duties.held(),
         }
 
     from forgehub.deployments import proxy
