@@ -758,3 +758,56 @@ def test_a_jupyterlab_kernel_runs_code_through_a_server_without_its_tunnel(
                 assert out.strip() == "42"
         finally:
             api.post(f"/api/v1/deployments/{dep['id']}/stop")
+
+
+def test_no_user_can_make_the_shared_folder_a_storage_connection(tmp_path: Path) -> None:
+    """The attack: bob points a `local` connection at the servers' shared folder (everyone's
+    blobs and default store), which an admin put inside a folder users may store in."""
+    from fastapi.testclient import TestClient
+
+    from forgehub.config import Settings
+    from forgehub.server import create_app
+    from tests.conftest import make_user
+
+    roots = tmp_path / "roots"
+    shared = roots / "servers"
+    settings = Settings(data_dir=tmp_path / "data", shared_dir=shared, local_storage_roots=[roots])
+    with TestClient(create_app(settings)) as c:
+        c.headers["Authorization"] = "Bearer " + settings.admin_token_file.read_text().strip()
+        bob = make_user(c, "bob")
+
+        def add(path: Path) -> Any:
+            body = {"name": f"mine-{path.name}", "kind": "local", "config": {"path": str(path)}}
+            return c.post("/api/v1/storage/connections", json=body, headers=bob)
+
+        for path in (shared, shared / "objects", shared / "blobstore", roots):
+            r = add(path)
+            assert r.status_code == 403 and "shared directory" in r.json()["detail"], r.text
+        assert add(roots / "bobs").status_code == 201
+
+
+def test_a_forged_forwarded_for_does_not_escape_the_visitors_limit(tmp_path: Path) -> None:
+    """The attack: a visitor sends a new X-Forwarded-For with each prediction to look like
+    many. Only a trusted proxy's header counts; this server trusts none on loopback."""
+    from tests.modelapi_helpers import digit_png
+    from tests.services import ForgehubServer, started
+
+    srv = ForgehubServer(
+        tmp_path / "data",
+        FORGEHUB_ANONYMOUS_TRY="true",
+        FORGEHUB_ANONYMOUS_TRY_PER_MINUTE="2",
+        FORGEHUB_TRYIT_DEPLOYMENTS="false",
+        FORGEHUB_TRUSTED_PROXIES="10.9.9.9",
+    )
+    image, _ = digit_png(4)
+    with started(srv):
+        codes = [
+            httpx.post(
+                srv.url + "/api/v1/model-api/v2/models/digits/predict/",
+                files={"image": ("d.png", image, "image/png")},
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                timeout=60,
+            ).status_code
+            for i in range(3)
+        ]
+    assert codes == [200, 200, 429], codes
