@@ -283,7 +283,8 @@ def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(
 ) -> None:
     """Writes patch the in-memory index in place (no rebuild on each write): after adding,
     re-tagging, deprecating and deleting entries, every search answers exactly as an index
-    built from scratch does."""
+    built from scratch does. Every ranking is kept between searches here (RANK_KEEP_FROM=1),
+    so a write that failed to drop them would answer from a stale ranking."""
     from sqlalchemy import delete
 
     from forgehub.catalog import service
@@ -311,6 +312,8 @@ def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(
         service.SearchQuery(sort="updated"),
         service.SearchQuery(q="model", include_deprecated=True),
     ]
+    monkeypatch.setattr(service, "RANK_KEEP_FROM", 1)
+    mask_from = service.MASK_FROM
     upgrade(db_url)
     db = Database(db_url)
     try:
@@ -341,7 +344,7 @@ def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(
             monkeypatch.setattr(service, "MASK_FROM", 1)  # facets counted with bit masks
             with db.session() as s:
                 assert [service.search(s, q) for q in queries] == rebuilt
-            monkeypatch.undo()
+            monkeypatch.setattr(service, "MASK_FROM", mask_from)
         assert {i["name"] for i in rebuilt[1]["items"]} == {"m03", "new"}
         assert rebuilt[0]["total"] == 18  # 20 - m03 (now dogs) + new - m05 (deprecated) - m07
     finally:

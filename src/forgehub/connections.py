@@ -23,6 +23,7 @@ from forgehub.secrets import SecretBox
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MASK = "***"
+ID = re.compile(r"[0-9a-f]{32}")  # what new_id() makes: anything else is a name
 C = TypeVar("C")  # the connection table
 
 
@@ -156,7 +157,7 @@ class Family(Generic[C]):
     def find(self, session: Session, principal: Principal, name_or_id: str) -> C:
         """By id, by your own name, or ``owner/name`` (one shared with your group)."""
         model: Any = self.model
-        conn = session.get(model, name_or_id)
+        conn = session.get(model, name_or_id) if ID.fullmatch(name_or_id) else None
         if conn is None and "/" in name_or_id:
             from forgehub.db.models import User
 

@@ -10,6 +10,7 @@ import bisect
 import re
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from forgehub.errors import ForgehubError
 
 FACETS = ("category", "task", "library", "data_type", "tag")
 SORTS = ("relevance", "name", "updated", "use")
+RANK_KEEP_FROM = 500  # matches: a ranking this long is kept (a shorter one is quick to redo)
+RANKINGS_KEPT = 64
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TOKEN = re.compile(r"[\w]+", re.UNICODE)
 
@@ -262,7 +265,24 @@ class _Index:
         # bit mask of its entries; a count is a popcount of (matches & mask), done in C
         self.pos: dict[str, int] = {}
         self.bits: dict[tuple[str, str], int] = {}
+        # the full ranking of each recent common search (thousands of matches, which the
+        # database ranks in tens of milliseconds), until the catalogue changes
+        self._ranked: OrderedDict[tuple[str, ...], list[str]] = OrderedDict()
+        self._ranked_lock = threading.Lock()
         self.apply(rows, facets, fts_rows or {})
+
+    def ranking(self, tokens: tuple[str, ...]) -> list[str] | None:
+        with self._ranked_lock:
+            got = self._ranked.get(tokens)
+            if got is not None:
+                self._ranked.move_to_end(tokens)
+            return got
+
+    def keep_ranking(self, tokens: tuple[str, ...], ids: list[str]) -> None:
+        with self._ranked_lock:
+            self._ranked[tokens] = ids
+            while len(self._ranked) > RANKINGS_KEPT:
+                self._ranked.popitem(last=False)
 
     @property
     def by_name(self) -> Iterator[str]:
@@ -280,6 +300,8 @@ class _Index:
         fts_rows: dict[int, str],
     ) -> None:
         """Take the current state of the entries in ``rows`` (and all their facets)."""
+        with self._ranked_lock:
+            self._ranked.clear()  # a changed text changes every ranking
         changed = {r[0] for r in rows}
         for mid in changed:
             self._drop(mid)
@@ -534,13 +556,22 @@ def search(session: Session, query: SearchQuery) -> dict[str, Any]:
     population = idx.every if query.include_deprecated else idx.live
     relevance = bool(tokens) and query.sort in ("relevance", "")
     postgres = session.get_bind().dialect.name == "postgresql"
+    kept = idx.ranking(tuple(tokens)) if tokens else None
     # PostgreSQL reads every match to rank it anyway: one ranked pass gives the matches too.
-    full_rank = _fts(session, idx, tokens, order=True) if relevance and postgres else None
+    full_rank = kept
+    if full_rank is None and relevance and postgres:
+        full_rank = _fts(session, idx, tokens, order=True)
     fts_ids = (
         full_rank
         if full_rank is not None
         else (_fts(session, idx, tokens, order=False) if tokens else [])
     )
+    if relevance and full_rank is None and len(fts_ids) >= RANK_KEEP_FROM:
+        full_rank = _fts(session, idx, tokens, order=True)  # no cheaper in part: keep it whole
+    if relevance and kept is None and full_rank is not None and len(full_rank) >= RANK_KEEP_FROM:
+        idx.keep_ranking(tuple(tokens), full_rank)
+    if not relevance:
+        full_rank = None  # another order was asked for: the ranking gave the matches only
     matched = population & set(fts_ids) if tokens else population
     for facet, values in query.filters.items():
         for value in values:

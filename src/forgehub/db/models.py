@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     select,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -193,7 +194,10 @@ class CatalogModule(Base):
     """A marketplace entry. ``meta`` is the AI4OS v2 metadata document."""
 
     __tablename__ = "catalog_modules"
-    __table_args__ = (Index("ix_catalog_modules_live", "deprecated", "updated_at", "name"),)
+    __table_args__ = (
+        Index("ix_catalog_modules_live", "deprecated", "updated_at", "name"),
+        Index("ix_catalog_modules_use", text("use_count DESC"), "name"),  # "most used" pages
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(128), unique=True)

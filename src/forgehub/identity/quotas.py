@@ -80,17 +80,21 @@ def usage(session: Session, user_ids: Iterable[str]) -> dict[str, int]:
 def limits_of(session: Session, user_id: str) -> list[tuple[str, str, str, list[str], Quota]]:
     """The quotas that apply to ``user_id``: (kind, holder name, holder id, member ids, row)."""
     out: list[tuple[str, str, str, list[str], Quota]] = []
-    for q in session.scalars(
-        select(Quota).where(Quota.subject_kind == "user", Quota.subject_id == user_id)
-    ):
-        name = session.scalar(select(User.name).where(User.id == user_id)) or user_id
-        out.append(("user", name, user_id, [user_id], q))
     groups = select(GroupMember.group_id).where(GroupMember.user_id == user_id)
-    for q, gname in session.execute(
+    found = session.execute(  # one query: most users have no quota at all
         select(Quota, Group.name)
-        .join(Group, Group.id == Quota.subject_id)
-        .where(Quota.subject_kind == "group", Quota.subject_id.in_(groups))
-    ):
+        .outerjoin(Group, (Quota.subject_kind == "group") & (Group.id == Quota.subject_id))
+        .where(
+            ((Quota.subject_kind == "user") & (Quota.subject_id == user_id))
+            | ((Quota.subject_kind == "group") & Quota.subject_id.in_(groups))
+        )
+        .order_by(Quota.subject_kind.desc())  # the user's own first
+    ).all()
+    for q, gname in found:
+        if q.subject_kind == "user":
+            name = session.scalar(select(User.name).where(User.id == user_id)) or user_id
+            out.append(("user", name, user_id, [user_id], q))
+            continue
         members = list(
             session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == q.subject_id))
         )

@@ -15,6 +15,7 @@ from forgehub.artifacts import connections as storage_conns
 from forgehub.artifacts import records
 from forgehub.auth import Principal
 from forgehub.compute import ComputeError, Resources
+from forgehub.connections import ConnectionProblem
 from forgehub.db.models import (
     Job,
     JobEvent,
@@ -113,10 +114,13 @@ def submit(
         raise JobError("jobs belong to a user; use a user's token", 403)
     if (body.kind == "service") != (service is not None):
         raise JobError("a service job is made by deploying (POST /api/v1/deployments)", 422)
-    if not principal.user_id:
-        raise JobError("jobs belong to a user; use a user's token", 403)
-    ensure_default_compute(session, principal.user_id)
-    compute = COMPUTE.find(session, principal, body.compute)
+    try:
+        compute = COMPUTE.find(session, principal, body.compute)
+    except ConnectionProblem:
+        if body.compute not in ("local", "workers"):
+            raise
+        ensure_default_compute(session, principal.user_id)  # a user's first job
+        compute = COMPUTE.find(session, principal, body.compute)
     authz.require(principal, "connection.use", compute, f"compute connection {body.compute!r}")
     if body.storage:
         storage = storage_conns.find(session, principal, body.storage)
