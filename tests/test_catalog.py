@@ -283,8 +283,8 @@ def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(
 ) -> None:
     """Writes patch the in-memory index in place (no rebuild on each write): after adding,
     re-tagging, deprecating and deleting entries, every search answers exactly as an index
-    built from scratch does. Every ranking is kept between searches here (RANK_KEEP_FROM=1),
-    so a write that failed to drop them would answer from a stale ranking."""
+    built from scratch does. Every ranking and facet count is kept between searches here
+    (KEEP_FROM=1), so a write that failed to drop them would answer from stale ones."""
     from sqlalchemy import delete
 
     from forgehub.catalog import service
@@ -312,7 +312,7 @@ def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(
         service.SearchQuery(sort="updated"),
         service.SearchQuery(q="model", include_deprecated=True),
     ]
-    monkeypatch.setattr(service, "RANK_KEEP_FROM", 1)
+    monkeypatch.setattr(service, "KEEP_FROM", 1)
     mask_from = service.MASK_FROM
     upgrade(db_url)
     db = Database(db_url)

@@ -33,8 +33,8 @@ from forgehub.errors import ForgehubError
 
 FACETS = ("category", "task", "library", "data_type", "tag")
 SORTS = ("relevance", "name", "updated", "use")
-RANK_KEEP_FROM = 500  # matches: a ranking this long is kept (a shorter one is quick to redo)
-RANKINGS_KEPT = 64
+KEEP_FROM = 500  # matches: a ranking or facet count this large is kept (a smaller one is quick)
+SEARCHES_KEPT = 128
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TOKEN = re.compile(r"[\w]+", re.UNICODE)
 
@@ -265,24 +265,26 @@ class _Index:
         # bit mask of its entries; a count is a popcount of (matches & mask), done in C
         self.pos: dict[str, int] = {}
         self.bits: dict[tuple[str, str], int] = {}
-        # the full ranking of each recent common search (thousands of matches, which the
-        # database ranks in tens of milliseconds), until the catalogue changes
-        self._ranked: OrderedDict[tuple[str, ...], list[str]] = OrderedDict()
-        self._ranked_lock = threading.Lock()
+        # what recent common searches cost most, until the catalogue changes: the full ranking
+        # of thousands of matches (tens of milliseconds in the database) and their facet
+        # counts (thousands of tags); the pages of one search, and the same search by many
+        # visitors, share them
+        self._kept: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._kept_lock = threading.Lock()
         self.apply(rows, facets, fts_rows or {})
 
-    def ranking(self, tokens: tuple[str, ...]) -> list[str] | None:
-        with self._ranked_lock:
-            got = self._ranked.get(tokens)
+    def kept(self, key: tuple[Any, ...]) -> Any:
+        with self._kept_lock:
+            got = self._kept.get(key)
             if got is not None:
-                self._ranked.move_to_end(tokens)
+                self._kept.move_to_end(key)
             return got
 
-    def keep_ranking(self, tokens: tuple[str, ...], ids: list[str]) -> None:
-        with self._ranked_lock:
-            self._ranked[tokens] = ids
-            while len(self._ranked) > RANKINGS_KEPT:
-                self._ranked.popitem(last=False)
+    def keep(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._kept_lock:
+            self._kept[key] = value
+            while len(self._kept) > SEARCHES_KEPT:
+                self._kept.popitem(last=False)
 
     @property
     def by_name(self) -> Iterator[str]:
@@ -300,8 +302,8 @@ class _Index:
         fts_rows: dict[int, str],
     ) -> None:
         """Take the current state of the entries in ``rows`` (and all their facets)."""
-        with self._ranked_lock:
-            self._ranked.clear()  # a changed text changes every ranking
+        with self._kept_lock:
+            self._kept.clear()  # a changed entry changes rankings and counts
         changed = {r[0] for r in rows}
         for mid in changed:
             self._drop(mid)
@@ -556,7 +558,7 @@ def search(session: Session, query: SearchQuery) -> dict[str, Any]:
     population = idx.every if query.include_deprecated else idx.live
     relevance = bool(tokens) and query.sort in ("relevance", "")
     postgres = session.get_bind().dialect.name == "postgresql"
-    kept = idx.ranking(tuple(tokens)) if tokens else None
+    kept = idx.kept(("rank", *tokens)) if tokens else None
     # PostgreSQL reads every match to rank it anyway: one ranked pass gives the matches too.
     full_rank = kept
     if full_rank is None and relevance and postgres:
@@ -566,10 +568,10 @@ def search(session: Session, query: SearchQuery) -> dict[str, Any]:
         if full_rank is not None
         else (_fts(session, idx, tokens, order=False) if tokens else [])
     )
-    if relevance and full_rank is None and len(fts_ids) >= RANK_KEEP_FROM:
+    if relevance and full_rank is None and len(fts_ids) >= KEEP_FROM:
         full_rank = _fts(session, idx, tokens, order=True)  # no cheaper in part: keep it whole
-    if relevance and kept is None and full_rank is not None and len(full_rank) >= RANK_KEEP_FROM:
-        idx.keep_ranking(tuple(tokens), full_rank)
+    if relevance and kept is None and full_rank is not None and len(full_rank) >= KEEP_FROM:
+        idx.keep(("rank", *tokens), full_rank)
     if not relevance:
         full_rank = None  # another order was asked for: the ranking gave the matches only
     matched = population & set(fts_ids) if tokens else population
@@ -628,17 +630,35 @@ def search(session: Session, query: SearchQuery) -> dict[str, Any]:
                 "data_type": sorted(f.get("data_type", [])),
             }
         )
-    counts = idx.facet_counts(matched, population, query.include_deprecated)
     return {
         "total": len(matched),
         "page": query.page,
         "per_page": query.per_page,
         "items": items,
-        "facets": {
+        "facets": _facets_out(idx, query, tokens, matched, population),
+    }
+
+
+def _facets_out(
+    idx: _Index, query: SearchQuery, tokens: list[str], matched: set[str], population: set[str]
+) -> dict[str, dict[str, int]]:
+    """Facet counts over the matches, most frequent first (kept for large match sets)."""
+    key = (
+        "facets",
+        tuple(tokens),
+        tuple(sorted((f, tuple(sorted(v))) for f, v in query.filters.items())),
+        query.include_deprecated,
+    )
+    out: dict[str, dict[str, int]] | None = idx.kept(key)
+    if out is None:
+        counts = idx.facet_counts(matched, population, query.include_deprecated)
+        out = {
             f: dict(sorted(counts.get(f, {}).items(), key=lambda kv: (-kv[1], kv[0])))
             for f in FACETS
-        },
-    }
+        }
+        if len(matched) >= KEEP_FROM:
+            idx.keep(key, out)
+    return {f: dict(v) for f, v in out.items()}  # the kept one stays as it is
 
 
 def short_categories(meta: dict[str, Any]) -> list[str]:

@@ -98,18 +98,33 @@ def claim(
     dialect: str,
     free_models: list[str] | None = None,
 ) -> tuple[Job, str] | None:
-    """Atomically take the oldest queued job this worker may and can run."""
+    """Atomically take the oldest queued job this worker may and can run (of the oldest 32:
+    the first few, which usually fit, then the rest)."""
     stmt: Any = (  # Select[Job, str]
         select(Job, ComputeConnection.owner_id)
         .join(ComputeConnection, Job.compute_id == ComputeConnection.id)
         .where(Job.state == JobState.queued, ComputeConnection.kind.in_(kinds_with("pull")))
         .order_by(Job.created_at)
-        .limit(32)
     )
     stmt = authz.claimable(stmt, Job, worker, ComputeConnection)
     if dialect == "postgresql":
         stmt = stmt.with_for_update(of=Job, skip_locked=True)
-    rows: list[tuple[Job, str]] = [(r[0], r[1]) for r in session.execute(stmt).all()]
+    for offset, limit in ((0, 4), (4, 28)):
+        rows = session.execute(stmt.offset(offset).limit(limit)).all()
+        got = _first_fit(session, worker, free, lease_s, free_models, rows)
+        if got is not None or len(rows) < limit:
+            return got
+    return None
+
+
+def _first_fit(
+    session: Session,
+    worker: Worker,
+    free: Resources,
+    lease_s: float,
+    free_models: list[str] | None,
+    rows: Any,
+) -> tuple[Job, str] | None:
     for job, compute_owner in rows:
         res = Resources.model_validate(job.spec.get("resources", {}))
         shared_ok = bool(job.spec.get("shared_workers"))
