@@ -5,9 +5,11 @@ back)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,7 @@ HEAVY = (
 )
 PROBE = """
 import sys
+from pathlib import Path
 sys.argv = ["forgehub", *sys.argv[1:]]
 from forgehub.cli import entry
 try:
@@ -35,10 +38,16 @@ print("MODULES", " ".join(sorted(sys.modules)))
 """
 
 
-def _loaded(*args: str, importtime: bool = False) -> tuple[set[str], str]:
+def _loaded(
+    *args: str, importtime: bool = False, env: dict[str, str] | None = None
+) -> tuple[set[str], str]:
     flags = ["-X", "importtime"] if importtime else []
     r = subprocess.run(
-        [sys.executable, *flags, "-c", PROBE, *args], capture_output=True, text=True, timeout=60
+        [sys.executable, *flags, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
     )
     line = next(x for x in r.stdout.splitlines() if x.startswith("MODULES "))
     return set(line.split()[1:]), r.stderr
@@ -115,3 +124,27 @@ def test_each_fast_top_level_command_answers_as_in_the_whole_cli() -> None:
         assert r.returncode == 0 and f"forgehub {name}" in r.stdout, (name, r.stdout, r.stderr)
         options = {o for p in whole.commands[name].params for o in p.opts}  # type: ignore[attr-defined]
         assert options and all(o in r.stdout for o in options if o.startswith("--")), name
+
+
+def test_checking_a_folder_before_a_push_loads_no_storage_layer(tmp_path: Path) -> None:
+    """``forgehub artifact push FOLDER`` first works out the folder's digest and asks the server
+    whether it has it (an unchanged re-push ends there): neither needs the storage adapters,
+    pydantic or httpx. The server here is unreachable, so the command stops after that
+    question."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.txt").write_text("a")
+    mods, _ = _loaded(
+        "artifact",
+        "push",
+        str(tmp_path / "data"),
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        env={"FORGEHUB_CACHE_DIR": str(tmp_path / "cache")},  # the digests it remembers
+    )
+    mods.discard("httpx._main")
+    assert "forgehub.artifacts.digests" in mods  # it did get as far as the digest
+    printing = {"rich"}  # a spinner while it reads, and the error message
+    for heavy in (*(set(HEAVY) - printing), "forgehub.storage", "forgehub.artifacts.content"):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in mods), heavy

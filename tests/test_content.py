@@ -181,3 +181,35 @@ def test_copy_file_falls_back_when_the_kernel_cannot(
     empty = tmp_path / "empty"
     empty.touch()
     assert copy_file(empty, tmp_path / "empty-copy") == 0
+
+
+def test_a_folder_manifest_lists_regular_files_in_a_fixed_order(tmp_path: Path) -> None:
+    """The manifest, and so a folder's digest, depends on the order of its files: a folder's
+    own files by name, then each sub-folder by name. Links and special files are not in it
+    (a push refuses them unless asked to follow links), and the digest is the manifest's."""
+    from forgehub.artifacts.digests import build_manifest, hash_bytes
+
+    root = tmp_path / "t"
+    for rel, body in [
+        ("x", b"1"),
+        ("a/y", b"2"),
+        ("a/Y", b"3"),
+        ("a/b/z", b"4"),
+        ("B/q", b"5"),
+        ("sp ace/\u00fc.txt", b"6"),
+    ]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(body)
+        (root / rel).chmod(0o644)
+    (root / "empty").mkdir()
+    (root / "x").chmod(0o755)
+    (root / "a" / "link").symlink_to("../x")
+    (root / "dirlink").symlink_to("a")
+    os.mkfifo(root / "fifo")
+    manifest, entries, stamps = build_manifest(root)
+    assert [e.path for e in entries] == ["x", "B/q", "a/Y", "a/y", "a/b/z", "sp ace/\u00fc.txt"]
+    assert [e.mode for e in entries] == [0o755] + [0o644] * 5
+    assert entries[1].digest == sha(b"5") and entries[1].size == 1
+    assert set(stamps) == {e.path for e in entries}
+    assert manifest.startswith(b'{"files":[{"digest":"' + sha(b"1").encode())
+    assert hash_bytes(manifest) == sha(manifest)

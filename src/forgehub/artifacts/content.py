@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from forgehub.artifacts import packs
+from forgehub.artifacts.digests import (
+    ManifestEntry,
+    Progress,
+    _noop,
+    build_manifest,
+    hash_bytes,
+    hash_file,
+)
 from forgehub.artifacts.packs import (
     PACK_BELOW,
     PACK_SIZE,
@@ -38,39 +45,9 @@ from forgehub.storage.blobstore import blob_key
 from forgehub.storage.local import LocalStorage
 
 MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
-Progress = Callable[[int], None]
 T = TypeVar("T")
 Known = Callable[[set[str]], Layout]  # which of these digests the store holds in packs, where
 WORKERS = 16  # objects in flight at once: a store's round trip, not its bandwidth, is the limit
-
-
-def _noop(n: int) -> None:
-    return None
-
-
-def hash_file(path: Path, progress: Progress = _noop) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(CHUNK)  # one buffer, refilled: no allocation per block
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-            size += n
-            progress(n)
-    return f"sha256:{h.hexdigest()}", size
-
-
-def hash_bytes(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    path: str
-    digest: str
-    size: int
-    mode: int
 
 
 def _safe_rel(path: str) -> str:
@@ -78,32 +55,6 @@ def _safe_rel(path: str) -> str:
     if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in path:
         raise InvalidKey(f"manifest path {path!r} is not a safe relative path")
     return path
-
-
-def build_manifest(
-    root: Path,
-    progress: Progress = _noop,
-    hasher: Callable[[Path, Progress], tuple[str, int]] | None = None,
-) -> tuple[bytes, list[ManifestEntry], dict[str, Stamp]]:
-    """The manifest of a directory, its entries, and each file's stamp from before hashing
-    (``hasher``: one that remembers, see :mod:`forgehub.artifacts.hashcache`)."""
-    hasher = hasher or hash_file
-    entries = []
-    stamps = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            if full.is_symlink() or not full.is_file():
-                continue
-            rel = full.relative_to(root).as_posix()
-            stamps[rel] = file_stamp(full)
-            digest, size = hasher(full, progress)
-            entries.append(
-                ManifestEntry(rel, digest, size, stat.S_IMODE(full.stat().st_mode) & 0o755)
-            )
-    doc = {"forgehub.manifest": 1, "files": [e.__dict__ for e in entries]}
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), entries, stamps
 
 
 def parse_manifest(data: bytes) -> list[ManifestEntry]:

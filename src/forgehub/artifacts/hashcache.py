@@ -9,7 +9,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from forgehub.artifacts.content import Progress, hash_file
+from forgehub.artifacts.digests import Progress, hash_file
 
 
 def default_path() -> Path:

@@ -159,12 +159,19 @@ def _file_chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
 
 def _links(root: Path) -> list[Path]:
     """Symbolic links and other non-regular files under ``root``, which a push cannot store."""
-    odd = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in sorted(dirnames + filenames):
-            full = Path(dirpath) / name
-            if full.is_symlink() or not (full.is_file() or full.is_dir()):
-                odd.append(full)
+    odd: list[Path] = []
+    folders = [os.fspath(root)]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:  # each entry's kind comes with the listing: no stat per file
+            if e.is_dir(follow_symlinks=False):
+                folders.append(e.path)
+            elif e.is_symlink() or not e.is_file(follow_symlinks=False):
+                odd.append(Path(e.path))
     return odd
 
 
@@ -284,7 +291,7 @@ def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
     """The digest of a file or folder, its files and (a folder) its manifest, worked out
     locally; the digests of files hashed before are remembered, so an unchanged tree is not
     read again."""
-    from forgehub.artifacts.content import ManifestEntry, build_manifest, hash_bytes
+    from forgehub.artifacts.digests import ManifestEntry, build_manifest, hash_bytes
     from forgehub.artifacts.hashcache import HashCache
 
     cache = HashCache()
@@ -302,13 +309,15 @@ def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
 
 def _known(c: Client, digest: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """The artifact, if the store already holds this content as yours (one request)."""
-    from forgehub.errors import NotFound
+    from forgehub.errors import ForgehubError, NotFound
 
     body = {"digest": digest, **params}
     try:
-        return dict(c.api.call("POST", "/api/v1/artifacts/known", json=body))
+        return dict(c.ask("POST", "/api/v1/artifacts/known", body))
     except NotFound:
         return None
+    except ForgehubError as exc:
+        exit_for(exc, c.server)
 
 
 def _print_pushed(art: dict[str, Any], as_json: bool) -> None:

@@ -161,6 +161,10 @@ class Client:
         except ForgehubError as exc:
             exit_for(exc, self.server)
 
+    def ask(self, method: str, path: str, body: Any = None, params: Any = None) -> Any:
+        """A plain JSON call whose errors the caller handles (typed: NotFound, Conflict, …)."""
+        return self._plain(method, path, body, params)
+
     def submit_job(self, body: dict[str, Any]) -> Any:
         """``POST /api/v1/jobs``, sent again when the answer is lost (a server of several died
         with the request, the balancer answered 502): its ``Idempotency-Key`` makes the server

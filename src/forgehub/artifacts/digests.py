@@ -1,0 +1,94 @@
+"""Digests of files and folders, worked out where they lie: what a push compares with the store
+before it sends anything. Nothing here imports the storage layer (or pydantic), so the CLI's
+re-push of an unchanged folder starts fast."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from forgehub.fsutil import Stamp
+
+Progress = Callable[[int], None]
+BLOCK = 1 << 20  # bytes read at a time
+
+
+def _noop(n: int) -> None:
+    return None
+
+
+def hash_file(path: Path, progress: Progress = _noop) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(BLOCK)  # one buffer, refilled: no allocation per block
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            size += n
+            progress(n)
+    return f"sha256:{h.hexdigest()}", size
+
+
+def hash_bytes(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    digest: str
+    size: int
+    mode: int
+
+
+def regular_files(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
+    """The regular files under ``root`` as (relative path, entry), in manifest order: a
+    folder's files by name, then its sub-folders by name. Links, and what is neither file nor
+    folder, are left out; an unreadable folder is skipped. One ``scandir`` per folder: the
+    kind of each entry comes with it, without a ``stat``."""
+    out: list[tuple[str, os.DirEntry[str]]] = []
+
+    def walk(folder: str, rel: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return
+        subfolders = []
+        for e in entries:
+            if e.is_symlink():
+                continue
+            if e.is_dir(follow_symlinks=False):
+                subfolders.append(e)
+            elif e.is_file(follow_symlinks=False):
+                out.append((rel + e.name, e))
+        for e in subfolders:
+            walk(e.path, rel + e.name + "/")
+
+    walk(os.fspath(root), "")
+    return out
+
+
+def build_manifest(
+    root: Path,
+    progress: Progress = _noop,
+    hasher: Callable[[Path, Progress], tuple[str, int]] | None = None,
+) -> tuple[bytes, list[ManifestEntry], dict[str, Stamp]]:
+    """The manifest of a directory, its entries, and each file's stamp from before hashing
+    (``hasher``: one that remembers, see :mod:`forgehub.artifacts.hashcache`)."""
+    hasher = hasher or hash_file
+    entries = []
+    stamps = {}
+    for rel, e in regular_files(root):
+        st = e.stat(follow_symlinks=False)
+        stamps[rel] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        digest, size = hasher(Path(e.path), progress)
+        entries.append(ManifestEntry(rel, digest, size, stat.S_IMODE(st.st_mode) & 0o755))
+    doc = {"forgehub.manifest": 1, "files": [e.__dict__ for e in entries]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), entries, stamps
