@@ -6,6 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from forgehub.auth import create_user
 from forgehub.compute import Resources
@@ -164,4 +165,39 @@ def test_trainings_go_through_the_shared_guarded_transition(tmp_path: object) ->
         assert t.finished_at is not None
         assert not guarded(s, t, TrainingState.succeeded, TRAININGS, result={"late": True})
         assert stale is t and t.state == TrainingState.cancelled and not (t.result or {})
+    db.dispose()
+
+
+def test_a_job_started_by_a_claim_whose_answer_was_lost_goes_back_as_it_was(
+    tmp_path: object,
+) -> None:
+    """A worker's claim starts its job at once; if the worker hung up before the answer came,
+    nobody holds the job's token, and the job goes back to the queue without using up an
+    attempt (and with no start time). A running job is never released otherwise."""
+    from forgehub.secrets import SecretBox
+
+    db, owner = _setup(f"sqlite:///{tmp_path}/q.db", 1, max_retries=0)
+    box = SecretBox.for_data_dir(tmp_path)  # type: ignore[arg-type]
+    with db.session() as s:
+        w = Worker(owner_id=owner, name="w", cpus=4)
+        s.add(w)
+        s.flush()
+        got = service.claim(s, w, Resources(cpu=4), 30, db.dialect)
+        assert got is not None
+        job = got[0]
+        spec = service.started(s, job, "box", box, 30)
+        assert spec["id"] == job.id and job.state == JobState.running
+        assert not service.release(s, job, "a plain release")  # running: not without the claim
+        assert service.release(s, job, "the worker went away", by_claim=True)
+        assert (job.state, job.attempt, job.started_at, job.worker_id) == (
+            JobState.queued,
+            0,
+            None,
+            None,
+        )
+        events = s.scalars(
+            select(JobEvent.state).where(JobEvent.job_id == job.id).order_by(JobEvent.id)
+        )
+        assert list(events) == ["starting", "running", "queued"]
+        assert service.claim(s, w, Resources(cpu=4), 30, db.dialect) is not None  # again
     db.dispose()

@@ -702,6 +702,41 @@ def test_time_limit_stops_a_job(api: httpx.Client, worker: Any) -> None:
     api.post(f"/api/v1/jobs/{r.json()['id']}/cancel")
 
 
+def test_a_claim_may_start_its_job_and_answer_with_the_spec(
+    server: ForgehubServer, api: httpx.Client
+) -> None:
+    """A worker runs its runners in its own process, so its claim asks the server to start the
+    job at once: the answer carries the spec (what runner/start would say; one request less a
+    job), the job is running on the worker's host, and a runner/start sent anyway (an older
+    runner, a reconnect) answers the same spec without a second start."""
+    w = api.post("/api/v1/workers", json={"name": "starts-on-claim", "cpus": 1}).json()
+    job = submit(api, kind="command", command=["true"], compute="workers", max_retries=0)
+    got = api.post(
+        f"/api/v1/workers/{w['id']}/claim",
+        json={"wait": 5, "start": {"host": "box-7", "pid": 4242}},
+    ).json()
+    assert got["job_id"] == job["id"]
+    spec = got["spec"]
+    assert spec["id"] == job["id"] and spec["command"] == ["true"] and spec["cancel"] is False
+    assert spec["output_storage"]["kind"] == "relay" and spec["finish_events"] is True
+    shown = api.get(f"/api/v1/jobs/{job['id']}").json()
+    assert shown["state"] == "running"
+    assert [e["state"] for e in shown["events"]] == ["queued", "starting", "running"]
+    assert shown["events"][-1]["message"] == "running on box-7"
+    runner = {"Authorization": f"Bearer {got['token']}"}
+    again = httpx.post(
+        f"{server.url}/api/v1/jobs/{job['id']}/runner/start", json={}, headers=runner
+    ).json()
+    assert again == spec
+    assert len(api.get(f"/api/v1/jobs/{job['id']}").json()["events"]) == 3
+    r = httpx.post(
+        f"{server.url}/api/v1/jobs/{job['id']}/runner/finish",
+        json={"state": "succeeded"},
+        headers=runner,
+    )
+    assert r.status_code == 200 and r.json()["state"] == "succeeded"
+
+
 def test_the_relay_stores_only_verified_blobs_of_the_jobs_own_storage(
     server: ForgehubServer, api: httpx.Client, dataset: str
 ) -> None:

@@ -325,8 +325,9 @@ def test_bob_cannot_use_alices_connections_or_workers(world: World) -> None:
 
 
 def test_a_batch_claim_takes_none_of_another_users_jobs(world: World) -> None:
-    """Asking for many jobs at once (max_jobs) widens nothing: bob's own worker takes none of
-    alice's queued jobs, however many it asks for."""
+    """Asking for many jobs at once (max_jobs), started at once with their specs (start),
+    widens nothing: bob's own worker takes none of alice's queued jobs, and sees none of her
+    specs, however many it asks for."""
     job = world.as_(
         world.alice, "POST", "/api/v1/jobs", json={"module": "digits", "compute": "workers"}
     ).json()
@@ -335,7 +336,7 @@ def test_a_batch_claim_takes_none_of_another_users_jobs(world: World) -> None:
         world.bob,
         "POST",
         f"/api/v1/workers/{w.json()['id']}/claim",
-        json={"wait": 0, "max_jobs": 64, "free": {"cpu": 64}},
+        json={"wait": 0, "max_jobs": 64, "free": {"cpu": 64}, "start": {"host": "bob-pc"}},
     )
     assert got.status_code == 204, got.text
     assert world.as_(world.alice, "GET", f"/api/v1/jobs/{job['id']}").json()["state"] == "queued"

@@ -106,6 +106,32 @@ def runner_started(session: Session, job: Job, host: str, lease_s: float) -> Non
         raise JobError(f"job is {job.state}, it cannot start", 409)
 
 
+GIVE_UP_LEASES = 4
+GIVE_UP_MIN_S = 8.0
+
+
+class StartIn(BaseModel):
+    """Where an attempt's runner runs."""
+
+    host: str = Field(default="", max_length=255)
+    pid: int | None = None
+
+
+def started(
+    session: Session, job: Job, host: str, box: SecretBox, lease_s: float
+) -> dict[str, Any]:
+    """The attempt starts: what ``runner/start`` answers, and a claim that starts its jobs at
+    once (a worker's, whose runner is in the worker's process). The spec is made first: a job
+    that cannot have one (an input with no stored copy) raises before it is marked running."""
+    spec = runner_spec(session, job, box)
+    runner_started(session, job, host, lease_s)
+    spec["finish_events"] = True  # the last batch of logs may come with the finish
+    if job.kind == "service":
+        # a service whose server stays away longer than a restart takes ends itself
+        spec["give_up_s"] = max(GIVE_UP_MIN_S, GIVE_UP_LEASES * lease_s)
+    return spec
+
+
 def runner_events(
     session: Session,
     job: Job,

@@ -115,8 +115,10 @@ class JobRun:
         cache: ContentCache | None = None,
         http: httpx.Client | None = None,
         gpus: str | None = None,
+        started: dict[str, Any] | None = None,
     ):
         self.api = RunnerAPI(server, job_id, token, http)
+        self.started = started  # the spec, when whoever launched this runner started the job
         self.reporter = Reporter(self.api)
         self._cache = cache
         self.job_id = job_id
@@ -141,10 +143,12 @@ class JobRun:
         self.reporter.cancel.set()
 
     def run(self) -> int:
+        spec = self.started
         try:
-            spec = self.api.call(
-                "start", {"host": socket.gethostname(), "pid": os.getpid()}, patience_s=120
-            )
+            if spec is None:
+                spec = self.api.call(
+                    "start", {"host": socket.gethostname(), "pid": os.getpid()}, patience_s=120
+                )
         except (Revoked, ConnectionError) as exc:
             print(f"forgehub job run: cannot start job {self.job_id}: {exc}", file=sys.stderr)
             return 2

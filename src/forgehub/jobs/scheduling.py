@@ -157,9 +157,12 @@ def _first_fit(
     return None
 
 
-def release(session: Session, job: Job, why: str) -> bool:
-    """Give a claimed job that never started back to the queue (no attempt is used up)."""
-    if job.state != JobState.starting or job.started_at is not None:
+def release(session: Session, job: Job, why: str, by_claim: bool = False) -> bool:
+    """Give a claimed job that never started back to the queue (no attempt is used up).
+    ``by_claim``: the claim that took it also started it, and its answer never reached the
+    worker (nobody holds its token), so a running job goes back too."""
+    started_by_claim = by_claim and job.state == JobState.running
+    if not started_by_claim and (job.state != JobState.starting or job.started_at is not None):
         return False
     return transition(
         session,
@@ -170,4 +173,5 @@ def release(session: Session, job: Job, why: str) -> bool:
         backend_ref=None,
         token_digest=None,
         lease_expires_at=None,
+        started_at=None,
     )

@@ -25,11 +25,13 @@ from forgehub.jobs.publishing import (
 from forgehub.jobs.reports import (
     FinishIn,
     OutputIn,
+    StartIn,
     record_output,
     runner_events,
     runner_finished,
     runner_spec,
     runner_started,
+    started,
 )
 from forgehub.jobs.scheduling import (
     check_some_worker_fits,
@@ -91,6 +93,8 @@ __all__ = [
     "runner_finished",
     "runner_spec",
     "runner_started",
+    "StartIn",
+    "started",
     "submit",
     "token_lifetime",
 ]

@@ -195,6 +195,26 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
             "duties": d.duties.held(),
         }
 
+    # The API first, its busiest routes (runners and workers, jobs) first: a request is
+    # matched against the routes in order, and the dashboard's and the model API's are many.
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(runner.router)
+    api.include_router(compute.workers_router)
+    api.include_router(jobs.router)
+    api.include_router(artifacts.router)
+    api.include_router(blobs.router)
+    api.include_router(catalog.router)
+    api.include_router(compute.router)
+    api.include_router(storage.router)
+    api.include_router(deployments.router)
+    api.include_router(pipelines.router)
+    api.include_router(users.router)
+    api.include_router(signin.router)
+    api.include_router(groups.router)
+    api.include_router(quotas.router)
+    api.include_router(tokens.router)
+    app.include_router(api)
+
     from forgehub.deployments import proxy
 
     app.include_router(proxy.router)  # its WebSockets; HTTP goes through proxy.Front
@@ -210,23 +230,6 @@ def create_app(settings: Settings, listening: bool = False) -> FastAPI:
 
     web.install(app)
 
-    api = APIRouter(prefix="/api/v1")
-    api.include_router(users.router)
-    api.include_router(signin.router)
-    api.include_router(groups.router)
-    api.include_router(quotas.router)
-    api.include_router(tokens.router)
-    api.include_router(catalog.router)
-    api.include_router(blobs.router)
-    api.include_router(storage.router)
-    api.include_router(artifacts.router)
-    api.include_router(jobs.router)
-    api.include_router(runner.router)
-    api.include_router(compute.router)
-    api.include_router(compute.workers_router)
-    api.include_router(deployments.router)
-    api.include_router(pipelines.router)
-    app.include_router(api)
     app.add_middleware(
         UploadLimit,
         max_bytes=settings.max_upload_mb * 1024 * 1024,

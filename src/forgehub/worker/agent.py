@@ -167,6 +167,8 @@ class WorkerAgent:
                     "free": self.free().model_dump(),
                     "free_gpu_models": [g.model for g in self.devices.free()],
                     "wait": wait,
+                    # its runner runs here: the claim starts it and answers with its spec
+                    "start": {"host": socket.gethostname(), "pid": os.getpid()},
                 },
             )
         except ConnectionError:
@@ -186,7 +188,13 @@ class WorkerAgent:
         if len(held) < res.gpu:  # cannot happen: claims ask with what is free
             log.error("job %s needs %d GPU(s) and none are free", job_id, res.gpu)
         run = JobRun(
-            self.server, job_id, got["token"], self.cache, self.runner_http, gpus.visible(held)
+            self.server,
+            job_id,
+            got["token"],
+            self.cache,
+            self.runner_http,
+            gpus.visible(held),
+            started=got.get("spec"),  # a server that started it with the claim
         )
         if held:
             log.info("job %s gets GPU(s) %s", job_id, gpus.visible(held))

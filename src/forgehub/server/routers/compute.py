@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -145,6 +146,11 @@ class ClaimIn(BaseModel):
         "job, answered as itself.",
     )
     running: list[str] = Field(default_factory=list)
+    start: service.StartIn | None = Field(
+        default=None,
+        description="Start each job taken at once (its runner runs in this worker's process, "
+        "host and pid given here): the answer carries the job's spec, as runner/start would.",
+    )
 
 
 def _own_worker(session: Any, principal: Any, worker_id: str) -> Worker:
@@ -180,6 +186,7 @@ def list_workers(
 async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: Request) -> Any:
     state = request.app.state
     deadline = asyncio.get_running_loop().time() + body.wait
+    lease = state.settings.job_lease_s
 
     def attempt() -> list[dict[str, Any]]:
         """Up to ``max_jobs`` jobs that fit what is free, in one transaction."""
@@ -191,9 +198,7 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
                 raise Conflict("this worker was stopped; register again")
             free, models = body.free.model_copy(), list(body.free_gpu_models)
             while len(taken) < body.max_jobs and free.cpu > 0.001:
-                got = service.claim(
-                    s, w, free, state.settings.job_lease_s, state.db.dialect, models
-                )
+                got = service.claim(s, w, free, lease, state.db.dialect, models)
                 if got is None:
                     break
                 job, token = got
@@ -203,14 +208,21 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
                 if free.memory_mb and res.memory_mb:
                     free.memory_mb = max(free.memory_mb - res.memory_mb, 1)
                 models = gpus.without(models, res.gpu, res.gpu_model)
-                taken.append(
-                    {
-                        "job_id": job.id,
-                        "attempt": job.attempt,
-                        "token": token,
-                        "resources": job.spec.get("resources", {}),
-                    }
-                )
+                one = {
+                    "job_id": job.id,
+                    "attempt": job.attempt,
+                    "token": token,
+                    "resources": job.spec.get("resources", {}),
+                }
+                if body.start is not None:  # one request less for every job
+                    with contextlib.suppress(service.JobError):  # its runner/start will say
+                        one["spec"] = service.started(
+                            s, job, body.start.host or w.name, state.secrets, lease
+                        )
+                taken.append(one)
+        for one in taken:
+            if "spec" in one:
+                state.bus.publish("job", one["job_id"])  # its followers look again
         return taken
 
     def release(job_ids: list[str]) -> None:
@@ -218,7 +230,9 @@ async def claim(worker_id: str, body: ClaimIn, principal: CurrentUser, request: 
             for job_id in job_ids:
                 job = s.get(Job, job_id)
                 if job is not None:
-                    service.release(s, job, "the worker went away before it took the job")
+                    service.release(
+                        s, job, "the worker went away before it took the job", by_claim=True
+                    )
 
     while True:
         waiter = state.jobs_signal.waiter()

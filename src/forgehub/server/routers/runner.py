@@ -54,11 +54,6 @@ async def _in_thread(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn)
 
 
-class StartIn(BaseModel):
-    host: str = Field(default="", max_length=255)
-    pid: int | None = None
-
-
 class EventsIn(BaseModel):
     seq: int = Field(ge=0)
     lines: list[list[Any]] = Field(default_factory=list, max_length=5000)
@@ -94,23 +89,14 @@ def _byte_range(header: str | None) -> tuple[int | None, int | None]:
     return int(first), int(last) if last else None
 
 
-GIVE_UP_LEASES = 4
-GIVE_UP_MIN_S = 8.0
-
-
 @router.post("/{job_id}/runner/start", summary="Runner: the attempt started; returns the spec")
-async def runner_start(job_id: str, body: StartIn, request: Request, auth: RunnerJob) -> Any:
+async def runner_start(
+    job_id: str, body: service.StartIn, request: Request, auth: RunnerJob
+) -> Any:
     state = request.app.state
-    lease = state.settings.job_lease_s
 
     def fn(s: Session, job: Job) -> Any:
-        service.runner_started(s, job, body.host or "?", lease)
-        spec = service.runner_spec(s, job, state.secrets)
-        spec["finish_events"] = True  # the last batch of logs may come with the finish
-        if job.kind == "service":
-            # a service whose server stays away longer than a restart takes ends itself
-            spec["give_up_s"] = max(GIVE_UP_MIN_S, GIVE_UP_LEASES * lease)
-        return spec
+        return service.started(s, job, body.host or "?", state.secrets, state.settings.job_lease_s)
 
     return await _runner_call(request, auth, fn)
 
