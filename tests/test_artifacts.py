@@ -324,3 +324,46 @@ def test_an_unchanged_repush_is_one_request_and_reads_no_file(
         headers={"Authorization": f"Bearer {tok}"},
     )
     assert r.status_code == 422
+
+
+def test_an_upload_to_the_servers_disk_is_stored_in_one_pass_or_not_at_all(
+    tmp_path: Path,
+) -> None:
+    """A file pushed to the server's own store is written into the store as it arrives and
+    hashed alongside: it is found under its digest, the same content again adds nothing, an
+    empty body is refused, and one over ``max_artifact_mb`` is refused with 413 and leaves no
+    artifact and no half-written file behind."""
+    srv = ForgehubServer(tmp_path / "data", FORGEHUB_MAX_ARTIFACT_MB="2")
+    srv.start()
+    try:
+        api = httpx.Client(
+            base_url=srv.url, headers={"Authorization": f"Bearer {srv.admin_token}"}, timeout=60
+        )
+        data = os.urandom((1 << 20) + 12345)  # more than one block of the receiving side
+        r = api.post("/api/v1/artifacts", params={"filename": "w.bin"}, content=data)
+        assert r.status_code == 201, r.text
+        art = r.json()
+        assert art["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
+        assert art["size"] == len(data) and art["uploaded"] == len(data)
+        again = api.post("/api/v1/artifacts", params={"filename": "w.bin"}, content=data).json()
+        assert again["digest"] == art["digest"] and again["uploaded"] == 0
+        got = api.get(f"/api/v1/artifacts/{art['digest']}/content")
+        assert got.status_code == 200 and got.content == data
+        assert api.post("/api/v1/artifacts", content=b"").status_code == 422
+
+        def chunks() -> Any:  # 3 MB, streamed: the limit is met while it arrives
+            for _ in range(3):
+                yield os.urandom(1 << 20)
+
+        before = api.get("/api/v1/artifacts").json()
+        r = api.post("/api/v1/artifacts", params={"filename": "big.bin"}, content=chunks())
+        assert r.status_code == 413 and "max_artifact_mb" in r.json()["detail"]
+        assert api.get("/api/v1/artifacts").json() == before
+        leftovers = [
+            p
+            for p in (tmp_path / "data").rglob("*")
+            if p.is_file() and (".upload-" in p.name or p.name == "body")
+        ]
+        assert leftovers == []
+    finally:
+        srv.stop()

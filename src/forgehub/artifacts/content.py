@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +237,35 @@ def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
             digest, size = hashed.result()
         if file_stamp(path) != before:
             raise _changed_while_pushed(path)
+        key = blob_key(digest)
+        if holds(store, key, size):
+            return PushResult(digest, "file", size, 0)
+        store.adopt(staged, key)
+    store.remember(key, digest)
+    return PushResult(digest, "file", size, size)
+
+
+def push_stream_locally(
+    store: LocalStorage, blocks: Iterable[bytes], allow_empty: bool = True
+) -> PushResult:
+    """One pass for bytes that arrive (an upload to the server's own store): written into the
+    store's staging while a thread hashes them, then moved into place under their digest, or
+    dropped if the store holds them already. Nothing is read back."""
+    h = _BackgroundHash()
+    size = 0
+    with store.staging() as staged:
+        try:
+            with open_empty(staged) as out:
+                for block in blocks:
+                    h.update(block)
+                    out.write(block)
+                    size += len(block)
+        except BaseException:
+            h.close()
+            raise
+        digest = f"sha256:{h.hexdigest()}"
+        if not size and not allow_empty:
+            raise ValueError("the content is empty")
         key = blob_key(digest)
         if holds(store, key, size):
             return PushResult(digest, "file", size, 0)

@@ -30,6 +30,7 @@ from forgehub.artifacts.content import (
     holds,
     parse_manifest,
     push_path,
+    push_stream_locally,
     referenced_blobs,
     tree_contents,
     verified_stream,
@@ -53,6 +54,7 @@ from forgehub.server.streaming import body_chunks
 from forgehub.storage import StorageError
 from forgehub.storage.base import IntegrityError
 from forgehub.storage.blobstore import blob_key, check_digest
+from forgehub.storage.local import LocalStorage
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -361,18 +363,29 @@ def push(
     is_tar = request.headers.get("content-type", "").startswith(TAR)
     tmp = Path(tempfile.mkdtemp(prefix="forgehub-push-", dir=request.app.state.settings.data_dir))
 
+    def received() -> Iterator[bytes]:
+        total = 0
+        for chunk in body_chunks(request):
+            total += len(chunk)
+            if total > limit:
+                raise HTTPException(
+                    413,
+                    f"artifact larger than the limit of "
+                    f"{limit // (1024 * 1024)} MB (max_artifact_mb)",
+                )
+            yield chunk
+
     def receive_and_store() -> tuple[Any, str]:
+        if not is_tar and isinstance(adapter, LocalStorage):
+            try:  # the server's own disk: stored as it arrives, hashed alongside, one pass
+                return push_stream_locally(adapter, received(), allow_empty=False), filename
+            except ValueError:
+                raise HTTPException(422, "the request body is empty") from None
         body = tmp / "body"
         total = 0
         with open(body, "wb") as out:
-            for chunk in body_chunks(request):
+            for chunk in received():
                 total += len(chunk)
-                if total > limit:
-                    raise HTTPException(
-                        413,
-                        f"artifact larger than the limit of "
-                        f"{limit // (1024 * 1024)} MB (max_artifact_mb)",
-                    )
                 out.write(chunk)
         if total == 0 and not is_tar:
             raise HTTPException(422, "the request body is empty")
