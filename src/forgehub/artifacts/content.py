@@ -8,7 +8,6 @@ store already holds; downloads are verified against their digest before they bec
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 from forgehub.artifacts import packs
 from forgehub.artifacts.digests import (
+    BackgroundHash,
     ManifestEntry,
     Progress,
     _noop,
@@ -237,12 +237,7 @@ def _push_file_locally(store: LocalStorage, path: Path) -> PushResult:
             digest, size = hashed.result()
         if file_stamp(path) != before:
             raise _changed_while_pushed(path)
-        key = blob_key(digest)
-        if holds(store, key, size):
-            return PushResult(digest, "file", size, 0)
-        store.adopt(staged, key)
-    store.remember(key, digest)
-    return PushResult(digest, "file", size, size)
+        return _adopt(store, staged, digest, size)
 
 
 def push_stream_locally(
@@ -251,7 +246,7 @@ def push_stream_locally(
     """One pass for bytes that arrive (an upload to the server's own store): written into the
     store's staging while a thread hashes them, then moved into place under their digest, or
     dropped if the store holds them already. Nothing is read back."""
-    h = _BackgroundHash()
+    h = BackgroundHash()
     size = 0
     with store.staging() as staged:
         try:
@@ -266,48 +261,25 @@ def push_stream_locally(
         digest = f"sha256:{h.hexdigest()}"
         if not size and not allow_empty:
             raise ValueError("the content is empty")
-        key = blob_key(digest)
-        if holds(store, key, size):
-            return PushResult(digest, "file", size, 0)
-        store.adopt(staged, key)
+        return _adopt(store, staged, digest, size)
+
+
+def _adopt(store: LocalStorage, staged: Path, digest: str, size: int) -> PushResult:
+    """The staged file becomes the blob ``digest``, unless the store holds it already (then
+    it goes with the staging)."""
+    key = blob_key(digest)
+    if holds(store, key, size):
+        return PushResult(digest, "file", size, 0)
+    store.adopt(staged, key)
     store.remember(key, digest)
     return PushResult(digest, "file", size, size)
-
-
-class _BackgroundHash:
-    """SHA-256 computed in a helper thread (hashlib releases the GIL), overlapping with I/O."""
-
-    def __init__(self) -> None:
-        import queue
-        import threading
-
-        self._h = hashlib.sha256()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: flat memory
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while (block := self._q.get()) is not None:
-            self._h.update(block)
-
-    def update(self, block: bytes) -> None:
-        self._q.put(block)
-
-    def hexdigest(self) -> str:
-        self._q.put(None)
-        self._t.join()
-        return self._h.hexdigest()
-
-    def close(self) -> None:
-        if self._t.is_alive():
-            self._q.put(None)
 
 
 def verified_stream(
     adapter: StorageAdapter, digest: str, progress: Progress = _noop
 ) -> Iterator[bytes]:
     """The blob's bytes; raises IntegrityError at the end if they do not match the digest."""
-    h = _BackgroundHash()
+    h = BackgroundHash()
     try:
         for block in adapter.open(blob_key(digest)):
             h.update(block)

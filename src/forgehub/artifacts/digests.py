@@ -39,6 +39,35 @@ def hash_bytes(data: bytes) -> str:
     return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
+class BackgroundHash:
+    """SHA-256 computed in a helper thread (hashlib releases the GIL), overlapping with I/O."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._h = hashlib.sha256()
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: flat memory
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (block := self._q.get()) is not None:
+            self._h.update(block)
+
+    def update(self, block: bytes) -> None:
+        self._q.put(block)
+
+    def hexdigest(self) -> str:
+        self._q.put(None)
+        self._t.join()
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+
+
 @dataclass(frozen=True)
 class ManifestEntry:
     path: str

@@ -361,9 +361,11 @@ def pull(
             os.utime(dest, (stored, stored))
         out.print(f"{art['digest']} -> {dest}")
         return
+    from forgehub.artifacts.digests import BackgroundHash
+
     httpx = httpx_module()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".pull-")
-    h = hashlib.sha256()
+    h = BackgroundHash()  # hashed in a thread while the blocks are written
     try:
         with os.fdopen(fd, "wb") as fh, _progress() as progress:
             # a folder comes as a tar, a little larger than its files: no total to overshoot
@@ -389,6 +391,7 @@ def pull(
     except httpx.HTTPError as exc:
         fail(f"download broke off: {exc}")
     finally:
+        h.close()
         Path(tmp).unlink(missing_ok=True)
     out.print(f"{art['digest']} -> {dest}")
 
