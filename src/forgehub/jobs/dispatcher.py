@@ -53,7 +53,7 @@ from forgehub.secrets import SecretBox
 
 log = logging.getLogger("forgehub.jobs")
 STATUS_EVERY_S = 2.0
-MIN_ROUND_S = 0.1  # in a burst, rounds at most 10 times a second (an idle one starts at once)
+MIN_ROUND_S = 0.1  # in a burst, rounds at most 10 times a second
 LANES = 8  # connections served at once; each connection's work runs one at a time
 REAP_EVERY_S = 1.0  # time limits and leases are checked once a second
 GRACE_S = 15.0  # a runner's own report may be in flight when its back end says it ended
@@ -164,9 +164,11 @@ class Dispatcher:
                 self.tick()
             except Exception:  # noqa: BLE001 - the loop must survive a bad round
                 log.exception("job dispatcher round failed")
-            # a burst of submits and reports wakes it hundreds of times a second: what comes
-            # in the next moment is handled by the next round, not a round each
-            self.stopping.wait(MIN_ROUND_S)
+            # a burst of submits and reports wakes it hundreds of times a second: when more
+            # came in during this round, what comes in the next moment joins the next round
+            # (one job after another still starts at once)
+            if self.wake.is_set():
+                self.stopping.wait(MIN_ROUND_S)
 
     def tick(self) -> None:
         held = {duty for duty in DUTIES if self.duties.holds(duty)}
