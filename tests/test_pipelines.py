@@ -401,6 +401,12 @@ def test_the_dashboard_runs_a_pipeline_and_draws_its_graph_live(
         raise AssertionError(page.locator(".run-status").all_inner_texts()) from None
     # the boxes change colour as the steps go, without reloading the page
     page.wait_for_selector("#run-state.state-succeeded", timeout=120_000)
+    # once it has ended, the page reloads itself to list the outputs: check that page (and do
+    # not navigate away while its reload is under way)
+    page.wait_for_function(
+        "performance.getEntriesByType('navigation')[0].type === 'reload'", timeout=30_000
+    )
+    page.wait_for_selector("#run-state.state-succeeded", timeout=30_000)
     for step in ("prepare", "train", "evaluate"):
         cls = page.locator(f'g[data-step="{step}"]').get_attribute("class") or ""
         assert "state-succeeded" in cls or "state-cached" in cls, (step, cls)
