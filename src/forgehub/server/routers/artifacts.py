@@ -485,14 +485,9 @@ def content(
         if art.filename:
             headers["Content-Disposition"] = content_disposition(art.filename)
         headers["Content-Length"] = str(art.size)
-        key = blob_key(art.digest)
-        if isinstance(adapter, LocalStorage) and adapter.known_digest(key) == art.digest:
-            # verified when stored and unchanged since (the store keeps the file's stamp): sent
-            # as it is, not hashed again on every download (the client checks it anyway)
-            blocks = adapter.open(key)
-        else:
-            blocks = verified_stream(adapter, art.digest)
-        return StreamingResponse(blocks, media_type=art.media_type, headers=headers)
+        return StreamingResponse(
+            verified_stream(adapter, art.digest), media_type=art.media_type, headers=headers
+        )
     mtime = int(art.created_at.timestamp())
     return StreamingResponse(
         _tar_stream(adapter, art.digest, mtime), media_type=TAR, headers=headers
