@@ -15,10 +15,12 @@ $(BIN)/python:
 
 $(RUN_STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[demo]"
+	$(BIN)/python -m compileall -q src/forgehub >/dev/null  # bytecode, as an installed package has
 	touch $(RUN_STAMP)
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -m compileall -q src/forgehub >/dev/null
 	touch $(STAMP) $(RUN_STAMP)
 
 install-run: $(RUN_STAMP)  ## create .venv with what running the platform needs (and the demo)

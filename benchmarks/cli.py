@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from installed import compile_forgehub
+
 BIN = Path(sys.executable).parent
 
 
@@ -68,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
     opts = ap.parse_args()
+    compile_forgehub()
     listener = Listener()
     url = f"http://127.0.0.1:{listener.port}"
     env = {**os.environ, "FORGEHUB_URL": url, "FORGEHUB_TOKEN": "fh_benchmark"}

@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from installed import compile_forgehub
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
@@ -112,6 +114,7 @@ def main() -> None:
         help="skip boto3 on folders with more files (one by one, 20,000 take ~15 minutes)",
     )
     opts = ap.parse_args()
+    compile_forgehub()
 
     import boto3
     from tests.services import S3_ACCESS, S3_SECRET, CephRGW, ForgehubServer

@@ -5,6 +5,7 @@ back)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -148,3 +149,72 @@ def test_checking_a_folder_before_a_push_loads_no_storage_layer(tmp_path: Path) 
     printing = {"rich"}  # a spinner while it reads, and the error message
     for heavy in (*(set(HEAVY) - printing), "forgehub.storage", "forgehub.artifacts.content"):
         assert not any(m == heavy or m.startswith(heavy + ".") for m in mods), heavy
+
+
+def test_an_unchanged_repush_loads_no_printing_library(tmp_path: Path) -> None:
+    """A re-push of unchanged content is one question and one line of answer: nothing is read,
+    so no spinner, and the answer, going to a pipe, is written without rich (a third of such
+    a command's start). The line is the one a terminal would show."""
+    from tests.services import ForgehubServer
+
+    srv = ForgehubServer(tmp_path / "data")
+    srv.start()
+    try:
+        f = tmp_path / "weights.bin"
+        f.write_bytes(os.urandom(100_000))
+        env = {
+            "FORGEHUB_URL": srv.url,
+            "FORGEHUB_TOKEN": srv.admin_token,
+            "FORGEHUB_CACHE_DIR": str(tmp_path / "cache"),
+        }
+        first = subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", "artifact", "push", str(f), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert first.returncode == 0, first.stderr
+        digest = json.loads(first.stdout)["digest"]
+        mods, _ = _loaded("artifact", "push", str(f), "--name", "w:v2", env=env)
+        assert not any(m == "rich" or m.startswith("rich.") for m in mods)
+        again = subprocess.run(
+            [sys.executable, "-m", "forgehub.cli", "artifact", "push", str(f), "--name", "w:v2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines() == [
+            f"{digest}  file  97.7 KB  (uploaded to storage: 0 B)  tags: w:v2"
+        ]
+        assert again.stderr == ""  # no spinner
+    finally:
+        srv.stop()
+
+
+def test_plain_output_is_what_rich_prints_to_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON and lines written without rich (not a terminal) are byte for byte what rich writes
+    there; markup-like text in a line is printed as it is."""
+    import io
+
+    from rich.console import Console as RichConsole
+
+    from forgehub.cli.messages import Console
+
+    doc = json.dumps({"name": "Zoë [b]", "n": [1, 2.5, None], "ok": True, "nested": {"a": {}}})
+    line = "sha256:abc  file  1 KB  tags: x[bold]y, [red]z[/red]"
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    ours = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", ours)
+    plain = Console(soft_wrap=True)
+    plain.print_json(doc)
+    plain.line(line)
+    assert plain._real is None  # rich was not used
+    theirs = io.StringIO()
+    real = RichConsole(file=theirs, soft_wrap=True)
+    real.print_json(doc)
+    real.print(line, markup=False, highlight=False)
+    assert ours.getvalue() == theirs.getvalue()

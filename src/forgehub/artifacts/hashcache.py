@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from forgehub.artifacts.digests import Progress, hash_file
@@ -19,8 +20,13 @@ def default_path() -> Path:
 
 
 class HashCache:
-    def __init__(self, path: Path | None = None) -> None:
+    def __init__(
+        self, path: Path | None = None, reading: Callable[[Path], None] | None = None
+    ) -> None:
+        """``reading``: called before a file has to be read (not remembered), e.g. to show
+        that there is something to wait for."""
         self.path = path or default_path()
+        self.reading = reading
         self._db: sqlite3.Connection | None = None
         self._new: list[tuple[str, int, int, int, int, str]] = []
         self._known: dict[str, tuple[int, int, int, int, str]] | None = None  # preloaded
@@ -71,6 +77,8 @@ class HashCache:
         if row is not None and tuple(row[:4]) == stamp:
             progress(st.st_size)
             return str(row[4]), st.st_size
+        if self.reading is not None:
+            self.reading(path)
         digest, size = hash_file(path, progress)
         self.read += 1
         if path.stat().st_mtime_ns == st.st_mtime_ns:  # not changed while it was read

@@ -24,7 +24,7 @@ from forgehub.cli.client import (
     httpx_module,
     key_values,
 )
-from forgehub.cli.messages import Console, Table
+from forgehub.cli.messages import Console, Spinner, Table
 from forgehub.errors import from_answer
 
 if TYPE_CHECKING:
@@ -294,9 +294,10 @@ def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
     from forgehub.artifacts.digests import ManifestEntry, build_manifest, hash_bytes
     from forgehub.artifacts.hashcache import HashCache
 
-    cache = HashCache()
+    spinner = Spinner(err, f"checking {path.name}…")  # once a file has to be read
+    cache = HashCache(reading=spinner.start)
     try:
-        with err.status(f"checking {path.name}…"):
+        with spinner:
             if path.is_dir():
                 cache.preload(path)
                 manifest, entries, _ = build_manifest(path, hasher=cache.hash)
@@ -324,7 +325,7 @@ def _print_pushed(art: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(art))
         return
-    out.print(
+    out.line(
         f"{art['digest']}  {art['kind']}  {_size(art['size'])}  "
         f"(uploaded to storage: {_size(art['uploaded'])})"
         + (f"  tags: {', '.join(art['tags'])}" if art["tags"] else "")
@@ -359,7 +360,7 @@ def pull(
         if art["kind"] == "file":
             stored = datetime.fromisoformat(art["created_at"]).timestamp()
             os.utime(dest, (stored, stored))
-        out.print(f"{art['digest']} -> {dest}")
+        out.line(f"{art['digest']} -> {dest}")
         return
     from forgehub.artifacts.digests import BackgroundHash
 
@@ -393,7 +394,7 @@ def pull(
     finally:
         h.close()
         Path(tmp).unlink(missing_ok=True)
-    out.print(f"{art['digest']} -> {dest}")
+    out.line(f"{art['digest']} -> {dest}")
 
 
 def local_name(stored: str | None, digest: str) -> str:

@@ -6,6 +6,10 @@ server, such as ``forgehub module serve``, start without loading it.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from types import TracebackType
 from typing import Any, NoReturn
 
 import typer
@@ -30,6 +34,58 @@ class Console:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.rich, name)
+
+    def _plain(self) -> bool:
+        """Output that rich would leave as it is: not a terminal (no colours), soft-wrapped (no
+        line breaks added), colours not forced. It goes out without loading rich."""
+        if self._real is not None or not self._options.get("soft_wrap"):
+            return False
+        if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE") == "1":
+            return False
+        stream = sys.stderr if self._options.get("stderr") else sys.stdout
+        return not stream.isatty()
+
+    def line(self, text: str) -> None:
+        """One line of plain text (no markup: names in it are printed as they are)."""
+        if self._plain():
+            stream = sys.stderr if self._options.get("stderr") else sys.stdout
+            stream.write(text + "\n")
+        else:
+            self.rich.print(text, markup=False)
+
+    def print_json(self, text: str) -> None:
+        """JSON indented as rich indents it, coloured only on a terminal."""
+        if self._plain():
+            sys.stdout.write(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n")
+        else:
+            self.rich.print_json(text)
+
+
+class Spinner:
+    """rich's status spinner, shown only once there is something to wait for (``start``): a
+    command that has its answer at once does not load rich for it."""
+
+    def __init__(self, console: Console, text: str) -> None:
+        self._console = console
+        self._text = text
+        self._status: Any = None
+
+    def start(self, *_: object) -> None:
+        if self._status is None:
+            self._status = self._console.status(self._text)
+            self._status.start()
+
+    def __enter__(self) -> Spinner:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._status is not None:
+            self._status.stop()
 
 
 def Table(*args: Any, **kw: Any) -> Any:  # noqa: N802 - stands in for rich's class
