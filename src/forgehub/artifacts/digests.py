@@ -40,23 +40,48 @@ def hash_bytes(data: bytes) -> str:
 
 
 class BackgroundHash:
-    """SHA-256 computed in a helper thread (hashlib releases the GIL), overlapping with I/O."""
+    """SHA-256 computed in a helper thread (hashlib releases the GIL), overlapping with I/O.
+    Blocks come either as bytes (``update``) or read into one of a few reused buffers
+    (``readinto``), which saves allocating and zeroing a fresh block each time."""
+
+    BUFFERS = 3  # one being read into, up to two being hashed
 
     def __init__(self) -> None:
         import queue
         import threading
 
         self._h = hashlib.sha256()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=8)  # bounded: flat memory
+        # bounded: flat memory; a buffer given with a block goes back to _free once hashed
+        self._q: queue.Queue[tuple[bytes | memoryview, bytearray | None] | None] = queue.Queue(
+            maxsize=8
+        )
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        self._buffers = 0
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self) -> None:
-        while (block := self._q.get()) is not None:
+        while (item := self._q.get()) is not None:
+            block, buf = item
             self._h.update(block)
+            if buf is not None:
+                self._free.put(buf)
 
     def update(self, block: bytes) -> None:
-        self._q.put(block)
+        self._q.put((block, None))
+
+    def readinto(self, read: Callable[[bytearray], int | None], size: int = BLOCK) -> memoryview:
+        """The next block, read by ``read`` (a file's or a response's ``readinto``) into a
+        reused buffer and hashed behind the caller: empty at the end. The view stays valid
+        until the caller's next call."""
+        if self._free.empty() and self._buffers < self.BUFFERS:
+            self._buffers += 1
+            self._free.put(bytearray(size))
+        buf = self._free.get()
+        n = read(buf) or 0
+        view = memoryview(buf)[:n]
+        self._q.put((view, buf)) if n else self._free.put(buf)
+        return view
 
     def hexdigest(self) -> str:
         self._q.put(None)

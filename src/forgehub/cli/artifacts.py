@@ -21,11 +21,10 @@ from forgehub.cli.client import (
     TokenOpt,
     exit_for,
     fail,
-    httpx_module,
     key_values,
 )
 from forgehub.cli.messages import Console, Spinner, Table
-from forgehub.errors import from_answer
+from forgehub.errors import ForgehubError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -310,7 +309,7 @@ def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
 
 def _known(c: Client, digest: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """The artifact, if the store already holds this content as yours (one request)."""
-    from forgehub.errors import ForgehubError, NotFound
+    from forgehub.errors import NotFound
 
     body = {"digest": digest, **params}
     try:
@@ -362,24 +361,24 @@ def pull(
             os.utime(dest, (stored, stored))
         out.line(f"{art['digest']} -> {dest}")
         return
+    import http.client
+
     from forgehub.artifacts.digests import BackgroundHash
 
-    httpx = httpx_module()
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".pull-")
     h = BackgroundHash()  # hashed in a thread while the blocks are written
     try:
-        with os.fdopen(fd, "wb") as fh, _progress() as progress:
+        with (
+            os.fdopen(fd, "wb", buffering=0) as fh,
+            _progress() as progress,
+            c.download(f"/api/v1/artifacts/{ref}/content") as r,
+        ):
             # a folder comes as a tar, a little larger than its files: no total to overshoot
             total = art["size"] if art["kind"] == "file" else None
             task = progress.add_task(f"pull {ref}", total=total)
-            with c.http.stream("GET", f"/api/v1/artifacts/{ref}/content", timeout=None) as r:
-                if r.status_code >= 400:
-                    r.read()
-                    exit_for(from_answer(r.status_code, r.text), c.server)
-                for block in r.iter_bytes(CHUNK):
-                    fh.write(block)
-                    h.update(block)
-                    progress.update(task, advance=len(block))
+            while block := h.readinto(r.readinto):  # into reused buffers, hashed behind
+                fh.write(block)
+                progress.update(task, advance=len(block))
         if art["kind"] == "file":
             actual = f"sha256:{h.hexdigest()}"
             if actual != art["digest"]:
@@ -389,7 +388,9 @@ def pull(
             os.replace(tmp, dest)
         else:
             _extract_verified(Path(tmp), dest, {f["path"]: f["digest"] for f in art["files"]})
-    except httpx.HTTPError as exc:
+    except ForgehubError as exc:
+        exit_for(exc, c.server)
+    except (OSError, http.client.HTTPException) as exc:
         fail(f"download broke off: {exc}")
     finally:
         h.close()

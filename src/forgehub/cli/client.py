@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -190,6 +192,41 @@ class Client:
         extra_headers: dict[str, str] | None = None,
     ) -> Any:
         import http.client
+
+        conn, r = self._send(method, path, body, params, extra_headers)
+        try:
+            raw = r.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unreachable(f"cannot reach {self.server}: {exc}") from None
+        finally:
+            conn.close()
+        if r.status == 204 or not raw:
+            return None
+        return json.loads(raw)
+
+    @contextmanager
+    def download(self, path: str) -> Iterator[Any]:
+        """``GET path`` as an ``http.client`` response, its body left to read (``readinto``
+        into the caller's own buffers: no per-block layers or allocations); an error answer
+        raises its typed error."""
+        conn, r = self._send("GET", path, None, None, {"Accept": "*/*"}, timeout=300)
+        try:
+            yield r
+        finally:
+            conn.close()
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: Any,
+        extra_headers: dict[str, str] | None = None,
+        timeout: float | None = 60,
+    ) -> tuple[Any, Any]:
+        """The connection and the response (its body unread) of one request; an error answer
+        raises its typed error, an unreachable server Unreachable."""
+        import http.client
         from urllib.parse import urlencode, urlsplit
 
         url = urlsplit(self.server)
@@ -210,22 +247,21 @@ class Client:
             headers["Content-Type"] = "application/json"
         conn: http.client.HTTPConnection
         if url.scheme == "https":
-            conn = http.client.HTTPSConnection(url.netloc, timeout=60)
+            conn = http.client.HTTPSConnection(url.netloc, timeout=timeout)
         else:
-            conn = http.client.HTTPConnection(url.netloc, timeout=60)
+            conn = http.client.HTTPConnection(url.netloc, timeout=timeout)
         try:
             conn.request(method, url.path.rstrip("/") + path, body=data, headers=headers)
             r = conn.getresponse()
-            raw = r.read()
+            if r.status >= 400:
+                raise from_answer(r.status, r.read().decode("utf-8", "replace"))
         except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(f"cannot reach {self.server}: {exc}") from None
-        finally:
             conn.close()
-        if r.status >= 400:
-            raise from_answer(r.status, raw.decode("utf-8", "replace"))
-        if r.status == 204 or not raw:
-            return None
-        return json.loads(raw)
+            raise Unreachable(f"cannot reach {self.server}: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn, r
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
