@@ -44,10 +44,11 @@ def ts(value: str) -> float:
 
 def wait_all(api: httpx.Client, ids: list[str], timeout: float = 600) -> None:
     """Until no job is waiting or running: counts only (limit=1), so that watching does not
-    load the server it measures (a listing of hundreds of jobs every 50 ms would)."""
+    load the server it measures (a listing of hundreds of jobs every 50 ms would), and one
+    count a look while jobs are queued (the next states are asked only once none is)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        busy = sum(
+        busy = any(
             api.get("/api/v1/jobs", params={"state": s, "limit": 1}).json()["total"]
             for s in ("queued", "starting", "running")
         )
