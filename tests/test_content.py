@@ -187,7 +187,7 @@ def test_a_folder_manifest_lists_regular_files_in_a_fixed_order(tmp_path: Path) 
     """The manifest, and so a folder's digest, depends on the order of its files: a folder's
     own files by name, then each sub-folder by name. Links and special files are not in it
     (a push refuses them unless asked to follow links), and the digest is the manifest's."""
-    from forgehub.artifacts.digests import build_manifest, hash_bytes
+    from forgehub.artifacts.digests import build_manifest, hash_bytes, regular_files
 
     root = tmp_path / "t"
     for rel, body in [
@@ -213,6 +213,11 @@ def test_a_folder_manifest_lists_regular_files_in_a_fixed_order(tmp_path: Path) 
     assert set(stamps) == {e.path for e in entries}
     assert manifest.startswith(b'{"files":[{"digest":"' + sha(b"1").encode())
     assert hash_bytes(manifest) == sha(manifest)
+    # the push's one listing names what it must refuse, and gives the same manifest
+    odd: list[str] = []
+    files = regular_files(root, odd)
+    assert sorted(odd) == ["a/link", "dirlink", "fifo"]
+    assert build_manifest(root, files=files)[0] == manifest
 
 
 def test_a_download_hashed_behind_its_reads_reuses_a_few_buffers(tmp_path: Path) -> None:

@@ -23,10 +23,10 @@ from forgehub.artifacts.digests import (
     BackgroundHash,
     ManifestEntry,
     Progress,
-    _noop,
     build_manifest,
     hash_bytes,
     hash_file,
+    no_progress,
 )
 from forgehub.artifacts.packs import (
     PACK_BELOW,
@@ -107,7 +107,7 @@ def _upload_blob(
                 progress(len(block))
                 yield block
 
-    if progress is _noop:
+    if progress is no_progress:
         adapter.put_file(key, source)  # each back end's fastest path from disk
     else:
         adapter.put(key, chunks(), size)
@@ -131,7 +131,7 @@ def _changed_while_pushed(path: Path) -> IntegrityError:
 def push_path(
     adapter: StorageAdapter,
     path: Path,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     known: Known | None = None,
     pack: bool | None = None,
 ) -> PushResult:
@@ -142,7 +142,7 @@ def push_path(
     if path.is_dir():
         manifest, entries, stamps = build_manifest(path)
         return push_tree(adapter, path, manifest, entries, stamps, progress, known, pack)
-    if isinstance(adapter, LocalStorage) and progress is _noop:
+    if isinstance(adapter, LocalStorage) and progress is no_progress:
         return _push_file_locally(adapter, path)
     before = file_stamp(path)
     digest, size = hash_file(path)
@@ -156,7 +156,7 @@ def push_tree(
     manifest: bytes,
     entries: list[ManifestEntry],
     stamps: dict[str, Stamp],
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     known: Known | None = None,
     pack: bool | None = None,
 ) -> PushResult:
@@ -192,7 +192,7 @@ def push_tree(
             layout.update(where)
     if layout:
         adapter.put(layout_key(digest), encode_layout(layout))
-    uploaded += _upload_blob(adapter, digest, len(manifest), manifest, _noop)
+    uploaded += _upload_blob(adapter, digest, len(manifest), manifest, no_progress)
     return PushResult(digest, "dir", sum(e.size for e in entries), uploaded, layout)
 
 
@@ -276,7 +276,7 @@ def _adopt(store: LocalStorage, staged: Path, digest: str, size: int) -> PushRes
 
 
 def verified_stream(
-    adapter: StorageAdapter, digest: str, progress: Progress = _noop
+    adapter: StorageAdapter, digest: str, progress: Progress = no_progress
 ) -> Iterator[bytes]:
     """The blob's bytes; raises IntegrityError at the end if they do not match the digest.
     A file of the server's own store verified when stored and unchanged since (the store keeps
@@ -305,12 +305,12 @@ def fetch_file(
     digest: str,
     dest: Path,
     mode: int | None = None,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> None:
     """Download a blob to ``dest`` atomically, verified; a corrupt copy never appears."""
     key = blob_key(digest)
     # same machine: a kernel copy, unless the caller follows (and may stop) the download
-    store = adapter if isinstance(adapter, LocalStorage) and progress is _noop else None
+    store = adapter if isinstance(adapter, LocalStorage) and progress is no_progress else None
     source = store.local_path(key) if store is not None else None
     with atomic_path(dest, ".fetch-", mode) as tmp:
         if store is None or source is None:
@@ -349,7 +349,7 @@ def read_members(
 
 
 def pull_to(
-    adapter: StorageAdapter, digest: str, kind: str, dest: Path, progress: Progress = _noop
+    adapter: StorageAdapter, digest: str, kind: str, dest: Path, progress: Progress = no_progress
 ) -> None:
     """Materialise an artifact at ``dest`` (a file, or a directory for a manifest)."""
     if kind != "dir":

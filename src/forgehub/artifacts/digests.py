@@ -18,11 +18,12 @@ Progress = Callable[[int], None]
 BLOCK = 1 << 20  # bytes read at a time
 
 
-def _noop(n: int) -> None:
+def no_progress(_n: int) -> None:
+    """A progress callback that reports nothing (the default; ``is`` tells it apart)."""
     return None
 
 
-def hash_file(path: Path, progress: Progress = _noop) -> tuple[str, int]:
+def hash_file(path: Path, progress: Progress = no_progress) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
     buf = bytearray(BLOCK)  # one buffer, refilled: no allocation per block
@@ -101,11 +102,12 @@ class ManifestEntry:
     mode: int
 
 
-def regular_files(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
+def regular_files(root: Path, odd: list[str] | None = None) -> list[tuple[str, os.DirEntry[str]]]:
     """The regular files under ``root`` as (relative path, entry), in manifest order: a
     folder's files by name, then its sub-folders by name. Links, and what is neither file nor
-    folder, are left out; an unreadable folder is skipped. One ``scandir`` per folder: the
-    kind of each entry comes with it, without a ``stat``."""
+    folder, are left out (their relative paths added to ``odd``, when given); an unreadable
+    folder is skipped. One ``scandir`` per folder: the kind of each entry comes with it,
+    without a ``stat``."""
     out: list[tuple[str, os.DirEntry[str]]] = []
 
     def walk(folder: str, rel: str) -> None:
@@ -116,12 +118,12 @@ def regular_files(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
             return
         subfolders = []
         for e in entries:
-            if e.is_symlink():
-                continue
             if e.is_dir(follow_symlinks=False):
                 subfolders.append(e)
             elif e.is_file(follow_symlinks=False):
                 out.append((rel + e.name, e))
+            elif odd is not None:  # a link, a socket, a device, …
+                odd.append(rel + e.name)
         for e in subfolders:
             walk(e.path, rel + e.name + "/")
 
@@ -131,15 +133,17 @@ def regular_files(root: Path) -> list[tuple[str, os.DirEntry[str]]]:
 
 def build_manifest(
     root: Path,
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
     hasher: Callable[[Path, Progress], tuple[str, int]] | None = None,
+    files: list[tuple[str, os.DirEntry[str]]] | None = None,
 ) -> tuple[bytes, list[ManifestEntry], dict[str, Stamp]]:
     """The manifest of a directory, its entries, and each file's stamp from before hashing
-    (``hasher``: one that remembers, see :mod:`forgehub.artifacts.hashcache`)."""
+    (``hasher``: one that remembers, see :mod:`forgehub.artifacts.hashcache`; ``files``: its
+    :func:`regular_files`, when the caller has listed them already)."""
     hasher = hasher or hash_file
     entries = []
     stamps = {}
-    for rel, e in regular_files(root):
+    for rel, e in regular_files(root) if files is None else files:
         st = e.stat(follow_symlinks=False)
         stamps[rel] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         digest, size = hasher(Path(e.path), progress)

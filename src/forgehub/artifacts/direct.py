@@ -28,18 +28,13 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from forgehub.artifacts import packs
-from forgehub.artifacts.content import (
-    WORKERS,
-    ManifestEntry,
-    hash_bytes,
-    results,
-)
+from forgehub.artifacts.content import WORKERS, results
+from forgehub.artifacts.digests import ManifestEntry, Progress, hash_bytes, no_progress
 from forgehub.artifacts.packs import Packed, by_pack, group
 from forgehub.fsutil import atomic_path, copy_file
 from forgehub.storage.base import CHUNK, IntegrityError, Unavailable
 
 Call = Callable[..., Any]  # (path, json=...) -> the API's JSON answer (the CLI's Client.post)
-Progress = Callable[[int], None]
 GRANTS_PER_CALL = 1000
 PART = 16 << 20  # a large file is read in parts of this size, in parallel
 # A download is written in blocks of this size: with many parts writing one file, 1 MB
@@ -48,17 +43,13 @@ PART = 16 << 20  # a large file is read in parts of this size, in parallel
 RECV = 64 << 10
 
 
-def _noop(_n: int) -> None:
-    return None
-
-
 class Transfers:
     """One pool of threads, each with its own kept-alive connections, for a whole push or
     pull. The bytes go through :mod:`http.client` with large reads and writes straight from
     and to the file (``sendfile``, ``readinto`` and ``pwrite``): a general-purpose client's
     per-chunk layers cost more CPU than the transfer itself."""
 
-    def __init__(self, progress: Progress = _noop) -> None:
+    def __init__(self, progress: Progress = no_progress) -> None:
         self.progress = progress
         self.pool = ThreadPoolExecutor(WORKERS)
         self._local = threading.local()
@@ -288,7 +279,7 @@ def push(
     entries: list[ManifestEntry],
     manifest: bytes | None,
     params: dict[str, Any],
-    progress: Progress = _noop,
+    progress: Progress = no_progress,
 ) -> tuple[dict[str, Any], int] | None:
     """Push straight to the store; None if the store is reached through the server. Returns
     the artifact and the bytes sent."""
@@ -364,7 +355,7 @@ def push(
 
 
 # -- pull ---------------------------------------------------------------------------------------
-def pull(plan: dict[str, Any], dest: Path, progress: Progress = _noop) -> None:
+def pull(plan: dict[str, Any], dest: Path, progress: Progress = no_progress) -> None:
     """Materialise an artifact from a pull plan (``GET /artifacts/{ref}/plan``) at ``dest``."""
     urls = plan["urls"]
     with Transfers(progress) as t:

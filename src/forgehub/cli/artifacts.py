@@ -156,24 +156,6 @@ def _file_chunks(path: Path, progress: Progress, task: Any) -> Iterator[bytes]:
             yield block
 
 
-def _links(root: Path) -> list[Path]:
-    """Symbolic links and other non-regular files under ``root``, which a push cannot store."""
-    odd: list[Path] = []
-    folders = [os.fspath(root)]
-    while folders:
-        try:
-            with os.scandir(folders.pop()) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError:
-            continue
-        for e in entries:  # each entry's kind comes with the listing: no stat per file
-            if e.is_dir(follow_symlinks=False):
-                folders.append(e.path)
-            elif e.is_symlink() or not e.is_file(follow_symlinks=False):
-                odd.append(Path(e.path))
-    return odd
-
-
 def _tar_chunks(root: Path, progress: Progress, task: Any, follow: bool = False) -> Iterator[bytes]:
     """A tar stream of ``root`` built on the fly (no temporary archive); with ``follow``,
     linked files are stored as the files they point at."""
@@ -214,13 +196,17 @@ def push(
     """Push a file or folder as an artifact (nothing is re-sent that the store has)."""
     if not path.exists():
         fail(f"{path} does not exist")
+    files = None
     if path.is_dir() and not follow_links:
-        odd = _links(path)
+        from forgehub.artifacts.digests import regular_files
+
+        odd: list[str] = []
+        files = regular_files(path, odd)  # listed once: checked here, hashed below
         if odd:
             fail(
                 f"{path} holds {len(odd)} symbolic link(s) or special file(s), which an artifact "
-                f"cannot hold (first: {odd[0].relative_to(path)}); push with --follow-links to "
-                "store what links point at, or remove them"
+                f"cannot hold (first: {odd[0]}); push with --follow-links to store what links "
+                "point at, or remove them"
             )
     c = Client(server, token)
     params: dict[str, Any] = {"filename": path.name}
@@ -229,7 +215,7 @@ def push(
     if name:
         n, _, t = name.partition(":")
         params["name"], params["tag"] = n, t or "latest"
-    local = None if follow_links else _digests(path)
+    local = None if follow_links else _digests(path, files)
     if local is not None:
         art = _known(c, local[0], params)
         if art is not None:  # unchanged: one question, nothing sent
@@ -286,10 +272,10 @@ def _push_direct(
         fail(f"push failed: {exc}")
 
 
-def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
-    """The digest of a file or folder, its files and (a folder) its manifest, worked out
-    locally; the digests of files hashed before are remembered, so an unchanged tree is not
-    read again."""
+def _digests(path: Path, files: list[Any] | None) -> tuple[str, list[Any], bytes | None]:
+    """The digest of a file or folder (``files``: its regular files, listed), its files and
+    (a folder) its manifest, worked out locally; the digests of files hashed before are
+    remembered, so an unchanged tree is not read again."""
     from forgehub.artifacts.digests import ManifestEntry, build_manifest, hash_bytes
     from forgehub.artifacts.hashcache import HashCache
 
@@ -299,7 +285,7 @@ def _digests(path: Path) -> tuple[str, list[Any], bytes | None]:
         with spinner:
             if path.is_dir():
                 cache.preload(path)
-                manifest, entries, _ = build_manifest(path, hasher=cache.hash)
+                manifest, entries, _ = build_manifest(path, hasher=cache.hash, files=files)
                 return hash_bytes(manifest), entries, manifest
             digest, size = cache.hash(path, lambda _n: None)
             return digest, [ManifestEntry(path.name, digest, size, 0o644)], None

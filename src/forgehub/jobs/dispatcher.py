@@ -517,9 +517,7 @@ class Dispatcher:
                 )
             )
         for job_id, ref, conn in rows:
-            if ref and job_id not in self._cancelled:
-                self._cancelled.add(job_id)
-                self._pool.submit(self._cancel_one, job_id, ref, conn)
+            self._cancel_on_backend(job_id, ref, conn)
 
     def _time_limits(self) -> None:
         """Jobs past their time limit (and its grace) are cancelled on their back end and
@@ -537,9 +535,8 @@ class Dispatcher:
             limit = Resources.model_validate(spec.get("resources", {})).time_limit_s
             if now - started_at <= timedelta(seconds=limit + GRACE_S):
                 continue
-            if ref and job_id not in self._cancelled and not self.adapter(conn).pull:
-                self._cancelled.add(job_id)
-                self._pool.submit(self._cancel_one, job_id, ref, conn)
+            if conn.kind in pushed():  # a worker's runner hears at its next report
+                self._cancel_on_backend(job_id, ref, conn)
             with self.db.session() as s:
                 j = s.get(Job, job_id)
                 if j is not None and j.state in service.ACTIVE:
@@ -564,6 +561,12 @@ class Dispatcher:
                 who = "worker" if self.adapter(conn).pull else "runner"
                 if lose(s, j, f"the {who} stopped answering (lease lapsed)"):
                     self.notify()
+
+    def _cancel_on_backend(self, job_id: str, ref: str | None, conn: ComputeConnection) -> None:
+        """Ask the back end (once) to stop a job the server started there, in the background."""
+        if ref and job_id not in self._cancelled:
+            self._cancelled.add(job_id)
+            self._pool.submit(self._cancel_one, job_id, ref, conn)
 
     def _cancel_one(self, job_id: str, ref: str, conn: ComputeConnection) -> None:
         try:
