@@ -218,3 +218,26 @@ def test_plain_output_is_what_rich_prints_to_a_pipe(monkeypatch: pytest.MonkeyPa
     real.print_json(doc)
     real.print(line, markup=False, highlight=False)
     assert ours.getvalue() == theirs.getvalue()
+
+
+def test_a_direct_transfer_loads_no_storage_layer() -> None:
+    """A push or pull straight to a store (presigned URLs) moves bytes with the standard
+    library: the CLI's artifact commands and the transfer engine import neither pydantic nor
+    the storage adapters (~150 ms before the first byte moved)."""
+    probe = (
+        "import sys, forgehub.cli.artifacts, forgehub.artifacts.direct, forgehub.storage.errors\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mods = set(r.stdout.split())
+    assert "forgehub.artifacts.direct" in mods
+    for heavy in (
+        "pydantic",
+        "forgehub.storage.base",
+        "forgehub.storage.registry",
+        "forgehub.artifacts.content",
+        "rich",
+        "httpx",
+    ):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in mods), heavy

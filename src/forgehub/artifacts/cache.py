@@ -158,8 +158,9 @@ def materialise(
     """An artifact as a local path: its cached file, or for a folder (``kind`` ``dir``) a
     directory at ``dest`` of links into the cache. ``check`` is called along the way; raising
     from it abandons the work."""
-    from forgehub.artifacts.content import WORKERS, parse_manifest, read_members, results
+    from forgehub.artifacts.content import parse_manifest, read_members
     from forgehub.artifacts.packs import by_pack, read_layout
+    from forgehub.artifacts.parallel import WORKERS, results
 
     def progress(_n: int = 0) -> None:
         if check is not None:

@@ -39,15 +39,17 @@ from forgehub.artifacts.packs import (
     layout_key,
     read_layout,
 )
+from forgehub.artifacts.parallel import WORKERS, results
 from forgehub.fsutil import Stamp, atomic_path, copy_file, file_stamp, open_empty
 from forgehub.storage.base import CHUNK, IntegrityError, InvalidKey, StorageAdapter
 from forgehub.storage.blobstore import blob_key
 from forgehub.storage.local import LocalStorage
 
 MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
-T = TypeVar("T")
 Known = Callable[[set[str]], Layout]  # which of these digests the store holds in packs, where
-WORKERS = 16  # objects in flight at once: a store's round trip, not its bandwidth, is the limit
+
+
+T = TypeVar("T")
 
 
 def _safe_rel(path: str) -> str:
@@ -194,20 +196,6 @@ def push_tree(
         adapter.put(layout_key(digest), encode_layout(layout))
     uploaded += _upload_blob(adapter, digest, len(manifest), manifest, no_progress)
     return PushResult(digest, "dir", sum(e.size for e in entries), uploaded, layout)
-
-
-def results(futures: list[Future[T]]) -> list[T]:
-    """Each future's result; the first failure is raised once the others are done (a cancel
-    raised from ``progress`` ends them all quickly)."""
-    out, failure = [], None
-    for f in futures:
-        try:
-            out.append(f.result())
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            failure = failure or exc
-    if failure is not None:
-        raise failure
-    return out
 
 
 def _push_pack(

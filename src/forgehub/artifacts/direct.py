@@ -28,11 +28,11 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from forgehub.artifacts import packs
-from forgehub.artifacts.content import WORKERS, results
 from forgehub.artifacts.digests import ManifestEntry, Progress, hash_bytes, no_progress
 from forgehub.artifacts.packs import Packed, by_pack, group
+from forgehub.artifacts.parallel import WORKERS, results
 from forgehub.fsutil import atomic_path, copy_file
-from forgehub.storage.base import CHUNK, IntegrityError, Unavailable
+from forgehub.storage.errors import CHUNK, IntegrityError, Unavailable
 
 Call = Callable[..., Any]  # (path, json=...) -> the API's JSON answer (the CLI's Client.post)
 GRANTS_PER_CALL = 1000

@@ -21,10 +21,13 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from forgehub.storage.base import IntegrityError, InvalidKey, ObjectNotFound, StorageAdapter
 from forgehub.storage.blobstore import check_digest
+from forgehub.storage.errors import IntegrityError, InvalidKey, ObjectNotFound
+
+if TYPE_CHECKING:
+    from forgehub.storage.base import StorageAdapter
 
 PACK_BELOW = 256 << 10  # files smaller than this are packed
 PACK_SIZE = 4 << 20  # a pack is closed once it holds this much

@@ -53,7 +53,29 @@ def _size(n: int) -> str:
     return str(n)
 
 
+class _Quiet:
+    """The progress of a command whose stderr is not a terminal: nothing to draw there, so
+    rich is not loaded for it."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *_a: Any, **_k: Any) -> int:
+        return 0
+
+    def update(self, *_a: Any, **_k: Any) -> None:
+        return None
+
+    def reset(self, *_a: Any, **_k: Any) -> None:
+        return None
+
+
 def _progress() -> Progress:
+    if err.plain():
+        return _Quiet()  # type: ignore[return-value]
     from rich.progress import (  # only where something moves
         BarColumn,
         DownloadColumn,
@@ -254,7 +276,7 @@ def _push_direct(
     task: Any,
 ) -> tuple[dict[str, Any], int] | None:
     from forgehub.artifacts import direct
-    from forgehub.storage.base import StorageError
+    from forgehub.storage.errors import StorageError
 
     digest, entries, manifest = local
     try:
@@ -334,7 +356,7 @@ def pull(
     plan = c.get(f"/api/v1/artifacts/{ref}/plan")
     if plan["direct"]:  # straight from the store, in parallel
         from forgehub.artifacts import direct
-        from forgehub.storage.base import StorageError
+        from forgehub.storage.errors import StorageError
 
         with _progress() as progress:
             task = progress.add_task(f"pull {ref}", total=art["size"])

@@ -35,7 +35,7 @@ class Console:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.rich, name)
 
-    def _plain(self) -> bool:
+    def plain(self) -> bool:
         """Output that rich would leave as it is: not a terminal (no colours), soft-wrapped (no
         line breaks added), colours not forced. It goes out without loading rich."""
         if self._real is not None or not self._options.get("soft_wrap"):
@@ -47,7 +47,7 @@ class Console:
 
     def line(self, text: str) -> None:
         """One line of plain text (no markup: names in it are printed as they are)."""
-        if self._plain():
+        if self.plain():
             stream = sys.stderr if self._options.get("stderr") else sys.stdout
             stream.write(text + "\n")
         else:
@@ -55,7 +55,7 @@ class Console:
 
     def print_json(self, text: str) -> None:
         """JSON indented as rich indents it, coloured only on a terminal."""
-        if self._plain():
+        if self.plain():
             sys.stdout.write(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n")
         else:
             self.rich.print_json(text)

@@ -25,32 +25,33 @@ from typing import IO, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-CHUNK = 1 << 20
+from forgehub.storage.errors import (
+    CHUNK,
+    AccessDenied,
+    IntegrityError,
+    InvalidKey,
+    ObjectNotFound,
+    StorageError,
+    Unavailable,
+)
+
+__all__ = [  # the errors too: they were always imported from here
+    "CHUNK",
+    "AccessDenied",
+    "AdapterConfig",
+    "IntegrityError",
+    "InvalidKey",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "StorageAdapter",
+    "StorageError",
+    "Unavailable",
+    "check_key",
+    "check_prefix",
+    "iter_stream",
+]
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class StorageError(Exception):
-    """Base of storage errors; the message is safe to show (no secrets)."""
-
-
-class ObjectNotFound(StorageError):
-    pass
-
-
-class InvalidKey(StorageError):
-    pass
-
-
-class AccessDenied(StorageError):
-    pass
-
-
-class Unavailable(StorageError):
-    pass
-
-
-class IntegrityError(StorageError):
-    pass
 
 
 def _is_secret(model: type[BaseModel], name: str) -> bool:

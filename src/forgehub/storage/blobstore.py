@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from forgehub.storage.base import IntegrityError, InvalidKey, ObjectNotFound
+from forgehub.storage.errors import IntegrityError, InvalidKey, ObjectNotFound
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 KEY_RE = re.compile(r"^blobs/sha256/([0-9a-f]{2})/([0-9a-f]{64})$")

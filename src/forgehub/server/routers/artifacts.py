@@ -212,7 +212,7 @@ def _direct(session: Session, principal: Principal, name: str | None, request: R
 def _parallel(fn: Any, items: list[Any]) -> list[Any]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from forgehub.artifacts.content import WORKERS
+    from forgehub.artifacts.parallel import WORKERS
 
     if not items:
         return []
