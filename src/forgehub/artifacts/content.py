@@ -46,10 +46,8 @@ from forgehub.storage.blobstore import blob_key
 from forgehub.storage.local import LocalStorage
 
 MANIFEST_MEDIA_TYPE = "application/vnd.forgehub.manifest.v1+json"
-Known = Callable[[set[str]], Layout]  # which of these digests the store holds in packs, where
-
-
 T = TypeVar("T")
+Known = Callable[[set[str]], Layout]  # which of these digests the store holds in packs, where
 
 
 def _safe_rel(path: str) -> str:

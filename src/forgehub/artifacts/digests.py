@@ -81,7 +81,10 @@ class BackgroundHash:
         buf = self._free.get()
         n = read(buf) or 0
         view = memoryview(buf)[:n]
-        self._q.put((view, buf)) if n else self._free.put(buf)
+        if n:
+            self._q.put((view, buf))
+        else:
+            self._free.put(buf)
         return view
 
     def hexdigest(self) -> str:

@@ -377,7 +377,7 @@ def pull(
     h = BackgroundHash()  # hashed in a thread while the blocks are written
     try:
         with (
-            os.fdopen(fd, "wb", buffering=0) as fh,
+            os.fdopen(fd, "wb") as fh,  # buffered: each write lands whole
             _progress() as progress,
             c.download(f"/api/v1/artifacts/{ref}/content") as r,
         ):

@@ -42,21 +42,23 @@ class Console:
             return False
         if os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE") == "1":
             return False
-        stream = sys.stderr if self._options.get("stderr") else sys.stdout
-        return not stream.isatty()
+        return not self._stream().isatty()
+
+    def _stream(self) -> Any:
+        return sys.stderr if self._options.get("stderr") else sys.stdout
 
     def line(self, text: str) -> None:
         """One line of plain text (no markup: names in it are printed as they are)."""
         if self.plain():
-            stream = sys.stderr if self._options.get("stderr") else sys.stdout
-            stream.write(text + "\n")
+            self._stream().write(text + "\n")
         else:
             self.rich.print(text, markup=False)
 
     def print_json(self, text: str) -> None:
         """JSON indented as rich indents it, coloured only on a terminal."""
         if self.plain():
-            sys.stdout.write(json.dumps(json.loads(text), indent=2, ensure_ascii=False) + "\n")
+            doc = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            self._stream().write(doc + "\n")
         else:
             self.rich.print_json(text)
 
