@@ -62,14 +62,17 @@ def in_thread(coro: Any) -> Any:
     return out[0]
 
 
-async def _drive(url: str, token: str, seconds: float, clients: int) -> list[int]:
+async def _drive(
+    url: str, token: str, seconds: float, clients: int, until: threading.Event | None = None
+) -> list[int]:
+    """Keep ``clients`` requests in flight for ``seconds`` (or until ``until`` is set)."""
     image, _label = digit_png(7)
     statuses: list[int] = []
     stop = time.monotonic() + seconds
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=120) as c:
 
         async def one() -> None:
-            while time.monotonic() < stop:
+            while time.monotonic() < stop and not (until and until.is_set()):
                 r = await c.post(url, files={"image": ("d.png", image, "image/png")})
                 statuses.append(r.status_code)
 

@@ -97,19 +97,29 @@ def _scales_on_ray_serve(tmp_path: Path) -> None:
             assert r.status_code == 404
 
             seen: list[int] = []
-            done = threading.Event()
+            done, scaled = threading.Event(), threading.Event()
 
             def watch() -> None:
+                at_two = None
                 while not done.is_set():
                     seen.append(
                         admin.get(f"/api/v1/deployments/{dep['id']}").json()["replicas"]["ready"]
                     )
+                    if seen[-1] >= 2 and at_two is None:
+                        at_two = time.monotonic()
+                    # a few seconds more of load on both replicas, then stop driving
+                    if at_two is not None and time.monotonic() - at_two > 5:
+                        scaled.set()
                     time.sleep(0.5)
 
             watcher = threading.Thread(target=watch)
             watcher.start()
             try:
-                statuses = in_thread(_drive(srv.url + base, srv.admin_token, 30, clients=6))
+                # the load lasts until the second replica is up (starting one is slow on a busy
+                # 2-core machine), for at most three minutes
+                statuses = in_thread(
+                    _drive(srv.url + base, srv.admin_token, 180, clients=6, until=scaled)
+                )
             finally:
                 done.set()
                 watcher.join()
