@@ -40,8 +40,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Test files run on TEST_PROCS processes at once (most of a test's time is waiting for a server, a
+# cluster or a browser); tests marked `serial` (load and autoscaling, which measure what a machine
+# does under them) run afterwards, alone. Exit 5 is "no test selected" (PYTEST_ARGS chose none).
+TEST_PROCS ?= 3
 pytest: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@rc=0; \
+	$(BIN)/pytest -n $(TEST_PROCS) --dist loadfile --durations=15 -m "not serial" $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	$(BIN)/pytest -p no:xdist -m serial $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	exit $$rc
 
 test: install services lint typecheck pytest  ## install, start services, lint, type-check, run every test
 

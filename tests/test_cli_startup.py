@@ -75,6 +75,7 @@ def test_a_command_group_loads_only_its_own_module(args: tuple[str, ...]) -> Non
         assert not any(m == heavy or m.startswith(heavy + ".") for m in mods), heavy
 
 
+@pytest.mark.serial  # wall time of imports: measured alone
 def test_its_imports_stay_under_budget() -> None:
     """``python -X importtime``: what ``forgehub artifact ls`` imports, summed over the
     top-level imports (~100 ms on a quiet machine; the server's app alone takes over a

@@ -328,6 +328,7 @@ def test_training_start_list_get(pairs: dict[str, Pair]) -> None:
     same(*p.both("POST", "/v2/models/deepaas-test/train/", params={"sleep": "soon"}), 422)
 
 
+@pytest.mark.serial  # cancels 0.5 s into a training: both servers must be started by then
 def test_training_cancel(pairs: dict[str, Pair]) -> None:
     p = pairs["test"]
     a, b = p.both("POST", "/v2/models/deepaas-test/train/", params={"sleep": 30})

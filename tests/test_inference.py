@@ -19,6 +19,9 @@ from tests.modelapi_helpers import digit_png
 from tests.services import ForgehubServer, started
 from tests.test_dashboard import browser  # noqa: F401 - the fixture
 
+# replicas scale from what a machine does under load: measured alone (see the Makefile)
+pytestmark = pytest.mark.serial
+
 FINISHED = {"stopped", "failed"}
 
 

@@ -23,6 +23,9 @@ from tests.modelapi_helpers import digit_png
 from tests.services import ForgehubServer, RayHead, started
 from tests.test_inference import _drive, in_thread, wait_for
 
+# replicas scale from what a machine does under load: measured alone (see the Makefile)
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parent.parent
 INNER = "FORGEHUB_TEST_NETNS"
 

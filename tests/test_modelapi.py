@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sklearn.datasets import load_digits
 
@@ -132,11 +133,21 @@ def test_deepaas_demo_model(tmp_path: Path) -> None:
         assert r.status_code == 422 and r.json() == {"data": ["Missing data for required field."]}
 
 
+@pytest.fixture
+def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary directory for this test's process alone (other tests, run at the same time,
+    write uploads to the shared one)."""
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
+
+
 def _predict_dirs() -> set[str]:
     return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("forgehub-upload-")}
 
 
-def test_uploaded_temp_files_are_removed(tmp_path: Path) -> None:
+def test_uploaded_temp_files_are_removed(tmp_path: Path, own_tmp: Path) -> None:
     png, _ = digit_png(1)
     before = _predict_dirs()
     with model_client(tmp_path, "digits", STYLE) as c:
@@ -160,7 +171,7 @@ def test_uploaded_temp_files_are_removed(tmp_path: Path) -> None:
         assert _predict_dirs() - before == set()
 
 
-def test_malformed_multipart_gives_400_and_leaves_no_files(tmp_path: Path) -> None:
+def test_malformed_multipart_gives_400_and_leaves_no_files(tmp_path: Path, own_tmp: Path) -> None:
     before = _predict_dirs()
     url = "/v2/models/deepaas_style/predict/"
     with model_client(tmp_path, STYLE) as c:

@@ -21,6 +21,10 @@ import pytest
 
 from tests.services import S3_ACCESS, S3_SECRET, Cluster, Postgres
 
+# servers killed and started again while jobs run, duties and replicas back within seconds:
+# what a machine does when nothing else runs on it (see the Makefile)
+pytestmark = pytest.mark.serial
+
 N_JOBS = 200
 
 
