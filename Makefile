@@ -41,13 +41,14 @@ typecheck: install
 	$(BIN)/mypy
 
 # Test files run on TEST_PROCS processes at once (most of a test's time is waiting for a server, a
-# cluster or a browser); tests marked `serial` (load and autoscaling, which measure what a machine
-# does under them) run afterwards, alone. Exit 5 is "no test selected" (PYTEST_ARGS chose none).
+# cluster or a browser); tests marked `serial` (timing-sensitive: load, autoscaling, restarts)
+# run afterwards, alone. A part in which PYTEST_ARGS selects no test (exit 5) is not a failure.
 TEST_PROCS ?= 3
+PYTEST_PART = $(BIN)/pytest $(1) $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; };
 pytest: install
 	@rc=0; \
-	$(BIN)/pytest -n $(TEST_PROCS) --dist loadfile --durations=15 -m "not serial" $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
-	$(BIN)/pytest -p no:xdist -m serial $(PYTEST_ARGS) || { s=$$?; [ $$s -eq 5 ] || rc=$$s; }; \
+	$(call PYTEST_PART,-n $(TEST_PROCS) --dist loadfile --durations=15 -m "not serial") \
+	$(call PYTEST_PART,-p no:xdist -m serial) \
 	exit $$rc
 
 test: install services lint typecheck pytest  ## install, start services, lint, type-check, run every test

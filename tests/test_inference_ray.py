@@ -103,16 +103,13 @@ def _scales_on_ray_serve(tmp_path: Path) -> None:
             done, scaled = threading.Event(), threading.Event()
 
             def watch() -> None:
-                at_two = None
                 while not done.is_set():
                     seen.append(
                         admin.get(f"/api/v1/deployments/{dep['id']}").json()["replicas"]["ready"]
                     )
-                    if seen[-1] >= 2 and at_two is None:
-                        at_two = time.monotonic()
-                    # a few seconds more of load on both replicas, then stop driving
-                    if at_two is not None and time.monotonic() - at_two > 5:
-                        scaled.set()
+                    if seen[-1] >= 2 and not scaled.is_set():
+                        done.wait(5)  # a few seconds more of load on both replicas
+                        scaled.set()  # then the load stops
                     time.sleep(0.5)
 
             watcher = threading.Thread(target=watch)

@@ -134,22 +134,21 @@ def test_deepaas_demo_model(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def own_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A temporary directory for this test's process alone (other tests, run at the same time,
-    write uploads to the shared one)."""
+    write uploads to the shared one): it holds no upload before the test."""
     d = tmp_path / "tmp"
     d.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
 
 
 def _predict_dirs() -> set[str]:
     return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("forgehub-upload-")}
 
 
-def test_uploaded_temp_files_are_removed(tmp_path: Path, own_tmp: Path) -> None:
+@pytest.mark.usefixtures("own_tmp")
+def test_uploaded_temp_files_are_removed(tmp_path: Path) -> None:
     png, _ = digit_png(1)
-    before = _predict_dirs()
     with model_client(tmp_path, "digits", STYLE) as c:
         for _ in range(3):
             c.post(f"{DIGITS}/predict/", files={"image": ("d.png", png, "image/png")})
@@ -168,11 +167,11 @@ def test_uploaded_temp_files_are_removed(tmp_path: Path, own_tmp: Path) -> None:
             assert r.status_code == 200, r.text
             assert r.json()["file"]["size"] == size
         time.sleep(0.2)
-        assert _predict_dirs() - before == set()
+        assert _predict_dirs() == set()
 
 
-def test_malformed_multipart_gives_400_and_leaves_no_files(tmp_path: Path, own_tmp: Path) -> None:
-    before = _predict_dirs()
+@pytest.mark.usefixtures("own_tmp")
+def test_malformed_multipart_gives_400_and_leaves_no_files(tmp_path: Path) -> None:
     url = "/v2/models/deepaas_style/predict/"
     with model_client(tmp_path, STYLE) as c:
         cut = (
@@ -197,7 +196,7 @@ def test_malformed_multipart_gives_400_and_leaves_no_files(tmp_path: Path, own_t
             headers={"content-type": "multipart/form-data; boundary=b"},
         )
         assert r.status_code == 400 and "too many files" in r.json()["message"]
-    assert _predict_dirs() - before == set()
+    assert _predict_dirs() == set()
 
 
 async def _chunks(body: bytes, size: int) -> AsyncIterator[bytes]:

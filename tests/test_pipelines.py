@@ -403,7 +403,9 @@ def test_the_dashboard_runs_a_pipeline_and_draws_its_graph_live(
     page.wait_for_selector("#run-state.state-succeeded", timeout=120_000)
     # once it has ended, the page reloads itself to list the outputs: check that page (and do
     # not navigate away while its reload is under way)
-    _wait_for_reload(page, 30)
+    page.wait_for_function(  # a function: the page's CSP refuses an expression's eval
+        "() => performance.getEntriesByType('navigation')[0].type === 'reload'", timeout=30_000
+    )
     page.wait_for_selector("#run-state.state-succeeded", timeout=30_000)
     for step in ("prepare", "train", "evaluate"):
         cls = page.locator(f'g[data-step="{step}"]').get_attribute("class") or ""
@@ -478,19 +480,3 @@ steps:
         api.post("/api/v1/pipelines/digits/publish", json={"published": False})
         assert fay.get("/api/v1/pipelines/admin/digits").status_code == 404
         assert visitor.get(f"/pipelines/p/{pid}").status_code == 404
-
-
-def _wait_for_reload(page: Any, timeout: float) -> None:
-    """Until the page is one that reloaded itself. Asked from here: Playwright's
-    ``wait_for_function`` polls with a string evaluated in the page, which the dashboard's CSP
-    (no ``unsafe-eval``) refuses once the first look comes back false."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            kind = page.evaluate("performance.getEntriesByType('navigation')[0].type")
-        except Exception:  # noqa: BLE001 - the reload under way replaced the document
-            kind = None
-        if kind == "reload":
-            return
-        assert time.monotonic() < deadline, f"the page did not reload itself (last: {kind})"
-        time.sleep(0.2)
