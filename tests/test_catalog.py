@@ -362,5 +362,75 @@ def _delete_entry(s: Any, name: str, delete: Any, facet: Any, module: Any) -> No
     m = s.scalar(select(module).where(module.name == name))
     s.execute(delete(facet).where(facet.module_id == m.id))
     if s.get_bind().dialect.name != "postgresql":
-        s.execute(text("DELETE FROM catalog_fts WHERE module_id = :id"), {"id": m.id})
+        s.execute(text("DELETE FROM catalog_fts WHERE rowid = :r"), {"r": m.fts_rowid})
     s.delete(m)
+
+
+def test_a_store_from_before_fts_rowids_upgrades_and_writes_find_their_row(
+    tmp_path: Path,
+) -> None:
+    """A SQLite store whose full-text rows were keyed only by module id (revision 0020) is
+    upgraded: each entry learns its row, a stale duplicate row goes, and a later save of the
+    entry replaces its own row (the old words stop matching, no second row appears)."""
+    from forgehub.catalog import service
+    from forgehub.catalog.metadata import ModuleMetadata
+    from forgehub.db import Database, upgrade
+    from forgehub.db.models import CatalogModule
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0020")
+    db = Database(url)
+    try:
+        with db.engine.begin() as conn:
+            for mid, name, words in (("m1", "alpha", "zebra"), ("m2", "beta", "otter")):
+                conn.execute(
+                    text(
+                        "INSERT INTO catalog_modules (id, name, title, summary, description, "
+                        "meta, source, deprecated, use_count, created_at, updated_at) VALUES "
+                        "(:id, :name, :name, '', '', '{}', 'added', 0, 0, CURRENT_TIMESTAMP, "
+                        "CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": mid, "name": name},
+                )
+                conn.execute(
+                    text(
+                        "INSERT INTO catalog_fts (module_id, name, title, summary, description, "
+                        "tags) VALUES (:id, :name, :name, '', :words, '')"
+                    ),
+                    {"id": mid, "name": name, "words": words},
+                )
+            # an older row of m1 that a lost delete left behind: the newer row counts
+            conn.execute(
+                text(
+                    "INSERT INTO catalog_fts (rowid, module_id, name, title, summary, "
+                    "description, tags) VALUES (0, 'm1', 'alpha', 'alpha', '', 'stale', '')"
+                )
+            )
+        upgrade(url)
+        with db.session() as s:
+            fts = dict(s.execute(text("SELECT rowid, module_id FROM catalog_fts")).all())
+            kept = {m.id: m.fts_rowid for m in s.scalars(select(CatalogModule))}
+        assert sorted(fts.values()) == ["m1", "m2"]  # the stale row is gone
+        assert kept == {mid: rowid for rowid, mid in fts.items()}
+        fts_m1 = kept["m1"]
+
+        def names(q: str) -> list[str]:
+            with db.session() as s:
+                return [i["name"] for i in service.search(s, service.SearchQuery(q=q))["items"]]
+
+        assert names("zebra") == ["alpha"] and names("otter") == ["beta"]
+        assert names("stale") == []
+        with db.session() as s:
+            meta = ModuleMetadata.model_validate({"title": "alpha", "summary": "now a lion"})
+            service.save_module(s, "alpha", meta, None)
+        assert names("lion") == ["alpha"] and names("zebra") == []
+        with db.session() as s:
+            meta = ModuleMetadata.model_validate({"title": "gamma", "summary": "a new one"})
+            gamma = service.save_module(s, "gamma", meta, None).id
+            rows = s.execute(text("SELECT module_id, rowid FROM catalog_fts")).all()
+            kept = {m.id: m.fts_rowid for m in s.scalars(select(CatalogModule))}
+        assert sorted(mid for mid, _ in rows) == sorted(["m1", "m2", gamma])  # one row each
+        assert dict(rows) == kept and kept["m1"] == fts_m1  # each entry knows its row
+        assert names("gamma") == ["gamma"]
+    finally:
+        db.dispose()

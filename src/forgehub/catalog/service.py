@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
-    bindparam,
     column,
     delete,
     func,
@@ -77,13 +76,17 @@ def _fts_index(session: Session, m: CatalogModule, meta: ModuleMetadata) -> None
             },
         )
         return
-    session.execute(text("DELETE FROM catalog_fts WHERE module_id = :id"), {"id": m.id})
-    session.execute(
+    # the entry's row is found by its rowid (module_id is not indexed: a WHERE on it reads the
+    # whole index) and written again under the same rowid, which the search index maps back
+    if m.fts_rowid is not None:
+        session.execute(text("DELETE FROM catalog_fts WHERE rowid = :r"), {"r": m.fts_rowid})
+    written: Any = session.execute(
         text(
-            "INSERT INTO catalog_fts (module_id, name, title, summary, description, tags) "
-            "VALUES (:id, :name, :title, :summary, :description, :tags)"
+            "INSERT INTO catalog_fts (rowid, module_id, name, title, summary, description, tags) "
+            "VALUES (:rowid, :id, :name, :title, :summary, :description, :tags)"
         ),
         {
+            "rowid": m.fts_rowid,
             "id": m.id,
             "name": m.name.replace("-", " ").replace("_", " "),
             "title": m.title,
@@ -92,6 +95,8 @@ def _fts_index(session: Session, m: CatalogModule, meta: ModuleMetadata) -> None
             "tags": " ".join(meta.tags),
         },
     )
+    if m.fts_rowid is None:
+        m.fts_rowid = int(written.lastrowid)  # a CursorResult: the row sqlite3 just wrote
 
 
 def save_module(
@@ -227,6 +232,10 @@ class SearchQuery:
     include_deprecated: bool = False
 
 
+# an entry as the index reads it: id, name, deprecated, updated_at, its full-text rowid (SQLite)
+Row = tuple[str, str, bool, Any, int | None]
+
+
 def _tokens(q: str) -> list[str]:
     return [t.lower() for t in _TOKEN.findall(q)][:16]
 
@@ -241,12 +250,7 @@ class _Index:
     lists and the whole-catalogue facet counts; only a deletion rebuilds it all.
     """
 
-    def __init__(
-        self,
-        rows: list[tuple[str, str, bool, Any]],
-        facets: list[tuple[str, str, str]],
-        fts_rows: dict[int, str] | None = None,
-    ) -> None:
+    def __init__(self, rows: list[Row], facets: list[tuple[str, str, str]]) -> None:
         self.rows: dict[str, tuple[str, bool, Any]] = {}  # id -> (name, deprecated, updated)
         self.fts_row: dict[int, str] = {}  # SQLite FTS5 rowid -> module id (rowids are cheap)
         self.fts_of: dict[str, int] = {}
@@ -271,7 +275,7 @@ class _Index:
         # visitors, share them
         self._kept: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._kept_lock = threading.Lock()
-        self.apply(rows, facets, fts_rows or {})
+        self.apply(rows, facets)
 
     def kept(self, key: tuple[Any, ...]) -> Any:
         with self._kept_lock:
@@ -295,12 +299,7 @@ class _Index:
         """Newest first (ties: by name, backwards)."""
         return (k[2] for k in reversed(self._times))
 
-    def apply(
-        self,
-        rows: list[tuple[str, str, bool, Any]],
-        facets: list[tuple[str, str, str]],
-        fts_rows: dict[int, str],
-    ) -> None:
+    def apply(self, rows: list[Row], facets: list[tuple[str, str, str]]) -> None:
         """Take the current state of the entries in ``rows`` (and all their facets)."""
         with self._kept_lock:
             self._kept.clear()  # a changed entry changes rankings and counts
@@ -311,8 +310,11 @@ class _Index:
         for mid, facet, value in facets:
             new_facets.setdefault(mid, []).append((facet, value))
         bulk = len(changed) > 64 or not self._names  # many (or the first build)
-        for mid, name, deprecated, updated in rows:
+        for mid, name, deprecated, updated, fts_rowid in rows:
             self.rows[mid] = (name, bool(deprecated), updated)
+            if fts_rowid is not None:
+                self.fts_row[fts_rowid] = mid
+                self.fts_of[mid] = fts_rowid
             self.every.add(mid)
             if not deprecated:
                 self.live.add(mid)
@@ -326,14 +328,11 @@ class _Index:
             self._tally(pairs, bool(deprecated), +1)
         if bulk:
             self.bits = {pair: self.mask(ids) for pair, ids in self.postings.items() if ids}
-        for rowid, mid in fts_rows.items():
-            self.fts_row[rowid] = mid
-            self.fts_of[mid] = rowid
         if bulk:  # sort once
             self._names = sorted((r[0], m) for m, r in self.rows.items())
             self._times = sorted((r[2], r[0], m) for m, r in self.rows.items())
         else:
-            for mid, name, _deprecated, updated in rows:
+            for mid, name, _deprecated, updated, _fts in rows:
                 bisect.insort(self._names, (name, mid))
                 bisect.insort(self._times, (updated, name, mid))
 
@@ -427,22 +426,26 @@ def _index(session: Session) -> _Index:
             rows = _rows(session, max(r[2] for r in seen.rows.values()))
             ids = [r[0] for r in rows]
             if len(seen.rows) + sum(1 for i in ids if i not in seen.rows) == size:
-                seen.apply(rows, _facets(session, ids), _fts_rows(session, ids))
+                seen.apply(rows, _facets(session, ids))
                 _indexes[engine] = ((size, str(last)), seen)
                 return seen
-        idx = _Index(_rows(session, None), _facets(session, None), _fts_rows(session, None))
+        idx = _Index(_rows(session, None), _facets(session, None))
         _indexes[engine] = ((size, str(last)), idx)
         return idx
 
 
-def _rows(session: Session, since: Any) -> list[tuple[str, str, bool, Any]]:
+def _rows(session: Session, since: Any) -> list[Row]:
     """Entries updated at or after ``since`` (all when None)."""
     stmt = select(
-        CatalogModule.id, CatalogModule.name, CatalogModule.deprecated, CatalogModule.updated_at
+        CatalogModule.id,
+        CatalogModule.name,
+        CatalogModule.deprecated,
+        CatalogModule.updated_at,
+        CatalogModule.fts_rowid,
     )
     if since is not None:
         stmt = stmt.where(CatalogModule.updated_at >= since)
-    return [(r[0], r[1], r[2], r[3]) for r in session.execute(stmt)]
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in session.execute(stmt)]
 
 
 def _facets(session: Session, ids: list[str] | None) -> list[tuple[str, str, str]]:
@@ -452,18 +455,6 @@ def _facets(session: Session, ids: list[str] | None) -> list[tuple[str, str, str
             return []
         stmt = stmt.where(CatalogFacet.module_id.in_(ids))
     return [(r[0], r[1], r[2]) for r in session.execute(stmt)]
-
-
-def _fts_rows(session: Session, ids: list[str] | None) -> dict[int, str]:
-    """SQLite FTS5 rowids of these modules (all when ``ids`` is None); none on PostgreSQL."""
-    if session.get_bind().dialect.name == "postgresql" or ids == []:
-        return {}
-    if ids is None:
-        rows = session.execute(text("SELECT rowid, module_id FROM catalog_fts"))
-    else:
-        stmt = text("SELECT rowid, module_id FROM catalog_fts WHERE module_id IN :ids")
-        rows = session.execute(stmt.bindparams(bindparam("ids", expanding=True)), {"ids": ids})
-    return {int(r[0]): r[1] for r in rows}
 
 
 def _fts(

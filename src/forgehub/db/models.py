@@ -214,6 +214,8 @@ class CatalogModule(Base):
     use_count: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # SQLite: the rowid of its row in the full-text index (catalog_fts), found without a scan
+    fts_rowid: Mapped[int | None] = mapped_column(default=None)
 
     versions: Mapped[list[CatalogVersion]] = relationship(
         back_populates="module", cascade="all, delete-orphan", order_by="CatalogVersion.created_at"
