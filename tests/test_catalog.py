@@ -351,6 +351,52 @@ def test_the_search_index_patched_after_writes_equals_a_rebuilt_one(
         db.dispose()
 
 
+def test_pages_ranked_in_part_are_the_pages_of_the_whole_ranking(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A common word's first page ranks only its best few dozen matches, and later pages, other
+    filters and other visitors reuse that start of the ranking while it reaches far enough:
+    every page, visited in any order, is that page of the whole ranking, with no entry shown
+    twice or skipped (ties in score are ordered too)."""
+    from forgehub.catalog import service
+    from forgehub.catalog.metadata import ModuleMetadata
+    from forgehub.db import Database, upgrade
+
+    monkeypatch.setattr(service, "KEEP_FROM", 1)  # every ranking kept, however short
+    upgrade(db_url)
+    db = Database(db_url)
+    try:
+        with db.session() as s:
+            for i in range(150):  # "river" in every entry, more often in some: many ties
+                meta = ModuleMetadata.model_validate(
+                    {
+                        "title": f"Model {i}",
+                        "summary": "river " * (1 + i % 4),
+                        "categories": ["AI4 trainable" if i % 3 else "AI4 inference"],
+                    }
+                )
+                service.save_module(s, f"m{i:03d}", meta, None)
+        visits = [(1, None), (2, None), (9, None), (1, "trainable"), (4, "inference"), (15, None)]
+        seen: dict[tuple[int, str | None], list[str]] = {}
+        with db.session() as s:
+            for page, cat in visits:
+                q = service.SearchQuery(
+                    q="river", page=page, per_page=10, filters={"category": [cat]} if cat else {}
+                )
+                seen[page, cat] = [i["name"] for i in service.search(s, q)["items"]]
+        service._indexes.clear()  # noqa: SLF001 - the reference: every match ranked at once
+        with db.session() as s:
+            for page, cat in visits:
+                q = service.SearchQuery(
+                    q="river", page=1, per_page=150, filters={"category": [cat]} if cat else {}
+                )
+                whole = [i["name"] for i in service.search(s, q)["items"]]
+                assert seen[page, cat] == whole[(page - 1) * 10 : page * 10], (page, cat)
+        assert len(seen[15, None]) == 10 and seen[1, None] != seen[2, None]
+    finally:
+        db.dispose()
+
+
 def _deprecate(s: Any, name: str, module: Any) -> None:
     from forgehub.db.models import utcnow
 
