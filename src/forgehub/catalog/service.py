@@ -273,10 +273,10 @@ class _Index:
         # bit mask of its entries; a count is a popcount of (matches & mask), done in C
         self.pos: dict[str, int] = {}
         self.bits: dict[tuple[str, str], int] = {}
-        # what recent common searches cost most, until the catalogue changes: the full ranking
-        # of thousands of matches (tens of milliseconds in the database) and their facet
-        # counts (thousands of tags); the pages of one search, and the same search by many
-        # visitors, share them
+        # what recent common searches cost most, until the catalogue changes: their thousands
+        # of matches, as much of their ranking as was asked for (tens of milliseconds in the
+        # database) and their facet counts (thousands of tags); the pages of one search, and
+        # the same search by many visitors, share them
         self._kept: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._kept_lock = threading.Lock()
         self.apply(rows, facets)
