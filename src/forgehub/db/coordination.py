@@ -152,6 +152,11 @@ class Duties:
         """Let the duties go (a clean stop hands them over at once)."""
         with self._lock:
             if self.postgres:
+                if self._conn is not None and self._held:
+                    # released before the answer comes back: closing the connection alone lets
+                    # them go only once its backend has ended, a moment later
+                    with contextlib.suppress(Exception):
+                        self._conn.execute("SELECT pg_advisory_unlock_all()")
                 self._drop_connection()
                 return
             for fd in self._held.values():
