@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from forgehub.artifacts.packs import Layout, Packed
@@ -154,18 +154,19 @@ def known_packed(session: Session, connection_id: str, digests: Iterable[str]) -
 def remember_packed(session: Session, connection_id: str, layout: Layout) -> None:
     """Record where a push put small files (the first place each is known is kept)."""
     have = known_packed(session, connection_id, layout)
-    session.add_all(
-        PackedFile(
-            connection_id=connection_id,
-            digest=d,
-            pack=w.pack,
-            offset=w.offset,
-            size=w.size,
-        )
+    rows = [
+        {
+            "connection_id": connection_id,
+            "digest": d,
+            "pack": w.pack,
+            "offset": w.offset,
+            "size": w.size,
+        }
         for d, w in layout.items()
         if d not in have
-    )
-    session.flush()
+    ]
+    if rows:  # one bulk INSERT (20,000 files: no unit of work tracking 20,000 objects)
+        session.execute(insert(PackedFile), rows)
 
 
 def forget_packs(session: Session, connection_ids: list[str], packs: Iterable[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -418,18 +417,17 @@ def local_name(stored: str | None, digest: str) -> str:
 
 
 def _extract_verified(archive: Path, dest: Path, expected: dict[str, str]) -> None:
+    """Unpack a pulled folder beside ``dest``, every file checked against its digest as it is
+    written, and move it into place only when all of it is there."""
+    from forgehub.artifacts.untar import Refused, unpack
+
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".pull-tree-"))
     try:
-        with tarfile.open(archive) as tf:
-            tf.extractall(staging, filter="data")
-        for rel, digest in expected.items():
-            h = hashlib.sha256()
-            with open(staging / rel, "rb") as fh:
-                while block := fh.read(CHUNK):
-                    h.update(block)
-            if f"sha256:{h.hexdigest()}" != digest:
-                fail(f"corrupted download: {rel} does not match {digest}")
+        with open(archive, "rb") as fh:
+            unpack(fh, staging, expected=expected)
         os.replace(staging, dest)
+    except Refused as exc:
+        fail(f"corrupted download: {exc}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
