@@ -41,6 +41,30 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_folder_of_small_files_goes_out_in_large_blocks(tmp_path: Path) -> None:
+    """A pushed folder's tar is sent in blocks of about a MiB, not as the thousands of pieces
+    (header, bytes, padding) it is made of: each would be an HTTP chunk and a system call."""
+    import io
+    import tarfile
+
+    from forgehub.cli.artifacts import CHUNK, _coalesced, _tar_chunks
+
+    class Quiet:
+        def update(self, *_: Any, **__: Any) -> None:
+            pass
+
+    root = tmp_path / "many"
+    root.mkdir()
+    files = {f"f{i:03d}.bin": os.urandom(3000 + i) for i in range(400)}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    blocks = list(_coalesced(_tar_chunks(root, Quiet(), None)))  # type: ignore[arg-type]
+    assert len(blocks) == 2 and len(blocks[0]) >= CHUNK  # 400 files: ~1.6 MiB
+    with tarfile.open(fileobj=io.BytesIO(b"".join(blocks))) as tf:
+        got = {m.name: tf.extractfile(m).read() for m in tf}  # type: ignore[union-attr]
+    assert got == files
+
+
 def test_push_pull_file_and_folder_byte_identical(server: Any, tmp_path: Path) -> None:
     f = tmp_path / "weights.bin"
     f.write_bytes(os.urandom(3 * 1024 * 1024 + 17))

@@ -196,6 +196,20 @@ def _tar_chunks(root: Path, progress: Progress, task: Any, follow: bool = False)
     yield b"\0" * 1024
 
 
+def _coalesced(chunks: Iterator[bytes], size: int = CHUNK) -> Iterator[bytes]:
+    """``chunks`` joined into blocks of about ``size``: a folder of small files is a tar of
+    thousands of pieces (header, bytes, padding), each of which would otherwise go out as an
+    HTTP chunk of its own, with a system call on each side."""
+    buf = bytearray()
+    for c in chunks:
+        buf += c
+        if len(buf) >= size:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
 def _tree_size(root: Path, follow: bool = False) -> int:
     return sum(
         p.stat().st_size for p in root.rglob("*") if p.is_file() and (follow or not p.is_symlink())
@@ -253,7 +267,7 @@ def push(
                 return
             progress.reset(task)
         body = (
-            _tar_chunks(path, progress, task, follow_links)
+            _coalesced(_tar_chunks(path, progress, task, follow_links))
             if path.is_dir()
             else _file_chunks(path, progress, task)
         )
