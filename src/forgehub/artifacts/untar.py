@@ -30,6 +30,16 @@ class TooLarge(Refused):
     """The files add up to more than the limit."""
 
 
+class NotAFile(Refused):
+    """A member that is neither a regular file nor a folder (``link``: a symbolic or hard
+    link; else a device, a FIFO, …)."""
+
+    def __init__(self, name: str, link: bool) -> None:
+        why = "links are not unpacked" if link else "only files and folders are unpacked"
+        super().__init__(f"{name}: {why}")
+        self.name, self.link = name, link
+
+
 def member_path(name: str) -> str:
     """``name`` as a path inside the folder ("" for the folder itself), or Refused."""
     if "\x00" in name or "\\" in name:
@@ -54,7 +64,6 @@ def unpack(
     named there, or one named there that is missing, is Refused. ``times``: give files the
     modification times the tar holds. Returns the number of files."""
     made = {""}
-    files = 0
     total = 0
     seen: set[str] = set()
     try:
@@ -64,10 +73,8 @@ def unpack(
                 if m.isdir():
                     _folders(dest, rel, made)
                     continue
-                if m.issym() or m.islnk():
-                    raise Refused(f"{m.name}: links are not unpacked, only files and folders")
                 if not m.isfile():
-                    raise Refused(f"{m.name}: only files and folders are unpacked")
+                    raise NotAFile(m.name, link=m.issym() or m.islnk())
                 if not rel:
                     raise Refused(f"{m.name!r}: a file without a name")
                 total += m.size
@@ -82,7 +89,6 @@ def unpack(
                 if times:
                     os.utime(dest / rel, (m.mtime, m.mtime))
                 seen.add(rel)
-                files += 1
     except (tarfile.TarError, EOFError) as exc:
         raise Refused(f"not a valid tar archive: {exc}") from exc
     except FileExistsError as exc:
@@ -92,7 +98,7 @@ def unpack(
     if expected is not None and len(seen) != len(expected):
         missing = sorted(set(expected) - seen)
         raise Refused(f"{missing[0]} is missing ({len(missing)} file(s) in all)")
-    return files
+    return len(seen)
 
 
 def _folders(dest: Path, rel: str, made: set[str]) -> None:

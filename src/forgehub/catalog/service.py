@@ -566,17 +566,17 @@ def search(session: Session, query: SearchQuery) -> dict[str, Any]:
     # what an earlier search of these words kept: (every match, the ranking's first entries,
     # whether those are all of them)
     key = ("rank", *tokens)
-    kept: tuple[list[str], list[str], bool] | None = idx.kept(key) if tokens else None
+    kept: tuple[frozenset[str], list[str], bool] | None = idx.kept(key) if tokens else None
     if kept is not None:
         fts_ids, prefix, complete = kept
     elif relevance and postgres:
         # PostgreSQL reads every match to rank it anyway: one ranked pass gives the matches too
-        fts_ids = _fts(session, idx, tokens, order=True)
-        prefix, complete = fts_ids, True
+        prefix, complete = _fts(session, idx, tokens, order=True), True
+        fts_ids = frozenset(prefix)
     else:
-        fts_ids = _fts(session, idx, tokens, order=False) if tokens else []
+        fts_ids = frozenset(_fts(session, idx, tokens, order=False) if tokens else ())
         prefix, complete = [], False
-    matched = population & set(fts_ids) if tokens else population
+    matched = population & fts_ids if tokens else population
     for facet, values in query.filters.items():
         for value in values:
             matched = matched & idx.postings.get((facet, value), set())
@@ -587,17 +587,20 @@ def search(session: Session, query: SearchQuery) -> dict[str, Any]:
         # one total order (score, then rowid), so what a query ranked is the start of the
         # whole of it, and later pages or other filters use it while it reaches far enough.
         need = query.page * query.per_page
-        if complete or sum(1 for m in prefix if m in matched) >= need:
+
+        def reaches(ranking: list[str]) -> bool:  # far enough to fill this page
+            return sum(1 for m in ranking if m in matched) >= need
+
+        if complete or reaches(prefix):
             ranked = prefix
         else:
             ratio = len(matched) / max(1, len(fts_ids))
             limit = max(len(prefix) * 2, int(need / ratio * 1.5) + 50)
-            if limit >= len(fts_ids):
-                ranked, complete = _fts(session, idx, tokens, order=True), True
-            else:
-                ranked = _fts(session, idx, tokens, order=True, limit=limit)
-                if sum(1 for m in ranked if m in matched) < need:
-                    ranked, complete = _fts(session, idx, tokens, order=True), True
+            part = limit < len(fts_ids)
+            ranked = _fts(session, idx, tokens, order=True, limit=limit) if part else []
+            complete = not reaches(ranked)  # the whole ranking, where a part falls short
+            if complete:
+                ranked = _fts(session, idx, tokens, order=True)
         if len(fts_ids) >= KEEP_FROM and (kept is None or len(ranked) > len(prefix)):
             idx.keep(key, (fts_ids, ranked, complete))
     elif kept is None and len(fts_ids) >= KEEP_FROM:

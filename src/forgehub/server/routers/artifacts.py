@@ -433,24 +433,22 @@ def _unpack(archive: Path, dest: Path, limit: int) -> None:
     """Unpack a pushed folder: the limit applies to what it unpacks to, and links, devices and
     paths outside the folder are refused with a message (never dropped without a word)."""
     try:
-        with tarfile.open(archive, mode="r:*") as tf:
-            total = 0
-            for m in tf:
-                if m.issym() or m.islnk():
-                    raise Invalid(
-                        f"{m.name}: links cannot be pushed (push what it points to instead)"
-                    )
-                if not (m.isfile() or m.isdir()):
-                    raise Invalid(f"{m.name}: only files and folders can be pushed")
-                total += m.size
-                if total > limit:
-                    raise TooLarge(
-                        f"the folder unpacks to more than the limit of "
-                        f"{limit // (1024 * 1024)} MB (max_artifact_mb)"
-                    )
-        with open(archive, "rb") as body:  # one pass, refusing what the scan let through
+        with open(archive, "rb") as body:
             untar.unpack(body, dest, limit=limit, times=False)
-    except (tarfile.TarError, OSError, EOFError, untar.Refused) as exc:
+    except untar.TooLarge:
+        raise TooLarge(
+            f"the folder unpacks to more than the limit of "
+            f"{limit // (1024 * 1024)} MB (max_artifact_mb)"
+        ) from None
+    except untar.NotAFile as exc:
+        raise Invalid(
+            f"{exc.name}: links cannot be pushed (push what it points to instead)"
+            if exc.link
+            else f"{exc.name}: only files and folders can be pushed"
+        ) from None
+    except untar.Refused as exc:
+        raise Invalid(f"the tar archive was refused: {exc}") from exc
+    except OSError as exc:
         raise Invalid(f"not a valid tar archive: {exc}") from exc
 
 
